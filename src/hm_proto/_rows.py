@@ -1,0 +1,134 @@
+"""The usage row: one LLM call, exactly the ``Row`` object of api.md.
+
+The daemon builds a :class:`UsageRow` at capture time and stores its JSON
+(``to_json()``) beside the indexed columns, so building an upload body is a
+join of stored bytes (see ``BatchBuilder``). The backend validates incoming
+rows with :func:`parse_row`, which raises :class:`ApiError` (400 for wrong
+types, 422 for a missing field) with a detail that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ._errors import ApiError
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+_DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
+
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One metered call. No prompt, completion or key is ever part of it."""
+
+    id: str
+    ts: str
+    provider: str
+    model: str
+    endpoint: str
+    status: int
+    stream: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: str | None
+    price_version: str
+    latency_ms: int
+    ttfb_ms: int | None
+
+    @property
+    def day(self) -> str:
+        """The UTC date of ``ts`` (``YYYY-MM-DD``), the unit of reconcile."""
+        return self.ts[:10]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        """Compact, key-ordered JSON: the stored and uploaded form."""
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "ts": (str,),
+    "provider": (str,),
+    "model": (str,),
+    "endpoint": (str,),
+    "status": (int,),
+    "stream": (bool,),
+    "price_version": (str,),
+    "latency_ms": (int,),
+}
+_NULLABLE_INT = (*TOKEN_FIELDS, "ttfb_ms")
+_MAX_STR = 512
+
+
+def _bad(field: str, what: str) -> ApiError:
+    return ApiError(400, "invalid_request", f"Invalid field: {field} ({what})")
+
+
+def parse_row(obj: Any, where: str = "row") -> UsageRow:
+    """Validate one decoded JSON row and return it as a :class:`UsageRow`."""
+    if not isinstance(obj, dict):
+        raise _bad(where, "expected an object")
+    for name, types in _REQUIRED.items():
+        if name not in obj:
+            raise ApiError(422, "missing_field", f"Field required: {where}.{name}")
+        val = obj[name]
+        # bool is a subclass of int: an int field must not accept true/false.
+        if not isinstance(val, types) or (types == (int,) and isinstance(val, bool)):
+            raise _bad(f"{where}.{name}", f"expected {types[0].__name__}")
+        if isinstance(val, str) and len(val) > _MAX_STR:
+            raise _bad(f"{where}.{name}", f"longer than {_MAX_STR} characters")
+    for name in _NULLABLE_INT:
+        val = obj.get(name)
+        if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 0):
+            raise _bad(f"{where}.{name}", "expected a non-negative integer or null")
+    if not _UUID_RE.match(obj["id"]):
+        raise _bad(f"{where}.id", "expected a UUID")
+    if not _TS_RE.match(obj["ts"]):
+        raise _bad(f"{where}.ts", "expected an RFC 3339 time")
+    if obj["latency_ms"] < 0:
+        raise _bad(f"{where}.latency_ms", "expected a non-negative integer")
+    cost = obj.get("cost_usd")
+    if cost is not None:
+        if not isinstance(cost, str) or not _DECIMAL_RE.match(cost):
+            raise _bad(f"{where}.cost_usd", "expected a decimal string or null")
+        try:
+            Decimal(cost)
+        except InvalidOperation as exc:  # pragma: no cover - regex already guards
+            raise _bad(f"{where}.cost_usd", "expected a decimal string") from exc
+    return UsageRow(
+        id=obj["id"].lower(),
+        ts=obj["ts"],
+        provider=obj["provider"],
+        model=obj["model"],
+        endpoint=obj["endpoint"],
+        status=obj["status"],
+        stream=obj["stream"],
+        input_tokens=obj.get("input_tokens"),
+        output_tokens=obj.get("output_tokens"),
+        cache_read_tokens=obj.get("cache_read_tokens"),
+        cache_write_tokens=obj.get("cache_write_tokens"),
+        reasoning_tokens=obj.get("reasoning_tokens"),
+        cost_usd=cost,
+        price_version=obj["price_version"],
+        latency_ms=obj["latency_ms"],
+        ttfb_ms=obj.get("ttfb_ms"),
+    )
