@@ -1,0 +1,284 @@
+"""`halton-meter cloud …`: pair this machine with a workspace, and watch the sync.
+
+The CLI holds no protocol logic: pairing and syncing run inside the daemon
+(the cloud worker lives there, so a paired machine keeps syncing after the
+terminal closes). These commands talk to the daemon over its control socket
+and print what it says. Where the daemon is not needed (`status`, the local
+half of `disconnect`), they read the local files directly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from hm_cli.cloud_ui import bullet, console, fail, relative_time, spinner
+
+DEFAULT_BASE_URL = "https://api.haltonmeter.com"
+
+
+def _home() -> Any:
+    from hm_agent.paths import home_dir
+
+    return home_dir()
+
+
+def _call(cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    """One control-socket call; a stopped daemon becomes the page's error."""
+    from hm_agent.control import DaemonNotRunning, control_call
+
+    try:
+        reply = control_call(_home(), cmd, timeout=timeout, **args)
+    except DaemonNotRunning:
+        fail(
+            "daemon not running: the cloud worker lives in the daemon. "
+            "Check with `halton-meter status`, start it with `halton-meter start`."
+        )
+    if not reply.get("ok", True):
+        fail(str(reply.get("error") or "the daemon refused the command"))
+    return reply
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or url
+
+
+@click.group("cloud")
+def cloud() -> None:
+    """Pair this machine with a Halton Meter Cloud workspace and sync its rows.
+
+    \b
+    Example:
+      halton-meter cloud connect --no-browser
+      halton-meter cloud status --json
+    """
+
+
+@cloud.command("connect")
+@click.option("--base-url", default=None, metavar="URL",
+              help=f"Cloud endpoint (default {DEFAULT_BASE_URL}); persisted to config.toml.")
+@click.option("--workspace", default=None, metavar="SLUG",
+              help="Pre-select this workspace on the approval page.")
+@click.option("--no-browser", is_flag=True, help="Print the approval URL; do not open a browser.")
+def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> None:
+    """Pair this machine: print a code, approve it in the browser.
+
+    \b
+    Example:
+      halton-meter cloud connect --base-url http://127.0.0.1:8787 --no-browser
+    """
+    with spinner(f"Requesting pairing code from {_host(base_url or _configured_base_url())}…"):
+        started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace)
+    code = started["user_code"]
+    url = started["verification_uri_complete"]
+    bullet(f"Pairing code: [bold]{code}[/]")
+    bullet(f"Approve at: {url}")
+    if not no_browser:
+        _open_browser(url)
+    try:
+        with spinner("Waiting for approval… (Ctrl-C to cancel)"):
+            while True:
+                reply = _call("cloud.connect.wait", timeout=40.0, wait=25.0)
+                if reply["state"] != "pending":
+                    break
+    except KeyboardInterrupt:
+        try:
+            _call("cloud.connect.cancel", timeout=5.0)
+        finally:
+            console.print("Cancelled: nothing was written. Run `halton-meter cloud connect` again to pair.")
+        sys.exit(130)
+    state = reply["state"]
+    if state == "approved":
+        bullet(f"Paired with workspace [bold]{reply.get('workspace_name') or reply.get('workspace_slug')}[/] "
+               f"({reply.get('workspace_slug')}).", ok=True)
+        bullet("The cloud worker starts within 15 s; check with `halton-meter cloud status`.")
+        return
+    if state == "expired":
+        fail("the pairing code expired (codes last 10 minutes). Run `halton-meter cloud connect` again for a fresh code.")
+    if state == "denied":
+        fail("the pairing was denied in the browser. Run `halton-meter cloud connect` again if that was a mistake.")
+    fail(str(reply.get("error") or f"pairing failed ({state}). Run `halton-meter cloud connect` again."))
+
+
+def _configured_base_url() -> str:
+    try:
+        from hm_agent.config import load_config
+
+        return str(load_config(_home()).cloud_base_url or DEFAULT_BASE_URL)
+    except Exception:
+        return DEFAULT_BASE_URL
+
+
+def _open_browser(url: str) -> None:
+    """Open the approval page without ever blocking a headless machine."""
+    import os
+    import threading
+
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if headless:
+        console.print("  (no display found: open the URL above in any browser)")
+        return
+
+    def _open() -> None:
+        try:
+            import webbrowser
+
+            webbrowser.open(url, new=2)
+        except Exception:
+            pass
+
+    threading.Thread(target=_open, daemon=True).start()
+
+
+@cloud.command("whoami")
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable shape.")
+def whoami(as_json: bool) -> None:
+    """Ask the backend which workspace and machine this token belongs to.
+
+    \b
+    Example:
+      halton-meter cloud whoami
+    """
+    with spinner("Asking the backend…"):
+        reply = _call("cloud.whoami", timeout=30.0)
+    info = {k: reply.get(k) for k in ("workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname")}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    bullet(f"Workspace: {info['workspace_slug']}")
+    bullet(f"Machine id: {info['machine_id']}")
+    bullet(f"Hostname: {info['hostname']}")
+
+
+@cloud.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable shape (see docs/cloud-sync.md).")
+def status(as_json: bool) -> None:
+    """Show the sync state: ACTIVE, DEGRADED, PAUSED or NOT-CONFIGURED.
+
+    \b
+    Example:
+      halton-meter cloud status --json
+    """
+    from hm_agent.cloudstatus import cloud_status
+
+    snap = cloud_status(_home())
+    if as_json:
+        click.echo(json.dumps(snap, indent=2))
+        return
+    colour = {"ACTIVE": "green", "DEGRADED": "yellow", "PAUSED": "yellow"}.get(snap["state"], "red")
+    bullet(f"State: {snap['state']}", colour=colour)
+    if snap.get("paused_reason"):
+        bullet(f"Paused reason: {snap['paused_reason']}", colour=colour)
+    bullet(f"Last sync: {relative_time(snap.get('last_sync_at'))}")
+    bullet(f"Unsynced rows: {snap.get('unsynced_rows', 0)}")
+    bullet(f"Last reconcile: {relative_time(snap.get('last_reconcile_at'))}")
+    if snap.get("last_error"):
+        bullet(f"Last error: {snap['last_error']}", colour="red")
+    if snap.get("quarantined_rows"):
+        bullet(f"Quarantined rows: {snap['quarantined_rows']} (rejected by the backend; see `halton-meter doctor`)",
+               colour="yellow")
+    if snap.get("hint"):
+        console.print(f"  {snap['hint']}")
+
+
+@cloud.command("sync")
+@click.option("--reconcile", is_flag=True, help="Also compare daily totals with the cloud and re-send what differs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable shape.")
+def sync(reconcile: bool, as_json: bool) -> None:
+    """Upload unsynced rows now.
+
+    \b
+    Example:
+      halton-meter cloud sync --reconcile
+    """
+    with spinner("Uploading unsynced rows…"):
+        reply = _call("cloud.sync", timeout=600.0, reconcile=reconcile)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    for b in reply.get("batches", []):
+        if b.get("status") == 200:
+            dup = f", {b['duplicates']} duplicates" if b.get("duplicates") else ""
+            bullet(f"POST /v1/requests/batch → 200 OK ({b['accepted']} rows accepted{dup})", ok=True)
+        else:
+            bullet(f"POST /v1/requests/batch → {b.get('status')} {b.get('reason', '')}".rstrip(), colour="red")
+    if not reply.get("batches") and not reply.get("error"):
+        bullet("Nothing to upload: every row is synced.", ok=True)
+    if reply.get("reconcile"):
+        rec = reply["reconcile"]
+        bullet(f"Reconcile {rec['from_date']}..{rec['to_date']}: "
+               f"{len(rec.get('resent_days', []))} day(s) re-sent, {rec.get('resent_rows', 0)} rows")
+    if reply.get("error"):
+        fail(reply["error"])
+
+
+@cloud.command("pause")
+def pause() -> None:
+    """Stop uploading until `cloud resume` (capture goes on locally).
+
+    \b
+    Example:
+      halton-meter cloud pause
+    """
+    _call("cloud.pause")
+    bullet("Sync paused. Rows keep being captured locally; `halton-meter cloud resume` restarts the upload.",
+           colour="yellow")
+
+
+@cloud.command("resume")
+def resume() -> None:
+    """Resume uploading after `cloud pause`.
+
+    \b
+    Example:
+      halton-meter cloud resume
+    """
+    reply = _call("cloud.resume")
+    if reply.get("paused_reason") == "paused_unauthorised":
+        fail("the token was revoked, so resuming cannot help. Re-run `halton-meter cloud connect`.")
+    bullet("Sync resumed; the worker starts within 15 s.", ok=True)
+
+
+@cloud.command("disconnect")
+def disconnect() -> None:
+    """Revoke this machine's token and wipe the local credentials.
+
+    \b
+    Example:
+      halton-meter cloud disconnect
+    """
+    from hm_agent.cloudstatus import local_disconnect
+
+    try:
+        from hm_agent.control import DaemonNotRunning, control_call
+    except ImportError:  # pragma: no cover
+        raise
+    base = _configured_base_url()
+    with spinner(f"Revoking token at {_host(base)}…"):
+        try:
+            reply = control_call(_home(), "cloud.disconnect", timeout=40.0)
+        except DaemonNotRunning:
+            reply = local_disconnect(_home(), revoke=True)
+    if reply.get("not_paired"):
+        bullet("This machine is not paired; nothing to disconnect.", colour="yellow")
+        return
+    if reply.get("revoked"):
+        bullet(f"Revoking token at {_host(base)}…")
+        bullet("Token revoked.", ok=True)
+    else:
+        bullet(f"Could not revoke the token at {_host(base)}: {reply.get('revoke_error', 'unreachable')}.",
+               colour="red")
+        console.print(f"  Revoke it from the workspace's devices page: <app>/<workspace>/settings/devices "
+                      f"(machine {reply.get('machine_id', '?')}).")
+    bullet("Local: cloud.enabled = false; credentials wiped.", ok=True)
+
+
+def _now() -> float:
+    return time.time()
