@@ -1,0 +1,268 @@
+"""config.toml: commented defaults, strict parsing, comment-preserving updates.
+
+Parsing uses the standard library's tomllib (fast: ``status`` reads this
+file). A malformed file is reported with its line and key; keys we do not
+know are reported as warnings rather than ignored silently. Updates (from
+``halton-meter cloud connect``/``disconnect``) go through tomlkit so the
+user's comments and other keys survive, and are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .home import HomePaths, paths, write_atomic
+
+DEFAULT_BASE_URL = "https://api.haltonmeter.com"
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+DEFAULT_LISTEN_PORT = 8090
+DIALECTS = ("openai", "anthropic", "gemini")
+
+DEFAULT_CONFIG_TEXT = f'''\
+# Halton Meter configuration. Lines starting with # are comments.
+# Restart the daemon after editing: halton-meter restart
+
+[proxy]
+# The proxy listens on loopback only; programs reach it via HTTPS_PROXY
+# (see: halton-meter env).
+listen_host = "{DEFAULT_LISTEN_HOST}"
+listen_port = {DEFAULT_LISTEN_PORT}
+# A PEM file of extra CAs to trust for upstream servers (self-hosted gateways).
+# Empty: upstream certificates are verified against the public CAs (certifi).
+ssl_verify_upstream_trusted_ca = ""
+# Decrypt traffic to hosts that are not LLM APIs too (default: pass it through untouched).
+intercept_other_hosts = false
+
+[capture]
+# api.openai.com, api.anthropic.com and generativelanguage.googleapis.com are
+# captured by default. Add OpenAI-compatible gateways like this
+# (dialect: openai, anthropic or gemini; a host may include :port):
+# [[capture.hosts]]
+# host = "llm.internal.example:8443"
+# dialect = "openai"
+
+[pricing]
+# Prices for models the price library does not know (USD per million tokens):
+# [[pricing.override]]
+# model = "my-finetune"
+# input_per_mtok = "0.50"
+# output_per_mtok = "1.50"
+
+[cloud]
+# Cloud sync is off until you run: halton-meter cloud connect
+enabled = false
+base_url = "{DEFAULT_BASE_URL}"
+'''
+
+_KNOWN: dict[str, set[str]] = {
+    "proxy": {"listen_host", "listen_port", "ssl_verify_upstream_trusted_ca", "intercept_other_hosts"},
+    "capture": {"hosts"},
+    "pricing": {"override"},
+    "cloud": {"enabled", "base_url", "workspace_id", "workspace_slug", "sync_bodies"},
+}
+
+
+class ConfigError(Exception):
+    """config.toml cannot be used; the message names the line and key and how to fix it."""
+
+
+@dataclass(slots=True)
+class Config:
+    path: Path
+    listen_host: str = DEFAULT_LISTEN_HOST
+    listen_port: int = DEFAULT_LISTEN_PORT
+    ssl_verify_upstream_trusted_ca: str = ""
+    intercept_other_hosts: bool = False
+    capture_hosts: list[tuple[str, str]] = field(default_factory=list)
+    pricing_overrides: list[dict[str, Any]] = field(default_factory=list)
+    cloud_enabled: bool = False
+    cloud_base_url: str = DEFAULT_BASE_URL
+    cloud_workspace_id: str | None = None
+    cloud: dict[str, Any] = field(default_factory=dict)
+    """The whole [cloud] table as parsed, for keys the cloud worker adds."""
+    warnings: list[str] = field(default_factory=list)
+    """Unknown keys and other non-fatal findings, one line each."""
+
+
+def ensure_config(hp: HomePaths) -> None:
+    """Write the commented defaults if there is no config.toml yet."""
+    if not hp.config.exists():
+        write_atomic(hp.config, DEFAULT_CONFIG_TEXT.encode(), 0o600)
+
+
+def load_config(home: Path | HomePaths | None = None) -> Config:
+    """Parse config.toml (defaults if it does not exist). Raises ConfigError."""
+    hp = home if isinstance(home, HomePaths) else paths(home)
+    try:
+        text = hp.config.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = DEFAULT_CONFIG_TEXT
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {hp.config}: {exc}. Fix its permissions or encoding.") from None
+    return parse_config(text, hp.config)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_describe_syntax_error(text, path, exc)) from None
+    cfg = Config(path=path)
+    where = _Locator(text, path)
+
+    for section, value in data.items():
+        if section not in _KNOWN:
+            cfg.warnings.append(f"{where.at(section, None)}: unknown section [{section}] (ignored)")
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where.at(section, None)}: `{section}` must be a table like [{section}]")
+        for key in value:
+            if key not in _KNOWN[section]:
+                cfg.warnings.append(f"{where.at(section, key)}: unknown key {section}.{key} (ignored)")
+
+    proxy = data.get("proxy", {})
+    cfg.listen_host = _get(proxy, "proxy", "listen_host", str, DEFAULT_LISTEN_HOST, where)
+    cfg.listen_port = _get(proxy, "proxy", "listen_port", int, DEFAULT_LISTEN_PORT, where)
+    if not 1 <= cfg.listen_port <= 65535:
+        raise ConfigError(f"{where.at('proxy', 'listen_port')}: proxy.listen_port must be 1-65535, not {cfg.listen_port}")
+    cfg.ssl_verify_upstream_trusted_ca = _get(proxy, "proxy", "ssl_verify_upstream_trusted_ca", str, "", where)
+    if cfg.ssl_verify_upstream_trusted_ca:
+        ca = Path(cfg.ssl_verify_upstream_trusted_ca).expanduser()
+        if not ca.is_file():
+            raise ConfigError(
+                f"{where.at('proxy', 'ssl_verify_upstream_trusted_ca')}: "
+                f"proxy.ssl_verify_upstream_trusted_ca: no such file {ca}. Point it at a PEM file or set it to \"\"."
+            )
+        cfg.ssl_verify_upstream_trusted_ca = str(ca)
+    cfg.intercept_other_hosts = _get(proxy, "proxy", "intercept_other_hosts", bool, False, where)
+
+    capture = data.get("capture", {})
+    hosts = capture.get("hosts", [])
+    if not isinstance(hosts, list):
+        raise ConfigError(f"{where.at('capture', 'hosts')}: capture.hosts must be written as [[capture.hosts]] entries")
+    for n, entry in enumerate(hosts, 1):
+        label = f"capture.hosts entry {n}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("host"), str) or not entry["host"]:
+            raise ConfigError(f"{path}: {label}: needs host = \"name[:port]\"")
+        dialect = entry.get("dialect", "openai")
+        if dialect not in DIALECTS:
+            raise ConfigError(f"{path}: {label}: dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
+        for key in entry:
+            if key not in ("host", "dialect"):
+                cfg.warnings.append(f"{path}: {label}: unknown key {key} (ignored)")
+        cfg.capture_hosts.append((entry["host"].strip().lower(), dialect))
+
+    pricing = data.get("pricing", {})
+    overrides = pricing.get("override", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
+        raise ConfigError(f"{where.at('pricing', 'override')}: pricing overrides must be [[pricing.override]] entries")
+    cfg.pricing_overrides = [dict(o) for o in overrides]
+
+    cloud = data.get("cloud", {})
+    cfg.cloud = dict(cloud)
+    cfg.cloud_enabled = _get(cloud, "cloud", "enabled", bool, False, where)
+    cfg.cloud_base_url = _get(cloud, "cloud", "base_url", str, DEFAULT_BASE_URL, where).rstrip("/")
+    if not re.match(r"^https?://[^\s/]+", cfg.cloud_base_url):
+        raise ConfigError(f"{where.at('cloud', 'base_url')}: cloud.base_url must be an http(s) URL, not {cfg.cloud_base_url!r}")
+    workspace = cloud.get("workspace_id")
+    cfg.cloud_workspace_id = str(workspace) if workspace else None
+    return cfg
+
+
+def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, where: _Locator) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(
+            f"{where.at(section, key)}: {section}.{key} must be {_KIND_NAMES[kind]}, not {value!r}"
+        )
+    return value
+
+
+_KIND_NAMES = {str: "a quoted string", int: "an integer", bool: "true or false"}
+
+
+class _Locator:
+    """Finds the line a section or key is written on, for error messages."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        self.lines = text.splitlines()
+        self.path = path
+
+    def at(self, section: str, key: str | None) -> str:
+        current = ""
+        for number, raw in enumerate(self.lines, 1):
+            line = raw.strip()
+            header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
+            if header:
+                current = header.group(1).split(".")[0].strip().strip('"')
+                if key is None and current == section:
+                    return f"{self.path}:{number}"
+                continue
+            if key is not None and current == section and re.match(rf"^\"?{re.escape(key)}\"?\s*=", line):
+                return f"{self.path}:{number}"
+        return str(self.path)
+
+
+def _describe_syntax_error(text: str, path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    message = str(exc)
+    match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+    reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
+    if not match:
+        return f"{path}: invalid TOML: {reason}. Fix it, or move it away to get the defaults back."
+    line_no = int(match.group(1))
+    lines = text.splitlines()
+    line = lines[line_no - 1].strip() if 0 < line_no <= len(lines) else ""
+    key = line.split("=", 1)[0].strip() if "=" in line else ""
+    key_part = f" (key `{key}`)" if key else ""
+    return (
+        f"{path}:{line_no}{key_part}: invalid TOML: {reason}: `{line}`. "
+        f"Fix that line (strings need quotes), or move the file away to get the defaults back."
+    )
+
+
+_UNSET: Any = object()
+
+
+def update_cloud_config(
+    home: Path | HomePaths | None = None,
+    *,
+    enabled: bool = _UNSET,
+    base_url: str | None = _UNSET,
+    workspace_id: str | None = _UNSET,
+) -> None:
+    """Set keys of the [cloud] table, keeping the user's comments and other keys.
+
+    ``None`` removes a key (``base_url=None`` restores the default). The file
+    is rewritten atomically with its previous mode (0600 when new).
+    """
+    import tomlkit  # only the cloud commands pay for this import
+
+    hp = home if isinstance(home, HomePaths) else paths(home)
+    try:
+        text = hp.config.read_text(encoding="utf-8")
+        mode = os.stat(hp.config).st_mode & 0o777
+    except FileNotFoundError:
+        text, mode = DEFAULT_CONFIG_TEXT, 0o600
+    parse_config(text, hp.config)  # refuse to rewrite a file we cannot parse
+    doc = tomlkit.parse(text)
+    if "cloud" not in doc:
+        doc.add("cloud", tomlkit.table())
+    cloud: Any = doc["cloud"]
+    for key, value in (("enabled", enabled), ("base_url", base_url), ("workspace_id", workspace_id)):
+        if value is _UNSET:
+            continue
+        if value is None:
+            if key in cloud:
+                del cloud[key]
+        else:
+            cloud[key] = value
+    hp.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(hp.config, tomlkit.dumps(doc).encode("utf-8"), mode)

@@ -1,0 +1,190 @@
+"""The daemon's home directory and the files in it.
+
+Everything the daemon keeps lives under one directory (``~/.halton-meter``,
+or ``$HALTON_METER_HOME``), created 0700 so other users can neither read the
+database nor connect to the control socket. This module is imported by
+``halton-meter status``: keep it free of heavy imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "HALTON_METER_HOME"
+
+# AF_UNIX paths are limited to 108 bytes on Linux (104 on macOS); deep temp
+# homes exceed that, so such homes get a socket in a private temp directory.
+_MAX_SOCKET_PATH = 100
+
+
+class HomeError(Exception):
+    """The home directory or one of its files is unusable; the message says how to fix it."""
+
+
+def home_dir() -> Path:
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".halton-meter"
+
+
+@dataclass(frozen=True, slots=True)
+class HomePaths:
+    """Where each of the daemon's files lives."""
+
+    home: Path
+
+    @property
+    def config(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def machine(self) -> Path:
+        return self.home / "machine.json"
+
+    @property
+    def db(self) -> Path:
+        return self.home / "db.sqlite"
+
+    @property
+    def mitm_confdir(self) -> Path:
+        return self.home / "mitmproxy"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The certificate users trust (never the key)."""
+        return self.mitm_confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        """mitmproxy keeps the CA key and certificate together in this file."""
+        return self.mitm_confdir / "mitmproxy-ca.pem"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """certifi's CAs plus ours, for SSL_CERT_FILE / REQUESTS_CA_BUNDLE."""
+        return self.home / "ca-bundle.pem"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "daemon.log"
+
+    @property
+    def pid(self) -> Path:
+        return self.home / "daemon.pid"
+
+    @property
+    def state(self) -> Path:
+        """Written by a running daemon: pid, ports, start time (for fast status)."""
+        return self.home / "daemon.json"
+
+    @property
+    def cloud_credentials(self) -> Path:
+        return self.home / "cloud-credentials.json"
+
+    @property
+    def cloud_key(self) -> Path:
+        return self.home / "cloud.key"
+
+    @property
+    def control_socket(self) -> Path:
+        candidate = self.home / "control.sock"
+        if len(os.fsencode(candidate)) <= _MAX_SOCKET_PATH:
+            return candidate
+        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:20]
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        return Path(tempfile.gettempdir()) / f"halton-meter-{uid}" / f"{digest}.sock"
+
+
+def paths(home: Path | None = None) -> HomePaths:
+    return HomePaths(home if home is not None else home_dir())
+
+
+def ensure_home(home: Path | None = None) -> HomePaths:
+    """Create the home (0700) if needed; raise HomeError if it cannot be used."""
+    hp = paths(home)
+    try:
+        hp.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HomeError(
+            f"cannot create {hp.home}: {exc.strerror}. "
+            f"Fix the permissions or set {HOME_ENV} to a writable directory."
+        ) from None
+    if not hp.home.is_dir():
+        raise HomeError(f"{hp.home} is not a directory. Move it away or set {HOME_ENV}.")
+    if not os.access(hp.home, os.W_OK | os.X_OK):
+        raise HomeError(
+            f"{hp.home} is not writable. Fix it with: chmod u+rwx {hp.home} "
+            f"(or set {HOME_ENV} to a writable directory)."
+        )
+    try:
+        os.chmod(hp.home, 0o700)
+    except OSError:
+        pass  # not ours to change (e.g. a shared mount): the access check above passed
+    return hp
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write via a temp file in the same directory and rename: never half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_machine_id(hp: HomePaths) -> str | None:
+    """The machine id, or None if machine.json does not exist yet."""
+    try:
+        raw = hp.machine.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HomeError(f"cannot read {hp.machine}: {exc.strerror}. Fix its permissions.") from None
+    try:
+        data = json.loads(raw)
+        machine_id = str(uuid.UUID(str(data["machine_id"])))
+    except (ValueError, KeyError, TypeError):
+        raise HomeError(
+            f"{hp.machine} is corrupt (expected {{\"machine_id\": \"<uuid>\"}}); it was left "
+            f"untouched. Restore it from a backup, or delete it to get a new machine id "
+            f"(the machine then appears as a new device)."
+        ) from None
+    return machine_id
+
+
+def ensure_machine_id(hp: HomePaths) -> str:
+    """Read machine.json, creating it with a random UUID on first init only."""
+    existing = read_machine_id(hp)
+    if existing is not None:
+        return existing
+    machine_id = str(uuid.uuid4())
+    body = json.dumps({"machine_id": machine_id}, indent=2).encode() + b"\n"
+    # O_EXCL via link-free approach: write a temp file then rename only if absent.
+    tmp = hp.machine.with_name(f".machine.json.tmp-{os.getpid()}")
+    write_atomic(tmp, body, 0o644)
+    try:
+        os.link(tmp, hp.machine)  # fails if another process created it meanwhile
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        found = read_machine_id(hp)
+        assert found is not None
+        return found
+    tmp.unlink(missing_ok=True)
+    return machine_id

@@ -1,0 +1,303 @@
+"""The local store: ``db.sqlite`` (schema in docs/architecture.md).
+
+One writer (the daemon's writer thread) inserts rows in short
+``BEGIN IMMEDIATE`` transactions; readers (``report``, ``status``, the cloud
+worker) open their own connections. WAL lets readers run beside the writer,
+and a committed row survives ``kill -9`` of the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    ts TEXT NOT NULL,
+    day TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    host TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cache_read_tokens INTEGER,
+    cache_write_tokens INTEGER,
+    reasoning_tokens INTEGER,
+    cost_usd TEXT,
+    price_version TEXT NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    ttfb_ms INTEGER,
+    flags TEXT NOT NULL DEFAULT '',
+    row_json BLOB NOT NULL,
+    synced_at TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_unsynced ON requests(ts) WHERE synced_at IS NULL;
+CREATE INDEX IF NOT EXISTS requests_day ON requests(day);
+CREATE TABLE IF NOT EXISTS cloud_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    workspace_id TEXT,
+    workspace_slug TEXT,
+    workspace_name TEXT,
+    machine_id TEXT,
+    hostname TEXT,
+    api_key_ciphertext BLOB,
+    paired_at TEXT,
+    paused INTEGER NOT NULL DEFAULT 0,
+    paused_reason TEXT,
+    last_sync_at TEXT,
+    last_reconcile_at TEXT,
+    last_error TEXT
+);
+"""
+
+CLOUD_STATE_FIELDS = (
+    "workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname",
+    "api_key_ciphertext", "paired_at", "paused", "paused_reason", "last_sync_at",
+    "last_reconcile_at", "last_error",
+)
+
+_ROW_COLUMNS = (
+    "id", "ts", "day", "provider", "model", "host", "endpoint", "status", "stream",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    "reasoning_tokens", "cost_usd", "price_version", "latency_ms", "ttfb_ms", "flags", "row_json",
+)
+_INSERT = (
+    f"INSERT OR IGNORE INTO requests ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)})"
+)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is damaged; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One captured call as it goes into ``requests`` (built by the writer thread)."""
+
+    id: str
+    ts: str
+    provider: str
+    model: str
+    host: str
+    endpoint: str
+    status: int
+    stream: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: str | None
+    price_version: str
+    latency_ms: int
+    ttfb_ms: int | None
+    flags: str
+    row_json: bytes
+
+    def values(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.ts, self.ts[:10], self.provider, self.model, self.host, self.endpoint,
+            self.status, int(self.stream), self.input_tokens, self.output_tokens,
+            self.cache_read_tokens, self.cache_write_tokens, self.reasoning_tokens,
+            self.cost_usd, self.price_version, self.latency_ms, self.ttfb_ms, self.flags,
+            self.row_json,
+        )
+
+
+def _create_private_file(path: Path) -> None:
+    # SQLite gives the -wal and -shm files the main file's mode: 0600 here covers all three.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+
+
+class Store:
+    """A connection to db.sqlite. Thread-safe (one lock); open one per thread for concurrency."""
+
+    def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                uri = f"file:{self.path}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            else:
+                if not self.path.exists():
+                    _create_private_file(self.path)
+                self._conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if not readonly:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode: a commit survives a crash of the process (not of the OS).
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.executescript(_SCHEMA)
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open {self.path}: {exc}. If it is damaged, stop the daemon and move it "
+                f"away (a new one is created on start)."
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------
+
+    def insert_rows(self, rows: Sequence[StoredRow]) -> int:
+        """Insert in one short transaction; duplicates (same id) are ignored. Returns rows added."""
+        if not rows:
+            return 0
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany(_INSERT, [r.values() for r in rows])
+                added = conn.total_changes - before
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return added
+
+    def _write(self, sql: str, params: Iterable[Sequence[Any]]) -> int:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany(sql, params)
+                changed = conn.total_changes - before
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return changed
+
+    def mark_synced(self, ids: Sequence[str], at: str) -> int:
+        """Record that the cloud acknowledged these rows (call only after the 200)."""
+        return self._write("UPDATE requests SET synced_at = ? WHERE id = ?", [(at, i) for i in ids])
+
+    def mark_unsynced(self, ids: Sequence[str]) -> int:
+        """Queue rows for upload again (reconcile found the cloud lacks them)."""
+        return self._write("UPDATE requests SET synced_at = NULL WHERE id = ?", [(i,) for i in ids])
+
+    # -- reading -----------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def fetch_unsynced(self, limit: int) -> list[tuple[str, bytes]]:
+        """``(id, row_json)`` of rows not yet acknowledged by the cloud, oldest first."""
+        rows = self._query(
+            "SELECT id, row_json FROM requests WHERE synced_at IS NULL ORDER BY ts, id LIMIT ?",
+            (int(limit),),
+        )
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def count_unsynced(self) -> int:
+        return int(self._query("SELECT count(*) FROM requests WHERE synced_at IS NULL")[0][0])
+
+    def count_rows(self, day: str | None = None) -> int:
+        if day is None:
+            return int(self._query("SELECT count(*) FROM requests")[0][0])
+        return int(self._query("SELECT count(*) FROM requests WHERE day = ?", (day,))[0][0])
+
+    def totals_by_day(self, from_day: str, to_day: str) -> dict[str, tuple[int, str | None]]:
+        """``{day: (rows, cost)}`` for days with rows in [from_day, to_day].
+
+        ``cost`` is the exact decimal sum of the known costs as a string, or
+        None when no row of that day has a known price.
+        """
+        out: dict[str, tuple[int, Decimal | None]] = {}
+        for day, cost in self._query(
+            "SELECT day, cost_usd FROM requests WHERE day BETWEEN ? AND ?", (from_day, to_day)
+        ):
+            rows, total = out.get(day, (0, None))
+            if cost is not None:
+                total = (total or Decimal(0)) + Decimal(cost)
+            out[day] = (rows + 1, total)
+        return {d: (n, None if c is None else format(c, "f")) for d, (n, c) in sorted(out.items())}
+
+    def rows_for_days(self, days: Iterable[str]) -> list[tuple[str, bytes]]:
+        """``(id, row_json)`` of every row (synced or not) on these days: reconcile re-sends them."""
+        wanted = sorted(set(days))
+        if not wanted:
+            return []
+        marks = ",".join("?" for _ in wanted)
+        rows = self._query(
+            f"SELECT id, row_json FROM requests WHERE day IN ({marks}) ORDER BY ts, id", wanted
+        )
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    unsynced_or_all_rows_for_days = rows_for_days
+
+    def report_rows(self, from_day: str, to_day: str) -> list[sqlite3.Row]:
+        """The columns ``report`` aggregates, for days in [from_day, to_day]."""
+        with self._lock:
+            cur = self._conn.execute(
+                "SELECT day, provider, model, host, cost_usd, input_tokens, output_tokens, "
+                "cache_read_tokens, cache_write_tokens, reasoning_tokens, flags, status "
+                "FROM requests WHERE day BETWEEN ? AND ?",
+                (from_day, to_day),
+            )
+            cur.row_factory = sqlite3.Row
+            return cur.fetchall()
+
+    def integrity_check(self) -> str:
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+    # -- cloud_state -------------------------------------------------------
+
+    def get_cloud_state(self) -> dict[str, Any] | None:
+        with self._lock:
+            cur = self._conn.execute(f"SELECT {', '.join(CLOUD_STATE_FIELDS)} FROM cloud_state WHERE id = 1")
+            row = cur.fetchone()
+        return None if row is None else dict(zip(CLOUD_STATE_FIELDS, row, strict=True))
+
+    def set_cloud_state(self, **fields: Any) -> None:
+        """Create or update the single cloud_state row; only the given fields change."""
+        unknown = set(fields) - set(CLOUD_STATE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown cloud_state fields: {', '.join(sorted(unknown))}")
+        if not fields:
+            return
+        names = list(fields)
+        sets = ", ".join(f"{n} = excluded.{n}" for n in names)
+        sql = (
+            f"INSERT INTO cloud_state (id, {', '.join(names)}) VALUES (1, {', '.join('?' for _ in names)}) "
+            f"ON CONFLICT(id) DO UPDATE SET {sets}"
+        )
+        self._write(sql, [[fields[n] for n in names]])
+
+    def clear_cloud_state(self) -> None:
+        self._write("DELETE FROM cloud_state", [()])
+
+
+def open_store(path: Path, *, readonly: bool = False) -> Store:
+    return Store(path, readonly=readonly)
