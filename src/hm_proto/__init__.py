@@ -21,9 +21,27 @@ from ._codes import (
     normalize_user_code,
     token_matches,
 )
+from ._dates import add_days, date_range, days_between, is_valid_date, validate_date
 from ._errors import ApiError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._http import Request, Response, TransportFailure
+from ._outcomes import CallFailed, RetryLater, Unauthorised
+from ._pairing import (
+    Approved,
+    Cancelled,
+    CodeIssued,
+    Denied,
+    Expired,
+    PairingClient,
+    PairingError,
+    PairingState,
+    Pending,
+    RetryScheduled,
+    SlowDown,
+)
+from ._reconcile import Reconciler, ReconcileResult
+from ._revoke import Revoked, WhoAmI, parse_whoami, receive_revoke, revoke_request, whoami_request
 from ._rows import UsageRow, parse_row
+from ._wire import ClientConnection
 
 __all__ = [
     "USER_CODE_ALPHABET",
@@ -45,6 +63,38 @@ __all__ = [
     "normalize_user_code",
     "parse_row",
     "token_matches",
+]
+
+# pairing, reconcile, revoke, whoami, dates and the HTTP/1.1 wire adapter
+__all__ += [
+    "Approved",
+    "CallFailed",
+    "Cancelled",
+    "ClientConnection",
+    "CodeIssued",
+    "Denied",
+    "Expired",
+    "PairingClient",
+    "PairingError",
+    "PairingState",
+    "Pending",
+    "ReconcileResult",
+    "Reconciler",
+    "RetryLater",
+    "RetryScheduled",
+    "Revoked",
+    "SlowDown",
+    "Unauthorised",
+    "WhoAmI",
+    "add_days",
+    "date_range",
+    "days_between",
+    "is_valid_date",
+    "parse_whoami",
+    "receive_revoke",
+    "revoke_request",
+    "validate_date",
+    "whoami_request",
 ]
 
 __version__ = "0.2.1"

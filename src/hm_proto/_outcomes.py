@@ -1,0 +1,84 @@
+"""Outcomes shared by the one-shot calls (whoami, totals, revoke).
+
+Each call's ``receive_*`` function answers with its own success type or one
+of these: :class:`Unauthorised` (the token is bad or revoked: stop and ask
+the user to pair again), :class:`RetryLater` (nothing is wrong with the
+request; try again after ``retry_after`` seconds if the server said so) or
+:class:`CallFailed` (the server refused the request for good).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._http import Response, TransportFailure
+
+#: Answers that say "try again later" rather than "this request is wrong".
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Unauthorised:
+    """401: the token is missing, unknown, malformed or revoked."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """A transport failure, 408, 429 or 5xx: the same request may succeed later.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, if it sent one.
+    """
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """Any other error answer: retrying the same request will not help."""
+
+    status: int
+    error: str
+    detail: str
+
+
+def retry_after_seconds(response: Response) -> float | None:
+    """The delta-seconds form of ``Retry-After``; None when absent or a date.
+
+    The HTTP-date form needs a wall clock, which hm_proto does not have; the
+    callers fall back to their own backoff then.
+    """
+    raw = response.header("Retry-After")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isdigit():
+        return None
+    return float(int(raw))
+
+
+def describe(answer: Response | TransportFailure) -> str:
+    """One line saying what went wrong, for logs and RetryLater.reason."""
+    if isinstance(answer, TransportFailure):
+        return f"{answer.kind}: {answer.detail}" if answer.detail else answer.kind
+    code = answer.error_code()
+    detail = answer.error_detail()
+    text = f"HTTP {answer.status}"
+    if code:
+        text += f" {code}"
+    if detail:
+        text += f": {detail}"
+    return text
+
+
+def classify_failure(answer: Response | TransportFailure) -> Unauthorised | RetryLater | CallFailed:
+    """The outcome of an answer that is not the call's success status."""
+    if isinstance(answer, TransportFailure):
+        return RetryLater(describe(answer))
+    if answer.status == 401:
+        return Unauthorised(answer.error_detail() or "the token was refused")
+    if answer.status in RETRYABLE_STATUSES or answer.status >= 500:
+        return RetryLater(describe(answer), retry_after_seconds(answer))
+    return CallFailed(answer.status, answer.error_code() or "", answer.error_detail())

@@ -1,0 +1,70 @@
+"""Calls made with the sync token outside the upload loop: revoke and whoami.
+
+Revoke follows RFC 7009: 200 means revoked, and a 401 means the token is
+already unusable, which is what we wanted, so both end the disconnect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._errors import RemoteProtocolError
+from ._http import JSON_HEADERS, Request, Response, TransportFailure, bearer
+from ._outcomes import CallFailed, RetryLater, Unauthorised, classify_failure
+
+REVOKE_PATH = "/v1/pairing/revoke"
+WHOAMI_PATH = "/v1/whoami"
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """The token is unusable now. ``already`` when the server answered 401."""
+
+    already: bool = False
+
+
+RevokeOutcome = Revoked | RetryLater | CallFailed
+
+
+def revoke_request(token: str) -> Request:
+    return Request("POST", REVOKE_PATH, (*JSON_HEADERS, bearer(token)), b"{}")
+
+
+def receive_revoke(answer: Response | TransportFailure) -> RevokeOutcome:
+    if isinstance(answer, Response) and answer.status == 200:
+        return Revoked()
+    outcome = classify_failure(answer)
+    if isinstance(outcome, Unauthorised):
+        return Revoked(already=True)
+    return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAmI:
+    workspace_id: str
+    workspace_slug: str
+    workspace_name: str
+    machine_id: str
+    hostname: str
+
+
+WhoAmIOutcome = WhoAmI | Unauthorised | RetryLater | CallFailed
+
+
+def whoami_request(token: str) -> Request:
+    return Request("GET", WHOAMI_PATH, (("Accept", "application/json"), bearer(token)))
+
+
+def parse_whoami(answer: Response | TransportFailure) -> WhoAmIOutcome:
+    if isinstance(answer, TransportFailure) or answer.status != 200:
+        return classify_failure(answer)
+    data = answer.json()
+    if not isinstance(data, dict):
+        raise RemoteProtocolError("whoami: the answer is not a JSON object")
+    values: dict[str, str] = {}
+    for key in WhoAmI.__dataclass_fields__:
+        value = data.get(key)
+        if not isinstance(value, str):
+            raise RemoteProtocolError(f"whoami: the server sent no usable {key!r}")
+        values[key] = value
+    return WhoAmI(**values)
