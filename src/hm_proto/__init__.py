@@ -9,6 +9,16 @@ library user's own event loop.
 
 from __future__ import annotations
 
+from ._backoff import BackoffPolicy, parse_retry_after
+from ._batch import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ROWS,
+    Batch,
+    BatchBuilder,
+    RowTooLarge,
+    StoredRow,
+    new_batch_id,
+)
 from ._codes import (
     USER_CODE_ALPHABET,
     Entropy,
@@ -41,6 +51,22 @@ from ._pairing import (
 from ._reconcile import Reconciler, ReconcileResult
 from ._revoke import Revoked, WhoAmI, parse_whoami, receive_revoke, revoke_request, whoami_request
 from ._rows import UsageRow, parse_row
+from ._sync import (
+    BatchAccepted,
+    BatchQuarantined,
+    BatchRetryScheduled,
+    BatchSplit,
+    Idle,
+    NeedRows,
+    Paused,
+    SendBatch,
+    StateChanged,
+    SyncEvent,
+    SyncSession,
+    SyncState,
+    SyncStatus,
+    Wait,
+)
 from ._wire import ClientConnection
 
 __all__ = [
@@ -95,6 +121,33 @@ __all__ += [
     "revoke_request",
     "validate_date",
     "whoami_request",
+]
+
+# batching, backoff and the sync session (docs/sync.md)
+__all__ += [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_ROWS",
+    "BackoffPolicy",
+    "Batch",
+    "BatchAccepted",
+    "BatchBuilder",
+    "BatchQuarantined",
+    "BatchRetryScheduled",
+    "BatchSplit",
+    "Idle",
+    "NeedRows",
+    "Paused",
+    "RowTooLarge",
+    "SendBatch",
+    "StateChanged",
+    "StoredRow",
+    "SyncEvent",
+    "SyncSession",
+    "SyncState",
+    "SyncStatus",
+    "Wait",
+    "new_batch_id",
+    "parse_retry_after",
 ]
 
 __version__ = "0.2.1"

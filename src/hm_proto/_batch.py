@@ -1,0 +1,208 @@
+"""Upload bodies for ``POST /v1/requests/batch``, built from stored rows.
+
+The store keeps every row's api.md JSON exactly as it will be uploaded
+(``UsageRow.to_json()`` in the ``row_json`` column), so a body is a byte
+join: no row is decoded or re-encoded on the hot path. A stored row is the
+pair ``(row_id, row_json)``.
+
+Limits come from api.md: at most 1,000 rows and 4 MiB of uncompressed JSON
+per batch. :meth:`BatchBuilder.build` splits longer inputs; a single row that
+alone exceeds the byte limit can never be sent, so it raises
+:class:`RowTooLarge` (``SyncSession`` turns that into a quarantine event)
+instead of looping.
+
+Body compression is chosen per builder. ``zstd`` is the default: in
+``benchmarks/bench_batch.py`` it builds bodies at several times the speed of
+gzip at a smaller size (see docs/sync.md for the figures). The codecs are
+imported lazily so ``import hm_proto`` stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._codes import Entropy
+from ._errors import LocalProtocolError
+from ._http import Headers, Request, bearer
+
+StoredRow = tuple[str, bytes]
+ContentEncoding = Literal["gzip", "zstd"] | None
+
+MAX_BATCH_ROWS = 1_000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+BATCH_TARGET = "/v1/requests/batch"
+DEFAULT_ENCODING: ContentEncoding = "zstd"
+ZSTD_LEVEL = 3
+GZIP_LEVEL = 1
+
+_UUID_LEN = 36
+_BODY_HEAD = b'{"batch_id":"'
+_BODY_MID = b'","rows":['
+_BODY_TAIL = b"]}"
+#: Bytes of a body beyond its rows and the commas between them.
+ENVELOPE_BYTES = len(_BODY_HEAD) + _UUID_LEN + len(_BODY_MID) + len(_BODY_TAIL)
+
+
+class RowTooLarge(LocalProtocolError):
+    """A stored row is bigger than a whole batch may be: it can never be sent."""
+
+    def __init__(self, row_id: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"row {row_id} is {size} bytes of JSON; with the batch envelope it exceeds the "
+            f"{limit}-byte batch limit and cannot be uploaded. It stays in the local store."
+        )
+        self.row_id = row_id
+        self.size = size
+        self.limit = limit
+
+
+def new_batch_id(entropy: Entropy) -> str:
+    """A random (version 4) UUID string from 16 bytes of ``entropy``."""
+    raw = bytearray(entropy(16))
+    if len(raw) != 16:
+        raise LocalProtocolError(f"entropy(16) returned {len(raw)} bytes")
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _compress(body: bytes, encoding: ContentEncoding, state: dict[str, Any]) -> bytes:
+    if encoding is None:
+        return body
+    if encoding == "gzip":
+        import zlib
+
+        # wbits 31 = gzip container (RFC 1952), what Content-Encoding: gzip means.
+        comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        return comp.compress(body) + comp.flush()
+    if encoding == "zstd":
+        compressor = state.get("zstd")
+        if compressor is None:
+            import zstandard
+
+            # write_content_size lets the server size its buffer and refuse
+            # oversized bodies before decompressing them.
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+            state["zstd"] = compressor
+        return bytes(compressor.compress(body))
+    raise LocalProtocolError(f"unknown content encoding {encoding!r}: use None, 'gzip' or 'zstd'")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One upload: ``body`` is what goes on the wire (compressed if encoded)."""
+
+    batch_id: str
+    row_ids: tuple[str, ...]
+    body: bytes
+    content_encoding: ContentEncoding
+    raw_size: int  # bytes of uncompressed JSON: what the 4 MiB limit counts
+
+    def __len__(self) -> int:
+        return len(self.row_ids)
+
+    def headers(self, token: str) -> Headers:
+        headers: Headers = (
+            bearer(token),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        )
+        if self.content_encoding is not None:
+            headers += (("Content-Encoding", self.content_encoding),)
+        return headers
+
+    def to_request(self, token: str) -> Request:
+        """``POST /v1/requests/batch`` with this body, authenticated by ``token``."""
+        return Request("POST", BATCH_TARGET, self.headers(token), self.body)
+
+
+class BatchBuilder:
+    """Turns stored rows into :class:`Batch` objects within the api.md limits."""
+
+    def __init__(
+        self,
+        encoding: ContentEncoding = DEFAULT_ENCODING,
+        *,
+        max_rows: int = MAX_BATCH_ROWS,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        if encoding not in (None, "gzip", "zstd"):
+            raise LocalProtocolError(
+                f"unknown content encoding {encoding!r}: use None, 'gzip' or 'zstd'"
+            )
+        if not 1 <= max_rows <= MAX_BATCH_ROWS:
+            raise LocalProtocolError(f"max_rows must be 1..{MAX_BATCH_ROWS}, got {max_rows}")
+        if not ENVELOPE_BYTES < max_bytes <= MAX_BATCH_BYTES:
+            raise LocalProtocolError(f"max_bytes must be {ENVELOPE_BYTES + 1}..{MAX_BATCH_BYTES}")
+        self.encoding: ContentEncoding = encoding
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._codec_state: dict[str, Any] = {}
+
+    def fit(self, rows: Sequence[StoredRow], start: int = 0, max_rows: int | None = None) -> int:
+        """End index of the longest run ``rows[start:end]`` that fits one batch.
+
+        Raises :class:`RowTooLarge` when ``rows[start]`` alone does not fit.
+        ``max_rows`` lowers the row limit for this call (a split batch).
+        """
+        limit_rows = self.max_rows if max_rows is None else min(max_rows, self.max_rows)
+        stop = min(len(rows), start + limit_rows)
+        size = ENVELOPE_BYTES - 1  # the first row has no comma before it
+        end = start
+        budget = self.max_bytes
+        while end < stop:
+            size += len(rows[end][1]) + 1
+            if size > budget:
+                break
+            end += 1
+        if end == start and start < len(rows):
+            row_id, row_json = rows[start]
+            raise RowTooLarge(row_id, len(row_json), self.max_bytes)
+        return end
+
+    def build_one(self, rows: Sequence[StoredRow], entropy: Entropy) -> Batch:
+        """One batch of exactly ``rows``; they must fit (see :meth:`fit`)."""
+        if not rows:
+            raise LocalProtocolError("a batch needs at least one row")
+        if self.fit(rows) != len(rows):
+            raise LocalProtocolError(
+                f"{len(rows)} rows do not fit one batch ({self.max_rows} rows, "
+                f"{self.max_bytes} bytes): use build() to split them"
+            )
+        return self._assemble(rows, entropy)
+
+    def _assemble(self, rows: Sequence[StoredRow], entropy: Entropy) -> Batch:
+        batch_id = new_batch_id(entropy)
+        raw = b"".join(
+            (
+                _BODY_HEAD,
+                batch_id.encode("ascii"),
+                _BODY_MID,
+                b",".join([row_json for _, row_json in rows]),
+                _BODY_TAIL,
+            )
+        )
+        return Batch(
+            batch_id=batch_id,
+            row_ids=tuple([row_id for row_id, _ in rows]),
+            body=_compress(raw, self.encoding, self._codec_state),
+            content_encoding=self.encoding,
+            raw_size=len(raw),
+        )
+
+    def build(self, rows: Sequence[StoredRow], entropy: Entropy) -> list[Batch]:
+        """All ``rows`` as consecutive batches, in order.
+
+        Raises :class:`RowTooLarge` on the first row that can never fit; use
+        :meth:`fit` directly to skip such rows instead.
+        """
+        batches: list[Batch] = []
+        start = 0
+        while start < len(rows):
+            end = self.fit(rows, start)
+            batches.append(self._assemble(rows[start:end], entropy))
+            start = end
+        return batches

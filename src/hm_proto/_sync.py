@@ -1,0 +1,665 @@
+"""SyncSession: when to upload the next batch, and what an answer means.
+
+The cloud worker's brain, sans-IO. The driver owns the store and the socket;
+the session owns every decision. The loop (see docs/sync.md)::
+
+    action = session.next_action(now)
+    NeedRows(limit) -> rows = store.oldest_unsynced(limit)   # not quarantined
+                       events = session.start_batch(rows, now)  (or nothing_to_send(now))
+                       SendBatch(batch, request) among them -> send request
+                       events = session.receive(response_or_TransportFailure, now)
+    Wait(until)     -> sleep until `until` (or until new rows / a user command)
+    Idle()          -> nothing to do until an input (resume, configure, ...)
+
+Ack-then-commit: rows become synced in the store only when the driver sees
+``BatchAccepted`` for them, which only a 200 with a batch answer produces. A
+crash between send and ack re-sends the rows; the server de-duplicates by
+row id, so nothing is lost and nothing is stored twice. The session keeps no
+rows of its own: a retry, split or bisection re-reads the oldest unsynced rows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any, TypeGuard
+
+from ._backoff import BackoffPolicy, parse_retry_after
+from ._batch import Batch, BatchBuilder, RowTooLarge, StoredRow
+from ._codes import Entropy
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._http import Request, Response, TransportFailure
+from ._outcomes import describe
+
+# -- states -------------------------------------------------------------------
+
+
+class SyncState(StrEnum):
+    """What ``cloud status`` shows. The value is the displayed spelling."""
+
+    ACTIVE = "ACTIVE"
+    DEGRADED = "DEGRADED"
+    PAUSED = "PAUSED"
+    NOT_CONFIGURED = "NOT-CONFIGURED"
+
+
+PAUSED_BY_USER = "user"
+PAUSED_UNAUTHORISED = "paused_unauthorised"
+PAUSED_REASONS = (PAUSED_BY_USER, PAUSED_UNAUTHORISED)
+
+
+class _Trigger(Enum):
+    CONFIGURE = "configure"  # a token arrived (cloud connect, or restart with one)
+    DISABLE = "disable"  # cloud.enabled = false, or disconnect
+    PAUSE = "pause"  # cloud pause
+    RESUME = "resume"  # cloud resume
+    UNAUTHORISED = "unauthorised"  # the server answered 401
+    STRAINED = "strained"  # the DEGRADED measure is met
+    HEALTHY = "healthy"  # the DEGRADED measure is not met
+
+
+_A, _D, _P, _N = SyncState.ACTIVE, SyncState.DEGRADED, SyncState.PAUSED, SyncState.NOT_CONFIGURED
+_T = _Trigger
+
+# (state, trigger) -> next state. A missing pair is an illegal move.
+_STATE_TABLE: dict[SyncState, dict[_Trigger, SyncState]] = {
+    _N: {_T.CONFIGURE: _A, _T.DISABLE: _N, _T.UNAUTHORISED: _N, _T.STRAINED: _N, _T.HEALTHY: _N},
+    _A: {
+        _T.CONFIGURE: _A, _T.DISABLE: _N, _T.PAUSE: _P, _T.RESUME: _A,
+        _T.UNAUTHORISED: _P, _T.STRAINED: _D, _T.HEALTHY: _A,
+    },
+    _D: {
+        _T.CONFIGURE: _A, _T.DISABLE: _N, _T.PAUSE: _P, _T.RESUME: _D,
+        _T.UNAUTHORISED: _P, _T.STRAINED: _D, _T.HEALTHY: _A,
+    },
+    _P: {
+        _T.CONFIGURE: _A, _T.DISABLE: _N, _T.PAUSE: _P, _T.RESUME: _A,
+        _T.UNAUTHORISED: _P, _T.STRAINED: _P, _T.HEALTHY: _P,
+    },
+}  # fmt: skip
+
+_RUNNING = (SyncState.ACTIVE, SyncState.DEGRADED)
+
+
+class _Phase(Enum):
+    """Where the upload loop is, independent of what status shows."""
+
+    READY = "ready"  # may send now
+    IN_FLIGHT = "in_flight"  # one request sent, its answer not yet received
+    BACKOFF = "backoff"  # waiting before a retry
+    RESTING = "resting"  # the store was drained: wait to gather rows
+
+
+class _Step(Enum):
+    SEND = "send"
+    NOTHING = "nothing"  # the store had no unsynced row
+    MORE = "more"  # answered; more rows wait (or a split/quarantine to follow)
+    DRAINED = "drained"  # answered 200 and the store is drained
+    FAILED = "failed"  # a retryable failure: back off
+    DUE = "due"  # the wait is over
+    POKE = "poke"  # send now: cloud sync, or a full batch of rows arrived
+    RESET = "reset"  # a new token: forget any wait
+
+
+_R, _F, _B, _S = _Phase.READY, _Phase.IN_FLIGHT, _Phase.BACKOFF, _Phase.RESTING
+_PHASE_TABLE: dict[_Phase, dict[_Step, _Phase]] = {
+    _R: {_Step.SEND: _F, _Step.NOTHING: _S, _Step.POKE: _R, _Step.RESET: _R},
+    _F: {_Step.MORE: _R, _Step.DRAINED: _S, _Step.FAILED: _B},
+    _B: {_Step.DUE: _R, _Step.POKE: _R, _Step.RESET: _R},
+    _S: {_Step.DUE: _R, _Step.POKE: _R, _Step.RESET: _R},
+}
+
+# -- policy constants (docs/sync.md explains each) ----------------------------
+
+RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+REJECTED_STATUSES = frozenset({400, 422})
+#: Other 5xx (500, 501, 505, ...) are retried this many times in a row, then
+#: treated like a rejection: the batch is bisected to find a poison row.
+SERVER_ERROR_ATTEMPTS = 5
+#: Seconds to wait after the store ran dry, so rows gather into one batch.
+FLUSH_INTERVAL = 5.0
+#: DEGRADED measure: the window over which backlog growth is judged...
+DEGRADED_WINDOW = 300.0
+#: ...and the count of consecutive failed attempts that degrade on their own.
+DEGRADED_AFTER_FAILURES = 3
+#: Backlog samples closer than this are coalesced (bounds memory).
+_SAMPLE_SPACING = 1.0
+
+
+# -- what the driver is asked to do -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NeedRows:
+    """Read up to ``limit`` oldest unsynced, unquarantined rows; call start_batch."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to send before ``until`` (the caller's clock)."""
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing to do until an input: paused, not configured, or awaiting an answer."""
+
+
+Action = NeedRows | Wait | Idle
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendBatch:
+    """Send ``request`` (``batch`` is its parsed form), then call receive()."""
+
+    batch: Batch
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAccepted:
+    """The server stored these rows (200). Now, and only now, mark them synced."""
+
+    batch_id: str
+    row_ids: tuple[str, ...]
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSplit:
+    """The batch was refused whole; its rows go again in smaller batches."""
+
+    batch_id: str
+    row_count: int
+    next_row_limit: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchQuarantined:
+    """These rows will never be sent: record them so reads skip them, and report.
+
+    ``status`` is the server's answer, or None when the row was refused
+    locally (larger than a whole batch may be, so it was never sent).
+    """
+
+    batch_id: str | None
+    row_ids: tuple[str, ...]
+    status: int | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRetryScheduled:
+    """The rows stay unsynced; the next attempt is not before ``at``."""
+
+    batch_id: str
+    at: float
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Sending stopped (401: ``paused_unauthorised``). Persist it for restarts."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """ACTIVE <-> DEGRADED moved on its own (the measure in docs/sync.md)."""
+
+    state: SyncState
+
+
+SyncEvent = (
+    SendBatch
+    | BatchAccepted
+    | BatchSplit
+    | BatchQuarantined
+    | BatchRetryScheduled
+    | Paused
+    | StateChanged
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    """Everything ``cloud status --json`` shows. Times are the caller's floats."""
+
+    state: SyncState
+    paused_reason: str | None
+    last_sync_at: float | None
+    unsynced_rows: int | None  # None until the driver called note_backlog
+    last_error: str | None
+    last_reconcile_at: float | None
+    consecutive_failures: int
+    next_attempt_at: float | None
+    quarantined_rows: int
+    in_flight: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "paused_reason": self.paused_reason,
+            "last_sync_at": self.last_sync_at,
+            "unsynced_rows": self.unsynced_rows,
+            "last_error": self.last_error,
+            "last_reconcile_at": self.last_reconcile_at,
+            "consecutive_failures": self.consecutive_failures,
+            "next_attempt_at": self.next_attempt_at,
+            "quarantined_rows": self.quarantined_rows,
+            "in_flight": self.in_flight,
+        }
+
+
+@dataclass(slots=True)
+class _InFlight:
+    batch: Batch
+    more_waiting: bool  # the store held rows beyond this batch when it was built
+
+
+def _batch_counts(answer: Response) -> tuple[int, int] | None:
+    """``(accepted, duplicates)`` from a 200 body, or None if it is not one."""
+    try:
+        data = answer.json()
+    except RemoteProtocolError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    accepted, duplicates = data.get("accepted"), data.get("duplicates", 0)
+    if _is_count(accepted) and _is_count(duplicates):
+        return accepted, duplicates
+    return None
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class SyncSession:
+    """Decides when to upload and interprets every answer. One request at a time."""
+
+    def __init__(
+        self,
+        entropy: Entropy,
+        *,
+        token: str | None = None,
+        paused_reason: str | None = None,
+        builder: BatchBuilder | None = None,
+        backoff: BackoffPolicy | None = None,
+        flush_interval: float = FLUSH_INTERVAL,
+        last_sync_at: float | None = None,
+        last_error: str | None = None,
+        last_reconcile_at: float | None = None,
+        quarantined_rows: int = 0,
+    ) -> None:
+        """Restore from the ``cloud_state`` row: a token and a persisted pause."""
+        if paused_reason is not None and paused_reason not in PAUSED_REASONS:
+            raise LocalProtocolError(f"paused_reason must be one of {PAUSED_REASONS}")
+        self._entropy = entropy
+        self._builder = builder if builder is not None else BatchBuilder()
+        self._backoff = backoff if backoff is not None else BackoffPolicy()
+        self._flush_interval = flush_interval
+        self._token: str | None = None
+        self._state = SyncState.NOT_CONFIGURED
+        self._paused_reason: str | None = None
+        self._phase = _Phase.READY
+        self._wake_at: float | None = None
+        self._retry_floor: float | None = None  # Retry-After: no attempt before this
+        self._in_flight: _InFlight | None = None
+        self._row_ceiling = self._builder.max_rows  # lowered for good by a 413
+        self._row_limit = self._row_ceiling  # lowered while bisecting
+        self._consecutive_failures = 0
+        self._server_error_streak = 0
+        self._last_sync_at = last_sync_at
+        self._last_error = last_error
+        self._last_reconcile_at = last_reconcile_at
+        self._quarantined_rows = quarantined_rows
+        self._unsynced_rows: int | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+        if token is not None:
+            self.configure(token)
+            if paused_reason is not None:
+                self._move(_Trigger.PAUSE)
+                self._paused_reason = paused_reason
+
+    # -- state plumbing ----------------------------------------------------------
+
+    def _move(self, trigger: _Trigger) -> None:
+        try:
+            self._state = _STATE_TABLE[self._state][trigger]
+        except KeyError:
+            raise LocalProtocolError(
+                f"cannot {trigger.value} while {self._state.value}"
+                + (": run `halton-meter cloud connect` first" if self._state is _N else "")
+            ) from None
+
+    def _step(self, step: _Step) -> None:
+        try:
+            self._phase = _PHASE_TABLE[self._phase][step]
+        except KeyError:
+            raise LocalProtocolError(
+                f"sync loop cannot {step.value} while {self._phase.value}"
+                + (": one request at a time" if self._phase is _F else "")
+            ) from None
+        if self._phase in (_R, _F):
+            self._wake_at = None
+
+    def _tick(self, now: float) -> None:
+        if self._phase in (_B, _S) and self._wake_at is not None and now >= self._wake_at:
+            self._step(_Step.DUE)
+
+    @property
+    def state(self) -> SyncState:
+        return self._state
+
+    @property
+    def paused_reason(self) -> str | None:
+        return self._paused_reason
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @property
+    def in_flight(self) -> Batch | None:
+        return self._in_flight.batch if self._in_flight is not None else None
+
+    # -- user commands -----------------------------------------------------------
+
+    def configure(self, token: str) -> None:
+        """A (new) token: start sending. Clears a pause and any backoff."""
+        if not token:
+            raise LocalProtocolError("configure() needs a token")
+        self._move(_Trigger.CONFIGURE)
+        self._token = token
+        self._paused_reason = None
+        self._consecutive_failures = 0
+        self._server_error_streak = 0
+        self._retry_floor = None
+        if self._phase is not _F:
+            self._step(_Step.RESET)
+
+    def disable(self) -> None:
+        """cloud.enabled = false or disconnect: forget the token, send nothing.
+
+        An answer to a request already in flight is still accepted by
+        receive(), so a 200 that arrives still marks its rows synced.
+        """
+        self._move(_Trigger.DISABLE)
+        self._token = None
+        self._paused_reason = None
+
+    def pause(self) -> None:
+        """``cloud pause``: stop sending after the request in flight, if any."""
+        self._move(_Trigger.PAUSE)
+        if self._paused_reason is None:
+            self._paused_reason = PAUSED_BY_USER
+
+    def resume(self, now: float) -> None:
+        """``cloud resume``: send again (a 401 pause too: the server decides)."""
+        self._move(_Trigger.RESUME)
+        self._paused_reason = None
+        self._evaluate_health(now, [])
+
+    def sync_now(self, now: float) -> None:
+        """``cloud sync``: skip the flush wait and a backoff wait, never a Retry-After."""
+        if self._state not in _RUNNING:
+            raise LocalProtocolError(
+                f"cannot sync while {self._state.value}"
+                + (f" ({self._paused_reason})" if self._paused_reason else "")
+                + ": run `halton-meter cloud resume` or `cloud connect` first"
+            )
+        if self._phase in (_R, _S) or (
+            self._phase is _B and (self._retry_floor is None or now >= self._retry_floor)
+        ):
+            self._step(_Step.POKE)
+
+    def note_backlog(self, unsynced_rows: int, now: float) -> list[SyncEvent]:
+        """The store's count of unsynced, unquarantined rows, as of ``now``.
+
+        Call it after each commit and whenever rows are captured (coalescing
+        is fine). A full batch waiting ends the flush wait early.
+        """
+        if unsynced_rows < 0:
+            raise LocalProtocolError("unsynced_rows cannot be negative")
+        self._unsynced_rows = unsynced_rows
+        self._sample(now, unsynced_rows)
+        if self._phase is _S and unsynced_rows >= self._row_limit:
+            self._step(_Step.POKE)
+        events: list[SyncEvent] = []
+        self._evaluate_health(now, events)
+        return events
+
+    def note_reconcile(self, now: float) -> None:
+        self._last_reconcile_at = now
+
+    # -- the upload loop ---------------------------------------------------------
+
+    def next_action(self, now: float) -> Action:
+        if self._in_flight is not None or self._state not in _RUNNING:
+            return Idle()
+        self._tick(now)
+        if self._phase is _R:
+            return NeedRows(self._row_limit)
+        assert self._wake_at is not None
+        return Wait(self._wake_at)
+
+    def next_deadline(self) -> float | None:
+        """When next_action() may change on its own; None: only on an input."""
+        if self._in_flight is not None or self._state not in _RUNNING:
+            return None
+        return self._wake_at if self._phase in (_B, _S) else None
+
+    def _require_sendable(self, now: float) -> None:
+        if self._state not in _RUNNING:
+            raise LocalProtocolError(f"cannot send while {self._state.value}")
+        self._tick(now)
+        if self._phase is not _R:
+            reason = "one request at a time" if self._phase is _F else f"wait until {self._wake_at}"
+            raise LocalProtocolError(f"not ready to send ({self._phase.value}): {reason}")
+
+    def nothing_to_send(self, now: float) -> None:
+        """The store has no unsynced row: rest for the flush interval."""
+        self._require_sendable(now)
+        self._step(_Step.NOTHING)
+        self._wake_at = now + self._flush_interval
+
+    def start_batch(
+        self, rows: list[StoredRow] | tuple[StoredRow, ...], now: float
+    ) -> list[SyncEvent]:
+        """Build the next batch from the oldest unsynced rows (as NeedRows asked).
+
+        Returns a ``SendBatch`` to send, preceded by ``BatchQuarantined`` for
+        any leading row too large to ever send. Rows beyond the batch are
+        simply read again next time.
+        """
+        self._require_sendable(now)
+        if not rows:
+            self.nothing_to_send(now)
+            return []
+        events: list[SyncEvent] = []
+        start = 0
+        end = 0
+        while start < len(rows):
+            try:
+                end = self._builder.fit(rows, start, max_rows=self._row_limit)
+                break
+            except RowTooLarge as exc:
+                events.append(BatchQuarantined(None, (exc.row_id,), None, str(exc)))
+                self._quarantined_rows += 1
+                start += 1
+        if start == len(rows):
+            return events  # every row refused locally; READY to read more
+        assert self._token is not None
+        batch = self._builder.build_one(rows[start:end], self._entropy)
+        more = len(rows) >= self._row_limit or end < len(rows)
+        self._in_flight = _InFlight(batch, more)
+        self._step(_Step.SEND)
+        events.append(SendBatch(batch, batch.to_request(self._token)))
+        return events
+
+    def receive(self, answer: Response | TransportFailure, now: float) -> list[SyncEvent]:
+        """The answer to the batch in flight (or the failure to get one)."""
+        if self._in_flight is None:
+            raise LocalProtocolError("receive() without a batch in flight")
+        flight, self._in_flight = self._in_flight, None
+        batch = flight.batch
+        events: list[SyncEvent] = []
+        if isinstance(answer, TransportFailure):
+            self._retry(batch, describe(answer), None, now, events)
+        elif answer.status == 200:
+            counts = _batch_counts(answer)
+            if counts is None:
+                # A 200 that is not a batch answer (captive portal, wrong
+                # base URL behind a proxy) proves nothing was stored.
+                self._retry(batch, "200 with a body that is not a batch answer", None, now, events)
+            else:
+                self._accepted(flight, counts, now, events)
+        elif answer.status == 401:
+            self._last_error = describe(answer)
+            self._step(_Step.MORE)
+            self._move(_Trigger.UNAUTHORISED)
+            if self._state is _P:
+                self._paused_reason = PAUSED_UNAUTHORISED
+                events.append(Paused(PAUSED_UNAUTHORISED))
+        elif answer.status == 413:
+            self._last_error = describe(answer)
+            self._step(_Step.MORE)
+            self._split_or_quarantine(batch, answer.status, now, events, permanent=True)
+        elif answer.status in REJECTED_STATUSES:
+            self._last_error = describe(answer)
+            self._step(_Step.MORE)
+            self._split_or_quarantine(batch, answer.status, now, events, permanent=False)
+        elif answer.status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(answer.header("Retry-After"))
+            self._retry(batch, describe(answer), retry_after, now, events)
+        elif 500 <= answer.status < 600:
+            self._server_error_streak += 1
+            if self._server_error_streak >= SERVER_ERROR_ATTEMPTS:
+                self._last_error = describe(answer)
+                self._server_error_streak = 0
+                self._consecutive_failures += 1
+                self._step(_Step.MORE)
+                self._split_or_quarantine(batch, answer.status, now, events, permanent=False)
+            else:
+                retry_after = parse_retry_after(answer.header("Retry-After"))
+                self._retry(batch, describe(answer), retry_after, now, events)
+        else:
+            # 3xx, 403, 404, 409, 415, ...: not the rows' fault but ours or the
+            # deployment's (wrong base URL, proxy). Keep the rows, back off, report.
+            self._retry(batch, describe(answer), None, now, events)
+        self._evaluate_health(now, events)
+        return events
+
+    # -- answers -----------------------------------------------------------------
+
+    def _accepted(
+        self, flight: _InFlight, counts: tuple[int, int], now: float, events: list[SyncEvent]
+    ) -> None:
+        batch = flight.batch
+        self._consecutive_failures = 0
+        self._server_error_streak = 0
+        self._retry_floor = None
+        self._last_error = None
+        self._last_sync_at = now
+        self._row_limit = min(self._row_ceiling, self._row_limit * 2)
+        if self._unsynced_rows is not None:
+            self._unsynced_rows = max(0, self._unsynced_rows - len(batch.row_ids))
+            self._sample(now, self._unsynced_rows)
+        if flight.more_waiting:
+            self._step(_Step.MORE)
+        else:
+            self._step(_Step.DRAINED)
+            self._wake_at = now + self._flush_interval
+        events.append(BatchAccepted(batch.batch_id, batch.row_ids, counts[0], counts[1]))
+
+    def _retry(
+        self,
+        batch: Batch,
+        reason: str,
+        retry_after: float | None,
+        now: float,
+        events: list[SyncEvent],
+    ) -> None:
+        attempt = self._consecutive_failures
+        self._consecutive_failures += 1
+        self._last_error = reason
+        at = now + self._backoff.delay(attempt, self._entropy, retry_after)
+        self._retry_floor = now + retry_after if retry_after is not None else None
+        self._step(_Step.FAILED)
+        self._wake_at = at
+        events.append(BatchRetryScheduled(batch.batch_id, at, self._consecutive_failures, reason))
+
+    def _split_or_quarantine(
+        self, batch: Batch, status: int, now: float, events: list[SyncEvent], *, permanent: bool
+    ) -> None:
+        """Halve the next batch to isolate the refused rows; a lone row is quarantined.
+
+        ``permanent`` (413): the server's size limit is below ours, so the
+        lower row limit stays for this session instead of growing back.
+        """
+        if len(batch.row_ids) > 1:
+            self._row_limit = max(1, len(batch.row_ids) // 2)
+            if permanent:
+                self._row_ceiling = self._row_limit
+            events.append(BatchSplit(batch.batch_id, len(batch.row_ids), self._row_limit, status))
+            return
+        self._quarantined_rows += 1
+        self._row_limit = min(self._row_ceiling, self._row_limit * 2)
+        events.append(
+            BatchQuarantined(batch.batch_id, batch.row_ids, status, self._last_error or str(status))
+        )
+
+    # -- the DEGRADED measure ----------------------------------------------------
+
+    def _sample(self, now: float, count: int) -> None:
+        if self._samples and now - self._samples[-1][0] < _SAMPLE_SPACING:
+            # Keep the older timestamp so a steady stream of notes still ages.
+            self._samples[-1] = (self._samples[-1][0], count)
+        else:
+            self._samples.append((now, count))
+        horizon = now - DEGRADED_WINDOW
+        # Keep exactly one sample at or before the horizon: the baseline.
+        while len(self._samples) >= 2 and self._samples[1][0] <= horizon:
+            self._samples.popleft()
+
+    def _strained(self, now: float) -> bool:
+        backlog = self._unsynced_rows or 0
+        if backlog == 0:
+            return False
+        if self._consecutive_failures >= DEGRADED_AFTER_FAILURES:
+            return True
+        if backlog <= self._builder.max_rows or not self._samples:
+            return False
+        baseline_at, baseline = self._samples[0]
+        return baseline_at <= now - DEGRADED_WINDOW and backlog > baseline
+
+    def _evaluate_health(self, now: float, events: list[SyncEvent]) -> None:
+        before = self._state
+        self._move(_Trigger.STRAINED if self._strained(now) else _Trigger.HEALTHY)
+        if self._state is not before:
+            events.append(StateChanged(self._state))
+
+    def snapshot(self) -> SyncStatus:
+        return SyncStatus(
+            state=self._state,
+            paused_reason=self._paused_reason,
+            last_sync_at=self._last_sync_at,
+            unsynced_rows=self._unsynced_rows,
+            last_error=self._last_error,
+            last_reconcile_at=self._last_reconcile_at,
+            consecutive_failures=self._consecutive_failures,
+            next_attempt_at=self.next_deadline(),
+            quarantined_rows=self._quarantined_rows,
+            in_flight=self._in_flight is not None,
+        )
