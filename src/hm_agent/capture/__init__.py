@@ -1,64 +1,99 @@
-"""Capture: one proxied LLM call in, usage out (stub; see docs/architecture.md)."""
+"""Capture: one proxied LLM call in, usage out (see docs/capture.md).
+
+The addon calls, per flow, on the proxy thread::
+
+    tap = open_call(host, method, path, query, request_headers, request_body, config)
+    tap.response_headers(status, headers)
+    tap.feed(chunk)            # raw, still content-encoded body bytes
+    usage = tap.finish(complete)
+
+and the writer thread prices the result with `pricing.price(usage, overrides)`.
+Nothing here raises into the proxy, and nothing keeps a prompt, a completion
+or a key.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
-DEFAULT_HOSTS: dict[str, str] = {
-    "api.openai.com": "openai",
-    "api.anthropic.com": "anthropic",
-    "generativelanguage.googleapis.com": "gemini",
-}
+from .dialects import loads
+from .hosts import DEFAULT_HOSTS, HostRoute, route_for
+from .tap import CallInfo, CallTap, CapturedUsage
 
+__all__ = ["DEFAULT_HOSTS", "CallTap", "CapturedUsage", "HostRoute", "open_call", "route_for"]
 
-@dataclass(frozen=True, slots=True)
-class CapturedUsage:
-    provider: str
-    model: str
-    host: str
-    endpoint: str
-    status: int
-    stream: bool
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    cache_write_1h_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    flags: frozenset[str] = field(default_factory=frozenset)
+log = logging.getLogger("hm_agent.capture")
+
+_OPENAI_ENDINGS = (
+    ("/chat/completions", "chat"),
+    ("/responses", "responses"),
+    ("/completions", "completions"),
+    ("/embeddings", "embeddings"),
+)
+_GEMINI_METHOD = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_AZURE_DEPLOYMENT = re.compile(r"/deployments/([^/]+)/")
 
 
-class CallTap:
-    def __init__(self, dialect: str, host: str, path: str, request_body: bytes) -> None:
-        self.dialect = dialect
-        self.host = host
-        self.path = path
-        self.status = 0
-        self.model = "unknown"
-        self.stream = False
-        try:
-            req: Any = json.loads(request_body) if request_body else {}
-            if isinstance(req, dict):
-                self.model = str(req.get("model") or "unknown")
-                self.stream = bool(req.get("stream"))
-        except ValueError:
-            pass
+def _openai_kind(path: str) -> str | None:
+    for ending, kind in _OPENAI_ENDINGS:
+        if path.endswith(ending):
+            return kind
+    return None
 
-    def response_headers(self, status: int, headers: Mapping[str, str]) -> None:
-        self.status = status
 
-    def feed(self, chunk: bytes) -> None:
-        pass
+def _endpoint_dialect(preferred: str, path: str) -> tuple[str, str] | None:
+    """(dialect, kind) for a metered endpoint, trying the host's dialect first
+    (Gemini and DeepSeek also serve other dialects on the same host)."""
+    gemini = _GEMINI_METHOD.search(path)
+    candidates = {
+        "openai": ("openai", _openai_kind(path)),
+        "anthropic": ("anthropic", "messages" if path.endswith("/messages") else None),
+        "gemini": ("gemini", gemini.group(2) if gemini else None),
+    }
+    order = [preferred] + [d for d in ("openai", "anthropic", "gemini") if d != preferred]
+    for dialect in order:
+        found = candidates[dialect]
+        if found[1] is not None:
+            return found[0], found[1]
+    return None
 
-    def finish(self, complete: bool = True) -> CapturedUsage:
-        flags = frozenset() if complete else frozenset({"incomplete"})
-        return CapturedUsage(
-            provider=self.dialect, model=self.model, host=self.host, endpoint=self.path,
-            status=self.status, stream=self.stream, flags=flags,
-        )
+
+def _call_info(
+    route: HostRoute, host: str, path: str, query: str, request_body: bytes
+) -> CallInfo | None:
+    path = path.split("?", 1)[0]
+    clean = path.rstrip("/")
+    found = _endpoint_dialect(route.dialect, unquote(clean))
+    if found is None:
+        return None
+    dialect, kind = found
+    request = loads(request_body) if request_body and dialect != "gemini" else None
+    request = request if isinstance(request, dict) else {}
+    model = request.get("model")
+    model = model if isinstance(model, str) and model else None
+    stream = request.get("stream") is True
+    stream_options = request.get("stream_options")
+    asked_for_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    if dialect == "gemini":
+        match = _GEMINI_METHOD.search(unquote(clean))
+        model = match.group(1) if match else None
+        stream = kind == "streamGenerateContent"
+    elif model is None:
+        deployment = _AZURE_DEPLOYMENT.search(clean)  # Azure: model is in the path
+        model = unquote(deployment.group(1)) if deployment else None
+    return CallInfo(
+        dialect=dialect,
+        provider=route.provider,
+        host=host.lower(),
+        endpoint=path,  # never the query: Gemini keys travel in ?key=
+        model=model,
+        stream=stream,
+        asked_for_usage=asked_for_usage,
+    )
 
 
 def open_call(
@@ -70,10 +105,19 @@ def open_call(
     request_body: bytes,
     config: Any = None,
 ) -> CallTap | None:
-    hosts = dict(DEFAULT_HOSTS)
-    for entry in getattr(config, "capture_hosts", ()) or ():
-        hosts[entry[0]] = entry[1]
-    dialect = hosts.get(host.lower())
-    if dialect is None or method.upper() != "POST":
+    """A tap for an LLM API call, or None for anything else (passed through, not recorded).
+
+    `host` may include ":port" (entries of `config.capture_hosts` may too).
+    Never raises: a request it cannot read is not metered.
+    """
+    try:
+        if method.upper() != "POST":
+            return None
+        route = route_for(host, config)
+        if route is None:
+            return None
+        info = _call_info(route, host, path, query, request_body or b"")
+        return CallTap(info) if info is not None else None
+    except Exception:
+        log.debug("capture: request not understood; not metered", exc_info=True)
         return None
-    return CallTap(dialect, host, path, request_body)

@@ -1,10 +1,189 @@
-"""Pricing (stub; the capture work replaces it with genai-prices)."""
+"""Cost of a captured call, from genai-prices (or a `[[pricing.override]]`).
+
+Runs on the writer thread, never the proxy thread: genai-prices is imported
+lazily on first use because it pulls in pydantic.
+
+Result of `price`: `(cost_usd, price_version)`.
+- cost_usd: a decimal string, or None when the price is unknown.
+- price_version: "genai-prices-0.0.61" when genai-prices was asked (also when
+  it did not know the model), "override" for a config override, "unpriced"
+  when there was nothing to price (an error response, usage not reported).
+
+`flags_after_pricing` says which flags pricing adds to the row
+("unknown_model": there were tokens, but no price for the model).
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
+log = logging.getLogger("hm_agent.capture")
 
-def price(usage: Any, overrides: Any = None) -> tuple[str | None, str]:
-    """Return ``(cost_usd or None when unknown, price_version)``."""
-    return None, "unpriced"
+UNPRICED = "unpriced"
+OVERRIDE = "override"
+
+_lock = threading.Lock()
+_genai: Any = None
+_known_providers: frozenset[str] = frozenset()
+_version = "genai-prices"
+
+
+def _load() -> Any:
+    global _genai, _known_providers, _version
+    if _genai is None:
+        with _lock:
+            if _genai is None:
+                import genai_prices
+                from genai_prices import data_snapshot
+
+                snapshot = data_snapshot.get_snapshot()
+                _known_providers = frozenset(p.id for p in snapshot.providers)
+                _version = f"genai-prices-{genai_prices.__version__}"
+                _genai = genai_prices
+    return _genai
+
+
+def price_version() -> str:
+    _load()
+    return _version
+
+
+def decimal_string(value: Decimal) -> str:
+    """Plain notation, no exponent, no trailing zeros ("0.0001375", "0")."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _has_tokens(usage: Any) -> bool:
+    return getattr(usage, "input_tokens", None) is not None or getattr(usage, "output_tokens", None) is not None
+
+
+def _as_decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _matching_override(usage: Any, overrides: Iterable[Any] | None) -> Mapping[str, Any] | None:
+    model = str(getattr(usage, "model", "")).lower()
+    provider = str(getattr(usage, "provider", "")).lower()
+    for entry in overrides or ():
+        if not isinstance(entry, Mapping):
+            continue
+        if str(entry.get("model", "")).lower() != model:
+            continue
+        wanted = entry.get("provider")
+        if wanted and str(wanted).lower() not in (provider, str(getattr(usage, "host", "")).lower()):
+            continue
+        return entry
+    return None
+
+
+def _override_cost(usage: Any, entry: Mapping[str, Any]) -> Decimal | None:
+    input_mtok = _as_decimal(entry.get("input_mtok"))
+    output_mtok = _as_decimal(entry.get("output_mtok"))
+    if input_mtok is None and output_mtok is None:
+        return None
+    input_mtok = input_mtok or Decimal(0)
+    output_mtok = output_mtok or Decimal(0)
+    read_mtok = _as_decimal(entry.get("cache_read_mtok"))
+    write_mtok = _as_decimal(entry.get("cache_write_mtok"))
+    read_mtok = input_mtok if read_mtok is None else read_mtok
+    write_mtok = input_mtok if write_mtok is None else write_mtok
+    total_in = usage.input_tokens or 0
+    reads = usage.cache_read_tokens or 0
+    writes = usage.cache_write_tokens or 0
+    uncached = max(total_in - reads - writes, 0)
+    cost = (
+        uncached * input_mtok
+        + reads * read_mtok
+        + writes * write_mtok
+        + (usage.output_tokens or 0) * output_mtok
+    )
+    return cost / 1_000_000
+
+
+def _one_hour_write_extra(usage: Any, calc: Any) -> Decimal:
+    """genai-prices 0.0.61 prices every cache write at the 5-minute rate
+    (1.25x input); 1-hour writes cost 2x base input: add the difference."""
+    one_hour = getattr(usage, "cache_write_1h_tokens", None) or 0
+    if not one_hour:
+        return Decimal(0)
+    from genai_prices.types import calc_mtok_price
+
+    model_price = calc.model_price
+    total_in = usage.input_tokens or 0
+    at_2x = 2 * calc_mtok_price(model_price.input_mtok, one_hour, total_in)
+    already = calc_mtok_price(model_price.cache_write_mtok, one_hour, total_in)
+    if model_price.cache_write_mtok is None:
+        already = Decimal(0)  # writes were charged as plain input
+        at_2x = calc_mtok_price(model_price.input_mtok, one_hour, total_in)
+    return at_2x - already
+
+
+def genai_usage(usage: Any) -> Any:
+    """The genai-prices Usage for a CapturedUsage (same token convention)."""
+    genai = _load()
+    return genai.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
+
+
+def genai_calc(usage: Any) -> Any:
+    """genai-prices' own PriceCalculation, or None for an unknown model."""
+    genai = _load()
+    provider = str(getattr(usage, "provider", "") or "")
+    kwargs = {"provider_id": provider} if provider in _known_providers else {}
+    try:
+        return genai.calc_price(genai_usage(usage), str(usage.model), **kwargs)
+    except LookupError:
+        if kwargs:  # a reseller may serve a model its own table lacks
+            try:
+                return genai.calc_price(genai_usage(usage), str(usage.model))
+            except LookupError:
+                return None
+        return None
+
+
+def price(usage: Any, overrides: Iterable[Any] | None = None) -> tuple[str | None, str]:
+    """`(cost_usd decimal string or None when unknown, price_version)`. Never raises."""
+    try:
+        if not _has_tokens(usage):
+            return None, UNPRICED
+        entry = _matching_override(usage, overrides)
+        if entry is not None:
+            cost = _override_cost(usage, entry)
+            return (decimal_string(cost) if cost is not None else None), OVERRIDE
+        calc = genai_calc(usage)
+        if calc is None:
+            return None, price_version()
+        total = calc.total_price + _one_hour_write_extra(usage, calc)
+        return decimal_string(total), price_version()
+    except Exception:
+        log.warning("pricing failed for model %r; cost left unknown", getattr(usage, "model", "?"))
+        log.debug("pricing failure", exc_info=True)
+        try:
+            return None, price_version()
+        except Exception:
+            return None, UNPRICED
+
+
+def flags_after_pricing(usage: Any, cost_usd: str | None, price_version: str) -> frozenset[str]:
+    """The row's flags: the capture flags plus "unknown_model" when there were
+    tokens to price but no price was found (never a silent $0)."""
+    flags = set(getattr(usage, "flags", ()) or ())
+    if cost_usd is None and price_version != UNPRICED and _has_tokens(usage):
+        flags.add("unknown_model")
+    return frozenset(flags)
