@@ -180,10 +180,10 @@ def price(usage: Any, overrides: Iterable[Any] | None = None) -> tuple[str | Non
             return None, UNPRICED
 
 
-def flags_after_pricing(usage: Any, cost_usd: str | None, price_version: str) -> frozenset[str]:
+def flags_after_pricing(usage: Any, cost_usd: str | None, version: str) -> frozenset[str]:
     """The row's flags: the capture flags plus "unknown_model" when there were
     tokens to price but no price was found (never a silent $0)."""
     flags = set(getattr(usage, "flags", ()) or ())
-    if cost_usd is None and price_version != UNPRICED and _has_tokens(usage):
+    if cost_usd is None and version != UNPRICED and _has_tokens(usage):
         flags.add("unknown_model")
     return frozenset(flags)
