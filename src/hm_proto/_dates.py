@@ -12,7 +12,7 @@ import re
 
 from ._errors import LocalProtocolError
 
-_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_DATE_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})", re.ASCII)
 _MIN_DAY = -719162  # 0001-01-01
 _MAX_DAY = 2932896  # 9999-12-31
 
@@ -29,7 +29,7 @@ def days_in_month(year: int, month: int) -> int:
 
 def parse_date(text: str) -> tuple[int, int, int]:
     """``(year, month, day)`` of a ``YYYY-MM-DD`` string; ValueError if it is not a real date."""
-    match = _DATE_RE.match(text) if isinstance(text, str) else None
+    match = _DATE_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"not a date in YYYY-MM-DD form: {text!r}")
     year, month, day = (int(part) for part in match.groups())

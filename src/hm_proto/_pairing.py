@@ -41,8 +41,10 @@ POLL_TIMEOUT_MARGIN = 10.0  # network slack on top of the server's hold time
 MAX_BACKOFF = 60.0  # never wait longer than this between attempts after failures
 START_BACKOFF_BASE = 1.0
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 class PairingState(enum.Enum):
@@ -231,16 +233,18 @@ class PairingClient:
         *,
         wait: int = DEFAULT_WAIT,
     ) -> None:
-        if not isinstance(machine_id, str) or not _UUID_RE.match(machine_id):
+        if not isinstance(machine_id, str) or not _UUID_RE.fullmatch(machine_id):
             raise LocalProtocolError(
                 f"machine_id must be a UUID, got {machine_id!r}: check ~/.halton-meter/machine.json"
             )
-        if workspace is not None and not _SLUG_RE.match(workspace):
+        if workspace is not None and not _SLUG_RE.fullmatch(workspace):
             raise LocalProtocolError(
                 f"--workspace must be a workspace slug (lowercase letters, digits, dashes), got {workspace!r}"
             )
         if isinstance(wait, bool) or not isinstance(wait, int) or not 0 <= wait <= 60:
-            raise LocalProtocolError(f"wait must be a whole number of seconds in 0..60, got {wait!r}")
+            raise LocalProtocolError(
+                f"wait must be a whole number of seconds in 0..60, got {wait!r}"
+            )
         self.machine_id = machine_id
         self.hostname = hostname
         self.os = os
@@ -334,7 +338,11 @@ class PairingClient:
             raise LocalProtocolError(
                 f"receive_start() needs a start request in flight; pairing is {self.state.value}"
             )
-        if isinstance(answer, TransportFailure) or answer.status in RETRYABLE_STATUSES or answer.status >= 500:
+        if (
+            isinstance(answer, TransportFailure)
+            or answer.status in RETRYABLE_STATUSES
+            or answer.status >= 500
+        ):
             self._failures += 1
             self._move(_Move.START_RETRY)
             self._next_attempt_at = now + self._backoff(START_BACKOFF_BASE, answer)
@@ -358,8 +366,6 @@ class PairingClient:
                 raise RemoteProtocolError(f"{what}: 'verification_uri_complete' is not a string")
             expires_in = _positive_number(data, "expires_in", None, what)
             interval = _positive_number(data, "interval", DEFAULT_INTERVAL, what)
-            if normalize_user_code(raw_code) is None:
-                raise RemoteProtocolError(f"{what}: {raw_code!r} is not a pairing code")
         except RemoteProtocolError as exc:
             raise self._bad_answer(str(exc)) from None
         self._move(_Move.START_OK)
@@ -368,9 +374,9 @@ class PairingClient:
         self._expires_at = now + expires_in
         self.interval = interval
         self._next_attempt_at = now  # the first poll may go at once: it is a long-poll
-        self.code = CodeIssued(
-            format_user_code(raw_code), uri, uri_complete, self._expires_at, interval
-        )
+        # Show a code from another alphabet as the server wrote it: the user types what they see.
+        shown = format_user_code(raw_code) if normalize_user_code(raw_code) else raw_code
+        self.code = CodeIssued(shown, uri, uri_complete, self._expires_at, interval)
         return self.code
 
     # -- poll -------------------------------------------------------------------
@@ -422,7 +428,8 @@ class PairingClient:
                 return self._wait_again(_Move.PENDING, now, self.interval, answer)
             if code == "slow_down":
                 self._failures = 0
-                self.interval += SLOW_DOWN_STEP
+                if now < self._expires_at:  # an expired code has no later polls to slow
+                    self.interval += SLOW_DOWN_STEP
                 return self._wait_again(_Move.SLOW_DOWN, now, self.interval, answer)
         retryable = isinstance(answer, TransportFailure) or (
             answer.status in RETRYABLE_STATUSES or answer.status >= 500

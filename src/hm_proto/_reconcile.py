@@ -65,9 +65,7 @@ class Reconciler:
         validate_date(to_date, "to_date")
         span = day_number(to_date) - day_number(from_date) + 1
         if span < 1:
-            raise LocalProtocolError(
-                f"from_date {from_date} is after to_date {to_date}: swap them"
-            )
+            raise LocalProtocolError(f"from_date {from_date} is after to_date {to_date}: swap them")
         if span > MAX_DAYS:
             raise LocalProtocolError(
                 f"{span} days is too long a range to reconcile at once: use at most {MAX_DAYS}"

@@ -78,13 +78,17 @@ class ClientConnection:
     def send_request(self, request: Request) -> bytes:
         """The bytes of ``request`` (head and body) to write to the socket."""
         if not request.target.startswith("/"):
-            raise LocalProtocolError(f"a request target must start with '/', got {request.target!r}")
+            raise LocalProtocolError(
+                f"a request target must start with '/', got {request.target!r}"
+            )
         names = {name.lower() for name, _ in request.headers}
         headers = [("Host", self.host)]
         if "user-agent" not in names:
             headers.append(("User-Agent", USER_AGENT))
         headers.extend((name, value) for name, value in request.headers if name.lower() != "host")
-        if "content-length" not in names and (request.body or request.method not in ("GET", "HEAD")):
+        if "content-length" not in names and (
+            request.body or request.method not in ("GET", "HEAD")
+        ):
             headers.append(("Content-Length", str(len(request.body))))
         try:
             head = h11.Request(
@@ -95,7 +99,9 @@ class ClientConnection:
                 out += self._conn.send(h11.Data(data=request.body)) or b""
             out += self._conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError as exc:
-            raise LocalProtocolError(f"cannot send {request.method} {request.target}: {exc}") from None
+            raise LocalProtocolError(
+                f"cannot send {request.method} {request.target}: {exc}"
+            ) from None
         return out
 
     def receive_data(self, data: bytes) -> Response | None:
@@ -129,6 +135,10 @@ class ClientConnection:
                         "the server closed the connection before the answer was complete"
                     )
         except h11.RemoteProtocolError as exc:
+            if not data:  # h11 words an early EOF as a protocol error
+                raise RemoteProtocolError(
+                    "the server closed the connection before the answer was complete"
+                ) from None
             raise RemoteProtocolError(f"the server sent malformed HTTP: {exc}") from None
         except h11.LocalProtocolError as exc:
             raise LocalProtocolError(f"cannot read an answer now: {exc}") from None

@@ -1,0 +1,89 @@
+"""What both cloud clients share: the parsed base URL and the TLS context.
+
+Neither client ever looks at HTTPS_PROXY / HTTP_PROXY: the daemon is itself
+the proxy those variables point programs at, so honouring them would send
+the daemon's own uploads through its own interception (or nowhere when it
+is down). The clients open a TCP connection straight to the base URL's host.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_TIMEOUT = 30.0
+READ_SIZE = 65536
+
+
+class CloudClientError(Exception):
+    """A cloud client problem the user can act on; the message says how."""
+
+
+class BadBaseUrl(CloudClientError, ValueError):
+    """The configured base URL cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class BaseUrl:
+    scheme: str  # "http" or "https"
+    host: str  # what to connect to (IPv6 without brackets)
+    port: int
+    path_prefix: str  # "" or "/something", no trailing slash
+    host_header: str  # Host header / TLS name form, with the port when not the default
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host_header}{self.path_prefix}"
+
+
+def parse_base_url(text: str) -> BaseUrl:
+    """``https://api.haltonmeter.com`` or ``http://127.0.0.1:8787/prefix``; BadBaseUrl otherwise."""
+    hint = "use a URL like https://api.haltonmeter.com (see --base-url)"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise BadBaseUrl(f"cannot use {text!r} as the cloud base URL ({exc}): {hint}") from None
+    if parts.scheme not in ("http", "https"):
+        raise BadBaseUrl(
+            f"the cloud base URL must start with https:// or http://, got {text!r}: {hint}"
+        )
+    if not parts.hostname:
+        raise BadBaseUrl(f"the cloud base URL {text!r} has no host name: {hint}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise BadBaseUrl(
+            f"the cloud base URL {text!r} must not carry a query, fragment or credentials: {hint}"
+        )
+    default_port = 443 if parts.scheme == "https" else 80
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port in (None, default_port) else f"{shown}:{port}"
+    return BaseUrl(
+        scheme=parts.scheme,
+        host=host,
+        port=port or default_port,
+        path_prefix=parts.path.rstrip("/"),
+        host_header=host_header,
+    )
+
+
+def make_ssl_context(cafile: str | None = None) -> ssl.SSLContext:
+    """Verifying TLS context: the system store plus certifi, or only ``cafile`` if given."""
+    if cafile is not None:
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise CloudClientError(
+                f"cannot load the CA file {cafile!r} ({exc}): pass a PEM file of CA certificates"
+            ) from None
+    context = ssl.create_default_context()
+    try:
+        import certifi
+    except ImportError:  # the system store alone then
+        return context
+    context.load_verify_locations(cafile=certifi.where())
+    return context

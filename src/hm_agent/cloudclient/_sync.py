@@ -1,0 +1,130 @@
+"""Blocking cloud client: a socket (TLS for https) pumping hm_proto._wire bytes."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+
+from hm_proto import LocalProtocolError, RemoteProtocolError, Request, Response, TransportFailure
+from hm_proto._wire import ClientConnection
+
+from ._base import DEFAULT_TIMEOUT, READ_SIZE, BaseUrl, make_ssl_context, parse_base_url
+
+
+class _Timeout(Exception):
+    pass
+
+
+class SyncCloudClient:
+    """``send(request)`` → Response or TransportFailure; one keep-alive connection, thread-safe."""
+
+    def __init__(
+        self, base_url: str, timeout: float = DEFAULT_TIMEOUT, cafile: str | None = None
+    ) -> None:
+        self.base_url: BaseUrl = parse_base_url(base_url)
+        self.timeout = timeout
+        self._ssl_context = make_ssl_context(cafile) if self.base_url.tls else None
+        self._sock: socket.socket | None = None
+        self._wire: ClientConnection | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SyncCloudClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._wire = None
+
+    def _connect(self, deadline: float) -> socket.socket:
+        url = self.base_url
+        sock = socket.create_connection((url.host, url.port), timeout=_remaining(deadline))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl_context is not None:
+                sock.settimeout(_remaining(deadline))
+                sock = self._ssl_context.wrap_socket(sock, server_hostname=url.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def send(self, request: Request, timeout: float | None = None) -> Response | TransportFailure:
+        """Send ``request`` and read the whole answer within ``timeout`` seconds."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._lock:
+            # A kept-alive connection the server closed meanwhile fails before any
+            # answer byte arrives: then, and only then, try once more on a new one.
+            for attempt in (1, 2):
+                reused = self._sock is not None
+                if self._sock is None:
+                    try:
+                        self._sock = self._connect(deadline)
+                    except (_Timeout, TimeoutError):
+                        return TransportFailure(
+                            "timeout", f"no connection to {self.base_url} within {limit:g} s"
+                        )
+                    except ssl.SSLError as exc:
+                        return TransportFailure(
+                            "connect", f"TLS with {self.base_url} failed: {exc}"
+                        )
+                    except OSError as exc:
+                        return TransportFailure(
+                            "connect", f"cannot connect to {self.base_url}: {exc}"
+                        )
+                    self._wire = ClientConnection(
+                        self.base_url.host_header, self.base_url.path_prefix
+                    )
+                assert self._wire is not None
+                try:
+                    response = self._exchange(self._sock, self._wire, request, deadline)
+                except (_Timeout, TimeoutError):
+                    self._drop()
+                    return TransportFailure(
+                        "timeout", f"no answer from {self.base_url} within {limit:g} s"
+                    )
+                except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
+                    answer_started = self._wire.answer_started
+                    self._drop()
+                    if reused and attempt == 1 and not answer_started:
+                        continue
+                    return TransportFailure("broken", f"connection to {self.base_url} broke: {exc}")
+                if self._wire.reusable:
+                    self._wire.start_next_cycle()
+                else:
+                    self._drop()
+                return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _exchange(
+        sock: socket.socket, wire: ClientConnection, request: Request, deadline: float
+    ) -> Response:
+        sock.settimeout(_remaining(deadline))
+        sock.sendall(wire.send_request(request))
+        while True:
+            sock.settimeout(_remaining(deadline))
+            response = wire.receive_data(sock.recv(READ_SIZE))
+            if response is not None:
+                return response
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Timeout()
+    return left
