@@ -1,0 +1,161 @@
+"""The mitmproxy addon: LLM calls are tapped as they stream; everything else passes.
+
+Runs on the proxy thread, so every hook is cheap and never raises: the
+capture tap is wrapped (a broken parser never breaks a flow), responses of
+LLM calls are streamed chunk by chunk (a client sees each SSE event as soon
+as upstream sends it), and a finished call is handed to the writer without
+waiting. TLS to hosts that are not LLM APIs is not decrypted at all.
+Request headers and URLs (API keys travel there) are given to the tap and
+never logged or stored here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from .writer import CapturedCall, RowWriter
+
+log = logging.getLogger("hm_agent.addon")
+
+_TAP_KEY = "hm_call"
+
+
+def rfc3339_ms(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def host_key(host: str, port: int) -> str:
+    """How a host is named to the capture seam: ``host`` on 443, else ``host:port``."""
+    host = host.lower()
+    return host if port == 443 else f"{host}:{port}"
+
+
+class _Call:
+    """Per-flow state of one tapped LLM call."""
+
+    __slots__ = ("tap", "id", "started", "ttfb_ms", "finished", "broken")
+
+    def __init__(self, tap: Any, started: float) -> None:
+        self.tap = tap
+        self.id = str(uuid.uuid4())
+        self.started = started
+        self.ttfb_ms: int | None = None
+        self.finished = False
+        self.broken = False
+
+    def feeder(self) -> Callable[[bytes], bytes]:
+        tap = self.tap
+
+        def feed(chunk: bytes) -> bytes:
+            if chunk and not self.broken:
+                try:
+                    tap.feed(chunk)
+                except Exception:
+                    self.broken = True
+                    log.exception("capture tap failed while reading a response; the call is still proxied")
+            return chunk
+
+        return feed
+
+
+class MeterAddon:
+    """Plugs capture into mitmproxy; one instance per daemon."""
+
+    def __init__(self, config: Any, writer: RowWriter) -> None:
+        self.config = config
+        self.writer = writer
+        self.calls_seen = 0
+        self.tap_errors = 0
+        self._hosts: set[str] = set()
+        self.reload(config)
+
+    def reload(self, config: Any) -> None:
+        from .capture import DEFAULT_HOSTS
+
+        self.config = config
+        hosts = {h.lower() for h in DEFAULT_HOSTS}
+        hosts.update(h for h, _ in getattr(config, "capture_hosts", ()) or ())
+        self._hosts = hosts
+
+    def is_llm_host(self, host: str, port: int) -> bool:
+        host = host.lower()
+        return host in self._hosts or f"{host}:{port}" in self._hosts
+
+    # -- TLS: decrypt only LLM API hosts ------------------------------------------
+
+    def tls_clienthello(self, data: Any) -> None:
+        if self.config.intercept_other_hosts:
+            return
+        address = data.context.server.address
+        host = address[0] if address else (data.client_hello.sni or "")
+        port = address[1] if address else 443
+        if not self.is_llm_host(host, port):
+            data.ignore_connection = True
+
+    # -- HTTP -------------------------------------------------------------------
+
+    def request(self, flow: Any) -> None:
+        from .capture import open_call
+
+        req = flow.request
+        path, _, query = req.path.partition("?")
+        try:
+            tap = open_call(
+                host_key(req.host, req.port), req.method, path, query,
+                req.headers, req.raw_content or b"", self.config,
+            )
+        except Exception:
+            self.tap_errors += 1
+            log.exception("capture failed to open a call; the call is proxied unmetered")
+            return
+        if tap is not None:
+            flow.metadata[_TAP_KEY] = _Call(tap, req.timestamp_start or time.time())
+
+    def responseheaders(self, flow: Any) -> None:
+        call: _Call | None = flow.metadata.get(_TAP_KEY)
+        if call is None:
+            # Not an LLM call: stream it through, never buffer someone else's download.
+            flow.response.stream = True
+            return
+        call.ttfb_ms = int((time.time() - call.started) * 1000)
+        try:
+            call.tap.response_headers(flow.response.status_code, flow.response.headers)
+        except Exception:
+            call.broken = True
+            self.tap_errors += 1
+            log.exception("capture tap failed on response headers; the call is still proxied")
+        flow.response.stream = call.feeder()
+
+    def response(self, flow: Any) -> None:
+        self._finish(flow, complete=True)
+
+    def error(self, flow: Any) -> None:
+        self._finish(flow, complete=False)
+
+    def _finish(self, flow: Any, complete: bool) -> None:
+        call: _Call | None = flow.metadata.get(_TAP_KEY)
+        if call is None or call.finished:
+            return
+        call.finished = True
+        try:
+            usage = call.tap.finish(complete=complete)
+        except Exception:
+            self.tap_errors += 1
+            log.exception("capture tap failed to finish; the call is not metered")
+            return
+        now = time.time()
+        self.calls_seen += 1
+        self.writer.submit(
+            CapturedCall(
+                id=call.id,
+                ts=rfc3339_ms(call.started),
+                usage=usage,
+                latency_ms=int((now - call.started) * 1000),
+                ttfb_ms=call.ttfb_ms,
+            )
+        )

@@ -1,0 +1,363 @@
+"""The daemon process: files, writer, proxy thread, supervisor, control socket.
+
+``python -m hm_agent run`` (and ``halton-meter run``) call :func:`main`. The
+order matters: the writer starts before the proxy (so no captured call has
+nowhere to go) and stops after it (so every pending row is written before
+exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, ensure_config, load_config
+from .control import DaemonNotRunning, command, control_call, serve_connection
+from .home import HomeError, HomePaths, ensure_home, ensure_machine_id, paths, write_atomic
+from .store import Store, StoreError
+
+log = logging.getLogger("hm_agent.daemon")
+
+
+class DaemonStartError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def utc_today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+class DaemonContext:
+    """What components and control commands get: the daemon's live parts."""
+
+    def __init__(self, hp: HomePaths, config: Config, machine_id: str, backend: str) -> None:
+        self.home = hp
+        self.config = config
+        self.machine_id = machine_id
+        self.backend = backend
+        self.started_at = time.time()
+        self.version = __version__
+        self.store: Store = Store(hp.db)  # shared, lock-protected; for quick reads on the loop
+        self.writer: Any = None
+        self.proxy: Any = None
+        self.supervisor: Any = None
+        self.problems: list[str] = []
+        self._config_mtime = _mtime(hp.config)
+        self._stop_scope: Any = None
+        self.stop_requested = False
+
+    def request_stop(self) -> None:
+        if self._stop_scope is not None:
+            self._stop_scope.cancel()
+
+    def wake(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.wake()
+
+    def reload_config_if_changed(self) -> None:
+        mtime = _mtime(self.home.config)
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            config = load_config(self.home)
+        except ConfigError as exc:
+            self.problems = [f"config.toml changed but cannot be used (keeping the old settings): {exc}"]
+            log.error("%s", self.problems[0])
+            return
+        self.problems = []
+        old = self.config
+        self.config = config
+        if self.proxy is not None:
+            self.proxy.addon.reload(config)
+        if (old.listen_host, old.listen_port, old.ssl_verify_upstream_trusted_ca) != (
+            config.listen_host, config.listen_port, config.ssl_verify_upstream_trusted_ca,
+        ):
+            self.problems.append("[proxy] settings changed: run `halton-meter restart` to apply them")
+        log.info("config.toml reloaded")
+
+    def status(self) -> dict[str, Any]:
+        writer = self.writer.health() if self.writer is not None else {}
+        proxy_ok = self.proxy is not None and self.proxy.alive
+        problems = list(self.problems)
+        if not proxy_ok:
+            problems.append("the proxy thread has stopped; run `halton-meter restart`")
+        if writer.get("last_error"):
+            problems.append(f"{writer['last_error']} ({writer.get('pending', 0)} rows waiting in memory)")
+        components = self.supervisor.health() if self.supervisor is not None else {}
+        bound = self.proxy.bound if self.proxy is not None else None
+        try:
+            rows_today = self.store.count_rows(utc_today())
+        except Exception as exc:
+            rows_today = None
+            problems.append(f"cannot read the database: {exc}")
+        return {
+            "version": self.version,
+            "home": str(self.home.home),
+            "daemon": {
+                "running": True,
+                "healthy": not problems,
+                "pid": os.getpid(),
+                "backend": self.backend,
+                "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "problems": problems,
+            },
+            "proxy": {
+                "bound": proxy_ok,
+                "host": bound[0] if bound else self.config.listen_host,
+                "port": bound[1] if bound else self.config.listen_port,
+            },
+            "rows": {
+                "day": utc_today(),
+                "today": rows_today,
+                "pending": writer.get("pending", 0),
+                "written": writer.get("written", 0),
+                "dropped": writer.get("dropped", 0),
+            },
+            "ca_cert": str(self.home.ca_cert),
+            "machine_id": self.machine_id,
+            "cloud": cloud_status(self.config, components),
+            "components": components,
+            "config_warnings": list(self.config.warnings),
+        }
+
+
+def cloud_status(config: Config, components: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The cloud block of status: NOT-CONFIGURED unless [cloud] enabled = true."""
+    if not config.cloud_enabled:
+        return {"state": "NOT-CONFIGURED", "enabled": False}
+    worker = components.get("cloud")
+    if worker is None:
+        return {"state": "UNAVAILABLE", "enabled": True, "detail": "this daemon has no cloud worker"}
+    detail = worker.get("detail") or {}
+    state = detail.get("state") if isinstance(detail, dict) else None
+    if not state:
+        state = "STARTING" if worker["state"] in ("starting", "running") else worker["state"].upper()
+    return {"state": state, "enabled": True, "worker": worker}
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+# -- built-in control commands -------------------------------------------------
+
+
+@command("ping")
+async def _ping(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
+    return {"pid": os.getpid(), "version": ctx.version}
+
+
+@command("status")
+async def _status(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
+    return ctx.status()
+
+
+@command("wake")
+async def _wake(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.wake()
+    return {"woken": True}
+
+
+@command("stop")
+async def _stop(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.stop_requested = True  # acted on once this reply is sent (serve_connection)
+    return {"stopping": True, "pid": os.getpid()}
+
+
+# -- process -----------------------------------------------------------------
+
+
+def setup_logging(hp: HomePaths, foreground: bool) -> None:
+    from .proxy import REDACT_FILTER
+
+    if not hp.log.exists():
+        os.close(os.open(hp.log, os.O_WRONLY | os.O_CREAT, 0o600))
+    handler = logging.handlers.RotatingFileHandler(hp.log, maxBytes=5 * 1024 * 1024, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(REDACT_FILTER)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # mitmproxy logs every connection at INFO; only its warnings are worth keeping.
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    if foreground:
+        console = logging.StreamHandler(sys.stderr)
+        console.setLevel(logging.WARNING)
+        console.addFilter(REDACT_FILTER)
+        console.setFormatter(logging.Formatter("halton-meter: %(message)s"))
+        root.addHandler(console)
+
+
+def _lock_pid_file(hp: HomePaths) -> int:
+    """Hold an exclusive lock on daemon.pid for the process's life: one daemon per home."""
+    fd = os.open(hp.pid, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            other = hp.pid.read_text().strip()
+        except OSError:
+            other = "?"
+        raise DaemonStartError(
+            f"a daemon is already running for {hp.home} (pid {other}). "
+            f"Use `halton-meter status`, or `halton-meter restart`."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def prepare(hp_home: Path | None) -> tuple[HomePaths, Config, str]:
+    """Create/check the home and read its files; raises HomeError/ConfigError."""
+    hp = ensure_home(hp_home)
+    machine_id = ensure_machine_id(hp)
+    ensure_config(hp)
+    config = load_config(hp)
+    return hp, config, machine_id
+
+
+def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None = None, foreground: bool = True) -> int:
+    """Run until SIGTERM/SIGINT or the stop command. Returns the exit code."""
+    import anyio
+
+    from .proxy import ProxyStartError, ProxyThread
+    from .supervisor import Supervisor, load_components
+    from .writer import RowWriter
+
+    def report_ready(message: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, message.encode() + b"\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+            ready_fd = None
+
+    def fail(message: str) -> int:
+        log.error("%s", message)
+        report_ready("error: " + message)
+        print(f"halton-meter: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        hp, config, machine_id = prepare(home)
+    except (HomeError, ConfigError) as exc:
+        return fail(str(exc))
+    setup_logging(hp, foreground)
+    try:
+        pid_fd = _lock_pid_file(hp)
+    except DaemonStartError as exc:
+        return fail(str(exc))
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    try:
+        ctx = DaemonContext(hp, config, machine_id, backend)
+    except StoreError as exc:
+        return fail(str(exc))
+    writer = RowWriter(hp.db, config.pricing_overrides)
+    writer.start()
+    ctx.writer = writer
+    proxy = ProxyThread(config, hp.mitm_confdir, writer)
+    ctx.proxy = proxy
+    try:
+        host, port = proxy.start()
+    except ProxyStartError as exc:
+        writer.stop()
+        return fail(str(exc))
+    try:
+        from .cabundle import write_ca_bundle
+
+        write_ca_bundle(hp)
+    except Exception as exc:  # env/doctor rewrite it; not worth failing the start
+        log.warning("could not write %s: %s", hp.ca_bundle, exc)
+    ctx.supervisor = Supervisor(load_components())
+    sock_path = hp.control_socket
+
+    async def async_main() -> None:
+        sock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock_path.unlink(missing_ok=True)
+        listener = await anyio.create_unix_listener(sock_path)
+        os.chmod(sock_path, 0o600)
+        write_atomic(hp.state, json.dumps({
+            "pid": os.getpid(), "backend": backend, "proxy_host": host, "proxy_port": port,
+            "control_socket": str(sock_path), "started_at": ctx.started_at, "version": ctx.version,
+        }).encode(), 0o600)
+        log.info("daemon %s started (pid %d, %s): mitm bound on %s:%d", ctx.version, os.getpid(), backend, host, port)
+        report_ready(f"ok {host}:{port}")
+        with anyio.CancelScope() as scope:
+            ctx._stop_scope = scope
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, scope)
+                tg.start_soon(ctx.supervisor.run, ctx)
+
+                async def handle(stream: Any) -> None:
+                    await serve_connection(stream, ctx)
+
+                tg.start_soon(listener.serve, handle)
+
+    code = 0
+    try:
+        anyio.run(async_main, backend=backend)
+    except Exception as exc:
+        code = fail(f"the daemon stopped on an error: {exc}")
+        log.exception("supervisor failed")
+    finally:
+        log.info("stopping: closing the proxy, then writing %d pending rows", writer.pending)
+        proxy.stop()
+        if not writer.stop(timeout=30.0):
+            log.error("some rows could not be written before exit (database locked?)")
+        ctx.store.close()
+        for leftover in (sock_path, hp.state, hp.pid):
+            leftover.unlink(missing_ok=True)
+        os.close(pid_fd)
+        log.info("daemon stopped")
+    return code
+
+
+async def _watch_signals(scope: Any) -> None:
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def is_running(home: Path | None = None) -> bool:
+    try:
+        control_call(home, "ping", timeout=2.0)
+    except DaemonNotRunning:
+        return False
+    except Exception:
+        return True  # something answers, even if badly
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hm_agent", description="Run the Halton Meter daemon in the foreground.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    run.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return run_daemon(paths().home, backend=args.backend, ready_fd=args.ready_fd, foreground=not args.background)

@@ -1,0 +1,196 @@
+"""start / stop / run / restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ._ui import console, fail
+
+BACKENDS = click.Choice(["asyncio", "trio"])
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+
+
+def _home() -> Path:
+    from hm_agent.home import home_dir
+
+    return home_dir()
+
+
+def start_daemon(home: Path, backend: str) -> str:
+    """Spawn the daemon in the background; return "host:port" once the proxy is bound."""
+    from hm_agent.config import ConfigError
+    from hm_agent.daemon import prepare
+    from hm_agent.home import HomeError
+
+    try:
+        prepare(home)  # the common mistakes fail here, with the message, before forking
+    except (HomeError, ConfigError) as exc:
+        fail(str(exc))
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hm_agent", "run", "--backend", backend, "--ready-fd", str(write_fd), "--background"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(write_fd,),
+            start_new_session=True,  # survives the terminal closing
+            env={**os.environ, "HALTON_METER_HOME": str(home)},
+        )
+    finally:
+        os.close(write_fd)
+    line = b""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    import selectors
+
+    with os.fdopen(read_fd, "rb", buffering=0) as ready, selectors.DefaultSelector() as sel:
+        sel.register(ready, selectors.EVENT_READ)
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            if not sel.select(timeout=0.5):
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = ready.read(4096)
+            if not chunk:
+                break
+            line += chunk
+    text = line.decode(errors="replace").strip()
+    if text.startswith("ok "):
+        return text[3:]
+    if text.startswith("error: "):
+        fail(text[len("error: "):])
+    if proc.poll() is None:
+        proc.kill()
+        fail(f"the daemon did not start within {START_TIMEOUT_S:.0f}s; see {home / 'daemon.log'}")
+    fail(f"the daemon exited during startup (code {proc.returncode}); see {home / 'daemon.log'}")
+
+
+def stop_daemon(home: Path, timeout: float = STOP_TIMEOUT_S) -> int | None:
+    """Ask the daemon to stop and wait until it exited (rows drained). Returns its pid or None."""
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
+
+    try:
+        reply = control_call(home, "stop", timeout=10.0)
+    except DaemonNotRunning:
+        return None
+    except ControlError as exc:
+        fail(f"{exc}. If it is stuck, kill it: kill $(cat {home / 'daemon.pid'})")
+    pid = int(reply.get("pid", 0))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return pid
+        time.sleep(0.05)
+    fail(f"the daemon (pid {pid}) is still writing rows after {timeout:.0f}s; see {home / 'daemon.log'}")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        wpid, _ = os.waitpid(pid, os.WNOHANG)
+        return wpid == 0
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _running(home: Path) -> bool:
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
+
+    try:
+        control_call(home, "ping", timeout=3.0)
+    except DaemonNotRunning:
+        return False
+    except ControlError:
+        return True
+    return True
+
+
+@click.command()
+@click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, help="Event loop of the supervisor.")
+def start(backend: str) -> None:
+    """Start the daemon in the background; returns once the proxy is listening.
+
+    \b
+    Example:
+      halton-meter start && eval "$(halton-meter env)"
+    """
+    home = _home()
+    if _running(home):
+        console().print("[green]●[/green] the daemon is already running (see `halton-meter status`)")
+        return
+    out = console()
+    with out.status("Starting the daemon…", spinner="dots"):
+        bound = start_daemon(home, backend)
+    out.print(f"[green]●[/green] daemon started: mitm bound on {bound}")
+    out.print('  Point programs at it with: eval "$(halton-meter env)"')
+
+
+@click.command()
+def stop() -> None:
+    """Stop the daemon gracefully (pending rows are written to disk first).
+
+    \b
+    Example:
+      halton-meter stop
+    """
+    home = _home()
+    out = console()
+    with out.status("Stopping the daemon…", spinner="dots"):
+        pid = stop_daemon(home)
+    if pid is None:
+        out.print("[dim]●[/dim] the daemon is not running")
+    else:
+        out.print(f"[green]●[/green] daemon stopped (pid {pid}); every captured row is on disk")
+
+
+@click.command()
+@click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, help="Event loop of the supervisor.")
+def run(backend: str) -> None:
+    """Run the daemon in the foreground (for systemd, launchd, containers).
+
+    SIGTERM or SIGINT stop it gracefully. Logs go to ~/.halton-meter/daemon.log;
+    warnings also to stderr.
+
+    \b
+    Example (systemd unit):
+      ExecStart=/usr/bin/env halton-meter run --backend asyncio
+    """
+    from hm_agent.daemon import run_daemon
+
+    raise SystemExit(run_daemon(_home(), backend=backend, foreground=True))
+
+
+@click.command()
+@click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, help="Event loop of the supervisor.")
+def restart(backend: str) -> None:
+    """Stop the daemon (if running) and start it again, e.g. after editing config.toml.
+
+    \b
+    Example:
+      halton-meter restart --backend trio
+    """
+    home = _home()
+    out = console()
+    with out.status("Restarting the daemon…", spinner="dots"):
+        stop_daemon(home)
+        bound = start_daemon(home, backend)
+    out.print(f"[green]●[/green] daemon restarted: mitm bound on {bound}")

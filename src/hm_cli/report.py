@@ -1,0 +1,205 @@
+"""report: spend and tokens from the local database (no daemon needed)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import click
+
+from ._ui import console, fail
+
+GROUPINGS = ("model", "provider", "day", "host")
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+@dataclass
+class Group:
+    key: str
+    calls: int = 0
+    cost: Decimal = Decimal(0)
+    priced_calls: int = 0
+    unknown_price_calls: int = 0
+    usage_missing_calls: int = 0
+    errors: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKEN_COLUMNS, 0))
+
+    def add(self, row: Any) -> None:
+        self.calls += 1
+        if row["cost_usd"] is None:
+            self.unknown_price_calls += 1
+        else:
+            self.cost += Decimal(row["cost_usd"])
+            self.priced_calls += 1
+        flags = (row["flags"] or "").split()
+        if "usage_missing" in flags or (row["input_tokens"] is None and row["output_tokens"] is None):
+            self.usage_missing_calls += 1
+        if row["status"] >= 400 or row["status"] == 0:
+            self.errors += 1
+        for col in _TOKEN_COLUMNS:
+            if row[col] is not None:
+                self.tokens[col] += int(row[col])
+
+    def to_dict(self, by: str) -> dict[str, Any]:
+        return {
+            by: self.key,
+            "calls": self.calls,
+            **self.tokens,
+            "cost_usd": format(self.cost, "f") if self.priced_calls else None,
+            "priced_calls": self.priced_calls,
+            "unknown_price_calls": self.unknown_price_calls,
+            "usage_missing_calls": self.usage_missing_calls,
+            "error_calls": self.errors,
+        }
+
+
+def parse_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} must be a date like 2026-11-01, not {value!r}")
+
+
+def parse_since(value: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+)\s*([hdw])\s*", value)
+    if not match:
+        fail(f"--since must look like 24h, 7d or 4w, not {value!r}")
+    n, unit = int(match.group(1)), match.group(2)
+    return {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
+
+
+def resolve_range(since: str | None, from_: str | None, to: str | None) -> tuple[str, str]:
+    today = datetime.now(UTC).date()
+    if since and (from_ or to):
+        fail("use either --since or --from/--to, not both")
+    if from_ or to:
+        start = parse_day(from_, "--from") if from_ else date(1970, 1, 1)
+        end = parse_day(to, "--to") if to else today
+    else:
+        delta = parse_since(since or "7d")
+        start = (datetime.now(UTC) - delta).date()
+        if delta >= timedelta(days=1):
+            start = today - timedelta(days=max(delta.days - 1, 0))  # "7d" = today and the 6 days before
+        end = today
+    if start > end:
+        fail(f"--from ({start}) is after --to ({end})")
+    return start.isoformat(), end.isoformat()
+
+
+def build_report(home: Any, from_day: str, to_day: str, by: str) -> dict[str, Any]:
+    from hm_agent.home import paths
+    from hm_agent.store import Store, StoreError
+
+    hp = paths(home)
+    rows: list[Any] = []
+    if hp.db.exists():
+        try:
+            with Store(hp.db, readonly=True) as store:
+                rows = store.report_rows(from_day, to_day)
+        except (StoreError, Exception) as exc:  # sqlite3.Error and friends: one line, no traceback
+            fail(f"cannot read {hp.db}: {exc}")
+    groups: dict[str, Group] = {}
+    total = Group("total")
+    for row in rows:
+        key = str(row[by])
+        groups.setdefault(key, Group(key)).add(row)
+        total.add(row)
+    ordered = sorted(groups.values(), key=lambda g: (g.key if by == "day" else (-g.cost, -g.calls, g.key)))
+    return {
+        "from_date": from_day,
+        "to_date": to_day,
+        "by": by,
+        "groups": [g.to_dict(by) for g in ordered],
+        "total": total.to_dict(by) | {by: None},
+    }
+
+
+def _money(value: str | None, unknown: int) -> str:
+    if value is None:
+        return "unknown price" if unknown else "$0"
+    amount = Decimal(value)
+    text = f"${amount:,.4f}" if amount < 1 else f"${amount:,.2f}"
+    return text + (" + unknown" if unknown else "")
+
+
+def render_table(rep: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = console()
+    by = rep["by"]
+    table = Table(title=f"LLM spend {rep['from_date']} → {rep['to_date']} by {by}", title_justify="left")
+    table.add_column(by)
+    for col in ("calls", "input", "output", "cache read", "cache write"):
+        table.add_column(col, justify="right")
+    table.add_column("cost (USD)", justify="right")
+    for g in [*rep["groups"], rep["total"]]:
+        is_total = g is rep["total"]
+        table.add_row(
+            "[bold]total[/bold]" if is_total else str(g[by]),
+            f"{g['calls']:,}", f"{g['input_tokens']:,}", f"{g['output_tokens']:,}",
+            f"{g['cache_read_tokens']:,}", f"{g['cache_write_tokens']:,}",
+            _money(g["cost_usd"], g["unknown_price_calls"]),
+            end_section=not is_total and g is rep["groups"][-1],
+        )
+    if not rep["groups"]:
+        out.print(f"No LLM calls recorded between {rep['from_date']} and {rep['to_date']}. "
+                  f"Send some through the proxy (eval \"$(halton-meter env)\") and check `halton-meter status`.")
+        return
+    out.print(table)
+    total = rep["total"]
+    if total["unknown_price_calls"]:
+        out.print(f"[yellow]![/yellow] {total['unknown_price_calls']} call(s) have an unknown price (a model the "
+                  f"price library does not know): not counted as $0. Add a [[pricing.override]] in config.toml.")
+    if total["usage_missing_calls"]:
+        out.print(f"[yellow]![/yellow] {total['usage_missing_calls']} call(s) carried no token counts (usage_missing): "
+                  f"e.g. an OpenAI stream without stream_options.include_usage, or an error response. "
+                  f"Their tokens and cost are not in the totals.")
+
+
+def render_csv(rep: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    groups = rep["groups"]
+    fields = [rep["by"], *[k for k in rep["total"] if k != rep["by"]]]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for g in groups:
+        writer.writerow(g)
+    return buf.getvalue()
+
+
+@click.command()
+@click.option("--since", default=None, help="How far back: 24h, 7d (default), 4w.")
+@click.option("--from", "from_", default=None, metavar="DATE", help="First day (YYYY-MM-DD, UTC).")
+@click.option("--to", default=None, metavar="DATE", help="Last day (YYYY-MM-DD, UTC; default today).")
+@click.option("--by", type=click.Choice(GROUPINGS), default="model", show_default=True, help="Group rows by.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/daemon.md).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV, one line per group.")
+def report(since: str | None, from_: str | None, to: str | None, by: str, as_json: bool, as_csv: bool) -> None:
+    """Spend and tokens from the local database; works with the daemon stopped.
+
+    Calls with an unknown price are shown as "unknown price", never $0.
+
+    \b
+    Examples:
+      halton-meter report
+      halton-meter report --since 30d --by provider
+      halton-meter report --from 2026-11-01 --to 2026-11-24 --by day --csv > spend.csv
+    """
+    from hm_agent.home import home_dir
+
+    if as_json and as_csv:
+        fail("choose one of --json and --csv")
+    from_day, to_day = resolve_range(since, from_, to)
+    rep = build_report(home_dir(), from_day, to_day, by)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    elif as_csv:
+        click.echo(render_csv(rep), nl=False)
+    else:
+        render_table(rep)

@@ -1,0 +1,148 @@
+"""status: is the daemon healthy, where is the proxy, what has been captured.
+
+This is the command people run most: it must answer in well under 150 ms.
+Keep imports here to the control client, home and config (no mitmproxy, no
+capture, no price library, no anyio).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._ui import console, dot, fmt_duration
+
+
+def offline_status(home: Path, reason: str) -> dict[str, Any]:
+    """The status shape when no daemon answers, from the files alone."""
+    from hm_agent.config import ConfigError, load_config
+    from hm_agent.home import HomeError, paths, read_machine_id
+
+    hp = paths(home)
+    problems = [reason]
+    warnings: list[str] = []
+    host, port, cloud_enabled = "127.0.0.1", 8090, False
+    try:
+        cfg = load_config(hp)
+        host, port, cloud_enabled = cfg.listen_host, cfg.listen_port, cfg.cloud_enabled
+        warnings = list(cfg.warnings)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        machine_id = read_machine_id(hp)
+    except HomeError as exc:
+        machine_id = None
+        problems.append(str(exc))
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    rows_today: int | None = 0
+    if hp.db.exists():
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(f"file:{hp.db}?mode=ro", uri=True)
+            try:
+                rows_today = int(conn.execute("SELECT count(*) FROM requests WHERE day = ?", (today,)).fetchone()[0])
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            rows_today = None
+            problems.append(f"cannot read {hp.db}: {exc}")
+    return {
+        "version": _version(),
+        "home": str(hp.home),
+        "daemon": {
+            "running": False, "healthy": False, "pid": None, "backend": None,
+            "started_at": None, "uptime_s": None, "problems": problems,
+        },
+        "proxy": {"bound": False, "host": host, "port": port},
+        "rows": {"day": today, "today": rows_today, "pending": 0, "written": 0, "dropped": 0},
+        "ca_cert": str(hp.ca_cert),
+        "machine_id": machine_id,
+        "cloud": {"state": "NOT-CONFIGURED", "enabled": False} if not cloud_enabled
+        else {"state": "UNKNOWN", "enabled": True, "detail": "the daemon is not running, so nothing syncs"},
+        "components": {},
+        "config_warnings": warnings,
+    }
+
+
+def _version() -> str:
+    from hm_proto import __version__
+
+    return __version__
+
+
+def collect_status(home: Path) -> dict[str, Any]:
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
+
+    try:
+        return control_call(home, "status", timeout=5.0)
+    except DaemonNotRunning:
+        return offline_status(home, "the daemon is not running: start it with `halton-meter start`")
+    except ControlError as exc:
+        return offline_status(home, f"the daemon does not answer: {exc}")
+
+
+def render(st: dict[str, Any]) -> None:
+    out = console()
+    d, p = st["daemon"], st["proxy"]
+    if d["running"]:
+        up = fmt_duration(d["uptime_s"] or 0)
+        out.print(f"{dot(d['healthy'])} daemon  {'healthy' if d['healthy'] else 'running with problems'} "
+                  f"[dim](pid {d['pid']}, {d['backend']}, up {up})[/dim]")
+    else:
+        out.print(f"{dot(False)} daemon  not running")
+    where = f"{p['host']}:{p['port']}"
+    if p["bound"]:
+        out.print(f"{dot(True)} mitm bound on {where}")
+    else:
+        out.print(f"{dot(False)} mitm not bound [dim](configured: {where})[/dim]")
+    rows = st["rows"]
+    today = "?" if rows["today"] is None else str(rows["today"])
+    extra = ""
+    if rows.get("pending"):
+        extra += f", {rows['pending']} waiting to be written"
+    if rows.get("dropped"):
+        extra += f", [red]{rows['dropped']} dropped[/red]"
+    out.print(f"  rows today   {today} [dim]({rows['day']} UTC){extra}[/dim]")
+    out.print(f"  CA           {st['ca_cert']}")
+    cloud = st["cloud"]
+    state = cloud["state"]
+    colour = {"ACTIVE": "green", "DEGRADED": "yellow", "PAUSED": "yellow", "NOT-CONFIGURED": "dim"}.get(state, "red")
+    line = f"  cloud        [{colour}]{state}[/{colour}]"
+    reason = (cloud.get("worker") or {}).get("detail", {}) if isinstance(cloud.get("worker"), dict) else {}
+    if isinstance(reason, dict) and reason.get("paused_reason"):
+        line += f" [dim]({reason['paused_reason']})[/dim]"
+    out.print(line)
+    for name, comp in (st.get("components") or {}).items():
+        if comp.get("state") == "crashed":
+            out.print(f"{dot(False)} {name} worker crashed: {comp.get('error')} [dim](restarts on the next tick)[/dim]")
+    for problem in d.get("problems") or []:
+        out.print(f"  [red]![/red] {problem}")
+    for warning in st.get("config_warnings") or []:
+        out.print(f"  [yellow]![/yellow] {warning}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable shape (docs/daemon.md).")
+def status(as_json: bool) -> None:
+    """Show whether the daemon is healthy, where the proxy listens, and rows captured today.
+
+    Works when the daemon is down. Exit code 0 when healthy, 1 otherwise.
+
+    \b
+    Examples:
+      halton-meter status
+      halton-meter status --json | jq .proxy
+    """
+    from hm_agent.home import home_dir
+
+    st = collect_status(home_dir())
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        render(st)
+    raise SystemExit(0 if st["daemon"]["healthy"] else 1)
