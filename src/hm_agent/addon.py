@@ -71,20 +71,17 @@ class MeterAddon:
         self.writer = writer
         self.calls_seen = 0
         self.tap_errors = 0
-        self._hosts: set[str] = set()
-        self.reload(config)
 
     def reload(self, config: Any) -> None:
-        from .capture import DEFAULT_HOSTS
-
         self.config = config
-        hosts = {h.lower() for h in DEFAULT_HOSTS}
-        hosts.update(h for h, _ in getattr(config, "capture_hosts", ()) or ())
-        self._hosts = hosts
 
     def is_llm_host(self, host: str, port: int) -> bool:
-        host = host.lower()
-        return host in self._hosts or f"{host}:{port}" in self._hosts
+        from .capture import route_for
+
+        try:
+            return route_for(host_key(host, port), self.config) is not None
+        except Exception:
+            return False
 
     # -- TLS: decrypt only LLM API hosts ------------------------------------------
 

@@ -124,7 +124,7 @@ def _money(value: str | None, unknown: int) -> str:
     if value is None:
         return "unknown price" if unknown else "$0"
     amount = Decimal(value)
-    text = f"${amount:,.4f}" if amount < 1 else f"${amount:,.2f}"
+    text = f"${amount:,.6f}" if amount < 1 else f"${amount:,.2f}"
     return text + (" + unknown" if unknown else "")
 
 

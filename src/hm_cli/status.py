@@ -70,7 +70,7 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from hm_proto import __version__
+    from hm_agent import __version__
 
     return __version__
 
