@@ -30,6 +30,7 @@ class Reply:
     drop: bool = False  # close the connection without answering
     raw: bytes | None = None  # write exactly these bytes, then close
     close: bool = False  # answer with Connection: close
+    hangup: bool = False  # answer as keep-alive, then close anyway (a stale pooled connection)
 
     def payload(self) -> bytes:
         return json.dumps(self.json).encode() if self.json is not None else self.body
@@ -126,6 +127,8 @@ class ApiServer:
                     self.end_headers()
                     self.wfile.write(payload)
                 self.wfile.flush()
+                if reply.hangup:
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
