@@ -1,0 +1,358 @@
+"""The device-facing JSON API of docs/api.md (everything under /v1 except approve)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import date
+from typing import Any
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hm_proto import (
+    ApiError,
+    format_user_code,
+    generate_device_code,
+    generate_user_code,
+    hash_token,
+    looks_like_token,
+    parse_row,
+)
+
+from . import store
+from .bodies import MAX_BODY_BYTES, decode_body, read_limited
+from .state import (
+    CODE_TTL_SECONDS,
+    LONG_POLL_DEFAULT_SECONDS,
+    LONG_POLL_MAX_SECONDS,
+    LONG_POLL_RECHECK_SECONDS,
+    MAX_BATCH_ROWS,
+    POLL_INTERVAL_SECONDS,
+    SLOW_DOWN_STEP_SECONDS,
+    cloud,
+)
+
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SMALL_BODY_BYTES = 64 * 1024
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def invalid_token(detail: str) -> ApiError:
+    return ApiError(401, "invalid_token", detail)
+
+
+async def _json_object(request: Request, limit: int = _SMALL_BODY_BYTES) -> dict[str, Any]:
+    raw = await read_limited(request.stream(), request.headers.get("content-length"), limit)
+    return _parse_object(raw)
+
+
+def _parse_object(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(
+            400, "invalid_request", "Body is not valid JSON: send a JSON object"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise ApiError(400, "invalid_request", "Body must be a JSON object")
+    return obj
+
+
+def _field(
+    obj: dict[str, Any], name: str, kind: type, nullable: bool = False, required: bool = True
+) -> Any:
+    if name not in obj:
+        if required:
+            raise ApiError(422, "missing_field", f"Field required: {name}")
+        return None
+    val = obj[name]
+    if val is None and nullable:
+        return None
+    if not isinstance(val, kind) or (kind is int and isinstance(val, bool)):
+        raise ApiError(400, "invalid_request", f"Invalid field: {name} (expected {kind.__name__})")
+    if isinstance(val, str) and len(val) > 255:
+        raise ApiError(
+            400, "invalid_request", f"Invalid field: {name} (longer than 255 characters)"
+        )
+    return val
+
+
+async def authed_device(request: Request) -> store.AuthedDevice:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise invalid_token(
+            "Missing bearer token: pair this machine with `halton-meter cloud connect`"
+        )
+    if not looks_like_token(token):
+        raise invalid_token(
+            "Malformed token: pair this machine again with `halton-meter cloud connect`"
+        )
+    device = await cloud(request).db(store.authenticate, hash_token(token))
+    # The lookup is by hash; compare again in constant time before trusting it.
+    if device is None or not secrets.compare_digest(device.token_hash, hash_token(token)):
+        raise invalid_token(
+            "Unknown or revoked token: pair this machine again with `halton-meter cloud connect`"
+        )
+    return device
+
+
+# -- pairing -------------------------------------------------------------------
+
+
+async def pairing_start(request: Request) -> Response:
+    state = cloud(request)
+    body = await _json_object(request)
+    machine_id = _field(body, "machine_id", str)
+    if not _UUID_RE.match(machine_id):
+        raise ApiError(400, "invalid_request", "Invalid field: machine_id (expected a UUID)")
+    hostname = _field(body, "hostname", str)
+    os_name = _field(body, "os", str)
+    agent_version = _field(body, "agent_version", str)
+    workspace = _field(body, "workspace", str, nullable=True, required=False)
+    if workspace is not None and not _SLUG_RE.match(workspace):
+        raise ApiError(
+            400, "invalid_request", "Invalid field: workspace (expected a workspace slug)"
+        )
+    device_code = generate_device_code(secrets.token_bytes)
+    for _ in range(20):
+        user_code = generate_user_code(secrets.token_bytes)
+        created = await state.db(
+            store.create_pairing,
+            hash_token(device_code),
+            user_code,
+            machine_id.lower(),
+            hostname,
+            os_name,
+            agent_version,
+            workspace,
+            time.time(),
+            CODE_TTL_SECONDS,
+            POLL_INTERVAL_SECONDS,
+        )
+        if created:
+            break
+    else:  # pragma: no cover - 31**8 codes make this practically impossible
+        raise ApiError(503, "unavailable", "Could not allocate a pairing code: try again")
+    shown = format_user_code(user_code)
+    return json_response(
+        {
+            "device_code": device_code,
+            "user_code": shown,
+            "verification_uri": f"{state.app_url}/connect",
+            "verification_uri_complete": f"{state.app_url}/connect?code={shown}",
+            "expires_in": CODE_TTL_SECONDS,
+            "interval": POLL_INTERVAL_SECONDS,
+        }
+    )
+
+
+def _pending() -> ApiError:
+    return ApiError(400, "authorization_pending", "Not approved yet: poll again after the interval")
+
+
+async def _poll_outcome(
+    request: Request, code_hash: str
+) -> tuple[Response | None, dict[str, Any] | None]:
+    """The final answer for this code if it has one, else (None, pairing row)."""
+    state = cloud(request)
+    pairing = await state.db(store.pairing_by_device_code, code_hash)
+    if pairing is None:
+        raise ApiError(
+            400, "expired_token", "Unknown device code: run `halton-meter cloud connect` again"
+        )
+    status = pairing["status"]
+    if status == "approved":
+        collected = await state.db(store.collect_token, code_hash)
+        if collected is None:
+            raise ApiError(
+                400,
+                "expired_token",
+                "This code was already used: run `halton-meter cloud connect` again",
+            )
+        token, ws, machine_id = collected
+        return (
+            json_response(
+                {
+                    "token": token,
+                    "workspace_id": ws.id,
+                    "workspace_slug": ws.slug,
+                    "workspace_name": ws.name,
+                    "machine_id": machine_id,
+                }
+            ),
+            None,
+        )
+    if status == "denied":
+        raise ApiError(400, "access_denied", "The pairing request was denied in the browser")
+    if status == "consumed":
+        raise ApiError(
+            400,
+            "expired_token",
+            "This code was already used: run `halton-meter cloud connect` again",
+        )
+    if time.time() >= pairing["expires_at"]:
+        raise ApiError(
+            400,
+            "expired_token",
+            "The code expired (codes last 10 minutes): run `halton-meter cloud connect` again",
+        )
+    return None, pairing
+
+
+async def pairing_poll(request: Request) -> Response:
+    """Long-poll: hold until approved, denied or expired, or ``wait`` seconds pass.
+
+    slow_down: a poll is too fast when it arrives less than ``interval``
+    seconds after the previous poll for the code *ended*, unless that previous
+    poll was itself held for at least ``interval`` seconds (a long-poll that
+    waited and answered pending may be followed by an immediate poll).
+    """
+    state = cloud(request)
+    body = await _json_object(request)
+    device_code = _field(body, "device_code", str)
+    wait = body.get("wait", LONG_POLL_DEFAULT_SECONDS)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "Invalid field: wait (expected a non-negative number of seconds)",
+        )
+    wait = min(float(wait), LONG_POLL_MAX_SECONDS)
+    code_hash = hash_token(device_code)
+    started = time.time()
+
+    answer, pairing = await _poll_outcome(request, code_hash)
+    if answer is not None:
+        return answer
+    assert pairing is not None
+    interval = int(pairing["interval"])
+    last_end, last_held = pairing["last_poll_end"], pairing["last_poll_held"] or 0.0
+    if last_end is not None and started - last_end < interval and last_held < interval:
+        interval += SLOW_DOWN_STEP_SECONDS
+        await state.db(store.record_poll, code_hash, time.time(), 0.0, interval)
+        raise ApiError(400, "slow_down", f"Polled too fast: wait {interval} seconds between polls")
+
+    deadline = min(started + wait, float(pairing["expires_at"]))
+    try:
+        with state.waiters.watch(code_hash) as woken:
+            while True:
+                answer, _ = await _poll_outcome(request, code_hash)
+                if answer is not None:
+                    return answer
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    break
+                with anyio.move_on_after(min(remaining, LONG_POLL_RECHECK_SECONDS)):
+                    await woken.wait()
+        raise _pending()
+    finally:
+        ended = time.time()
+        with anyio.CancelScope(shield=True):  # record even if the client went away
+            await state.db(store.record_poll, code_hash, ended, ended - started, interval)
+
+
+async def pairing_revoke(request: Request) -> Response:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not looks_like_token(token):
+        raise invalid_token("Missing or malformed bearer token")
+    state = cloud(request)
+    token_hash = hash_token(token)
+    if not await state.db(store.token_known, token_hash):
+        raise invalid_token("Unknown token")
+    await state.db(store.revoke_token, token_hash, time.time())
+    return json_response({"revoked": True})
+
+
+# -- usage rows ----------------------------------------------------------------
+
+
+async def requests_batch(request: Request) -> Response:
+    device = await authed_device(request)
+    raw = await read_limited(
+        request.stream(), request.headers.get("content-length"), MAX_BODY_BYTES
+    )
+    body = _parse_object(decode_body(raw, request.headers.get("content-encoding"), MAX_BODY_BYTES))
+    batch_id = _field(body, "batch_id", str)
+    if not _UUID_RE.match(batch_id):
+        raise ApiError(400, "invalid_request", "Invalid field: batch_id (expected a UUID)")
+    rows_in = _field(body, "rows", list)
+    if len(rows_in) > MAX_BATCH_ROWS:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"Batch has {len(rows_in)} rows; the limit is {MAX_BATCH_ROWS} rows per batch: split the batch",
+        )
+    rows = [parse_row(obj, f"rows[{i}]") for i, obj in enumerate(rows_in)]
+    accepted, duplicates = await cloud(request).db(store.ingest, device, rows, time.time())
+    return json_response({"accepted": accepted, "duplicates": duplicates})
+
+
+def _date_param(request: Request, name: str) -> str:
+    value = request.query_params.get(name)
+    if value is None:
+        raise ApiError(422, "missing_field", f"Field required: {name}")
+    try:
+        return date.fromisoformat(value).isoformat() if len(value) == 10 else _bad_date(name)
+    except ValueError:
+        return _bad_date(name)
+
+
+def _bad_date(name: str) -> str:
+    raise ApiError(400, "invalid_request", f"Invalid field: {name} (expected YYYY-MM-DD)")
+
+
+async def requests_totals(request: Request) -> Response:
+    device = await authed_device(request)
+    from_date = _date_param(request, "from_date")
+    to_date = _date_param(request, "to_date")
+    if from_date > to_date:
+        raise ApiError(400, "invalid_request", "Invalid range: from_date is after to_date")
+    days = await cloud(request).db(
+        store.machine_totals, device.workspace.id, device.machine_id, from_date, to_date
+    )
+    return json_response({"days": days})
+
+
+async def whoami(request: Request) -> Response:
+    device = await authed_device(request)
+    return json_response(
+        {
+            "workspace_id": device.workspace.id,
+            "workspace_slug": device.workspace.slug,
+            "workspace_name": device.workspace.name,
+            "machine_id": device.machine_id,
+            "hostname": device.hostname,
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+routes = [
+    Route("/v1/pairing/start", pairing_start, methods=["POST"]),
+    Route("/v1/pairing/poll", pairing_poll, methods=["POST"]),
+    Route("/v1/pairing/revoke", pairing_revoke, methods=["POST"]),
+    Route("/v1/requests/batch", requests_batch, methods=["POST"]),
+    Route("/v1/requests/totals", requests_totals, methods=["GET"]),
+    Route("/v1/whoami", whoami, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

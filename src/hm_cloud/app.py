@@ -1,0 +1,91 @@
+"""The ASGI application: the JSON API and the pages, served by one Starlette app."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from hm_proto import ApiError
+
+from . import api, pages, store
+from .security import SessionCodec
+from .state import CloudState
+
+log = logging.getLogger("hm_cloud")
+
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def api_error_response(exc: ApiError) -> Response:
+    headers: dict[str, str] = {}
+    if exc.status == 401 and exc.error == "invalid_token":
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return api.json_response(exc.to_body(), exc.status, headers)
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    if not _is_api(request) and exc.status in (400, 413, 415):
+        return pages.render(
+            request,
+            "error.html",
+            {"title": "Bad request", "message": exc.detail},
+            status=exc.status,
+        )
+    return api_error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if _is_api(request):
+        code = _HTTP_ERRORS.get(exc.status_code, "error")
+        detail = "No such endpoint: see docs/api.md" if exc.status_code == 404 else str(exc.detail)
+        return api.json_response(
+            {"error": code, "detail": detail}, exc.status_code, dict(exc.headers or {})
+        )
+    title = "Page not found" if exc.status_code == 404 else "Error"
+    return pages.render(
+        request, "error.html", {"title": title, "message": str(exc.detail)}, status=exc.status_code
+    )
+
+
+async def on_crash(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return api.json_response(
+        {"error": "internal_error", "detail": "The server failed on this request: try again later"},
+        500,
+    )
+
+
+def create_app(engine: Engine, app_url: str) -> Starlette:
+    """The app for a ready (schema-initialised) engine; ``app_url`` is where pages live."""
+    state = CloudState(
+        engine=engine,
+        app_url=app_url.rstrip("/"),
+        sessions=SessionCodec(store.session_secret(engine)),
+    )
+    static = Mount(
+        "/static", app=StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"
+    )
+    app = Starlette(
+        routes=[*api.routes, static, *pages.routes],
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
+    )
+    app.state.cloud = state
+    return app

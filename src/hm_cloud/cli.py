@@ -1,0 +1,206 @@
+"""The ``halton-meter-cloud`` command: ``serve`` and ``create-user``.
+
+Every failure the operator can fix ends in one line on stderr that says
+what to do, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import re
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import DatabaseUrlError, default_db_url, init_schema, make_engine
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+def _display_url(db_url: str) -> str:
+    try:
+        return make_url(db_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a bad URL is shown as typed
+        return db_url
+
+
+def open_database(db_url: str) -> Engine:
+    try:
+        engine = make_engine(db_url)
+        init_schema(engine)
+    except DatabaseUrlError as exc:
+        raise CliError(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        first = (
+            str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            if str(exc)
+            else type(exc).__name__
+        )
+        raise CliError(
+            f"cannot open database {_display_url(db_url)}: {first} — check --db and that the server is running"
+        ) from exc
+    return engine
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"port {port} on {host} is already in use: stop the other server or pick another with --port"
+            ) from exc
+        raise CliError(
+            f"cannot listen on {host}:{port}: {exc.strerror} — check --host and --port"
+        ) from exc
+    return sock
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    if not 0 <= args.port < 65536:
+        raise CliError(f"--port {args.port} is not a TCP port: use 1-65535 (0 picks a free one)")
+    engine = open_database(args.db)
+    sock = _listen(args.host, args.port)
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    base_url = f"http://{shown_host}:{bound_port}"
+    app_url = (args.app_url or base_url).rstrip("/")
+    app = create_app(engine, app_url)
+    config = uvicorn.Config(
+        app,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=2,
+        lifespan="off",
+    )
+    print(
+        f"Halton Meter Cloud listening on {base_url} (pages at {app_url}, database {_display_url(args.db)})",
+        flush=True,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        engine.dispose()
+    return 0
+
+
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+
+
+def create_user(args: argparse.Namespace) -> int:
+    from . import store
+    from .pages import RESERVED_SLUGS
+    from .security import hash_password
+
+    if not args.password_stdin:
+        raise CliError("pass the password on standard input with --password-stdin")
+    if not _SLUG_RE.match(args.workspace) or args.workspace in RESERVED_SLUGS:
+        raise CliError(
+            f"workspace slug {args.workspace!r} is not valid: use 2-40 lowercase letters, digits and dashes"
+        )
+    if "@" not in args.email:
+        raise CliError(f"{args.email!r} is not an email address")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise CliError("the password on standard input must be at least 8 characters")
+    engine = open_database(args.db)
+    try:
+        existing = store.find_user(engine, args.email)
+        name = args.workspace_name or args.workspace
+        if existing is not None:
+            ws = store.add_membership(engine, existing[0], args.workspace, name, time.time())
+            print(
+                f"{args.email.lower()} already exists; added to workspace {ws.slug} (password unchanged)"
+            )
+            return 0
+        _uid, ws = store.create_user(
+            engine,
+            args.email,
+            hash_password(password),
+            args.workspace,
+            name,
+            time.time(),
+            join_existing_workspace=True,
+        )
+        print(f"created {args.email.lower()} in workspace {ws.slug}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="halton-meter-cloud", description="The self-hostable Halton Meter Cloud backend."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="serve the cloud API and pages")
+    p_serve.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1)"
+    )
+    p_serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port (default 8787; 0 = any free port)"
+    )
+    p_serve.add_argument(
+        "--db", default=None, help="sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+    )
+    p_serve.add_argument(
+        "--app-url", default=None, help="public URL of the pages (default: the listen URL)"
+    )
+    p_serve.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    p_serve.add_argument("--access-log", action="store_true", help="log every request")
+    p_serve.set_defaults(handler=serve)
+
+    p_user = sub.add_parser(
+        "create-user", help="create an account (and its workspace) from a script"
+    )
+    p_user.add_argument("email")
+    p_user.add_argument("--workspace", required=True, help="workspace slug to create or join")
+    p_user.add_argument("--workspace-name", default=None, help="display name of a new workspace")
+    p_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    p_user.add_argument("--db", default=None, help="same as for serve")
+    p_user.set_defaults(handler=create_user)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "db", None) is None:
+        args.db = default_db_url()
+    try:
+        return int(args.handler(args))
+    except CliError as exc:
+        print(f"halton-meter-cloud: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Schema and engine: SQLAlchemy Core tables that run on SQLite and PostgreSQL.
+
+The schema is created on start; ``schema_version`` records what was created so
+a later release can migrate forward step by step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+# Server-wide key/value settings (the session signing secret lives here so
+# sessions survive a restart without a config file).
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("slug", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), primary_key=True),
+    Column("role", String(16), nullable=False),
+)
+
+# One device per (workspace, machine): re-pairing a machine updates its row.
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), nullable=False),
+    Column("machine_id", String(64), nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("os", String(120), nullable=False),
+    Column("agent_version", String(64), nullable=False),
+    Column("paired_at", Float, nullable=False),
+    Column("last_sync_at", Float, nullable=True),
+    Column("rows_synced", BigInteger, nullable=False, default=0),
+    Column("revoked_at", Float, nullable=True),
+    UniqueConstraint("workspace_id", "machine_id", name="devices_workspace_machine"),
+)
+
+# Tokens are kept after revocation so revoking twice answers 200 (RFC 7009).
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("device_id", String(36), ForeignKey("devices.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+# A pairing request, keyed by the SHA-256 of its device code. ``token_plain``
+# holds the freshly minted token only between approval and the one poll that
+# collects it.
+pairings = Table(
+    "pairings",
+    metadata,
+    Column("device_code_hash", String(64), primary_key=True),
+    Column("user_code", String(16), nullable=False, index=True),
+    Column("machine_id", String(64), nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("os", String(120), nullable=False),
+    Column("agent_version", String(64), nullable=False),
+    Column("workspace_hint", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # pending approved denied consumed
+    Column("interval", Integer, nullable=False),
+    Column("last_poll_end", Float, nullable=True),
+    Column("last_poll_held", Float, nullable=True),
+    Column("workspace_id", String(36), nullable=True),
+    Column("device_id", String(36), nullable=True),
+    Column("token_plain", String(64), nullable=True),
+)
+
+usage_rows = Table(
+    "usage_rows",
+    metadata,
+    Column("workspace_id", String(36), primary_key=True),
+    Column("id", String(36), primary_key=True),
+    Column("machine_id", String(64), nullable=False),
+    Column("ts", String(40), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("provider", String(512), nullable=False),
+    Column("model", String(512), nullable=False),
+    Column("endpoint", String(512), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("cache_read_tokens", BigInteger, nullable=True),
+    Column("cache_write_tokens", BigInteger, nullable=True),
+    Column("reasoning_tokens", BigInteger, nullable=True),
+    Column("cost_usd", String(64), nullable=True),
+    # cost in nano-dollars: sums exactly in SQL on both engines; null = unknown.
+    Column("cost_nanos", BigInteger, nullable=True),
+    Column("price_version", String(512), nullable=False),
+    Column("latency_ms", BigInteger, nullable=False),
+    Column("ttfb_ms", BigInteger, nullable=True),
+    Column("received_at", Float, nullable=False),
+    Index("usage_rows_machine_day", "workspace_id", "machine_id", "day"),
+    Index("usage_rows_workspace_day", "workspace_id", "day"),
+)
+
+
+class DatabaseUrlError(ValueError):
+    """The --db URL cannot be used; the message says what to pass instead."""
+
+
+def default_db_url() -> str:
+    """A SQLite file under the user's data dir (``$XDG_DATA_HOME`` or ~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'halton-meter-cloud' / 'cloud.sqlite'}"
+
+
+_URL_HINT = "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DBNAME"
+
+
+def make_engine(db_url: str) -> Engine:
+    """An engine for ``db_url``; SQLite gets WAL, a busy timeout and its folder made."""
+    try:
+        url = make_url(db_url)
+    except ArgumentError as exc:
+        raise DatabaseUrlError(f"cannot parse database URL {db_url!r}: {_URL_HINT}") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise DatabaseUrlError(f"database URL {db_url!r} names no file: {_URL_HINT}")
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if backend == "postgresql":
+        if url.get_driver_name() not in ("psycopg", "psycopg2"):
+            url = url.set(drivername="postgresql+psycopg")
+        try:
+            return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        except NoSuchModuleError as exc:
+            raise DatabaseUrlError(f"no driver for {db_url!r}: {_URL_HINT}") from exc
+    raise DatabaseUrlError(f"unsupported database {backend!r} in {db_url!r}: {_URL_HINT}")
+
+
+def init_schema(engine: Engine) -> None:
+    """Create missing tables and record the schema version (idempotent)."""
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        found = conn.execute(select(schema_version.c.version)).scalar()
+        if found is None:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+        elif found > SCHEMA_VERSION:
+            raise DatabaseUrlError(
+                f"the database has schema version {found}, newer than this server "
+                f"({SCHEMA_VERSION}): upgrade halton-meter-cloud"
+            )

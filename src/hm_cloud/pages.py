@@ -1,0 +1,549 @@
+"""Server-rendered pages: sign-up, login, connect/approve, dashboard, devices."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import anyio.to_thread
+import orjson
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from hm_proto import ApiError, format_user_code, generate_token, normalize_user_code
+
+from . import store, views
+from .security import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    Session,
+    csrf_ok,
+    hash_password,
+    verify_password,
+)
+from .state import client_address, cloud
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.globals["relative_time"] = views.relative_time
+templates.env.filters["money"] = views.money
+templates.env.filters["cost_cell"] = views.cost_cell
+templates.env.filters["timestamp"] = views.timestamp
+
+RESERVED_SLUGS = {
+    "signup",
+    "login",
+    "logout",
+    "connect",
+    "v1",
+    "static",
+    "healthz",
+    "settings",
+    "api",
+}
+CODE_NOT_FOUND = (
+    "Code not found — it may have expired (codes last 10 minutes). "
+    "Run `halton-meter cloud connect` again for a fresh code."
+)
+MAX_RANGE_DAYS = 366
+
+
+# -- session plumbing ----------------------------------------------------------------
+
+
+def session_of(request: Request) -> Session:
+    if "hm_session" not in request.scope:
+        request.scope["hm_session"] = cloud(request).sessions.load(
+            request.cookies.get(SESSION_COOKIE)
+        )
+    session: Session = request.scope["hm_session"]
+    return session
+
+
+def _with_cookie(request: Request, response: Response) -> Response:
+    session = session_of(request)
+    if session.fresh:
+        response.set_cookie(
+            SESSION_COOKIE,
+            cloud(request).sessions.dump(session),
+            max_age=SESSION_MAX_AGE,
+            httponly=True,
+            samesite="lax",
+            secure=cloud(request).app_url.startswith("https://"),
+            path="/",
+        )
+    return response
+
+
+def _sign_in(request: Request, user_id: int | None) -> None:
+    """Change who is signed in; a new CSRF token each time (no fixation)."""
+    session = session_of(request)
+    session.user_id = user_id
+    session.csrf = secrets.token_bytes(24).hex()
+    session.fresh = True
+
+
+def render(
+    request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
+) -> Response:
+    ctx = {"session": session_of(request), "csrf": session_of(request).csrf, "user_email": None}
+    ctx.update(context or {})
+    response = templates.TemplateResponse(request, name, ctx, status_code=status)
+    return _with_cookie(request, response)
+
+
+def redirect(request: Request, url: str) -> Response:
+    return _with_cookie(request, RedirectResponse(url, status_code=303))
+
+
+def _safe_next(target: str | None, default: str) -> str:
+    """Only same-site paths: never redirect a sign-in to another host."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or urlsplit(target).netloc
+    ):
+        return default
+    return target
+
+
+def _login_redirect(request: Request) -> Response:
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return redirect(request, f"/login?next={quote(here, safe='')}")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form(max_files=0, max_fields=20)
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _csrf_failed(request: Request) -> Response:
+    return render(
+        request,
+        "error.html",
+        {
+            "title": "Form expired",
+            "message": "This form expired or came from another site. Go back, reload the page and try again.",
+        },
+        status=403,
+    )
+
+
+async def _user(request: Request) -> tuple[int, str] | None:
+    session = session_of(request)
+    if session.user_id is None:
+        return None
+    email = await cloud(request).db(store.user_email, session.user_id)
+    return (session.user_id, email) if email else None
+
+
+async def _member_page(
+    request: Request,
+) -> tuple[int, str, store.Workspace, list[store.Workspace]] | Response:
+    """The signed-in user and the workspace of the URL, or the response to send instead."""
+    user = await _user(request)
+    if user is None:
+        return _login_redirect(request)
+    mine = await cloud(request).db(store.user_workspaces, user[0])
+    slug = request.path_params["workspace"]
+    ws = next((w for w in mine if w.slug == slug), None)
+    if ws is None:
+        # Same answer whether the workspace exists or not: no probing.
+        return render(
+            request,
+            "error.html",
+            {
+                "title": "Workspace not found",
+                "message": f"There is no workspace '{slug}' that you belong to.",
+                "user_email": user[1],
+                "workspaces": mine,
+            },
+            status=404,
+        )
+    return user[0], user[1], ws, mine
+
+
+# -- sign-up, login, logout --------------------------------------------------------
+
+
+def slug_from_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")[:40]
+
+
+async def home(request: Request) -> Response:
+    user = await _user(request)
+    if user is None:
+        return redirect(request, "/login")
+    mine = await cloud(request).db(store.user_workspaces, user[0])
+    return redirect(request, f"/{mine[0].slug}/" if mine else "/connect")
+
+
+async def signup(request: Request) -> Response:
+    nxt = request.query_params.get("next")
+    if request.method == "GET":
+        return render(request, "signup.html", {"next": nxt, "form": {}})
+    form = await _form(request)
+    if not csrf_ok(session_of(request), form.get("csrf_token")):
+        return _csrf_failed(request)
+    email = form.get("email", "").strip().lower()
+    password = form.get("password", "")
+    ws_name = form.get("workspace", "").strip() or email.split("@")[0]
+    slug = slug_from_name(ws_name)
+    error = None
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email) or len(email) > 320:
+        error = "Enter an email address like name@example.com."
+    elif len(password) < 8:
+        error = "Choose a password of at least 8 characters."
+    elif len(slug) < 2 or slug in RESERVED_SLUGS:
+        error = "Choose a workspace name of at least two letters or digits (not a reserved word)."
+    if error is None:
+        pw_hash = await anyio.to_thread.run_sync(hash_password, password)
+        try:
+            user_id, ws = await cloud(request).db(
+                store.create_user, email, pw_hash, slug, ws_name, time.time()
+            )
+        except store.SignupError as exc:
+            error = str(exc).capitalize() + "."
+    if error is not None:
+        return render(
+            request,
+            "signup.html",
+            {"next": nxt, "error": error, "form": {"email": email, "workspace": ws_name}},
+            status=400,
+        )
+    _sign_in(request, user_id)
+    return redirect(request, _safe_next(nxt, f"/{ws.slug}/"))
+
+
+async def login(request: Request) -> Response:
+    nxt = request.query_params.get("next")
+    if request.method == "GET":
+        return render(request, "login.html", {"next": nxt, "form": {}})
+    form = await _form(request)
+    if not csrf_ok(session_of(request), form.get("csrf_token")):
+        return _csrf_failed(request)
+    email = form.get("email", "").strip().lower()
+    found = await cloud(request).db(store.find_user, email)
+    ok = await anyio.to_thread.run_sync(
+        verify_password, found[1] if found else None, form.get("password", "")
+    )
+    if not ok or found is None:
+        return render(
+            request,
+            "login.html",
+            {"next": nxt, "error": "Wrong email or password.", "form": {"email": email}},
+            status=400,
+        )
+    _sign_in(request, found[0])
+    return redirect(request, _safe_next(nxt, "/"))
+
+
+async def logout(request: Request) -> Response:
+    if request.method == "GET":
+        user = await _user(request)
+        return render(request, "logout.html", {"user_email": user[1] if user else None})
+    form = await _form(request)
+    if not csrf_ok(session_of(request), form.get("csrf_token")):
+        return _csrf_failed(request)
+    _sign_in(request, None)
+    return redirect(request, "/login")
+
+
+# -- connect and approve ---------------------------------------------------------
+
+
+def _guess_keys(request: Request, user_id: int) -> list[str]:
+    return [f"user:{user_id}", f"addr:{client_address(request)}"]
+
+
+def _rate_limited_page(request: Request, retry_after: int, as_json: bool) -> Response:
+    detail = f"Too many wrong pairing codes: wait {retry_after} seconds and check the code in your terminal"
+    headers = {"Retry-After": str(retry_after)}
+    if as_json:
+        return Response(
+            orjson.dumps({"error": "rate_limited", "detail": detail}),
+            429,
+            headers,
+            "application/json",
+        )
+    response = render(
+        request, "error.html", {"title": "Too many attempts", "message": detail + "."}, status=429
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def connect(request: Request) -> Response:
+    user = await _user(request)
+    if user is None:
+        return _login_redirect(request)
+    user_id, email = user
+    state = cloud(request)
+    mine = await state.db(store.user_workspaces, user_id)
+    ctx: dict[str, Any] = {"user_email": email, "workspaces": mine}
+    typed = request.query_params.get("code")
+    if typed is None:
+        return render(request, "connect_enter.html", ctx)
+    keys = _guess_keys(request, user_id)
+    wait = state.limiter.retry_after(keys)
+    if wait is not None:
+        return _rate_limited_page(request, wait, as_json=False)
+    code = normalize_user_code(typed)
+    pairing = await state.db(store.pending_pairing, code, time.time()) if code else None
+    if pairing is None:
+        state.limiter.miss(keys)
+        return render(
+            request,
+            "connect_missing.html",
+            {**ctx, "message": CODE_NOT_FOUND, "typed": typed},
+            status=404,
+        )
+    hint = pairing["workspace_hint"]
+    selected = hint if any(w.slug == hint for w in mine) else (mine[0].slug if mine else None)
+    return render(
+        request,
+        "connect.html",
+        {
+            **ctx,
+            "pairing": pairing,
+            "code": format_user_code(pairing["user_code"]),
+            "selected": selected,
+        },
+    )
+
+
+async def approve(request: Request) -> Response:
+    """POST /v1/pairing/approve: a form post from /connect (or JSON with the CSRF token)."""
+    state = cloud(request)
+    as_json = request.headers.get("content-type", "").startswith("application/json")
+    if as_json:
+        try:
+            data = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_request", "Body must be a JSON object")
+        form = {k: v for k, v in data.items() if isinstance(v, str)}
+        form.setdefault("csrf_token", request.headers.get("x-csrf-token", ""))
+    else:
+        form = await _form(request)
+    user = await _user(request)
+    if user is None:
+        if as_json:
+            raise ApiError(401, "login_required", "Sign in at /login first, then approve the code")
+        return redirect(request, "/login")
+    if not csrf_ok(session_of(request), form.get("csrf_token")):
+        if as_json:
+            raise ApiError(
+                403, "csrf_failed", "Missing or wrong CSRF token: reload /connect and try again"
+            )
+        return _csrf_failed(request)
+    user_id, email = user
+    keys = _guess_keys(request, user_id)
+    wait = state.limiter.retry_after(keys)
+    if wait is not None:
+        return _rate_limited_page(request, wait, as_json)
+    for name in ("user_code", "workspace"):
+        if not form.get(name):
+            if as_json:
+                raise ApiError(422, "missing_field", f"Field required: {name}")
+            return render(
+                request,
+                "error.html",
+                {
+                    "title": "Missing field",
+                    "message": f"Field required: {name}. Go back and try again.",
+                },
+                status=422,
+            )
+    code = normalize_user_code(form["user_code"])
+    now = time.time()
+    pairing = await state.db(store.pending_pairing, code, now) if code else None
+    if pairing is None:
+        state.limiter.miss(keys)
+        if as_json:
+            raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
+        return render(
+            request,
+            "connect_missing.html",
+            {"message": CODE_NOT_FOUND, "typed": form["user_code"], "user_email": email},
+            status=404,
+        )
+    ws = await state.db(store.member_workspace, user_id, form["workspace"])
+    if ws is None:
+        if as_json:
+            raise ApiError(
+                403, "forbidden", f"You are not a member of workspace '{form['workspace']}'"
+            )
+        return render(
+            request,
+            "error.html",
+            {
+                "title": "Not your workspace",
+                "message": f"You are not a member of workspace '{form['workspace']}'.",
+            },
+            status=403,
+        )
+    code_hash = pairing["device_code_hash"]
+    decision = form.get("decision", "approve")
+    if decision == "deny":
+        done = await state.db(store.deny_pairing, code_hash, now)
+    else:
+        decision = "approve"
+        done = await state.db(
+            store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now
+        )
+    if not done:
+        if as_json:
+            raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
+        return render(
+            request,
+            "connect_missing.html",
+            {"message": CODE_NOT_FOUND, "user_email": email},
+            status=404,
+        )
+    state.waiters.notify(code_hash)
+    if as_json:
+        return Response(
+            orjson.dumps({"approved": decision == "approve", "workspace": ws.slug}),
+            200,
+            media_type="application/json",
+        )
+    return render(
+        request,
+        "connect_done.html",
+        {"user_email": email, "decision": decision, "workspace": ws, "pairing": pairing},
+    )
+
+
+# -- workspace pages -------------------------------------------------------------------
+
+
+def _date_range(request: Request) -> tuple[str, str, str | None]:
+    today = datetime.now(UTC).date()
+    default = ((today - timedelta(days=29)).isoformat(), today.isoformat())
+    raw_from = request.query_params.get("from_date") or default[0]
+    raw_to = request.query_params.get("to_date") or default[1]
+    try:
+        start, end = date.fromisoformat(raw_from), date.fromisoformat(raw_to)
+    except ValueError:
+        return (*default, "Dates must look like 2026-11-24; showing the last 30 days.")
+    if start > end:
+        return (*default, "The start date is after the end date; showing the last 30 days.")
+    if (end - start).days >= MAX_RANGE_DAYS:
+        start = end - timedelta(days=MAX_RANGE_DAYS - 1)
+        return (
+            start.isoformat(),
+            end.isoformat(),
+            "Ranges are limited to 366 days; showing the last 366 days of it.",
+        )
+    return start.isoformat(), end.isoformat(), None
+
+
+async def dashboard(request: Request) -> Response:
+    found = await _member_page(request)
+    if isinstance(found, Response):
+        return found
+    _uid, email, ws, mine = found
+    from_date, to_date, range_error = _date_range(request)
+    state = cloud(request)
+    groups = {
+        name: await state.db(store.spend_breakdown, ws.id, from_date, to_date, name)
+        for name in ("day", "machine", "model", "provider")
+    }
+    total = {
+        "rows": sum(g["rows"] for g in groups["day"]),
+        "nanos": sum(g["nanos"] for g in groups["day"]),
+        "unknown": sum(g["unknown"] for g in groups["day"]),
+        "input_tokens": sum(g["input_tokens"] for g in groups["day"]),
+        "output_tokens": sum(g["output_tokens"] for g in groups["day"]),
+    }
+    return render(
+        request,
+        "dashboard.html",
+        {
+            "user_email": email,
+            "workspace": ws,
+            "workspaces": mine,
+            "from_date": from_date,
+            "to_date": to_date,
+            "range_error": range_error,
+            "groups": groups,
+            "total": total,
+            "bars": views.cost_bars(groups["day"], from_date, to_date),
+            "chart_width": views.CHART_WIDTH,
+            "chart_height": views.CHART_HEIGHT,
+        },
+    )
+
+
+async def devices_page(request: Request) -> Response:
+    found = await _member_page(request)
+    if isinstance(found, Response):
+        return found
+    _uid, email, ws, mine = found
+    devices = await cloud(request).db(store.list_devices, ws.id)
+    return render(
+        request,
+        "devices.html",
+        {
+            "user_email": email,
+            "workspace": ws,
+            "workspaces": mine,
+            "devices": devices,
+            "now": time.time(),
+        },
+    )
+
+
+async def revoke_device(request: Request) -> Response:
+    found = await _member_page(request)
+    if isinstance(found, Response):
+        return found
+    _uid, email, ws, mine = found
+    state = cloud(request)
+    device = await state.db(store.get_device, ws.id, request.path_params["device_id"])
+    if device is None:
+        return render(
+            request,
+            "error.html",
+            {
+                "title": "Device not found",
+                "message": "No such device in this workspace.",
+                "user_email": email,
+            },
+            status=404,
+        )
+    if request.method == "GET":
+        return render(
+            request,
+            "revoke_confirm.html",
+            {"user_email": email, "workspace": ws, "workspaces": mine, "device": device},
+        )
+    form = await _form(request)
+    if not csrf_ok(session_of(request), form.get("csrf_token")):
+        return _csrf_failed(request)
+    await state.db(store.revoke_device, ws.id, device["id"], time.time())
+    return redirect(request, f"/{ws.slug}/settings/devices")
+
+
+routes = [
+    Route("/", home, methods=["GET"]),
+    Route("/signup", signup, methods=["GET", "POST"]),
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/logout", logout, methods=["GET", "POST"]),
+    Route("/connect", connect, methods=["GET"]),
+    Route("/v1/pairing/approve", approve, methods=["POST"]),
+    Route("/{workspace}/", dashboard, methods=["GET"]),
+    Route("/{workspace}/settings/devices", devices_page, methods=["GET"]),
+    Route(
+        "/{workspace}/settings/devices/{device_id}/revoke", revoke_device, methods=["GET", "POST"]
+    ),
+]

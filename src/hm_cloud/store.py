@@ -1,0 +1,615 @@
+"""Every database read and write of the backend, as short synchronous functions.
+
+The web layer runs them in a worker thread (``anyio.to_thread``) so the event
+loop never blocks on SQLite or PostgreSQL, and no transaction is ever held
+open across an ``await``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from hm_proto import UsageRow, hash_token
+
+from .db import devices, memberships, pairings, settings, tokens, usage_rows, users, workspaces
+
+NANOS = Decimal(1_000_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    id: str
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthedDevice:
+    """The device a valid bearer token belongs to."""
+
+    device_id: str
+    token_hash: str
+    workspace: Workspace
+    machine_id: str
+    hostname: str
+
+
+class SignupError(ValueError):
+    """Sign-up refused; the message is safe to show the person."""
+
+
+# -- settings ------------------------------------------------------------------
+
+
+def session_secret(engine: Engine) -> str:
+    """The server's session-signing secret, made once and kept in the database."""
+    with engine.begin() as conn:
+        value = conn.execute(
+            select(settings.c.value).where(settings.c.key == "session_secret")
+        ).scalar()
+        if value is not None:
+            return str(value)
+        fresh = secrets.token_bytes(32).hex()
+        try:
+            conn.execute(settings.insert().values(key="session_secret", value=fresh))
+        except IntegrityError:  # pragma: no cover - another process won the race
+            pass
+    with engine.connect() as conn:
+        return str(
+            conn.execute(
+                select(settings.c.value).where(settings.c.key == "session_secret")
+            ).scalar_one()
+        )
+
+
+# -- users and workspaces --------------------------------------------------------
+
+
+def find_user(engine: Engine, email: str) -> tuple[int, str] | None:
+    """(user id, password hash) for an email, case-insensitively."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(users.c.id, users.c.password_hash).where(users.c.email == email.strip().lower())
+        ).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def user_email(engine: Engine, user_id: int) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar()
+
+
+def create_user(
+    engine: Engine,
+    email: str,
+    password_hash: str,
+    workspace_slug: str,
+    workspace_name: str,
+    now: float,
+    join_existing_workspace: bool = False,
+) -> tuple[int, Workspace]:
+    """A new user and their workspace (or membership of an existing one)."""
+    email = email.strip().lower()
+    with engine.begin() as conn:
+        if conn.execute(select(users.c.id).where(users.c.email == email)).first():
+            raise SignupError(f"an account for {email} already exists: sign in instead")
+        ws = conn.execute(
+            select(workspaces.c.id, workspaces.c.slug, workspaces.c.name).where(
+                workspaces.c.slug == workspace_slug
+            )
+        ).first()
+        if ws is not None and not join_existing_workspace:
+            raise SignupError(f"the workspace name '{workspace_slug}' is taken: choose another")
+        user_id = conn.execute(
+            users.insert().values(email=email, password_hash=password_hash, created_at=now)
+        ).inserted_primary_key[0]
+        if ws is None:
+            workspace = Workspace(str(uuid.uuid4()), workspace_slug, workspace_name)
+            conn.execute(
+                workspaces.insert().values(
+                    id=workspace.id, slug=workspace.slug, name=workspace.name, created_at=now
+                )
+            )
+            role = "owner"
+        else:
+            workspace = Workspace(str(ws[0]), str(ws[1]), str(ws[2]))
+            role = "member"
+        conn.execute(
+            memberships.insert().values(user_id=user_id, workspace_id=workspace.id, role=role)
+        )
+    return int(user_id), workspace
+
+
+def add_membership(
+    engine: Engine, user_id: int, workspace_slug: str, workspace_name: str, now: float
+) -> Workspace:
+    """Put an existing user in a workspace, creating the workspace if needed."""
+    with engine.begin() as conn:
+        ws = conn.execute(
+            select(workspaces.c.id, workspaces.c.slug, workspaces.c.name).where(
+                workspaces.c.slug == workspace_slug
+            )
+        ).first()
+        if ws is None:
+            workspace = Workspace(str(uuid.uuid4()), workspace_slug, workspace_name)
+            conn.execute(
+                workspaces.insert().values(
+                    id=workspace.id, slug=workspace.slug, name=workspace.name, created_at=now
+                )
+            )
+        else:
+            workspace = Workspace(str(ws[0]), str(ws[1]), str(ws[2]))
+        exists = conn.execute(
+            select(memberships.c.user_id).where(
+                memberships.c.user_id == user_id, memberships.c.workspace_id == workspace.id
+            )
+        ).first()
+        if not exists:
+            conn.execute(
+                memberships.insert().values(
+                    user_id=user_id, workspace_id=workspace.id, role="member"
+                )
+            )
+    return workspace
+
+
+def user_workspaces(engine: Engine, user_id: int) -> list[Workspace]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(workspaces.c.id, workspaces.c.slug, workspaces.c.name)
+            .join(memberships, memberships.c.workspace_id == workspaces.c.id)
+            .where(memberships.c.user_id == user_id)
+            .order_by(workspaces.c.slug)
+        ).all()
+    return [Workspace(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def member_workspace(engine: Engine, user_id: int, slug: str) -> Workspace | None:
+    """The workspace ``slug`` if the user belongs to it, else None (no hint either way)."""
+    for ws in user_workspaces(engine, user_id):
+        if ws.slug == slug:
+            return ws
+    return None
+
+
+# -- pairing -------------------------------------------------------------------
+
+
+def create_pairing(
+    engine: Engine,
+    device_code_hash: str,
+    user_code: str,
+    machine_id: str,
+    hostname: str,
+    os_name: str,
+    agent_version: str,
+    workspace_hint: str | None,
+    now: float,
+    expires_in: int,
+    interval: int,
+) -> bool:
+    """Store a pairing request; False if ``user_code`` collides with a live one."""
+    with engine.begin() as conn:
+        live = conn.execute(
+            select(pairings.c.device_code_hash).where(
+                pairings.c.user_code == user_code, pairings.c.expires_at > now
+            )
+        ).first()
+        if live:
+            return False
+        conn.execute(
+            pairings.insert().values(
+                device_code_hash=device_code_hash,
+                user_code=user_code,
+                machine_id=machine_id,
+                hostname=hostname,
+                os=os_name,
+                agent_version=agent_version,
+                workspace_hint=workspace_hint,
+                created_at=now,
+                expires_at=now + expires_in,
+                status="pending",
+                interval=interval,
+            )
+        )
+    return True
+
+
+def pending_pairing(engine: Engine, user_code: str, now: float) -> dict[str, Any] | None:
+    """The live, still-pending pairing request for a user code."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(pairings).where(
+                pairings.c.user_code == user_code,
+                pairings.c.expires_at > now,
+                pairings.c.status == "pending",
+            )
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+def pairing_by_device_code(engine: Engine, device_code_hash: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(pairings).where(pairings.c.device_code_hash == device_code_hash)
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+def record_poll(
+    engine: Engine, device_code_hash: str, ended: float, held: float, interval: int
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(pairings)
+            .where(pairings.c.device_code_hash == device_code_hash)
+            .values(last_poll_end=ended, last_poll_held=held, interval=interval)
+        )
+
+
+def approve_pairing(
+    engine: Engine, device_code_hash: str, workspace: Workspace, token: str, now: float
+) -> bool:
+    """Mint the device and its token; False if the request is no longer pending.
+
+    A machine already paired in the workspace keeps its device entry: the entry
+    is refreshed and every older token of it is revoked.
+    """
+    with engine.begin() as conn:
+        req = conn.execute(
+            select(pairings).where(
+                pairings.c.device_code_hash == device_code_hash,
+                pairings.c.status == "pending",
+                pairings.c.expires_at > now,
+            )
+        ).first()
+        if req is None:
+            return False
+        existing = conn.execute(
+            select(devices.c.id).where(
+                devices.c.workspace_id == workspace.id, devices.c.machine_id == req.machine_id
+            )
+        ).scalar()
+        values = {
+            "hostname": req.hostname,
+            "os": req.os,
+            "agent_version": req.agent_version,
+            "paired_at": now,
+            "revoked_at": None,
+        }
+        if existing is None:
+            device_id = str(uuid.uuid4())
+            conn.execute(
+                devices.insert().values(
+                    id=device_id,
+                    workspace_id=workspace.id,
+                    machine_id=req.machine_id,
+                    rows_synced=0,
+                    **values,
+                )
+            )
+        else:
+            device_id = str(existing)
+            conn.execute(update(devices).where(devices.c.id == device_id).values(**values))
+            conn.execute(
+                update(tokens)
+                .where(tokens.c.device_id == device_id, tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        conn.execute(
+            tokens.insert().values(
+                token_hash=hash_token(token), device_id=device_id, created_at=now
+            )
+        )
+        done = conn.execute(
+            update(pairings)
+            .where(pairings.c.device_code_hash == device_code_hash, pairings.c.status == "pending")
+            .values(
+                status="approved", workspace_id=workspace.id, device_id=device_id, token_plain=token
+            )
+        )
+        if done.rowcount != 1:  # pragma: no cover - lost a race with a deny
+            raise IntegrityError("pairing changed under us", None, Exception())
+    return True
+
+
+def deny_pairing(engine: Engine, device_code_hash: str, now: float) -> bool:
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(pairings)
+            .where(
+                pairings.c.device_code_hash == device_code_hash,
+                pairings.c.status == "pending",
+                pairings.c.expires_at > now,
+            )
+            .values(status="denied")
+        )
+    return done.rowcount == 1
+
+
+def collect_token(engine: Engine, device_code_hash: str) -> tuple[str, Workspace, str] | None:
+    """Hand out the minted token exactly once, wiping the stored copy."""
+    with engine.begin() as conn:
+        req = conn.execute(
+            select(pairings.c.token_plain, pairings.c.workspace_id, pairings.c.machine_id).where(
+                pairings.c.device_code_hash == device_code_hash, pairings.c.status == "approved"
+            )
+        ).first()
+        if req is None or req.token_plain is None:
+            return None
+        done = conn.execute(
+            update(pairings)
+            .where(pairings.c.device_code_hash == device_code_hash, pairings.c.status == "approved")
+            .values(status="consumed", token_plain=None)
+        )
+        if done.rowcount != 1:
+            return None
+        ws = conn.execute(
+            select(workspaces.c.id, workspaces.c.slug, workspaces.c.name).where(
+                workspaces.c.id == req.workspace_id
+            )
+        ).one()
+    return str(req.token_plain), Workspace(str(ws[0]), str(ws[1]), str(ws[2])), str(req.machine_id)
+
+
+# -- tokens --------------------------------------------------------------------
+
+
+def authenticate(engine: Engine, token_hash: str) -> AuthedDevice | None:
+    """The device of a live token (looked up by its hash), else None."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(
+                tokens.c.token_hash,
+                devices.c.id,
+                devices.c.machine_id,
+                devices.c.hostname,
+                workspaces.c.id.label("ws_id"),
+                workspaces.c.slug,
+                workspaces.c.name,
+            )
+            .join(devices, devices.c.id == tokens.c.device_id)
+            .join(workspaces, workspaces.c.id == devices.c.workspace_id)
+            .where(tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))
+        ).first()
+    if row is None:
+        return None
+    return AuthedDevice(
+        device_id=str(row.id),
+        token_hash=str(row.token_hash),
+        workspace=Workspace(str(row.ws_id), str(row.slug), str(row.name)),
+        machine_id=str(row.machine_id),
+        hostname=str(row.hostname),
+    )
+
+
+def token_known(engine: Engine, token_hash: str) -> bool:
+    """True for any token this server ever minted, revoked or not."""
+    with engine.connect() as conn:
+        return (
+            conn.execute(
+                select(tokens.c.token_hash).where(tokens.c.token_hash == token_hash)
+            ).first()
+            is not None
+        )
+
+
+def revoke_token(engine: Engine, token_hash: str, now: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(tokens)
+            .where(tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        device_id = conn.execute(
+            select(tokens.c.device_id).where(tokens.c.token_hash == token_hash)
+        ).scalar()
+        live = conn.execute(
+            select(func.count())
+            .select_from(tokens)
+            .where(tokens.c.device_id == device_id, tokens.c.revoked_at.is_(None))
+        ).scalar_one()
+        if device_id is not None and live == 0:
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == device_id, devices.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+
+
+def revoke_device(engine: Engine, workspace_id: str, device_id: str, now: float) -> bool:
+    """Revoke every token of a device of this workspace; False if it is not ours."""
+    with engine.begin() as conn:
+        found = conn.execute(
+            select(devices.c.id).where(
+                devices.c.id == device_id, devices.c.workspace_id == workspace_id
+            )
+        ).first()
+        if found is None:
+            return False
+        conn.execute(
+            update(tokens)
+            .where(tokens.c.device_id == device_id, tokens.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        conn.execute(
+            update(devices)
+            .where(devices.c.id == device_id, devices.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+    return True
+
+
+def list_devices(engine: Engine, workspace_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(devices)
+            .where(devices.c.workspace_id == workspace_id)
+            .order_by(devices.c.paired_at.desc())
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def get_device(engine: Engine, workspace_id: str, device_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(devices).where(devices.c.id == device_id, devices.c.workspace_id == workspace_id)
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+# -- usage rows ----------------------------------------------------------------
+
+
+def _cost_nanos(cost: str | None) -> int | None:
+    return None if cost is None else int((Decimal(cost) * NANOS).to_integral_value())
+
+
+def format_nanos(nanos: int | None) -> str:
+    """A decimal-string dollar amount, without exponent or needless zeros."""
+    value = (Decimal(nanos or 0) / NANOS).normalize()
+    text = f"{value:f}"
+    return "0" if text in ("-0", "0") else text
+
+
+def ingest(
+    engine: Engine, device: AuthedDevice, rows: Sequence[UsageRow], now: float
+) -> tuple[int, int]:
+    """Store a batch atomically; rows the workspace already holds are duplicates."""
+    if not rows:
+        return 0, 0
+    values = [
+        {
+            "workspace_id": device.workspace.id,
+            "id": r.id,
+            "machine_id": device.machine_id,
+            "ts": r.ts,
+            "day": r.day,
+            "provider": r.provider,
+            "model": r.model,
+            "endpoint": r.endpoint,
+            "status": r.status,
+            "stream": r.stream,
+            "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens,
+            "cache_read_tokens": r.cache_read_tokens,
+            "cache_write_tokens": r.cache_write_tokens,
+            "reasoning_tokens": r.reasoning_tokens,
+            "cost_usd": r.cost_usd,
+            "cost_nanos": _cost_nanos(r.cost_usd),
+            "price_version": r.price_version,
+            "latency_ms": r.latency_ms,
+            "ttfb_ms": r.ttfb_ms,
+            "received_at": now,
+        }
+        for r in rows
+    ]
+    with engine.begin() as conn:
+        dialect = conn.dialect.name
+        stmt: Any
+        if dialect == "postgresql":
+            stmt = postgresql.insert(usage_rows).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(usage_rows).on_conflict_do_nothing()
+        else:  # pragma: no cover - make_engine admits only these two
+            stmt = insert(usage_rows)
+        # RETURNING tells exactly which rows were new, also under concurrency.
+        inserted = conn.execute(stmt.returning(usage_rows.c.id), values).all()
+        accepted = len(inserted)
+        conn.execute(
+            update(devices)
+            .where(devices.c.id == device.device_id)
+            .values(last_sync_at=now, rows_synced=devices.c.rows_synced + accepted)
+        )
+    return accepted, len(rows) - accepted
+
+
+def machine_totals(
+    engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str
+) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(usage_rows.c.day, func.count(), func.sum(usage_rows.c.cost_nanos))
+            .where(
+                usage_rows.c.workspace_id == workspace_id,
+                usage_rows.c.machine_id == machine_id,
+                and_(usage_rows.c.day >= from_date, usage_rows.c.day <= to_date),
+            )
+            .group_by(usage_rows.c.day)
+            .order_by(usage_rows.c.day)
+        ).all()
+    return [{"date": r[0], "rows": int(r[1]), "cost_usd": format_nanos(r[2])} for r in rows]
+
+
+def spend_breakdown(
+    engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str
+) -> list[dict[str, Any]]:
+    """Rows, tokens, known cost and unknown-price rows, grouped by one column.
+
+    ``group`` is one of day, provider, model, machine (machine groups by
+    machine id and shows the device's current hostname).
+    """
+    key = {
+        "day": usage_rows.c.day,
+        "provider": usage_rows.c.provider,
+        "model": usage_rows.c.model,
+        "machine": usage_rows.c.machine_id,
+    }[group]
+    unknown = func.sum(func.coalesce(usage_rows.c.cost_nanos * 0, 1))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                key.label("key"),
+                func.count().label("rows"),
+                func.sum(usage_rows.c.cost_nanos).label("nanos"),
+                unknown.label("unknown"),
+                func.sum(usage_rows.c.input_tokens).label("input_tokens"),
+                func.sum(usage_rows.c.output_tokens).label("output_tokens"),
+            )
+            .where(
+                usage_rows.c.workspace_id == workspace_id,
+                usage_rows.c.day >= from_date,
+                usage_rows.c.day <= to_date,
+            )
+            .group_by(key)
+            .order_by(key)
+        ).all()
+        hostnames: dict[str, str] = {}
+        if group == "machine":
+            hostnames = {
+                str(r[0]): str(r[1])
+                for r in conn.execute(
+                    select(devices.c.machine_id, devices.c.hostname).where(
+                        devices.c.workspace_id == workspace_id
+                    )
+                ).all()
+            }
+    return [
+        {
+            "key": str(r.key),
+            "label": hostnames.get(str(r.key), str(r.key)) if group == "machine" else str(r.key),
+            "rows": int(r.rows),
+            "nanos": int(r.nanos or 0),
+            "unknown": int(r.unknown or 0),
+            "input_tokens": int(r.input_tokens or 0),
+            "output_tokens": int(r.output_tokens or 0),
+        }
+        for r in rows
+    ]
+
+
+def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:
+    with engine.connect() as conn:
+        q = select(func.count()).select_from(usage_rows)
+        if workspace_id is not None:
+            q = q.where(usage_rows.c.workspace_id == workspace_id)
+        return int(conn.execute(q).scalar_one())
