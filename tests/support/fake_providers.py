@@ -178,7 +178,13 @@ class FakeProviders:
     def base_url(self) -> str:
         return f"https://localhost:{self.port}"
 
+    def hold(self) -> None:
+        """Hold every stream after its first event until `release()`."""
+        self._release = threading.Event()
+        self.hold_after_first = True
+
     def release(self) -> None:
+        self.hold_after_first = False
         self._release.set()
 
     def start(self) -> FakeProviders:

@@ -88,15 +88,21 @@ def _matching_override(usage: Any, overrides: Iterable[Any] | None) -> Mapping[s
     return None
 
 
+def _field(entry: Mapping[str, Any], name: str) -> Decimal | None:
+    """USD per million tokens: `input_mtok` (genai-prices' name) or `input_per_mtok`."""
+    value = entry.get(f"{name}_mtok")
+    return _as_decimal(value if value is not None else entry.get(f"{name}_per_mtok"))
+
+
 def _override_cost(usage: Any, entry: Mapping[str, Any]) -> Decimal | None:
-    input_mtok = _as_decimal(entry.get("input_mtok"))
-    output_mtok = _as_decimal(entry.get("output_mtok"))
+    input_mtok = _field(entry, "input")
+    output_mtok = _field(entry, "output")
     if input_mtok is None and output_mtok is None:
         return None
     input_mtok = input_mtok or Decimal(0)
     output_mtok = output_mtok or Decimal(0)
-    read_mtok = _as_decimal(entry.get("cache_read_mtok"))
-    write_mtok = _as_decimal(entry.get("cache_write_mtok"))
+    read_mtok = _field(entry, "cache_read")
+    write_mtok = _field(entry, "cache_write")
     read_mtok = input_mtok if read_mtok is None else read_mtok
     write_mtok = input_mtok if write_mtok is None else write_mtok
     total_in = usage.input_tokens or 0
@@ -141,20 +147,33 @@ def genai_usage(usage: Any) -> Any:
     )
 
 
+_DIALECT_HOME = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+
+
 def genai_calc(usage: Any) -> Any:
-    """genai-prices' own PriceCalculation, or None for an unknown model."""
+    """genai-prices' own PriceCalculation, or None for an unknown model.
+
+    Tried in order: the row's provider when genai-prices knows it; the model
+    name alone (genai-prices matches "gpt-", "claude", "gemini"...); and for a
+    configured gateway host (provider = its host name) the home provider of
+    the dialect it speaks (an OpenAI-dialect gateway serving
+    text-embedding-3-small is priced at OpenAI's price).
+    """
     genai = _load()
     provider = str(getattr(usage, "provider", "") or "")
-    kwargs = {"provider_id": provider} if provider in _known_providers else {}
-    try:
-        return genai.calc_price(genai_usage(usage), str(usage.model), **kwargs)
-    except LookupError:
-        if kwargs:  # a reseller may serve a model its own table lacks
-            try:
-                return genai.calc_price(genai_usage(usage), str(usage.model))
-            except LookupError:
-                return None
-        return None
+    attempts: list[dict[str, str]] = []
+    if provider in _known_providers:
+        attempts.append({"provider_id": provider})
+    attempts.append({})
+    home = _DIALECT_HOME.get(str(getattr(usage, "dialect", "") or ""))
+    if home and provider not in _known_providers:
+        attempts.append({"provider_id": home})
+    for kwargs in attempts:
+        try:
+            return genai.calc_price(genai_usage(usage), str(usage.model), **kwargs)
+        except LookupError:
+            continue
+    return None
 
 
 def price(usage: Any, overrides: Iterable[Any] | None = None) -> tuple[str | None, str]:

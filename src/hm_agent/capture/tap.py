@@ -27,7 +27,9 @@ class CapturedUsage:
     """What one upstream response said about its usage (prices come later).
 
     `cache_write_1h_tokens` is the part of `cache_write_tokens` written with a
-    1-hour TTL (Anthropic); pricing charges it at 2x base input.
+    1-hour TTL (Anthropic); pricing charges it at 2x base input. `dialect`
+    is the wire format that was read ("openai", "anthropic", "gemini"); pricing
+    falls back to that dialect's home provider for a configured gateway host.
     """
 
     provider: str
@@ -43,6 +45,7 @@ class CapturedUsage:
     cache_write_1h_tokens: int | None = None
     reasoning_tokens: int | None = None
     flags: frozenset[str] = field(default_factory=frozenset)
+    dialect: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,4 +206,5 @@ class CallTap:
             cache_write_1h_tokens=tokens.cache_write_1h_tokens,
             reasoning_tokens=tokens.reasoning_tokens,
             flags=flags,
+            dialect=info.dialect,
         )
