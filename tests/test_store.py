@@ -1,0 +1,111 @@
+"""The SQLite store: schema, idempotent inserts, sync bookkeeping, totals, cloud_state."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from hm_agent.store import Store, StoredRow
+
+
+def row(i: int, day: str = "2026-11-24", cost: str | None = "0.001", ts_ms: int = 0) -> StoredRow:
+    rid = f"00000000-0000-4000-8000-{i:012d}"
+    ts = f"{day}T10:00:{i % 60:02d}.{ts_ms:03d}Z"
+    return StoredRow(
+        id=rid, ts=ts, provider="openai", model="gpt-4o-mini", host="api.openai.com",
+        endpoint="/v1/chat/completions", status=200, stream=False, input_tokens=10, output_tokens=2,
+        cache_read_tokens=None, cache_write_tokens=None, reasoning_tokens=None, cost_usd=cost,
+        price_version="test", latency_ms=5, ttfb_ms=3, flags="", row_json=f'{{"id":"{rid}"}}'.encode(),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "db.sqlite")
+    yield s
+    s.close()
+
+
+def test_created_private_with_wal(store: Store) -> None:
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+    assert cols == [
+        "id", "ts", "day", "provider", "model", "host", "endpoint", "status", "stream", "input_tokens",
+        "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
+        "price_version", "latency_ms", "ttfb_ms", "flags", "row_json", "synced_at",
+    ]
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(requests)")}
+    assert {"requests_unsynced", "requests_day"} <= indexes
+    conn.close()
+
+
+def test_insert_is_idempotent_and_unsynced_oldest_first(store: Store) -> None:
+    rows = [row(3), row(1), row(2)]
+    assert store.insert_rows(rows) == 3
+    assert store.insert_rows([row(1)]) == 0  # same id: ignored
+    assert store.count_unsynced() == 3
+    got = store.fetch_unsynced(2)
+    assert [rid for rid, _ in got] == [row(1).id, row(2).id]
+    assert got[0][1] == row(1).row_json
+    assert store.mark_synced([row(1).id, row(2).id], "2026-11-24T11:00:00.000Z") == 2
+    assert store.count_unsynced() == 1
+    assert [rid for rid, _ in store.fetch_unsynced(10)] == [row(3).id]
+    store.mark_unsynced([row(1).id])
+    assert store.count_unsynced() == 2
+
+
+def test_totals_by_day_sums_decimals_exactly(store: Store) -> None:
+    store.insert_rows([row(1, cost="0.1"), row(2, cost="0.2"), row(3, cost=None),
+                       row(4, day="2026-11-25", cost=None), row(5, day="2026-11-26", cost="1")])
+    totals = store.totals_by_day("2026-11-24", "2026-11-25")
+    assert totals == {"2026-11-24": (3, "0.3"), "2026-11-25": (1, None)}
+
+
+def test_rows_for_days_includes_synced_rows(store: Store) -> None:
+    store.insert_rows([row(1), row(2, day="2026-11-25"), row(3, day="2026-11-26")])
+    store.mark_synced([row(1).id], "2026-11-26T00:00:00.000Z")
+    ids = [rid for rid, _ in store.unsynced_or_all_rows_for_days(["2026-11-24", "2026-11-25"])]
+    assert ids == [row(1).id, row(2).id]
+    assert store.rows_for_days([]) == []
+
+
+def test_cloud_state_set_get_clear(store: Store) -> None:
+    assert store.get_cloud_state() is None
+    store.set_cloud_state(workspace_id="w1", machine_id="m", api_key_ciphertext=b"\x00x")
+    store.set_cloud_state(paused=1, paused_reason="paused_unauthorised")
+    state = store.get_cloud_state()
+    assert state is not None
+    assert (state["workspace_id"], state["paused"], state["paused_reason"]) == ("w1", 1, "paused_unauthorised")
+    assert state["api_key_ciphertext"] == b"\x00x"
+    with pytest.raises(ValueError, match="unknown cloud_state fields"):
+        store.set_cloud_state(nope=1)
+    store.clear_cloud_state()
+    assert store.get_cloud_state() is None
+
+
+def test_readonly_reader_beside_writer(store: Store) -> None:
+    store.insert_rows([row(1)])
+    with Store(store.path, readonly=True) as reader:
+        assert reader.count_rows("2026-11-24") == 1
+        assert reader.integrity_check() == "ok"
+        with pytest.raises(sqlite3.OperationalError):
+            reader.insert_rows([row(2)])
+
+
+def test_locked_database_raises_operational_error_quickly(tmp_path: Path) -> None:
+    writer = Store(tmp_path / "db.sqlite", busy_timeout_ms=50)
+    locker = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            writer.insert_rows([row(1)])
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert writer.insert_rows([row(1)]) == 1
+    writer.close()
