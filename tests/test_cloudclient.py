@@ -11,6 +11,8 @@ import ipaddress
 import json
 import random
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +42,23 @@ from hm_proto import (
     PairingClient,
     PairingState,
     Pending,
+    Reconciler,
+    ReconcileResult,
     Request,
     Response,
+    Revoked,
     TransportFailure,
+    Unauthorised,
+    WhoAmI,
     generate_token,
+    parse_whoami,
+    receive_revoke,
+    revoke_request,
     whoami_request,
 )
 from tests.conftest import free_port
 from tests.support.apiserver import ApiServer, Reply, SeenRequest, error, running_server
+from tests.support.cloudserver import CloudServer, running_cloud
 
 MACHINE = "0b6f0c4e-6f3a-4d55-9a43-6c1f6b0f2a11"
 TOKEN = generate_token(random.Random(3).randbytes)
@@ -493,3 +504,69 @@ def test_start_retries_then_succeeds(server: ApiServer) -> None:
         result = run_pairing(client, new_pairing(), lambda code: None, sleep=sleeps.append)
     assert isinstance(result, Approved)
     assert sleeps and 0 < sleeps[0] <= 1.0
+
+
+# -- against the real backend (hm_cloud in a subprocess) ------------------------------
+
+PASSWORD = "correct-horse-1"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "embed_sync.py"
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
+    with running_cloud(tmp_path_factory.mktemp("cloudclient")) as server:
+        server.create_user("carol@example.com", PASSWORD, "acme")
+        yield server
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_async_client_pairs_and_revokes_against_hm_cloud(cloud: CloudServer) -> None:
+    session = cloud.login_session("carol@example.com", PASSWORD)
+
+    def approve(code: CodeIssued) -> None:
+        assert cloud.approve(code.user_code, "acme", session).status_code == 200
+
+    async with AsyncCloudClient(cloud.base_url, timeout=10) as client:
+        result = await run_pairing_async(client, new_pairing(), approve)
+        assert isinstance(result, Approved) and result.workspace_slug == "acme"
+        who = parse_whoami(await client.send(whoami_request(result.token)))
+        assert isinstance(who, WhoAmI) and who.machine_id == MACHINE and who.hostname == "vk.local"
+        reconciler = Reconciler.last_days("2026-11-24", 7)
+        totals = reconciler.receive_totals(
+            await client.send(reconciler.totals_request(result.token)), {}
+        )
+        assert isinstance(totals, ReconcileResult) and totals.in_sync
+        assert receive_revoke(await client.send(revoke_request(result.token))) == Revoked()
+        again = receive_revoke(await client.send(revoke_request(result.token)))
+        assert isinstance(again, Revoked)  # api.md: 200 again (or 401): done either way
+        assert isinstance(
+            parse_whoami(await client.send(whoami_request(result.token))), Unauthorised
+        )
+
+
+@pytest.mark.slow
+def test_embed_sync_example_runs_end_to_end(cloud: CloudServer) -> None:
+    session = cloud.login_session("carol@example.com", PASSWORD)
+    command = [sys.executable, str(EXAMPLE), "--base-url", cloud.base_url, "--workspace", "acme"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        code = None
+        for line in process.stdout:
+            if "Pairing code:" in line:
+                code = line.split("Pairing code:")[1].strip()
+            if "Approve at:" in line:
+                break
+        assert code, process.stderr.read() if process.stderr else ""
+        assert cloud.approve(code, "acme", session).status_code == 200
+        rest, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0, errors
+    assert "● Workspace: acme" in rest
+    assert "POST /v1/requests/batch → 200" in rest
+    assert "in sync" in rest
+    assert "Token revoked." in rest
