@@ -1,0 +1,218 @@
+"""Batch ingest and totals, against the SQLite default AND a real PostgreSQL.
+
+Every test here runs twice: once on a server with a temp SQLite file, once on
+a server whose ``--db`` is a PostgreSQL started by tests/support/postgres.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import zstandard
+
+from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
+from tests.support.postgres import PostgresServer, running_postgres
+
+PASSWORD = "correct-horse-1"
+MAX_BYTES = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def cloud(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CloudServer]:
+    db_url = None
+    if request.param == "postgresql":
+        db_url = request.getfixturevalue("postgres").create_database("hm_cloud_ingest")
+    with running_cloud(tmp_path_factory.mktemp(f"cloud-{request.param}"), db_url=db_url) as server:
+        server.create_user("ingest@example.com", PASSWORD, "ingest")
+        yield server
+
+
+class Device:
+    """A freshly paired machine: posts batches and reads totals with its token."""
+
+    def __init__(self, cloud: CloudServer, token: str, machine_id: str) -> None:
+        self.http = cloud.client(headers={"Authorization": f"Bearer {token}"})
+        self.machine_id = machine_id
+
+    def send(self, rows: list[dict[str, Any]], **kwargs: Any) -> httpx.Response:
+        return self.http.post("/v1/requests/batch", json=batch_body(rows), **kwargs)
+
+    def send_raw(self, content: bytes, encoding: str | None = None) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        return self.http.post("/v1/requests/batch", content=content, headers=headers)
+
+    def totals(
+        self, from_date: str = "2026-11-01", to_date: str = "2026-11-30"
+    ) -> list[dict[str, Any]]:
+        answer = self.http.get(
+            "/v1/requests/totals", params={"from_date": from_date, "to_date": to_date}
+        )
+        assert answer.status_code == 200, answer.text
+        days: list[dict[str, Any]] = answer.json()["days"]
+        return days
+
+
+@pytest.fixture
+def device(cloud: CloudServer) -> Device:
+    machine_id = str(uuid.uuid4())
+    paired = cloud.pair("ingest@example.com", PASSWORD, "ingest", machine_id=machine_id)
+    assert paired["status_code"] == 200
+    return Device(cloud, paired["token"], machine_id)
+
+
+def test_batch_is_idempotent_by_row_id(device: Device) -> None:
+    rows = [sample_row() for _ in range(50)]
+    first = device.send(rows)
+    assert first.status_code == 200 and first.json() == {"accepted": 50, "duplicates": 0}
+    replay = device.send(rows)
+    assert replay.json() == {"accepted": 0, "duplicates": 50}
+    mixed = device.send(rows[:10] + [sample_row() for _ in range(5)])
+    assert mixed.json() == {"accepted": 5, "duplicates": 10}
+    fresh = sample_row()
+    twice_in_one = device.send([fresh, dict(fresh)])
+    assert twice_in_one.json() == {"accepted": 1, "duplicates": 1}
+    assert device.totals() == [{"date": "2026-11-24", "rows": 56, "cost_usd": "0.084"}]
+
+
+def test_a_batch_is_stored_whole_or_not_at_all(device: Device) -> None:
+    good = [sample_row() for _ in range(5)]
+    missing = sample_row()
+    del missing["model"]
+    answer = device.send([*good[:3], missing, *good[3:]])
+    assert answer.status_code == 422
+    assert answer.json() == {"error": "missing_field", "detail": "Field required: rows[3].model"}
+    wrong_type = device.send([*good, sample_row(input_tokens="12")])
+    assert wrong_type.status_code == 400
+    assert (
+        wrong_type.json()["detail"]
+        == "Invalid field: rows[5].input_tokens (expected a non-negative integer or null)"
+    )
+    assert device.totals() == []
+    assert device.send(good).json() == {"accepted": 5, "duplicates": 0}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_compressed_bodies(device: Device, encoding: str) -> None:
+    raw = json.dumps(batch_body([sample_row() for _ in range(20)])).encode()
+    packed = gzip.compress(raw) if encoding == "gzip" else zstandard.ZstdCompressor().compress(raw)
+    answer = device.send_raw(packed, encoding)
+    assert answer.status_code == 200 and answer.json() == {"accepted": 20, "duplicates": 0}
+    assert device.send_raw(packed, encoding).json() == {"accepted": 0, "duplicates": 20}
+
+
+def test_size_limits_are_413_with_the_limit(device: Device) -> None:
+    too_many = device.send([sample_row() for _ in range(1001)])
+    assert too_many.status_code == 413
+    assert too_many.json() == {
+        "error": "payload_too_large",
+        "detail": "Batch has 1001 rows; the limit is 1000 rows per batch: split the batch",
+    }
+    too_big = device.send_raw(b" " * (MAX_BYTES + 1))
+    assert too_big.status_code == 413
+    assert "limit of 4194304 bytes (4 MiB)" in too_big.json()["detail"]
+
+    # Decompression bombs: a few KiB that would inflate far past the limit.
+    inflated = b"[" + b" " * (8 * MAX_BYTES) + b"]"
+    zstd_bomb = zstandard.ZstdCompressor(level=3).compress(inflated)
+    gzip_bomb = gzip.compress(inflated, compresslevel=9)
+    assert len(zstd_bomb) < 10_000 and len(gzip_bomb) < 100_000
+    for bomb, encoding in ((zstd_bomb, "zstd"), (gzip_bomb, "gzip")):
+        answer = device.send_raw(bomb, encoding)
+        assert answer.status_code == 413, encoding
+        assert "4194304 bytes" in answer.json()["detail"]
+    assert device.totals() == []
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding", "status", "error"),
+    [
+        (b"{not json", None, 400, "invalid_request"),
+        (b'{"rows": []}', None, 422, "missing_field"),
+        (b'{"batch_id": "not-a-uuid", "rows": []}', None, 400, "invalid_request"),
+        (
+            b'{"batch_id": "6f1c2a4e-1111-4222-8333-444455556666", "rows": {}}',
+            None,
+            400,
+            "invalid_request",
+        ),
+        (b"definitely not gzip", "gzip", 400, "invalid_request"),
+        (b"definitely not zstd", "zstd", 400, "invalid_request"),
+        (b"{}", "br", 415, "unsupported_media_type"),
+    ],
+)
+def test_bad_batches(
+    device: Device, content: bytes, encoding: str | None, status: int, error: str
+) -> None:
+    answer = device.send_raw(content, encoding)
+    assert answer.status_code == status
+    assert answer.json()["error"] == error
+    assert set(answer.json()) == {"error", "detail"}
+
+
+def test_totals_by_day_for_this_machine(cloud: CloudServer, device: Device) -> None:
+    rows = [
+        sample_row(ts="2026-11-23T23:59:59.999Z", cost_usd="0.10"),
+        sample_row(ts="2026-11-24T00:00:00Z", cost_usd="1.005"),
+        sample_row(ts="2026-11-24T12:00:00Z", cost_usd="2.23"),
+        sample_row(ts="2026-11-24T13:00:00Z", cost_usd=None, model="mystery-1"),
+        sample_row(ts="2026-12-01T00:00:00Z", cost_usd="9"),
+    ]
+    assert device.send(rows).json() == {"accepted": 5, "duplicates": 0}
+    assert device.totals() == [
+        {"date": "2026-11-23", "rows": 1, "cost_usd": "0.1"},
+        {"date": "2026-11-24", "rows": 3, "cost_usd": "3.235"},
+    ]
+    assert device.totals("2026-11-24", "2026-11-24") == [
+        {"date": "2026-11-24", "rows": 3, "cost_usd": "3.235"}
+    ]
+    assert device.totals("2026-12-01", "2026-12-31") == [
+        {"date": "2026-12-01", "rows": 1, "cost_usd": "9"}
+    ]
+
+    # Another machine of the same workspace is not in this machine's totals.
+    other = cloud.pair("ingest@example.com", PASSWORD, "ingest")
+    other_device = Device(cloud, other["token"], other["machine_id"])
+    assert other_device.totals() == []
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "detail"),
+    [
+        ({"from": "2026-11-01", "to": "2026-11-24"}, 422, "Field required: from_date"),
+        ({"from_date": "2026-11-01"}, 422, "Field required: to_date"),
+        (
+            {"from_date": "2026-11-01", "to_date": "24/11/2026"},
+            400,
+            "Invalid field: to_date (expected YYYY-MM-DD)",
+        ),
+        (
+            {"from_date": "2026-11-24", "to_date": "2026-11-01"},
+            400,
+            "Invalid range: from_date is after to_date",
+        ),
+    ],
+)
+def test_totals_parameters(
+    device: Device, params: dict[str, str], status: int, detail: str
+) -> None:
+    answer = device.http.get("/v1/requests/totals", params=params)
+    assert answer.status_code == status
+    assert answer.json()["detail"] == detail
+    if status == 422:
+        assert answer.json()["error"] == "missing_field"
