@@ -34,6 +34,7 @@ class AsyncCloudClient:
         self._stream: anyio.abc.ByteStream | None = None
         self._wire: ClientConnection | None = None
         self._lock: anyio.Lock | None = None  # made lazily: it belongs to the running loop
+        self._connecting = False  # for the timeout message: no connection yet, or no answer
 
     async def __aenter__(self) -> AsyncCloudClient:
         return self
@@ -66,25 +67,24 @@ class AsyncCloudClient:
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            stage = ["connect"]
             try:
                 with anyio.fail_after(limit):
-                    return await self._send_locked(request, stage)
+                    return await self._send_locked(request)
             except TimeoutError:
                 await self._drop()
-                what = "connection to" if stage[0] == "connect" else "answer from"
+                what = "connection to" if self._connecting else "answer from"
                 return TransportFailure("timeout", f"no {what} {self.base_url} within {limit:g} s")
             except BaseException:
                 await self._drop()  # cancelled mid-exchange: the connection state is unknown
                 raise
 
-    async def _send_locked(self, request: Request, stage: list[str]) -> Response | TransportFailure:
+    async def _send_locked(self, request: Request) -> Response | TransportFailure:
         # A kept-alive connection the server closed meanwhile fails before any
         # answer byte arrives: then, and only then, try once more on a new one.
         for attempt in (1, 2):
             reused = self._stream is not None
             if self._stream is None:
-                stage[0] = "connect"
+                self._connecting = True
                 try:
                     self._stream = await self._connect()
                 except ssl.SSLError as exc:
@@ -97,7 +97,7 @@ class AsyncCloudClient:
                         )
                     return TransportFailure("connect", f"cannot connect to {self.base_url}: {exc}")
                 self._wire = ClientConnection(self.base_url.host_header, self.base_url.path_prefix)
-            stage[0] = "answer"
+            self._connecting = False
             stream, wire = self._stream, self._wire
             assert wire is not None
             try:
