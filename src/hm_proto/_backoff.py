@@ -29,7 +29,10 @@ _MAX_EXPONENT = 60
 
 
 def uniform(entropy: Entropy, low: float, high: float) -> float:
-    """A float drawn uniformly from ``[low, high)`` with 53 bits of entropy."""
+    """A float drawn uniformly from ``[low, high]`` with 53 bits of entropy.
+
+    The unit draw is in ``[0, 1)``; scaling may round the top value to ``high``.
+    """
     bits = int.from_bytes(entropy(7), "big") >> 3  # 56 bits -> 53
     return low + (high - low) * (bits / float(1 << 53))
 
