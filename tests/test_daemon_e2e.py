@@ -170,3 +170,11 @@ def test_database_locked_does_not_stall_requests(daemon: Daemon, upstream: Local
     finally:
         locker.wait(10)
     assert daemon.wait_rows(before + 10, timeout=10) >= before + 10
+
+
+def test_doctor_passes_and_env_points_at_the_daemon(daemon: Daemon) -> None:
+    res = daemon.cli("doctor")
+    assert res.returncode == 0, res.stdout
+    assert "✓ proxy request" in res.stdout and "✓ CA" in res.stdout
+    env = daemon.cli("env", "--shell", "bash").stdout
+    assert f"export HTTPS_PROXY='http://127.0.0.1:{daemon.proxy_port}'" in env
