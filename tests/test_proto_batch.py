@@ -226,5 +226,7 @@ def test_batches_never_exceed_the_limits_and_keep_every_row_in_order(
 
 def test_importing_hm_proto_does_not_import_zstandard() -> None:
     probe = "import sys, hm_proto; print('zstandard' in sys.modules)"
-    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"

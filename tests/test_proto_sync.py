@@ -243,7 +243,9 @@ def test_user_pause_resume_and_an_answer_in_flight_still_counts() -> None:
     s.pause()
     assert (s.state, s.paused_reason) == (SyncState.PAUSED, "user")
     events = s.receive(ok(2), 1.0)  # the rows were stored: they must be marked synced
-    assert only(events, BatchAccepted) == [BatchAccepted(sent.batch.batch_id, sent.batch.row_ids, 2, 0)]
+    assert only(events, BatchAccepted) == [
+        BatchAccepted(sent.batch.batch_id, sent.batch.row_ids, 2, 0)
+    ]
     assert isinstance(s.next_action(10.0), Idle)
     s.resume(10.0)
     assert s.state is SyncState.ACTIVE and s.paused_reason is None
@@ -295,7 +297,9 @@ def test_transport_failures_back_off_with_growing_ceilings() -> None:
     now = 0.0
     for attempt in range(6):
         send(s, make_rows(1), now)
-        (retry,) = s.receive(TransportFailure("timeout", "read timed out"), now)
+        (retry,) = only(
+            s.receive(TransportFailure("timeout", "read timed out"), now), BatchRetryScheduled
+        )
         assert isinstance(retry, BatchRetryScheduled)
         assert now <= retry.at <= now + min(8.0, 2.0**attempt)
         assert "timeout" in retry.reason
@@ -462,13 +466,13 @@ def test_consecutive_failures_with_a_backlog_degrade_and_an_ack_heals() -> None:
     assert only(s.receive(ok(5), now), StateChanged) == [StateChanged(SyncState.ACTIVE)]
 
 
-def test_failures_without_a_backlog_do_not_degrade() -> None:
+def test_failures_degrade_even_if_the_driver_never_reported_a_backlog() -> None:
     s = session()
-    s.note_backlog(0, 0.0)
-    for _ in range(5):
-        send(s, make_rows(1), s.next_deadline() or 0.0)
+    for _ in range(3):
+        send(s, make_rows(2), s.next_deadline() or 0.0)
         s.receive(TransportFailure("connect"), 0.0)
-    assert s.state is SyncState.ACTIVE
+    assert s.state is SyncState.DEGRADED
+    assert s.snapshot().unsynced_rows == 2
 
 
 def test_a_backlog_that_grows_over_the_window_degrades_until_it_shrinks() -> None:

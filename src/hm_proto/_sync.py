@@ -594,6 +594,9 @@ class SyncSession:
         attempt = self._consecutive_failures
         self._consecutive_failures += 1
         self._last_error = reason
+        # The batch's rows are certainly still unsynced, even if the driver
+        # never reported a backlog: failures with rows waiting degrade.
+        self._unsynced_rows = max(self._unsynced_rows or 0, len(batch.row_ids))
         at = now + self._backoff.delay(attempt, self._entropy, retry_after)
         self._retry_floor = now + retry_after if retry_after is not None else None
         self._step(_Step.FAILED)
