@@ -34,6 +34,11 @@ def _str(value: Any) -> str | None:
 
 
 class DialectReader:
+    # Byte strings an SSE event must contain to be worth parsing (None: every
+    # event); with last_only, only the last such event of a chunk matters.
+    markers: tuple[bytes, ...] | None = None
+    last_only = False
+
     def __init__(self) -> None:
         self.model: str | None = None
         self.tokens: Tokens | None = None
@@ -52,8 +57,22 @@ class DialectReader:
         """End of an SSE body: resolve anything kept raw."""
 
 
+_OPENAI_MARKERS = (
+    b'"usage":{', b'"usage": {', b"[DONE]",
+    b"response.completed", b"response.incomplete", b"response.failed",
+)
+
+
 class OpenAIReader(DialectReader):
-    """Chat Completions, Completions, Embeddings and the Responses API."""
+    """Chat Completions, Completions, Embeddings and the Responses API.
+
+    Every event is read until the model is known (the first one names it);
+    after that only events carrying a usage object or the end of the stream.
+    """
+
+    @property  # type: ignore[override]
+    def markers(self) -> tuple[bytes, ...] | None:
+        return None if self.model is None else _OPENAI_MARKERS
 
     def on_event(self, event: SseEvent) -> None:
         if event.oversized is not None:  # e.g. response.completed echoing a huge output
@@ -108,6 +127,8 @@ class OpenAIReader(DialectReader):
 
 class AnthropicReader(DialectReader):
     """/v1/messages: usage in message_start and the final message_delta."""
+
+    markers = (b"message_",)  # message_start, message_delta, message_stop
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,6 +191,9 @@ class GeminiReader(DialectReader):
     """generateContent / streamGenerateContent. usageMetadata is a running
     total repeated on every chunk: only the last one counts. The raw bytes of
     the last chunk that carries it are kept and parsed once, at the end."""
+
+    markers = (b'"usageMetadata"', b'"finishReason"')
+    last_only = True
 
     def __init__(self) -> None:
         super().__init__()

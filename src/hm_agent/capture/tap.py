@@ -145,7 +145,8 @@ class CallTap:
         self._decoded_any = True
         if self._mode == "sse":
             assert self._sse is not None
-            for event in self._sse.feed(text):
+            reader = self._reader
+            for event in self._sse.feed(text, reader.markers, reader.last_only):
                 self._reader.on_event(event)
         else:
             assert self._body is not None
