@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_unsynced ON requests(ts) WHERE synced_at IS NULL;
 CREATE INDEX IF NOT EXISTS requests_day ON requests(day);
+CREATE TABLE IF NOT EXISTS sync_quarantine (
+    id TEXT PRIMARY KEY,
+    status INTEGER,
+    detail TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cloud_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     workspace_id TEXT,
@@ -202,6 +208,19 @@ class Store:
         """Record that the cloud acknowledged these rows (call only after the 200)."""
         return self._write("UPDATE requests SET synced_at = ? WHERE id = ?", [(at, i) for i in ids])
 
+    def quarantine_rows(self, ids: Sequence[str], status: int | None, detail: str) -> int:
+        """Rows the backend refused for good (400/422): never sent again, always reported."""
+        from datetime import UTC, datetime
+
+        at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return self._write(
+            "INSERT OR REPLACE INTO sync_quarantine (id, status, detail, at) VALUES (?, ?, ?, ?)",
+            [(i, status, detail[:500], at) for i in ids],
+        )
+
+    def count_quarantined(self) -> int:
+        return int(self._query("SELECT count(*) FROM sync_quarantine")[0][0])
+
     def mark_unsynced(self, ids: Sequence[str]) -> int:
         """Queue rows for upload again (reconcile found the cloud lacks them)."""
         return self._write("UPDATE requests SET synced_at = NULL WHERE id = ?", [(i,) for i in ids])
@@ -215,13 +234,21 @@ class Store:
     def fetch_unsynced(self, limit: int) -> list[tuple[str, bytes]]:
         """``(id, row_json)`` of rows not yet acknowledged by the cloud, oldest first."""
         rows = self._query(
-            "SELECT id, row_json FROM requests WHERE synced_at IS NULL ORDER BY ts, id LIMIT ?",
+            "SELECT id, row_json FROM requests WHERE synced_at IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM sync_quarantine q WHERE q.id = requests.id)"
+            " ORDER BY ts, id LIMIT ?",
             (int(limit),),
         )
         return [(r[0], bytes(r[1])) for r in rows]
 
     def count_unsynced(self) -> int:
-        return int(self._query("SELECT count(*) FROM requests WHERE synced_at IS NULL")[0][0])
+        """Rows waiting for upload (quarantined rows are not waiting: they are reported)."""
+        return int(
+            self._query(
+                "SELECT count(*) FROM requests WHERE synced_at IS NULL"
+                " AND NOT EXISTS (SELECT 1 FROM sync_quarantine q WHERE q.id = requests.id)"
+            )[0][0]
+        )
 
     def count_rows(self, day: str | None = None) -> int:
         if day is None:

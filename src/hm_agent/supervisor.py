@@ -35,6 +35,7 @@ TICK_ENV = "HALTON_METER_TICK_SECONDS"
 # so the daemon runs before the cloud worker exists. Add a component here.
 COMPONENT_SOURCES: list[tuple[str, str]] = [
     ("hm_agent.cloudworker", "make_component"),
+    ("hm_agent.cloudworker", "make_pairing_component"),
 ]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,25 +22,30 @@ DEFAULT_BASE_URL = "https://api.haltonmeter.com"
 
 
 def _home() -> Any:
-    from hm_agent.paths import home_dir
+    from hm_agent.home import home_dir
 
     return home_dir()
 
 
 def _call(cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
     """One control-socket call; a stopped daemon becomes the page's error."""
-    from hm_agent.control import DaemonNotRunning, control_call
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
 
     try:
-        reply = control_call(_home(), cmd, timeout=timeout, **args)
+        return control_call(_home(), cmd, timeout=timeout, **args)
     except DaemonNotRunning:
         fail(
             "daemon not running: the cloud worker lives in the daemon. "
             "Check with `halton-meter status`, start it with `halton-meter start`."
         )
-    if not reply.get("ok", True):
-        fail(str(reply.get("error") or "the daemon refused the command"))
-    return reply
+    except ControlError as exc:
+        fail(_strip_cmd(str(exc)))
+
+
+def _strip_cmd(message: str) -> str:
+    """The daemon prefixes errors with the command name; users need only the sentence."""
+    head, sep, rest = message.partition(" failed: ")
+    return rest if sep and head.startswith("cloud.") else message
 
 
 def _host(url: str) -> str:
@@ -255,20 +259,20 @@ def disconnect() -> None:
       halton-meter cloud disconnect
     """
     from hm_agent.cloudstatus import local_disconnect
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
 
-    try:
-        from hm_agent.control import DaemonNotRunning, control_call
-    except ImportError:  # pragma: no cover
-        raise
     base = _configured_base_url()
     with spinner(f"Revoking token at {_host(base)}…"):
         try:
             reply = control_call(_home(), "cloud.disconnect", timeout=40.0)
         except DaemonNotRunning:
-            reply = local_disconnect(_home(), revoke=True)
+            reply = local_disconnect(_home())
+        except ControlError as exc:
+            fail(_strip_cmd(str(exc)))
     if reply.get("not_paired"):
         bullet("This machine is not paired; nothing to disconnect.", colour="yellow")
         return
+    base = reply.get("base_url") or base
     if reply.get("revoked"):
         bullet(f"Revoking token at {_host(base)}…")
         bullet("Token revoked.", ok=True)
@@ -279,6 +283,3 @@ def disconnect() -> None:
                       f"(machine {reply.get('machine_id', '?')}).")
     bullet("Local: cloud.enabled = false; credentials wiped.", ok=True)
 
-
-def _now() -> float:
-    return time.time()

@@ -1,0 +1,708 @@
+"""The cloud side of the daemon: pairing and the sync worker, driving hm_proto.
+
+Two supervisor components and the ``cloud.*`` control commands live here:
+
+- ``cloud-pairing`` runs while a ``cloud connect`` is in progress: it drives
+  a ``PairingClient`` over the async client, and on approval writes the
+  pairing files (``cloudlink.save_pairing``) and wakes the supervisor;
+- ``cloud`` (the worker) runs while ``[cloud] enabled = true`` and the sync is
+  not paused: it drives a ``SyncSession`` — reads the oldest unsynced rows,
+  sends a batch, and marks rows synced only when the backend's 200 names the
+  batch (ack-then-commit) — plus a daily reconcile.
+
+All decisions are hm_proto's; this module only moves bytes, rows and time.
+The cloud is reached directly (``AsyncCloudClient`` ignores HTTPS_PROXY), so
+sync traffic never passes through — nor is captured by — our own proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from hm_proto import (
+    Approved,
+    BatchAccepted,
+    BatchQuarantined,
+    BatchRetryScheduled,
+    BatchSplit,
+    CodeIssued,
+    Denied,
+    Expired,
+    LocalProtocolError,
+    NeedRows,
+    PairingClient,
+    Paused,
+    ProtocolError,
+    Reconciler,
+    ReconcileResult,
+    RetryLater,
+    Revoked,
+    SendBatch,
+    SyncSession,
+    SyncState,
+    Unauthorised,
+    Wait,
+    WhoAmI,
+    parse_whoami,
+    receive_revoke,
+    revoke_request,
+    whoami_request,
+)
+
+from . import __version__
+from .cloudclient import AsyncCloudClient, CloudClientError, PairingFailed, run_pairing_async
+from .cloudlink import (
+    CloudLinkError,
+    hostname,
+    iso_from,
+    load_credentials,
+    os_name,
+    parse_iso,
+    save_pairing,
+    utc_now_iso,
+    wipe_pairing,
+)
+from .control import command
+
+log = logging.getLogger("hm_agent.cloud")
+
+RECONCILE_EVERY = 24 * 3600.0
+RECONCILE_RETRY = 600.0
+BACKLOG_REFRESH = 5.0  # how often an idle worker re-counts unsynced rows
+HTTP_TIMEOUT = 30.0
+REVOKE_TIMEOUT = 10.0
+
+
+# -- shared state between components and control commands ----------------------
+
+
+@dataclass
+class PairingJob:
+    base_url: str
+    workspace: str | None
+    state: str = "starting"  # starting | pending | approved | denied | expired | failed | cancelled
+    code: CodeIssued | None = None
+    error: str | None = None
+    workspace_slug: str | None = None
+    workspace_name: str | None = None
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope | None = None
+
+    def cancel(self) -> None:
+        if self.active:
+            self.move("cancelled")
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def move(self, state: str, error: str | None = None) -> None:
+        self.state = state
+        if error is not None:
+            self.error = error
+        changed, self.changed = self.changed, anyio.Event()
+        changed.set()
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("starting", "pending")
+
+
+@dataclass
+class SyncWaiter:
+    """A `cloud sync` waiting for the worker to drain the backlog (or fail)."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    reconcile: dict[str, Any] | None = None
+    want_reconcile: bool = False
+
+    def finish(self, error: str | None = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.done.set()
+
+
+class CloudService:
+    """What the two components and the control commands share in one daemon."""
+
+    def __init__(self) -> None:
+        self.job: PairingJob | None = None
+        self.worker: CloudWorker | None = None
+        self.paused_by_user: bool | None = None  # None: not read from the store yet
+
+    def is_paused(self, store: Any) -> bool:
+        if self.paused_by_user is None:
+            state = store.get_cloud_state() or {}
+            self.paused_by_user = bool(state.get("paused"))
+        return self.paused_by_user
+
+
+SERVICE = CloudService()
+
+
+def _store_of(ctx: Any) -> Any:
+    return ctx.store
+
+
+# -- pairing ---------------------------------------------------------------------
+
+
+class PairingComponent:
+    name = "cloud-pairing"
+
+    def should_run(self, config: Any, home: Any) -> bool:
+        return SERVICE.job is not None and SERVICE.job.active
+
+    def health(self) -> dict[str, Any]:
+        job = SERVICE.job
+        return {"state": job.state if job else "idle"}
+
+    async def run(self, ctx: Any) -> None:
+        # A `cloud connect` that replaces an abandoned one is served by this
+        # same run, so it never waits for the next supervisor tick.
+        while (job := SERVICE.job) is not None and job.active:
+            with anyio.CancelScope() as scope:
+                job.scope = scope
+                await self._pair(ctx, job)
+            if job.active:
+                job.move("cancelled")
+
+    async def _pair(self, ctx: Any, job: PairingJob) -> None:
+        pairing = PairingClient(ctx.machine_id, hostname(), os_name(), __version__, job.workspace)
+
+        def on_code(event: CodeIssued) -> None:
+            job.code = event
+            job.move("pending")
+
+        try:
+            async with AsyncCloudClient(job.base_url, timeout=HTTP_TIMEOUT) as client:
+                outcome = await run_pairing_async(client, pairing, on_code)
+        except PairingFailed as exc:
+            job.move("failed", str(exc))
+            return
+        except (CloudClientError, ProtocolError) as exc:
+            job.move("failed", f"pairing with {job.base_url} failed: {exc}")
+            return
+        if isinstance(outcome, Approved):
+            try:
+                # Shielded: once approved, the files are written whole even if
+                # the user presses Ctrl-C at this very moment.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_save_approved, ctx, job, outcome)
+            except (CloudLinkError, OSError) as exc:
+                job.move("failed", f"approved, but the pairing could not be saved: {exc}")
+                return
+            job.workspace_slug = outcome.workspace_slug
+            job.workspace_name = outcome.workspace_name
+            SERVICE.paused_by_user = False
+            if SERVICE.worker is not None:
+                SERVICE.worker.reload()
+            job.move("approved")
+            ctx.reload_config_if_changed()
+            ctx.wake()
+        elif isinstance(outcome, Denied):
+            job.move("denied")
+        elif isinstance(outcome, Expired):
+            job.move("expired")
+
+
+def _save_approved(ctx: Any, job: PairingJob, ok: Approved) -> None:
+    save_pairing(
+        ctx.home,
+        _store_of(ctx),
+        token=ok.token,
+        base_url=job.base_url,
+        workspace_id=ok.workspace_id,
+        workspace_slug=ok.workspace_slug,
+        workspace_name=ok.workspace_name,
+        machine_id=ok.machine_id,
+    )
+    log.info("paired with workspace %s", ok.workspace_slug)
+
+
+# -- the sync worker ----------------------------------------------------------------
+
+
+class CloudWorker:
+    name = "cloud"
+
+    def __init__(self) -> None:
+        self.session: SyncSession | None = None
+        self.base_url: str | None = None
+        self.workspace_slug: str | None = None
+        self.error: str | None = None  # a local problem (credentials), not the server's
+        self._poke = anyio.Event()
+        self._reload = False
+        self._waiters: list[SyncWaiter] = []
+        self._reconcile_due_at: float = 0.0
+        self._reconcile_requested = False
+        self._last_reconcile: dict[str, Any] | None = None
+
+    # -- supervisor protocol --------------------------------------------------------
+
+    def should_run(self, config: Any, home: Any) -> bool:
+        if not config.cloud_enabled:
+            return False
+        from .store import Store
+
+        if SERVICE.paused_by_user is None:
+            try:
+                with Store(home / "db.sqlite") as store:
+                    SERVICE.is_paused(store)
+            except Exception:
+                return True  # let run() report the problem
+        return not SERVICE.paused_by_user
+
+    def health(self) -> dict[str, Any]:
+        return self.status_dict()
+
+    async def run(self, ctx: Any) -> None:
+        SERVICE.worker = self
+        try:
+            await self._run(ctx)
+        finally:
+            if SERVICE.worker is self:
+                SERVICE.worker = None
+            for waiter in self._waiters:
+                waiter.finish("the cloud worker stopped before the upload finished")
+            self._waiters.clear()
+
+    # -- commands from the control socket ------------------------------------------------
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    def reload(self) -> None:
+        """New credentials were written: pick up the new token on the next turn."""
+        self._reload = True
+        self.poke()
+
+    def request_sync(self, reconcile: bool) -> SyncWaiter:
+        waiter = SyncWaiter(want_reconcile=reconcile)
+        if self.session is None:
+            waiter.finish(self.error or "the cloud worker is starting; try again in a few seconds")
+            return waiter
+        try:
+            self.session.sync_now(time.time())
+        except LocalProtocolError as exc:
+            waiter.finish(str(exc))
+            return waiter
+        if reconcile:
+            self._reconcile_requested = True
+        self._waiters.append(waiter)
+        self.poke()
+        return waiter
+
+    def status_dict(self) -> dict[str, Any]:
+        if self.session is None:
+            state = "PAUSED" if SERVICE.paused_by_user else "DEGRADED" if self.error else "ACTIVE"
+            return {
+                "state": state,
+                "paused_reason": "user" if SERVICE.paused_by_user else None,
+                "last_error": self.error,
+            }
+        snap = self.session.snapshot().to_dict()
+        for key in ("last_sync_at", "last_reconcile_at", "next_attempt_at"):
+            snap[key] = iso_from(snap[key])
+        snap["state"] = SyncState(snap["state"]).value
+        if self.error and not snap.get("last_error"):
+            snap["last_error"] = self.error
+        snap["base_url"] = self.base_url
+        snap["workspace_slug"] = self.workspace_slug
+        snap["last_reconcile"] = self._last_reconcile
+        return snap
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def _load(self, ctx: Any) -> SyncSession | None:
+        try:
+            creds = await anyio.to_thread.run_sync(load_credentials, ctx.home)
+        except CloudLinkError as exc:
+            self.error = str(exc)
+            log.error("cloud worker cannot start: %s", exc)
+            return None
+        self.error = None
+        state = await anyio.to_thread.run_sync(_store_of(ctx).get_cloud_state) or {}
+        self.base_url = creds.base_url or ctx.config.cloud_base_url
+        self.workspace_slug = state.get("workspace_slug") or creds.workspace_slug
+        last_reconcile = parse_iso(state.get("last_reconcile_at"))
+        self._reconcile_due_at = 0.0 if last_reconcile is None else last_reconcile + RECONCILE_EVERY
+        reason = state.get("paused_reason") if state.get("paused") else None
+        return SyncSession(
+            secrets.token_bytes,
+            token=creds.token,
+            paused_reason=reason if reason in ("user", "paused_unauthorised") else None,
+            last_sync_at=parse_iso(state.get("last_sync_at")),
+            last_error=state.get("last_error"),
+            last_reconcile_at=last_reconcile,
+        )
+
+    async def _run(self, ctx: Any) -> None:
+        while True:
+            self._reload = False
+            self.session = await self._load(ctx)
+            if self.session is None:
+                await self._sleep(BACKLOG_REFRESH * 6)
+                continue
+            assert self.base_url is not None
+            async with AsyncCloudClient(self.base_url, timeout=HTTP_TIMEOUT) as client:
+                while not self._reload:
+                    await self._turn(ctx, client, self.session)
+
+    async def _sleep(self, seconds: float) -> None:
+        with anyio.move_on_after(max(0.0, seconds)):
+            await self._poke.wait()
+        self._poke = anyio.Event()
+
+    async def _turn(self, ctx: Any, client: AsyncCloudClient, session: SyncSession) -> None:
+        store = _store_of(ctx)
+        now = time.time()
+        if session.state in (SyncState.ACTIVE, SyncState.DEGRADED) and (
+            self._reconcile_requested or now >= self._reconcile_due_at
+        ):
+            await self._reconcile(ctx, client, session)
+        backlog = await anyio.to_thread.run_sync(store.count_unsynced)
+        session.note_backlog(backlog, now)
+        action = session.next_action(now)
+        if isinstance(action, NeedRows):
+            rows = await anyio.to_thread.run_sync(store.fetch_unsynced, action.limit)
+            if not rows:
+                session.nothing_to_send(now)
+                self._finish_waiters()
+                return
+            for event in session.start_batch(rows, now):
+                if isinstance(event, SendBatch):
+                    answer = await client.send(event.request)
+                    for answered in session.receive(answer, time.time()):
+                        await self._handle(ctx, answered)
+                else:
+                    await self._handle(ctx, event)
+            return
+        if self._waiters and session.state not in (SyncState.ACTIVE, SyncState.DEGRADED):
+            self._finish_waiters(session.snapshot().last_error or f"sync is {session.state.value}")
+        if isinstance(action, Wait):
+            await self._sleep(min(action.until - now, BACKLOG_REFRESH))
+        else:
+            await self._sleep(BACKLOG_REFRESH)
+
+    def _finish_waiters(self, error: str | None = None) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.want_reconcile and waiter.reconcile is None:
+                waiter.reconcile = self._last_reconcile
+            waiter.finish(error)
+
+    async def _handle(self, ctx: Any, event: Any) -> None:
+        store = _store_of(ctx)
+        if isinstance(event, BatchAccepted):
+            at = utc_now_iso()
+            await anyio.to_thread.run_sync(store.mark_synced, list(event.row_ids), at)
+            await anyio.to_thread.run_sync(lambda: store.set_cloud_state(last_sync_at=at, last_error=None))
+            for waiter in self._waiters:
+                waiter.batches.append(
+                    {"status": 200, "rows": len(event.row_ids), "accepted": event.accepted,
+                     "duplicates": event.duplicates, "batch_id": event.batch_id}
+                )
+        elif isinstance(event, BatchQuarantined):
+            log.error("rows quarantined (%s): %s", event.status, event.detail)
+            await anyio.to_thread.run_sync(
+                store.quarantine_rows, list(event.row_ids), event.status, event.detail
+            )
+            for waiter in self._waiters:
+                waiter.batches.append({"status": event.status, "rows": len(event.row_ids),
+                                       "reason": f"quarantined: {event.detail}"})
+        elif isinstance(event, BatchSplit):
+            log.warning("batch %s refused whole (%s); retrying in batches of %d",
+                        event.batch_id, event.status, event.next_row_limit)
+        elif isinstance(event, BatchRetryScheduled):
+            log.warning("upload failed (%s); retry %d at %s", event.reason, event.attempt, iso_from(event.at))
+            await anyio.to_thread.run_sync(lambda: store.set_cloud_state(last_error=event.reason))
+            for waiter in self._waiters:
+                waiter.batches.append({"status": None, "reason": event.reason})
+            self._finish_waiters(f"{event.reason}; the worker retries at {iso_from(event.at)}")
+        elif isinstance(event, Paused):
+            log.error("sync paused: %s", event.reason)
+            reason = event.reason
+            await anyio.to_thread.run_sync(
+                lambda: store.set_cloud_state(paused=1, paused_reason=reason,
+                                              last_error="401: the token was revoked or is unknown")
+            )
+            self._finish_waiters(
+                "the backend answered 401: the token was revoked. Re-run `halton-meter cloud connect`."
+            )
+
+    async def _reconcile(self, ctx: Any, client: AsyncCloudClient, session: SyncSession) -> None:
+        store = _store_of(ctx)
+        self._reconcile_requested = False
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        reconciler = Reconciler.last_days(today)
+        assert session.token is not None
+        answer = await client.send(reconciler.totals_request(session.token))
+        local = await anyio.to_thread.run_sync(store.totals_by_day, reconciler.from_date, reconciler.to_date)
+        try:
+            outcome = reconciler.receive_totals(answer, local)
+        except ProtocolError as exc:
+            log.error("reconcile failed: %s", exc)
+            self._reconcile_due_at = time.time() + RECONCILE_RETRY
+            self._last_reconcile = {"error": str(exc)}
+            return
+        if isinstance(outcome, ReconcileResult):
+            resent = 0
+            if outcome.days_to_resend:
+                rows = await anyio.to_thread.run_sync(store.rows_for_days, outcome.days_to_resend)
+                resent = await anyio.to_thread.run_sync(store.mark_unsynced, [r[0] for r in rows])
+            now = time.time()
+            session.note_reconcile(now)
+            at = iso_from(now)
+            await anyio.to_thread.run_sync(lambda: store.set_cloud_state(last_reconcile_at=at))
+            self._reconcile_due_at = now + RECONCILE_EVERY
+            self._last_reconcile = {
+                "from_date": outcome.from_date,
+                "to_date": outcome.to_date,
+                "resent_days": list(outcome.days_to_resend),
+                "resent_rows": resent,
+                "cloud_extra_days": list(outcome.cloud_extra_days),
+            }
+            if outcome.days_to_resend:
+                log.info("reconcile: re-sending %d rows of %s", resent, ", ".join(outcome.days_to_resend))
+                session.sync_now(now)
+        elif isinstance(outcome, Unauthorised):
+            self._reconcile_due_at = time.time() + RECONCILE_RETRY  # the next batch will pause on 401
+        elif isinstance(outcome, RetryLater):
+            self._reconcile_due_at = time.time() + max(RECONCILE_RETRY, outcome.retry_after or 0)
+
+
+def make_component() -> CloudWorker:
+    return CloudWorker()
+
+
+def make_pairing_component() -> PairingComponent:
+    return PairingComponent()
+
+
+# -- control commands ---------------------------------------------------------------
+
+
+def _paired_state(ctx: Any) -> dict[str, Any] | None:
+    state = ctx.store.get_cloud_state()
+    if not ctx.config.cloud_enabled or not state or not state.get("workspace_id"):
+        return None
+    return state
+
+
+@command("cloud.connect.start")
+async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    paired = await anyio.to_thread.run_sync(_paired_state, ctx)
+    if paired and paired.get("paused_reason") != "paused_unauthorised":
+        raise RuntimeError(
+            f"this machine is already paired with workspace {paired.get('workspace_slug')}. "
+            f"To pair again, run `halton-meter cloud disconnect` first"
+        )
+    if SERVICE.job is not None and SERVICE.job.active:
+        SERVICE.job.cancel()  # a newer connect replaces an abandoned one
+    base_url = str(args.get("base_url") or ctx.config.cloud_base_url).rstrip("/")
+    from .cloudclient import parse_base_url
+
+    try:
+        parse_base_url(base_url)
+    except CloudClientError as exc:
+        raise RuntimeError(str(exc)) from None
+    job = PairingJob(base_url=base_url, workspace=args.get("workspace") or None)
+    SERVICE.job = job
+    ctx.wake()
+    with anyio.move_on_after(35):
+        while job.state == "starting":
+            await job.changed.wait()
+    if job.state == "pending" and job.code is not None:
+        return {
+            "state": "pending",
+            "user_code": job.code.user_code,
+            "verification_uri": job.code.verification_uri,
+            "verification_uri_complete": job.code.verification_uri_complete,
+            "expires_in": round(job.code.expires_at - anyio.current_time()),
+        }
+    if job.state == "starting":
+        job.cancel()
+        raise RuntimeError(f"no pairing code from {base_url} within 35 s: check the URL and your network")
+    raise RuntimeError(job.error or f"pairing {job.state}")
+
+
+@command("cloud.connect.wait")
+async def _connect_wait(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    job = SERVICE.job
+    if job is None:
+        raise RuntimeError("no pairing in progress: run `halton-meter cloud connect`")
+    with anyio.move_on_after(float(args.get("wait") or 25.0)):
+        while job.active:
+            await job.changed.wait()
+    return {
+        "state": job.state,
+        "error": job.error,
+        "workspace_slug": job.workspace_slug,
+        "workspace_name": job.workspace_name,
+    }
+
+
+@command("cloud.connect.cancel")
+async def _connect_cancel(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    job = SERVICE.job
+    if job is not None:
+        job.cancel()
+    return {"state": job.state if job else "idle"}
+
+
+@command("cloud.status")
+async def _cloud_status(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    return await anyio.to_thread.run_sync(daemon_cloud_status, ctx)
+
+
+def daemon_cloud_status(ctx: Any) -> dict[str, Any]:
+    """`cloud status --json` as the running daemon sees it."""
+    from .cloudstatus import base_status
+
+    snap = base_status(ctx.config, ctx.store)
+    worker = SERVICE.worker
+    if snap["state"] != "NOT-CONFIGURED" and worker is not None and worker.session is not None and not (
+        SERVICE.paused_by_user
+    ):
+        live = worker.status_dict()
+        for key in ("state", "paused_reason", "last_sync_at", "last_error", "last_reconcile_at",
+                    "consecutive_failures", "next_attempt_at", "quarantined_rows"):
+            if key in live:
+                snap[key] = live[key]
+        snap["last_reconcile"] = live.get("last_reconcile")
+    elif snap["state"] != "NOT-CONFIGURED" and worker is not None and worker.error:
+        snap["last_error"] = worker.error
+    snap["daemon_running"] = True
+    return snap
+
+
+async def _worker(ctx: Any, wait: float = 10.0) -> CloudWorker:
+    if not ctx.config.cloud_enabled:
+        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
+    ctx.wake()
+    with anyio.move_on_after(wait):
+        while SERVICE.worker is None or SERVICE.worker.session is None:
+            if SERVICE.paused_by_user:
+                raise RuntimeError("sync is paused: run `halton-meter cloud resume` first")
+            if SERVICE.worker is not None and SERVICE.worker.error:
+                raise RuntimeError(SERVICE.worker.error)
+            await anyio.sleep(0.05)
+    if SERVICE.worker is None or SERVICE.worker.session is None:
+        raise RuntimeError("the cloud worker did not start; see `halton-meter status` and the daemon log")
+    return SERVICE.worker
+
+
+@command("cloud.sync")
+async def _cloud_sync(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    worker = await _worker(ctx)
+    waiter = worker.request_sync(bool(args.get("reconcile")))
+    with anyio.move_on_after(float(args.get("timeout") or 550.0)):
+        await waiter.done.wait()
+    if not waiter.done.is_set():
+        waiter.error = "still uploading; check progress with `halton-meter cloud status`"
+    return {"batches": waiter.batches, "error": waiter.error, "reconcile": waiter.reconcile}
+
+
+@command("cloud.pause")
+async def _cloud_pause(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    if not ctx.config.cloud_enabled:
+        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): nothing to pause")
+    await anyio.to_thread.run_sync(lambda: ctx.store.set_cloud_state(paused=1, paused_reason="user"))
+    SERVICE.paused_by_user = True
+    ctx.wake()
+    return {"state": "PAUSED", "paused_reason": "user"}
+
+
+@command("cloud.resume")
+async def _cloud_resume(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    if not ctx.config.cloud_enabled:
+        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
+    state = await anyio.to_thread.run_sync(ctx.store.get_cloud_state) or {}
+    if state.get("paused_reason") == "paused_unauthorised":
+        return {"state": "PAUSED", "paused_reason": "paused_unauthorised"}
+    await anyio.to_thread.run_sync(lambda: ctx.store.set_cloud_state(paused=0, paused_reason=None))
+    SERVICE.paused_by_user = False
+    worker = SERVICE.worker
+    if worker is not None and worker.session is not None and worker.session.state is SyncState.PAUSED:
+        worker.session.resume(time.time())
+        worker.poke()
+    ctx.wake()
+    return {"state": "ACTIVE", "paused_reason": None}
+
+
+@command("cloud.whoami")
+async def _cloud_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    if not ctx.config.cloud_enabled:
+        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
+    try:
+        creds = await anyio.to_thread.run_sync(load_credentials, ctx.home)
+    except CloudLinkError as exc:
+        raise RuntimeError(str(exc)) from None
+    base_url = creds.base_url or ctx.config.cloud_base_url
+    async with AsyncCloudClient(base_url, timeout=HTTP_TIMEOUT) as client:
+        answer = await client.send(whoami_request(creds.token))
+    outcome = parse_whoami(answer)
+    if isinstance(outcome, WhoAmI):
+        return {
+            "workspace_id": outcome.workspace_id,
+            "workspace_slug": outcome.workspace_slug,
+            "workspace_name": outcome.workspace_name,
+            "machine_id": outcome.machine_id,
+            "hostname": outcome.hostname,
+        }
+    if isinstance(outcome, Unauthorised):
+        raise RuntimeError("the backend answered 401: the token was revoked. Re-run `halton-meter cloud connect`")
+    if isinstance(outcome, RetryLater):
+        raise RuntimeError(f"cannot reach {base_url}: {outcome.reason}. Try again later")
+    raise RuntimeError(f"the backend refused whoami: {outcome.status} {outcome.detail or outcome.error}")
+
+
+@command("cloud.disconnect")
+async def _cloud_disconnect(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    reply = await revoke_and_wipe(ctx.home, ctx.store, ctx.config.cloud_base_url, ctx.config.cloud_enabled)
+    SERVICE.paused_by_user = None
+    if SERVICE.worker is not None:
+        SERVICE.worker.reload()
+    ctx.reload_config_if_changed()
+    ctx.wake()
+    return reply
+
+
+async def revoke_and_wipe(hp: Any, store: Any, default_base_url: str, enabled: bool) -> dict[str, Any]:
+    """`cloud disconnect`: revoke at the backend (best effort), then wipe locally, always."""
+    try:
+        creds = await anyio.to_thread.run_sync(load_credentials, hp)
+    except CloudLinkError:
+        creds = None
+    state = await anyio.to_thread.run_sync(store.get_cloud_state) or {}
+    if creds is None and not enabled and not state:
+        return {"not_paired": True}
+    reply: dict[str, Any] = {"revoked": False, "machine_id": state.get("machine_id"),
+                             "workspace_slug": state.get("workspace_slug")}
+    if creds is None:
+        reply["revoke_error"] = "no readable credentials to revoke"
+    else:
+        base_url = creds.base_url or default_base_url
+        reply["base_url"] = base_url
+        try:
+            async with AsyncCloudClient(base_url, timeout=REVOKE_TIMEOUT) as client:
+                outcome = receive_revoke(await client.send(revoke_request(creds.token)))
+        except CloudClientError as exc:
+            outcome = None
+            reply["revoke_error"] = str(exc)
+        if isinstance(outcome, Revoked):
+            reply["revoked"] = True
+        elif outcome is not None:
+            reply["revoke_error"] = getattr(outcome, "reason", None) or (
+                f"{getattr(outcome, 'status', '?')} {getattr(outcome, 'detail', '')}".strip()
+            )
+    await anyio.to_thread.run_sync(wipe_pairing, hp, store)
+    return reply
