@@ -10,7 +10,8 @@ ratio tap/baseline. Timed in CPU seconds of this process.
 Part 2 (proxy). A local TLS fake upstream streams a chat completion; time to
 the first SSE event at the client, direct vs through a real daemon
 (`python -m hm_agent run` in a temp home), median and p90 over N calls
-(each call is a fresh TLS connection: the fake upstream closes after a stream).
+(keep-alive clients, calls interleaved), with bare mitmdump (streaming, no addon)
+as a reference point for what mitmproxy itself costs.
 
 Run: ``python benchmarks/bench_capture.py``. The LAST line is the parser
 throughput ratio vs the baseline.
@@ -177,6 +178,42 @@ def start_daemon(home: Path, port: int, upstream_port: int, ca_pem: Path) -> tup
     return process, message[3:]
 
 
+def start_bare_mitmdump(confdir: Path, port: int, ca_pem: Path) -> subprocess.Popen[bytes]:
+    """Reference point: mitmproxy alone, streaming every body, no addon of ours."""
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    process = subprocess.Popen(
+        [str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port), "--set", f"confdir={confdir}",
+         "--set", f"ssl_verify_upstream_trusted_ca={ca_pem}", "--set", "stream_large_bodies=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            if (confdir / "mitmproxy-ca-cert.pem").exists():
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError("mitmdump did not start")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def ttfb_ms(client: object, url: str) -> float:
     import httpx
 
@@ -198,38 +235,39 @@ def bench_ttfb() -> None:
     import httpx
     from tests.support.fake_providers import FakeProviders, make_test_ca
 
-    print(f"Part 2: time to first SSE event, {TTFB_CALLS} streamed chat calls (fresh TLS connection each)")
+    print(f"Part 2: time to first SSE event, {TTFB_CALLS} streamed chat calls per client (keep-alive)")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         ca = make_test_ca(base / "ca")
         with FakeProviders(ca) as upstream:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            process, bound = start_daemon(base / "home", port, upstream.port, ca.ca_pem)
+            process, bound = start_daemon(base / "home", free_port(), upstream.port, ca.ca_pem)
+            bare_port = free_port()
+            bare = start_bare_mitmdump(base / "bare", bare_port, ca.ca_pem)
             try:
                 url = f"{upstream.base_url}/v1/chat/completions"
                 mitm_ca = base / "home" / "mitmproxy" / "mitmproxy-ca-cert.pem"
-                direct = httpx.Client(verify=ssl.create_default_context(cafile=str(ca.ca_pem)))
-                proxied = httpx.Client(proxy=f"http://{bound}",
-                                       verify=ssl.create_default_context(cafile=str(mitm_ca)))
-                for client in (direct, proxied):  # warm up (imports, first CA leaf)
+                clients = {
+                    "direct": httpx.Client(verify=ssl.create_default_context(cafile=str(ca.ca_pem))),
+                    "bare mitmdump": httpx.Client(proxy=f"http://127.0.0.1:{bare_port}", verify=ssl.create_default_context(
+                        cafile=str(base / "bare" / "mitmproxy-ca-cert.pem"))),
+                    "through daemon": httpx.Client(proxy=f"http://{bound}",
+                                                   verify=ssl.create_default_context(cafile=str(mitm_ca))),
+                }
+                for client in clients.values():  # warm up: imports, TLS, the CA's leaf cert
                     ttfb_ms(client, url)
-                results = {}
-                for label, client in (("direct", direct), ("through daemon", proxied)):
-                    samples = sorted(ttfb_ms(client, url) for _ in range(TTFB_CALLS))
-                    results[label] = samples
-                    p90 = samples[int(len(samples) * 0.9) - 1]
-                    print(f"  {label:15s} median {statistics.median(samples):6.2f} ms   p90 {p90:6.2f} ms")
-                added = statistics.median(results["through daemon"]) - statistics.median(results["direct"])
+                samples: dict[str, list[float]] = {label: [] for label in clients}
+                for _ in range(TTFB_CALLS):  # interleaved, so load on the machine hits all alike
+                    for label, client in clients.items():
+                        samples[label].append(ttfb_ms(client, url))
+                for label, values in samples.items():
+                    values.sort()
+                    p90 = values[max(0, int(len(values) * 0.9) - 1)]
+                    print(f"  {label:15s} median {statistics.median(values):6.2f} ms   p90 {p90:6.2f} ms")
+                added = statistics.median(samples["through daemon"]) - statistics.median(samples["direct"])
                 print(f"  added by the daemon (median): {added:.2f} ms")
             finally:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop(process)
+                stop(bare)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import socket
 import ssl
 import threading
 import zlib
@@ -224,6 +225,12 @@ class _Handler(BaseHTTPRequestHandler):
     providers: FakeProviders
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        # Real API servers send each event at once; without this, Nagle holds
+        # a small event back until the previous one is acknowledged.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
 
@@ -293,8 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            pass  # the client hung up (the openai SDK does so right after [DONE])
-        self.close_connection = True
+            self.close_connection = True  # the client hung up (the openai SDK does so after [DONE])
 
     def _chunk(self, data: bytes) -> None:
         if data:
