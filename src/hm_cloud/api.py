@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import orjson
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -288,7 +289,17 @@ async def requests_batch(request: Request) -> Response:
     raw = await read_limited(
         request.stream(), request.headers.get("content-length"), MAX_BODY_BYTES
     )
-    body = _parse_object(decode_body(raw, request.headers.get("content-encoding"), MAX_BODY_BYTES))
+    encoding = request.headers.get("content-encoding")
+    # Decompressing, validating and storing are CPU and disk work: all of it
+    # runs in a worker thread so long-polls on the event loop stay prompt.
+    accepted, duplicates = await cloud(request).db(_ingest_body, device, raw, encoding, time.time())
+    return json_response({"accepted": accepted, "duplicates": duplicates})
+
+
+def _ingest_body(
+    engine: Engine, device: store.AuthedDevice, raw: bytes, encoding: str | None, now: float
+) -> tuple[int, int]:
+    body = _parse_object(decode_body(raw, encoding, MAX_BODY_BYTES))
     batch_id = _field(body, "batch_id", str)
     if not _UUID_RE.match(batch_id):
         raise ApiError(400, "invalid_request", "Invalid field: batch_id (expected a UUID)")
@@ -300,8 +311,7 @@ async def requests_batch(request: Request) -> Response:
             f"Batch has {len(rows_in)} rows; the limit is {MAX_BATCH_ROWS} rows per batch: split the batch",
         )
     rows = [parse_row(obj, f"rows[{i}]") for i, obj in enumerate(rows_in)]
-    accepted, duplicates = await cloud(request).db(store.ingest, device, rows, time.time())
-    return json_response({"accepted": accepted, "duplicates": duplicates})
+    return store.ingest(engine, device, rows, now)
 
 
 def _date_param(request: Request, name: str) -> str:

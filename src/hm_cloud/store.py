@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from hm_proto import UsageRow, hash_token
@@ -23,6 +23,11 @@ from hm_proto import UsageRow, hash_token
 from .db import devices, memberships, pairings, settings, tokens, usage_rows, users, workspaces
 
 NANOS = Decimal(1_000_000_000)
+_ROW_COLUMNS = [c.name for c in usage_rows.columns]
+_SQLITE_INSERT = (
+    f"INSERT INTO usage_rows ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)}) ON CONFLICT DO NOTHING"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,17 +519,17 @@ def ingest(
         for r in rows
     ]
     with engine.begin() as conn:
-        dialect = conn.dialect.name
-        stmt: Any
-        if dialect == "postgresql":
+        if conn.dialect.name == "sqlite":
+            # Hot path: one executemany on the driver, in this same transaction;
+            # the connection's change counter says how many rows were new.
+            raw = conn.connection.driver_connection
+            before = raw.total_changes
+            raw.executemany(_SQLITE_INSERT, [tuple(v[c] for c in _ROW_COLUMNS) for v in values])
+            accepted = raw.total_changes - before
+        else:
             stmt = postgresql.insert(usage_rows).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(usage_rows).on_conflict_do_nothing()
-        else:  # pragma: no cover - make_engine admits only these two
-            stmt = insert(usage_rows)
-        # RETURNING tells exactly which rows were new, also under concurrency.
-        inserted = conn.execute(stmt.returning(usage_rows.c.id), values).all()
-        accepted = len(inserted)
+            # RETURNING tells exactly which rows were new, also under concurrency.
+            accepted = len(conn.execute(stmt.returning(usage_rows.c.id), values).all())
         conn.execute(
             update(devices)
             .where(devices.c.id == device.device_id)
