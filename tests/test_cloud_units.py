@@ -1,0 +1,89 @@
+"""Small in-process pieces of hm_cloud: bounded decompression, the guess limiter, formatting."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import zstandard
+
+from hm_cloud.bodies import decode_body
+from hm_cloud.security import GuessLimiter, SessionCodec, csrf_ok, hash_password, verify_password
+from hm_cloud.store import format_nanos
+from hm_cloud.views import cost_bars, cost_cell, money, relative_time
+from hm_proto import ApiError
+
+LIMIT = 1024
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_decompression_stops_at_the_limit(encoding: str) -> None:
+    def pack(data: bytes) -> bytes:
+        return (
+            gzip.compress(data) if encoding == "gzip" else zstandard.ZstdCompressor().compress(data)
+        )
+
+    assert decode_body(pack(b"x" * LIMIT), encoding, LIMIT) == b"x" * LIMIT
+    with pytest.raises(ApiError) as too_big:
+        decode_body(pack(b"x" * (LIMIT + 1)), encoding, LIMIT)
+    assert too_big.value.status == 413 and "1024 bytes" in too_big.value.detail
+    # A 128 MiB bomb is refused after producing at most LIMIT + 1 bytes.
+    bomb = pack(b"\0" * (128 << 20)) if encoding == "zstd" else None
+    if bomb is not None:
+        with pytest.raises(ApiError):
+            decode_body(bomb, encoding, LIMIT)
+
+
+def test_truncated_and_unknown_encodings() -> None:
+    with pytest.raises(ApiError) as truncated:
+        decode_body(gzip.compress(b"x" * 100)[:-10], "gzip", LIMIT)
+    assert truncated.value.status == 400
+    with pytest.raises(ApiError) as unknown:
+        decode_body(b"", "br", LIMIT)
+    assert unknown.value.status == 415
+    assert decode_body(b"plain", None) == b"plain"
+
+
+def test_guess_limiter_window() -> None:
+    limiter = GuessLimiter(limit=3, window=600)
+    keys = ["user:1", "addr:127.0.0.1"]
+    for t in (0, 1, 2):
+        assert limiter.retry_after(keys, now=t) is None
+        limiter.miss(keys, now=t)
+    assert limiter.retry_after(keys, now=3) == 598
+    assert limiter.retry_after(["user:2"], now=3) is None
+    assert limiter.retry_after(keys, now=600.5) is None  # the first miss aged out
+
+
+def test_sessions_and_passwords() -> None:
+    codec = SessionCodec("secret")
+    fresh = codec.load(None)
+    assert fresh.fresh and fresh.user_id is None
+    fresh.user_id = 7
+    back = codec.load(codec.dump(fresh))
+    assert back.user_id == 7 and csrf_ok(back, fresh.csrf) and not csrf_ok(back, "nope")
+    assert SessionCodec("other").load(codec.dump(fresh)).user_id is None  # forged signature
+    stored = hash_password("hunter2hunter2")
+    assert stored.startswith("$argon2")
+    assert verify_password(stored, "hunter2hunter2") and not verify_password(stored, "wrong")
+    assert not verify_password(None, "anything")
+
+
+def test_money_and_unknown_prices() -> None:
+    assert format_nanos(3_235_000_000) == "3.235"
+    assert format_nanos(None) == "0" and format_nanos(9_000_000_000) == "9"
+    assert money(1_520_000_000) == "$1.52" and money(1_500_000) == "$0.0015" and money(0) == "$0.00"
+    assert cost_cell({"rows": 2, "unknown": 2, "nanos": 0}) == "unknown price"
+    assert (
+        cost_cell({"rows": 3, "unknown": 1, "nanos": 1_100_000_000}) == "$1.10 + 1 at unknown price"
+    )
+    assert relative_time(None, 10) == "never" and relative_time(7, 10) == "3s ago"
+    assert relative_time(0, 7200) == "2 h ago" and relative_time(0, 86400 * 3) == "3 days ago"
+
+
+def test_chart_has_a_bar_per_day() -> None:
+    bars = cost_bars(
+        [{"key": "2026-11-02", "rows": 1, "nanos": 5, "unknown": 0}], "2026-11-01", "2026-11-03"
+    )
+    assert [b.day for b in bars] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert bars[0].height == 0 and bars[1].height > 0
