@@ -464,18 +464,21 @@ async def test_cancelling_the_task_cancels_async_pairing(server: ApiServer) -> N
     server.handler = FakePairingBackend([], "authorization_pending")
     pairing = new_pairing()
     async with AsyncCloudClient(server.url) as client, anyio.create_task_group() as tg:
-        shown = anyio.Event()
+        answered = anyio.Event()
+
+        def on_event(event: object) -> None:
+            if isinstance(event, Pending):
+                answered.set()  # the driver sleeps next: cancel it there
 
         async def pair() -> None:
-            await run_pairing_async(client, pairing, lambda code: shown.set())
+            await run_pairing_async(client, pairing, lambda code: None, on_event=on_event)
 
         tg.start_soon(pair)
-        await shown.wait()
+        await answered.wait()
         tg.cancel_scope.cancel()
     assert pairing.state is PairingState.CANCELLED
-    seen = len(server.requests)
-    await anyio.sleep(0.2)
-    assert len(server.requests) == seen
+    await anyio.sleep(0.2)  # a poll every 0.05 s would show up here
+    assert [seen.path for seen in server.requests] == ["/v1/pairing/start", "/v1/pairing/poll"]
 
 
 def test_unreachable_cloud_fails_pairing_with_a_hint() -> None:
