@@ -192,7 +192,7 @@ class GeminiReader(DialectReader):
     total repeated on every chunk: only the last one counts. The raw bytes of
     the last chunk that carries it are kept and parsed once, at the end."""
 
-    markers = (b'"usageMetadata"', b'"finishReason"')
+    markers = (b'"usageMetadata"',)  # the final chunk carries it with finishReason
     last_only = True
 
     def __init__(self) -> None:
