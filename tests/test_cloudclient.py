@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import json
 import random
+import socket
 import ssl
 import subprocess
 import sys
@@ -573,3 +574,30 @@ def test_embed_sync_example_runs_end_to_end(cloud: CloudServer) -> None:
     assert "POST /v1/requests/batch → 200" in rest
     assert "in sync" in rest
     assert "Token revoked." in rest
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A port that accepts TCP but never says a word (a TLS handshake hangs)."""
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield int(listener.getsockname()[1])
+    finally:
+        listener.close()
+
+
+def test_sync_tls_handshake_that_hangs_is_a_timeout(silent_listener: int) -> None:
+    with SyncCloudClient(f"https://127.0.0.1:{silent_listener}", timeout=0.3) as client:
+        answer = client.send(WHOAMI)
+    assert isinstance(answer, TransportFailure) and answer.kind == "timeout"
+    assert "no connection" in answer.detail
+
+
+@pytest.mark.anyio
+async def test_async_tls_handshake_that_hangs_is_a_timeout(silent_listener: int) -> None:
+    async with AsyncCloudClient(f"https://127.0.0.1:{silent_listener}", timeout=0.3) as client:
+        answer = await client.send(WHOAMI)
+    assert isinstance(answer, TransportFailure) and answer.kind == "timeout"
+    assert "no connection" in answer.detail
