@@ -109,3 +109,16 @@ def test_locked_database_raises_operational_error_quickly(tmp_path: Path) -> Non
         locker.close()
     assert writer.insert_rows([row(1)]) == 1
     writer.close()
+
+
+def test_writer_row_json_is_exactly_usage_row_to_json() -> None:
+    from hm_agent.writer import row_json
+    from hm_proto import UsageRow
+
+    row = UsageRow(
+        id="00000000-0000-4000-8000-000000000001", ts="2026-11-24T10:00:00.000Z", provider="openai",
+        model="gpt-ü", endpoint="/v1/chat/completions", status=200, stream=True, input_tokens=1,
+        output_tokens=None, cache_read_tokens=0, cache_write_tokens=None, reasoning_tokens=None,
+        cost_usd="0.1", price_version="v", latency_ms=3, ttfb_ms=None,
+    )
+    assert row_json(row) == row.to_json()

@@ -1,0 +1,256 @@
+"""Proxy overhead: the same keep-alive request sequence direct, through bare mitmdump, and through the daemon.
+
+    /work/venv/bin/python benchmarks/bench_proxy.py [--requests 5000] [--concurrency 4]
+
+Upstream is a local HTTPS server (test CA) answering an OpenAI-shaped JSON
+body, in its own process. Each client thread keeps one connection alive and
+sends POST /v1/chat/completions; for the daemon the host is configured as an
+LLM API, so every request is intercepted, tapped and written to SQLite (the
+worst case). Prints p50/p99 latency and req/s per mode, the daemon's overhead
+over bare mitmdump, the same run with db.sqlite write-locked by another
+process for 2 s, the daemon's RSS, and `halton-meter status` wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.daemon import capture_host_config, free_port, start_daemon, stop_or_kill  # noqa: E402
+from tests.support.tls import make_ca  # noqa: E402
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+UPSTREAM_SCRIPT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from tests.support.tls import CertAuthority, LocalTLSServer
+d = Path(sys.argv[2])
+ca = CertAuthority(d / "ca.pem", d / "server-chain.pem", d / "server-key.pem")
+with LocalTLSServer(ca) as srv:
+    print(srv.port, flush=True)
+    sys.stdin.read()
+"""
+
+
+def run_load(url: str, n: int, concurrency: int, proxy: str | None, verify: ssl.SSLContext,
+             keep: bool = False) -> dict[str, Any]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors = [0]
+    per_thread = n // concurrency
+
+    def worker() -> None:
+        mine: list[float] = []
+        with httpx.Client(proxy=proxy, verify=verify, timeout=30, trust_env=False) as client:
+            for _ in range(per_thread):
+                t0 = time.perf_counter()
+                r = client.post(url, json=BODY)
+                mine.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        **({"latencies": latencies, "elapsed": elapsed} if keep else {}),
+        "n": len(latencies),
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "max_ms": latencies[-1] * 1000,
+        "rps": len(latencies) / elapsed,
+        "errors": errors[0],
+    }
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, float]:
+    latencies = sorted(x for p in parts for x in p["latencies"])
+    elapsed = sum(p["elapsed"] for p in parts)
+    return {
+        "n": len(latencies),
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "max_ms": latencies[-1] * 1000,
+        "rps": len(latencies) / elapsed,
+        "errors": sum(p["errors"] for p in parts),
+    }
+
+
+def fmt(name: str, r: dict[str, float]) -> str:
+    return (f"{name:<28} p50 {r['p50_ms']:7.2f} ms   p99 {r['p99_ms']:7.2f} ms   max {r['max_ms']:7.1f} ms"
+            f"   {r['rps']:7.0f} req/s   errors {int(r['errors'])}")
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per mode")
+    args = parser.parse_args()
+    n, c = args.requests, args.concurrency
+
+    tmp = Path(tempfile.mkdtemp(prefix="hm-bench-"))
+    procs: list[subprocess.Popen[str]] = []
+    daemon = None
+    try:
+        ca = make_ca(tmp / "ca")
+        upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM_SCRIPT, str(ROOT), str(tmp / "ca")],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(upstream)
+        assert upstream.stdout is not None
+        up_port = int(upstream.stdout.readline())
+        url = f"https://localhost:{up_port}/v1/chat/completions"
+        print(f"{n} requests, {c} concurrent keep-alive connections, upstream https://localhost:{up_port} (own process)\n")
+        results: dict[str, dict[str, float]] = {}
+        direct_ctx = ssl.create_default_context(cafile=str(ca.ca_path))
+
+        # bare mitmdump (buffers responses, intercepts everything)
+        mitm_port = free_port()
+        confdir = tmp / "mitmdump"
+        mitmdump = shutil.which("mitmdump", path=str(Path(sys.executable).parent)) or "mitmdump"
+        md = subprocess.Popen([mitmdump, "-q", "--listen-host", "127.0.0.1", "--listen-port", str(mitm_port),
+                               "--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={ca.ca_path}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        procs.append(md)
+        wait_port(mitm_port)
+        md_ctx = ssl.create_default_context(cafile=str(confdir / "mitmproxy-ca-cert.pem"))
+
+        # the daemon, metering every request (the host is configured as an LLM API)
+        home = tmp / "home"
+        daemon = start_daemon(home, "asyncio", upstream_ca=ca.ca_path,
+                              extra_config=capture_host_config([f"localhost:{up_port}"]), tick_seconds=15)
+        d_ctx = ssl.create_default_context(cafile=str(daemon.ca_cert_path))
+
+        modes = {
+            "direct": (None, direct_ctx),
+            "mitmdump": (f"http://127.0.0.1:{mitm_port}", md_ctx),
+            "daemon": (daemon.proxy_url, d_ctx),
+        }
+        for proxy, ctx in modes.values():
+            run_load(url, args.warmup, c, proxy, ctx)
+        # Interleaved rounds: load from other processes on the machine hits every mode alike.
+        rounds = max(1, args.rounds)
+        per_round = max(c, n // rounds // c * c)
+        parts: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+        for _ in range(rounds):
+            for name, (proxy, ctx) in modes.items():
+                parts[name].append(run_load(url, per_round, c, proxy, ctx, keep=True))
+        labels = {"direct": "direct", "mitmdump": "bare mitmdump", "daemon": "daemon (metering)"}
+        for name in modes:
+            results[name] = merge(parts[name])
+            print(fmt(labels[name], results[name]))
+        md.terminate()
+        md.wait(10)
+        n = per_round * rounds
+        expected = args.warmup // c * c + n
+        written = daemon.wait_rows(expected, timeout=30)
+
+        # 4. the daemon while another process holds the database write lock for 2 s
+        locker = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
+             "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(2); c.execute('ROLLBACK')",
+             str(daemon.db_path)], stdout=subprocess.PIPE, text=True)
+        procs.append(locker)
+        assert locker.stdout is not None
+        locker.stdout.readline()
+        t_lock = time.perf_counter()
+        locked_n = max(c, min(n, int(results["daemon"]["rps"] * 1.8)) // c * c)  # finish inside the lock
+        results["locked"] = run_load(url, locked_n, c, daemon.proxy_url, d_ctx)
+        inside = time.perf_counter() - t_lock
+        print(fmt("daemon, DB locked 2 s", results["locked"]) + f"   ({locked_n} requests in {inside:.2f}s)")
+        locker.wait(10)
+        written_after = daemon.wait_rows(expected + locked_n, timeout=30)
+        pid = daemon.pid
+        rss = rss_mb(pid) if pid else float("nan")
+
+        # 5. status wall time
+        script = shutil.which("halton-meter", path=str(Path(sys.executable).parent)) or "halton-meter"
+
+        def wall_ms(cmd: list[str]) -> float:
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=daemon.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                times.append((time.perf_counter() - t0) * 1000)
+            return statistics.median(times)
+
+        python_ms = wall_ms([sys.executable, "-c", "pass"])
+        status_ms = wall_ms([script, "status"])
+
+        d, m, direct = results["daemon"], results["mitmdump"], results["direct"]
+        print()
+        print(f"daemon overhead over bare mitmdump: p50 {d['p50_ms'] - m['p50_ms']:+.2f} ms, "
+              f"req/s {100 * (d['rps'] / m['rps'] - 1):+.1f} %   (aim: <= 0.3 ms p50, >= -5 % req/s)")
+        print(f"mitmdump over direct: p50 {m['p50_ms'] - direct['p50_ms']:+.2f} ms, req/s x{m['rps'] / direct['rps']:.2f}")
+        print(f"DB locked 2 s: p50 {results['locked']['p50_ms']:.2f} ms (x{results['locked']['p50_ms'] / d['p50_ms']:.2f} of unlocked), "
+              f"p99 {results['locked']['p99_ms']:.2f} ms, max {results['locked']['max_ms']:.1f} ms; "
+              f"rows written {written} then {written_after} of {expected + locked_n} (none lost)")
+        print(f"daemon RSS after {expected + locked_n} metered requests: {rss:.1f} MiB")
+        print(f"`halton-meter status` wall time (median of 10): {status_ms:.0f} ms (aim < 150 ms); "
+              f"a bare `python -c pass` in the same run: {python_ms:.0f} ms")
+        print(json.dumps({k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()}))
+    finally:
+        if daemon is not None:
+            stop_or_kill(daemon)
+        for p in procs:
+            if p.poll() is None:
+                if p.stdin:
+                    p.stdin.close()
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.pop("HTTPS_PROXY", None)
+    main()
