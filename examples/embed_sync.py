@@ -25,6 +25,7 @@ from decimal import Decimal
 from hm_agent.cloudclient import CloudClientError, SyncCloudClient
 from hm_proto import (
     Approved,
+    BatchBuilder,
     CodeIssued,
     PairingClient,
     ProtocolError,
@@ -41,7 +42,6 @@ from hm_proto import (
     whoami_request,
 )
 from hm_proto import __version__ as agent_version
-from hm_proto._batch import BatchBuilder
 
 
 def pair(client: SyncCloudClient, machine_id: str, workspace: str | None) -> Approved:
