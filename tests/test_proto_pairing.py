@@ -395,3 +395,61 @@ def test_the_token_is_yielded_at_most_once(kinds: list[str]) -> None:
             tokens += 1
     assert tokens <= 1
     assert tokens == ("approved" in kinds)
+
+
+OPERATIONS = st.sampled_from(
+    [
+        "start",
+        "start_ok",
+        "start_503",
+        "start_404",
+        "poll",
+        "pending",
+        "slow_down",
+        "approved",
+        "denied",
+        "timeout",
+        "cancel",
+        "tick",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OPERATIONS, max_size=40))
+def test_any_call_sequence_follows_the_table_or_raises_local_protocol_error(ops: list[str]) -> None:
+    """Walk the transition table with arbitrary moves: nothing but LocalProtocolError escapes."""
+    client = make_client()
+    now = 0.0
+    answers: dict[str, Response | TransportFailure] = {
+        "start_ok": start_ok(expires_in=100),
+        "start_503": Response(503),
+        "start_404": reply(404, {"error": "not_found"}),
+        "pending": pending(),
+        "slow_down": slow_down(),
+        "approved": approved(),
+        "denied": reply(400, {"error": "access_denied"}),
+        "timeout": TransportFailure("timeout"),
+    }
+    for op in ops:
+        was_done = client.is_done
+        try:
+            if op == "start":
+                client.start_request()
+            elif op.startswith("start_"):
+                client.receive_start(answers[op], now)
+            elif op == "poll":
+                client.next_poll(now)
+            elif op == "cancel":
+                client.cancel()
+            elif op == "tick":
+                now += 7.0
+            else:
+                client.receive_poll(answers[op], now)
+        except LocalProtocolError:
+            pass
+        assert isinstance(client.state, PairingState)
+        if was_done:
+            assert client.is_done  # terminal states are terminal
+        if client.is_done:
+            assert client.outcome is not None and client.next_deadline() is None
