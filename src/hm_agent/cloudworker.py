@@ -18,6 +18,7 @@ sync traffic never passes through — nor is captured by — our own proxy.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ log = logging.getLogger("hm_agent.cloud")
 RECONCILE_EVERY = 24 * 3600.0
 RECONCILE_RETRY = 600.0
 BACKLOG_REFRESH = 5.0  # how often an idle worker re-counts unsynced rows
-HTTP_TIMEOUT = 30.0
+# Seconds for one request to the backend; HALTON_METER_CLOUD_TIMEOUT overrides it
+# (fault tests use a short one to provoke client timeouts).
+HTTP_TIMEOUT = float(os.environ.get("HALTON_METER_CLOUD_TIMEOUT") or 30.0)
 REVOKE_TIMEOUT = 10.0
 
 
