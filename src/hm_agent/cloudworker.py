@@ -617,7 +617,7 @@ async def _cloud_sync(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 @command("cloud.pause")
 async def _cloud_pause(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if not ctx.config.cloud_enabled:
-        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): nothing to pause")
+        raise RuntimeError("this machine is not paired (NOT-CONFIGURED), so there is nothing to pause: pair it with `halton-meter cloud connect`")
     await anyio.to_thread.run_sync(lambda: ctx.store.set_cloud_state(paused=1, paused_reason="user"))
     SERVICE.paused_by_user = True
     ctx.wake()

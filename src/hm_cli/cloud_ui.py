@@ -1,29 +1,23 @@
-"""Printing helpers shared by every command: bullets, spinners, one-line errors."""
+"""Printing helpers of the `cloud` commands: the page's ● bullets, spinners, relative times."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import NoReturn
 
-from rich.console import Console
+from hm_cli._ui import console as _console
+from hm_cli._ui import fail
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+__all__ = ["bullet", "console", "fail", "relative_time", "spinner"]
+
+console = _console()
 
 
 def bullet(text: str, *, ok: bool = False, colour: str | None = None) -> None:
     colour = colour or ("green" if ok else "cyan")
     console.print(f"[{colour}]●[/] {text}")
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """One line on stderr that says what happened and what to do, then exit."""
-    err_console.print(f"[red]✗[/] {message}")
-    sys.exit(code)
 
 
 @contextmanager
