@@ -436,3 +436,30 @@ def test_wrong_codes_are_limited_per_account_and_per_address(tmp_path: Path) -> 
         assert server.approve(started["user_code"], "daveco", dave_same_address).status_code == 429
         dave = login(server, "dave@example.com", "127.0.0.4")
         assert server.approve(started["user_code"], "daveco", dave).status_code == 200
+
+
+def test_session_cookie_is_httponly_lax_and_login_never_redirects_off_site(
+    cloud: CloudServer,
+) -> None:
+    client = cloud.client()
+    page = client.get("/login")
+    cookie = page.headers["set-cookie"].lower()
+    assert "hm_session=" in cookie and "httponly" in cookie and "samesite=lax" in cookie
+    csrf = cloud.csrf(client, "/login")
+    for target, landing in (
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/"),
+        ("/acme/settings/devices", "/acme/settings/devices"),
+    ):
+        client.cookies.clear()
+        csrf = cloud.csrf(client, "/login")
+        answer = client.post(
+            "/login",
+            params={"next": target},
+            data={"email": "alice@example.com", "password": PASSWORD, "csrf_token": csrf},
+        )
+        assert answer.status_code == 303 and answer.headers["location"] == landing
+    wrong = client.post(
+        "/login", data={"email": "alice@example.com", "password": "nope-nope", "csrf_token": csrf}
+    )
+    assert wrong.status_code in (400, 403)

@@ -107,7 +107,7 @@ def _safe_next(target: str | None, default: str) -> str:
     if (
         not target
         or not target.startswith("/")
-        or target.startswith("//")
+        or target.startswith(("//", "/\\"))
         or urlsplit(target).netloc
     ):
         return default

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
@@ -114,9 +114,11 @@ def create_user(
         ).first()
         if ws is not None and not join_existing_workspace:
             raise SignupError(f"the workspace name '{workspace_slug}' is taken: choose another")
-        user_id = conn.execute(
+        inserted = conn.execute(
             users.insert().values(email=email, password_hash=password_hash, created_at=now)
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert inserted is not None
+        user_id = inserted[0]
         if ws is None:
             workspace = Workspace(str(uuid.uuid4()), workspace_slug, workspace_name)
             conn.execute(
@@ -204,6 +206,14 @@ def create_pairing(
 ) -> bool:
     """Store a pairing request; False if ``user_code`` collides with a live one."""
     with engine.begin() as conn:
+        # Housekeeping: a token nobody collected before its code expired is
+        # wiped, and day-old requests are dropped.
+        conn.execute(
+            update(pairings)
+            .where(pairings.c.expires_at <= now, pairings.c.token_plain.is_not(None))
+            .values(token_plain=None)
+        )
+        conn.execute(delete(pairings).where(pairings.c.expires_at <= now - 86400))
         live = conn.execute(
             select(pairings.c.device_code_hash).where(
                 pairings.c.user_code == user_code, pairings.c.expires_at > now
@@ -523,6 +533,7 @@ def ingest(
             # Hot path: one executemany on the driver, in this same transaction;
             # the connection's change counter says how many rows were new.
             raw = conn.connection.driver_connection
+            assert raw is not None
             before = raw.total_changes
             raw.executemany(_SQLITE_INSERT, [tuple(v[c] for c in _ROW_COLUMNS) for v in values])
             accepted = raw.total_changes - before
