@@ -46,6 +46,7 @@ class Rig:
     mitm_ca: Path
     upstream: FakeProviders
     daemon: Daemon
+    upstream_h2: FakeProviders  # offers HTTP/2 by ALPN
 
     def http(self, **kwargs: Any) -> httpx.Client:
         trust = ssl.create_default_context(cafile=str(self.mitm_ca))
@@ -88,11 +89,11 @@ class Rig:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     base = tmp_path_factory.mktemp("capture-e2e")
     ca = make_test_ca(base / "upstream-ca")
-    with FakeProviders(ca) as upstream, running_daemon(
+    with FakeProviders(ca) as upstream, FakeProviders(ca, http2=True) as upstream_h2, running_daemon(
         base / "hm-home", upstream_ca=ca.ca_pem,
-        extra_config=capture_host_config([f"localhost:{upstream.port}"]),
+        extra_config=capture_host_config([f"localhost:{upstream.port}", f"localhost:{upstream_h2.port}"]),
     ) as daemon:
-        yield Rig(daemon.home, daemon.proxy_url, daemon.ca_cert_path, upstream, daemon)
+        yield Rig(daemon.home, daemon.proxy_url, daemon.ca_cert_path, upstream, daemon, upstream_h2)
 
 
 # -- the calls, one per dialect x mode ---------------------------------------------
@@ -299,6 +300,42 @@ def test_error_response_is_a_row_with_status_and_no_tokens(rig: Rig) -> None:
     row = rig.next_row(before)
     assert row["status"] == 429 and row["cost_usd"] is None
     assert all(row[f] is None for f in TOKENS)
+
+
+def test_a_retried_call_is_two_rows(rig: Rig) -> None:
+    """The provider billed (or refused) each attempt: one row per upstream response."""
+    before = rig.ids()
+    client = openai.OpenAI(api_key=OPENAI_KEY, base_url=f"{rig.upstream.base_url}/v1",
+                           http_client=rig.http(), max_retries=1)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="error-rate", messages=[])
+    deadline = time.monotonic() + 10
+    while len(rig.ids() - before) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rows = [r for r in rig.rows() if r["id"] not in before]
+    assert [r["status"] for r in rows] == [429, 429]
+
+
+@pytest.mark.parametrize("name", ["openai_chat_stream.sse", "anthropic_messages_stream.sse",
+                                  "gemini_stream.sse", "openai_chat.json"])
+def test_http2_capable_client_and_upstream(rig: Rig, name: str) -> None:
+    """Both ends offer h2 by ALPN. With the daemon's lazy connection strategy
+    mitmproxy 11 answers the client in HTTP/1.1 before it has seen upstream,
+    and then speaks HTTP/1.1 upstream too; with `eager` both legs are HTTP/2.
+    Either way the tap sees the same bytes: the row must be exact."""
+    spec = EXPECTED[name]
+    rig.upstream_h2.encoding = "gzip"
+    before = rig.ids()
+    path = spec["path"] + ("?alt=sse" if spec.get("query") else "")
+    with rig.http(http2=True) as client, client.stream(
+        "POST", f"{rig.upstream_h2.base_url}{path}", json=spec["request"],
+        headers={"authorization": f"Bearer {OPENAI_KEY}"},
+    ) as response:
+        assert response.http_version in ("HTTP/1.1", "HTTP/2")
+        assert response.status_code == 200
+        response.read()
+    check_row(rig.next_row(before), name)
+    assert rig.upstream_h2.seen[-1].fixture == name
 
 
 def test_client_disconnect_mid_stream_is_incomplete(rig: Rig) -> None:

@@ -165,6 +165,7 @@ class FakeProviders:
     ca: TestCA
     encoding: str = ""  # "", "gzip", "br" or "zstd" (only when the client accepts it)
     hold_after_first: bool = False
+    http2: bool = False  # offer h2 by ALPN (then HTTP/2 is served when the client picks it)
     seen: list[Seen] = field(default_factory=list)
     _release: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
@@ -192,7 +193,7 @@ class FakeProviders:
         owner = self
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.ca.cert_pem, self.ca.key_pem)
-        context.set_alpn_protocols(["http/1.1"])
+        context.set_alpn_protocols(["h2", "http/1.1"] if self.http2 else ["http/1.1"])
 
         class Handler(_Handler):
             providers = owner
@@ -221,6 +222,57 @@ class FakeProviders:
         self.stop()
 
 
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    pieces: list[bytes]  # the body as written: already content-encoded, one piece per event
+    stream: bool
+
+
+def make_reply(providers: FakeProviders, target: str, headers: dict[str, str], raw: bytes) -> tuple[Reply, Seen]:
+    """What the fake answers (the same for HTTP/1.1 and HTTP/2)."""
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    url = urlsplit(target)
+    dialect, fixture = route(url.path, body, parse_qs(url.query))
+    seen = Seen("POST", url.path, headers, body, fixture)
+    providers.seen.append(seen)
+    json_type = ("content-type", "application/json")
+    if fixture == "":
+        return Reply(404, [json_type], [b'{"error":{"message":"not found"}}'], False), seen
+    model = str(body.get("model", ""))
+    if model.startswith("error-") or "error-" in url.path:
+        error = json.dumps(ERROR_BODIES[dialect]).encode()
+        return Reply(429, [json_type, ("retry-after-ms", "5"), ("retry-after", "0")], [error], False), seen
+    wanted = providers.encoding
+    encoding = wanted if wanted and wanted in headers.get("accept-encoding", "") else ""
+    data = (FIXTURES / fixture).read_bytes()
+    if model.startswith("acme-") and fixture.endswith(".json"):  # a model no price list knows
+        doc = json.loads(data)
+        doc["model"] = model
+        data = json.dumps(doc).encode()
+    extra = [("content-encoding", encoding)] if encoding else []
+    encoder = _Encoder(encoding)
+    if fixture.endswith(".sse") or fixture == "gemini_stream.json":
+        events = sse_events(data) if fixture.endswith(".sse") else gemini_array_chunks(data)
+        content_type = "text/event-stream" if fixture.endswith(".sse") else "application/json"
+        pieces = [encoder.piece(event) for event in events]
+        pieces[-1] += encoder.end()
+        return Reply(200, [("content-type", content_type), ("cache-control", "no-cache"), *extra],
+                     pieces, True), seen
+    return Reply(200, [json_type, *extra], [encoder.piece(data) + encoder.end()], False), seen
+
+
+def _hold_between(providers: FakeProviders, seen: Seen, index: int) -> None:
+    seen.events_sent = index + 1
+    if index == 0 and providers.hold_after_first:
+        seen.held_until_released = providers._release.wait(10)
+
+
 class _Handler(BaseHTTPRequestHandler):
     providers: FakeProviders
     protocol_version = "HTTP/1.1"
@@ -231,85 +283,88 @@ class _Handler(BaseHTTPRequestHandler):
         # a small event back until the previous one is acknowledged.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def handle(self) -> None:
+        if getattr(self.connection, "selected_alpn_protocol", lambda: None)() == "h2":
+            _serve_h2(self.providers, self.connection)
+        else:
+            super().handle()
+
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
-            body = {}
-        url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        dialect, fixture = route(url.path, body, query)
-        seen = Seen("POST", url.path, {k.lower(): v for k, v in self.headers.items()}, body, fixture)
-        self.providers.seen.append(seen)
-        if fixture == "":
-            self._send_json(404, {"error": {"message": "not found"}}, "")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply, seen = make_reply(self.providers, self.path, headers, raw)
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        if not reply.stream:
+            self.send_header("content-length", str(len(reply.pieces[0])))
+            self.end_headers()
+            self.wfile.write(reply.pieces[0])
+            self.wfile.flush()
             return
-        model = str(body.get("model", ""))
-        if model.startswith("error-") or "error-" in url.path:
-            self._send_json(429, ERROR_BODIES[dialect], "")
-            return
-        encoding = self._pick_encoding()
-        data = (FIXTURES / fixture).read_bytes()
-        if model.startswith("acme-") and fixture.endswith(".json"):  # a model no price list knows
-            doc = json.loads(data)
-            doc["model"] = model
-            data = json.dumps(doc).encode()
-        if fixture.endswith(".sse"):
-            self._send_stream(sse_events(data), "text/event-stream", encoding, seen)
-        elif fixture == "gemini_stream.json":
-            self._send_stream(gemini_array_chunks(data), "application/json", encoding, seen)
-        else:
-            self._send_json(200, data, encoding)
-
-    def _pick_encoding(self) -> str:
-        wanted = self.providers.encoding
-        accepted = self.headers.get("accept-encoding", "")
-        return wanted if wanted and wanted in accepted else ""
-
-    def _send_json(self, status: int, payload: Any, encoding: str) -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        if encoding:
-            encoder = _Encoder(encoding)
-            data = encoder.piece(data) + encoder.end()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        if encoding:
-            self.send_header("Content-Encoding", encoding)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
-
-    def _send_stream(self, pieces: list[bytes], content_type: str, encoding: str, seen: Seen) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        if encoding:
-            self.send_header("Content-Encoding", encoding)
-        self.end_headers()
-        encoder = _Encoder(encoding)
         try:
-            for index, piece in enumerate(pieces):
-                self._chunk(encoder.piece(piece))
-                seen.events_sent = index + 1
-                if index == 0 and self.providers.hold_after_first:
-                    seen.held_until_released = self.providers._release.wait(10)
-            self._chunk(encoder.end())
+            for index, piece in enumerate(reply.pieces):
+                if piece:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                _hold_between(self.providers, seen, index)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True  # the client hung up (the openai SDK does so after [DONE])
 
-    def _chunk(self, data: bytes) -> None:
-        if data:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
+
+def _serve_h2(providers: FakeProviders, sock: Any) -> None:
+    """HTTP/2 (negotiated by ALPN): requests answered one after another."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    requests: dict[int, tuple[dict[str, str], bytearray]] = {}
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    requests[event.stream_id] = ({str(k): str(v) for k, v in event.headers}, bytearray())
+                elif isinstance(event, h2.events.DataReceived):
+                    requests[event.stream_id][1].extend(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    headers, body = requests.pop(event.stream_id)
+                    _answer_h2(providers, conn, sock, event.stream_id, headers, bytes(body))
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    return
+            sock.sendall(conn.data_to_send())
+    except (OSError, ssl.SSLError):
+        return
+
+
+def _answer_h2(providers: FakeProviders, conn: Any, sock: Any, stream_id: int,
+               headers: dict[str, str], body: bytes) -> None:
+    reply, seen = make_reply(providers, headers.get(":path", "/"), headers, body)
+    conn.send_headers(stream_id, [(":status", str(reply.status)), *reply.headers])
+    sock.sendall(conn.data_to_send())
+    frame = conn.max_outbound_frame_size
+    for index, piece in enumerate(reply.pieces):
+        for start in range(0, len(piece), frame):
+            conn.send_data(stream_id, piece[start : start + frame])
+            sock.sendall(conn.data_to_send())
+        if reply.stream:
+            _hold_between(providers, seen, index)
+    conn.end_stream(stream_id)
+    sock.sendall(conn.data_to_send())
 
 
 def route(path: str, body: dict[str, Any], query: dict[str, list[str]]) -> tuple[str, str]:
