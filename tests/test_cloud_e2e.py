@@ -335,3 +335,43 @@ def test_second_machine_joins_the_same_dashboard(cloud: CloudServer, ca: CertAut
     by_machine = dashboard.split('id="machines-h"', 1)[1].split("</section>", 1)[0]
     # Both laptops share this test machine's hostname: two rows, one per machine id.
     assert by_machine.count(f">{socket.gethostname()}<") == 2, by_machine
+
+
+def _expire_code(cloud: CloudServer, code: str) -> None:
+    """Move the code's expiry into the past in the backend's own database."""
+    db = cloud.db_url.removeprefix("sqlite:///")
+    with sqlite3.connect(db, timeout=10) as conn:
+        conn.execute("UPDATE pairings SET expires_at = 0 WHERE user_code = ?", (code.replace("-", ""),))
+
+
+def test_expired_denied_and_cancelled_pairings_leave_nothing_behind(cloud: CloudServer, tmp_path: Path) -> None:
+    import signal
+
+    home = tmp_path / "home"
+    with running_daemon(home) as d:
+        leftovers = ("cloud-credentials.json", "cloud.key")
+
+        proc, code, _ = start_connect(d, cloud)
+        _expire_code(cloud, code)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1
+        assert "expired" in err and "cloud connect" in err and "fresh code" in err
+
+        proc, code, _ = start_connect(d, cloud)
+        session = cloud.login_session("vk@example.com", PASSWORD)
+        assert cloud.approve(code, "acme-co", session, decision="deny").status_code == 200
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "denied" in err
+
+        proc, code, _ = start_connect(d, cloud)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, (out, err)
+        assert "Cancelled" in out and "Traceback" not in err
+        # The daemon stopped polling: approving the abandoned code now pairs nothing.
+        cloud.approve(code, "acme-co", session)
+        time.sleep(1.0)
+        for name in leftovers:
+            assert not (home / name).exists()
+        assert cloud_status(d)["state"] == "NOT-CONFIGURED"
+        assert "enabled = false" in (home / "config.toml").read_text()
