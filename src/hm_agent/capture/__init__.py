@@ -87,6 +87,7 @@ def _call_info(
         model = unquote(deployment.group(1)) if deployment else None
     return CallInfo(
         dialect=dialect,
+        kind=kind,
         provider=route.provider,
         host=host.lower(),
         endpoint=path,  # never the query: Gemini keys travel in ?key=

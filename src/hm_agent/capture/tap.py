@@ -53,6 +53,7 @@ class CallInfo:
     """What open_call learnt from the request (no prompt, no key)."""
 
     dialect: str
+    kind: str  # chat, responses, completions, embeddings, messages, generateContent, ...
     provider: str
     host: str
     endpoint: str
@@ -64,7 +65,7 @@ class CallInfo:
 class CallTap:
     __slots__ = (
         "info", "status", "_reader", "_decoder", "_sse", "_body", "_mode",
-        "_unparsed", "_finished", "_result", "_bytes_in", "_decoded_any",
+        "_unparsed", "_finished", "_result", "_bytes_in", "_decoded_any", "_needs_terminal",
     )
 
     def __init__(self, info: CallInfo) -> None:
@@ -73,6 +74,9 @@ class CallTap:
         self._reader: DialectReader = READERS[info.dialect]()
         if info.dialect == "gemini":
             self._reader.model = info.model
+        # Streams that always end with a terminal event (message_stop,
+        # response.completed): one that ends without it was cut short upstream.
+        self._needs_terminal = info.kind in ("messages", "responses")
         self._decoder: ChunkDecoder | None = None
         self._sse: SseSplitter | None = None
         self._body: BoundedBuffer | None = None
@@ -160,6 +164,8 @@ class CallTap:
             self._reader.finish_stream()
             if self._reader.terminal:
                 complete = True  # the SDK hung up after [DONE]: that is a whole call
+            elif self._needs_terminal:
+                complete = False  # e.g. Anthropic's mid-stream overloaded_error
         elif self._mode == "json" and self._body is not None and self._body.total:
             whole = self._body.whole()
             doc = loads(whole) if whole is not None else None

@@ -1,0 +1,133 @@
+"""The building blocks of the taps: SSE splitting, bounded buffers, decoders."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import brotli
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hm_agent.capture import open_call
+from hm_agent.capture.bounded import (
+    FULL_LIMIT,
+    HEAD_LIMIT,
+    TAIL_LIMIT,
+    BoundedBuffer,
+    first_string_for_key,
+    last_object_for_key,
+)
+from hm_agent.capture.decoding import DecodeError, decoder_for
+from hm_agent.capture.sse import SseEvent, SseSplitter
+
+STREAM = (
+    b"event: a\ndata: 1\n\n"
+    b": a comment\ndata: two\ndata: lines\n\n"
+    b"id: 7\nretry: 10\nevent: b\ndata:no-space\n\n"
+    b"event: empty\n\n"
+    b"data: last-without-blank-line"
+)
+WANT = [SseEvent("a", b"1"), SseEvent(None, b"two\nlines"), SseEvent("b", b"no-space"),
+        SseEvent(None, b"last-without-blank-line")]
+
+
+def split_all(pieces: list[bytes]) -> list[SseEvent]:
+    splitter = SseSplitter()
+    events = [e for p in pieces for e in splitter.feed(p)]
+    return events + splitter.close()
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_sse_fields_and_line_endings(newline: bytes) -> None:
+    body = STREAM.replace(b"\n", newline)
+    assert split_all([body]) == WANT
+    assert split_all([body[i : i + 1] for i in range(len(body))]) == WANT
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=20), st.booleans())
+def test_sse_any_split(cuts: list[int], crlf: bool) -> None:
+    body = STREAM.replace(b"\n", b"\r\n") if crlf else STREAM
+    points = sorted(set(c % (len(body) + 1) for c in cuts)) + [len(body)]
+    pieces, start = [], 0
+    for point in points:
+        pieces.append(body[start:point])
+        start = point
+    assert split_all(pieces) == WANT
+
+
+def test_sse_markers_skip_other_events() -> None:
+    splitter = SseSplitter()
+    body = b"data: {\"x\":1}\n\ndata: {\"usage\":{\"a\":1}}\n\ndata: {\"y\":2}\n\n"
+    assert splitter.feed(body, (b'"usage"',)) == [SseEvent(None, b'{"usage":{"a":1}}')]
+    splitter = SseSplitter()
+    body = b"data: u1\n\ndata: u2\n\ndata: other\n\n"
+    assert splitter.feed(body, (b"u",), last_only=True) == [SseEvent(None, b"u2")]
+
+
+def test_sse_oversized_event_keeps_head_and_tail() -> None:
+    splitter = SseSplitter()
+    big = b"event: huge\ndata: {\"model\":\"m\",\"x\":\"" + b"x" * (FULL_LIMIT + 10) + b"\",\"usage\":{\"n\":3}}"
+    events = []
+    for i in range(0, len(big), 65536):
+        events += splitter.feed(big[i : i + 65536])
+    events += splitter.feed(b"\n\ndata: next\n\n")
+    assert [e.name for e in events] == ["huge", None]
+    buf = events[0].oversized
+    assert buf is not None and buf.truncated
+    assert last_object_for_key(buf.tail(), "usage") == {"n": 3}
+    assert first_string_for_key(buf.head(), "model") == "m"
+    assert events[1].data == b"next"
+
+
+def test_bounded_buffer_limits() -> None:
+    buf = BoundedBuffer()
+    piece = b"0123456789" * 6553
+    while buf.total <= 3 * FULL_LIMIT:
+        buf.append(piece)
+    assert buf.truncated and buf.whole() is None
+    assert len(buf.head()) == HEAD_LIMIT and len(buf.tail()) == TAIL_LIMIT
+    assert buf.tail().endswith(piece[-100:])
+
+
+def test_usage_inside_strings_is_not_taken() -> None:
+    doc = json.dumps({"text": 'say "usage": {"prompt_tokens": 999}', "usage": {"prompt_tokens": 5}}).encode()
+    assert last_object_for_key(doc, "usage") == {"prompt_tokens": 5}
+    tricky = json.dumps({"usage": {"prompt_tokens": 5}, "text": 'a "usage": {"prompt_tokens": 999} b'}).encode()
+    assert last_object_for_key(tricky, "usage") == {"prompt_tokens": 5}
+
+
+@pytest.mark.parametrize("encoding,pack", [
+    ("gzip", gzip.compress),
+    ("br", brotli.compress),
+    ("zstd", zstandard.ZstdCompressor().compress),
+])
+def test_decoders_byte_by_byte(encoding: str, pack: object) -> None:
+    body = b"data: hello\n\n" * 1000
+    packed = pack(body)  # type: ignore[operator]
+    decoder = decoder_for(encoding)
+    assert b"".join(decoder.decode(packed[i : i + 1]) for i in range(len(packed))) == body
+
+
+def test_stacked_and_unknown_encodings() -> None:
+    body = b'{"a": 1}'
+    packed = brotli.compress(gzip.compress(body))
+    assert decoder_for("gzip, br").decode(packed) == body
+    with pytest.raises(DecodeError):
+        decoder_for("compress")
+    with pytest.raises(DecodeError):
+        decoder_for("gzip").decode(b"not gzip at all")
+
+
+def test_anthropic_stream_ending_in_an_error_event_is_incomplete() -> None:
+    tap = open_call("api.anthropic.com", "POST", "/v1/messages", "", {}, b'{"model":"claude-sonnet-4-5","stream":true}')
+    assert tap is not None
+    tap.response_headers(200, {"content-type": "text/event-stream"})
+    tap.feed(b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-sonnet-4-5",'
+             b'"usage":{"input_tokens":40,"output_tokens":1}}}\n\n'
+             b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n')
+    usage = tap.finish(True)
+    assert usage.flags == {"incomplete"} and usage.input_tokens == 40 and usage.output_tokens is None
