@@ -131,3 +131,16 @@ def test_anthropic_stream_ending_in_an_error_event_is_incomplete() -> None:
              b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n')
     usage = tap.finish(True)
     assert usage.flags == {"incomplete"} and usage.input_tokens == 40 and usage.output_tokens is None
+
+
+def test_gemini_json_array_stream_cut_short_keeps_the_last_usage() -> None:
+    tap = open_call("generativelanguage.googleapis.com", "POST",
+                    "/v1beta/models/gemini-2.5-flash:streamGenerateContent", "", {}, b"{}")
+    assert tap is not None
+    tap.response_headers(200, {"content-type": "application/json"})
+    tap.feed(b'[{"candidates":[{"content":{"parts":[{"text":"Hi"}]}}],'
+             b'"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":1,"totalTokenCount":10}}\n,\n'
+             b'{"candidates":[{"content":{"parts":[{"text":" the')
+    usage = tap.finish(False)
+    assert (usage.input_tokens, usage.output_tokens, usage.flags) == (9, 1, frozenset({"incomplete"}))
+    assert usage.model == "gemini-2.5-flash" and usage.stream

@@ -76,8 +76,6 @@ def _call_info(
     model = request.get("model")
     model = model if isinstance(model, str) and model else None
     stream = request.get("stream") is True
-    stream_options = request.get("stream_options")
-    asked_for_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
     if dialect == "gemini":
         match = _GEMINI_METHOD.search(unquote(clean))
         model = match.group(1) if match else None
@@ -93,7 +91,6 @@ def _call_info(
         endpoint=path,  # never the query: Gemini keys travel in ?key=
         model=model,
         stream=stream,
-        asked_for_usage=asked_for_usage,
     )
 
 

@@ -59,7 +59,6 @@ class CallInfo:
     endpoint: str
     model: str | None
     stream: bool
-    asked_for_usage: bool  # OpenAI chat/completions: stream_options.include_usage
 
 
 class CallTap:
