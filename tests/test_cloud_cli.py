@@ -137,3 +137,14 @@ def test_create_user(tmp_path: Path) -> None:
         ),
         "at least 8 characters",
     )
+
+
+def test_listening_socket_is_tcp_so_responses_are_not_nagled() -> None:
+    """asyncio sets TCP_NODELAY on accepted sockets only if the listener says TCP."""
+    from hm_cloud.cli import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

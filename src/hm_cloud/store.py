@@ -24,6 +24,9 @@ from .db import devices, memberships, pairings, settings, tokens, usage_rows, us
 
 NANOS = Decimal(1_000_000_000)
 _ROW_COLUMNS = [c.name for c in usage_rows.columns]
+assert (
+    _ROW_COLUMNS[:3] == ["workspace_id", "id", "machine_id"] and _ROW_COLUMNS[-1] == "received_at"
+)
 _SQLITE_INSERT = (
     f"INSERT INTO usage_rows ({', '.join(_ROW_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)}) ON CONFLICT DO NOTHING"
@@ -502,30 +505,32 @@ def ingest(
     """Store a batch atomically; rows the workspace already holds are duplicates."""
     if not rows:
         return 0, 0
+    ws_id, machine_id = device.workspace.id, device.machine_id
+    # Tuples in table-column order (the order of _ROW_COLUMNS).
     values = [
-        {
-            "workspace_id": device.workspace.id,
-            "id": r.id,
-            "machine_id": device.machine_id,
-            "ts": r.ts,
-            "day": r.day,
-            "provider": r.provider,
-            "model": r.model,
-            "endpoint": r.endpoint,
-            "status": r.status,
-            "stream": r.stream,
-            "input_tokens": r.input_tokens,
-            "output_tokens": r.output_tokens,
-            "cache_read_tokens": r.cache_read_tokens,
-            "cache_write_tokens": r.cache_write_tokens,
-            "reasoning_tokens": r.reasoning_tokens,
-            "cost_usd": r.cost_usd,
-            "cost_nanos": _cost_nanos(r.cost_usd),
-            "price_version": r.price_version,
-            "latency_ms": r.latency_ms,
-            "ttfb_ms": r.ttfb_ms,
-            "received_at": now,
-        }
+        (
+            ws_id,
+            r.id,
+            machine_id,
+            r.ts,
+            r.day,
+            r.provider,
+            r.model,
+            r.endpoint,
+            r.status,
+            r.stream,
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_read_tokens,
+            r.cache_write_tokens,
+            r.reasoning_tokens,
+            r.cost_usd,
+            _cost_nanos(r.cost_usd),
+            r.price_version,
+            r.latency_ms,
+            r.ttfb_ms,
+            now,
+        )
         for r in rows
     ]
     with engine.begin() as conn:
@@ -535,12 +540,13 @@ def ingest(
             raw = conn.connection.driver_connection
             assert raw is not None
             before = raw.total_changes
-            raw.executemany(_SQLITE_INSERT, [tuple(v[c] for c in _ROW_COLUMNS) for v in values])
+            raw.executemany(_SQLITE_INSERT, values)
             accepted = raw.total_changes - before
         else:
             stmt = postgresql.insert(usage_rows).on_conflict_do_nothing()
             # RETURNING tells exactly which rows were new, also under concurrency.
-            accepted = len(conn.execute(stmt.returning(usage_rows.c.id), values).all())
+            params = [dict(zip(_ROW_COLUMNS, v, strict=True)) for v in values]
+            accepted = len(conn.execute(stmt.returning(usage_rows.c.id), params).all())
         conn.execute(
             update(devices)
             .where(devices.c.id == device.device_id)
