@@ -38,6 +38,7 @@ class DialectReader:
     # event); with last_only, only the last such event of a chunk matters.
     markers: tuple[bytes, ...] | None = None
     last_only = False
+    kind = ""  # the endpoint kind, set by the tap
 
     def __init__(self) -> None:
         self.model: str | None = None
@@ -57,22 +58,26 @@ class DialectReader:
         """End of an SSE body: resolve anything kept raw."""
 
 
-_OPENAI_MARKERS = (
-    b'"usage":{', b'"usage": {', b"[DONE]",
-    b"response.completed", b"response.incomplete", b"response.failed",
-)
+# Each marker is one C-level scan of every chunk: keep the lists short.
+_CHAT_MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]")
+_RESPONSES_MARKERS = (b"response.completed", b"response.incomplete", b"response.failed")
 
 
 class OpenAIReader(DialectReader):
     """Chat Completions, Completions, Embeddings and the Responses API.
 
     Every event is read until the model is known (the first one names it);
-    after that only events carrying a usage object or the end of the stream.
+    after that only events carrying a usage object or the end of the stream
+    (the Responses API: its terminal events, which carry the usage).
     """
+
+    kind = "chat"
 
     @property  # type: ignore[override]
     def markers(self) -> tuple[bytes, ...] | None:
-        return None if self.model is None else _OPENAI_MARKERS
+        if self.model is None:
+            return None
+        return _RESPONSES_MARKERS if self.kind == "responses" else _CHAT_MARKERS
 
     def on_event(self, event: SseEvent) -> None:
         if event.oversized is not None:  # e.g. response.completed echoing a huge output

@@ -71,6 +71,7 @@ class CallTap:
         self.info = info
         self.status = 0
         self._reader: DialectReader = READERS[info.dialect]()
+        self._reader.kind = info.kind
         if info.dialect == "gemini":
             self._reader.model = info.model
         # Streams that always end with a terminal event (message_stop,
