@@ -106,6 +106,7 @@ def test_sign_up_approve_see_and_revoke_a_device(
     ):
         expect(page.locator("dl.facts")).to_contain_text(shown)
     expect(page.get_by_label("Workspace")).to_have_value("team-rocket")
+    screenshot(page, tmp_path, "connect-phone")
     page.get_by_role("button", name="Approve").click()
     expect(page.get_by_role("heading", name="Machine approved")).to_be_visible()
     poller.join(10)
