@@ -15,7 +15,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from .writer import CapturedCall, RowWriter
@@ -26,7 +25,23 @@ _TAP_KEY = "hm_call"
 
 
 def rfc3339_ms(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """``2026-11-25T14:53:26.123Z`` (UTC, milliseconds)."""
+    millis = int(epoch * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+
+
+def plain_headers(headers: Any) -> dict[str, str]:
+    """mitmproxy Headers as a plain dict with lower-case names (repeats joined by ", ").
+
+    Reading mitmproxy's Headers name by name is slow (each lookup scans and
+    decodes every field); the tap reads them all, so decode once from the raw fields.
+    """
+    out: dict[str, str] = {}
+    for raw_name, raw_value in headers.fields:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
 
 
 def host_key(host: str, port: int) -> str:
@@ -104,7 +119,7 @@ class MeterAddon:
         try:
             tap = open_call(
                 host_key(req.host, req.port), req.method, path, query,
-                req.headers, req.raw_content or b"", self.config,
+                plain_headers(req.headers), req.raw_content or b"", self.config,
             )
         except Exception:
             self.tap_errors += 1
@@ -121,7 +136,7 @@ class MeterAddon:
             return
         call.ttfb_ms = int((time.time() - call.started) * 1000)
         try:
-            call.tap.response_headers(flow.response.status_code, flow.response.headers)
+            call.tap.response_headers(flow.response.status_code, plain_headers(flow.response.headers))
         except Exception:
             call.broken = True
             self.tap_errors += 1

@@ -290,6 +290,13 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
         log.warning("could not write %s: %s", hp.ca_bundle, exc)
     ctx.supervisor = Supervisor(load_components())
     sock_path = hp.control_socket
+    # Everything imported so far (mitmproxy, price tables, anyio) lives as long as
+    # the process: move it out of the collector's sight, so collections triggered
+    # by per-request garbage do not rescan it on the proxy thread.
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
     async def async_main() -> None:
         sock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
