@@ -144,3 +144,36 @@ def test_gemini_json_array_stream_cut_short_keeps_the_last_usage() -> None:
     usage = tap.finish(False)
     assert (usage.input_tokens, usage.output_tokens, usage.flags) == (9, 1, frozenset({"incomplete"}))
     assert usage.model == "gemini-2.5-flash" and usage.stream
+
+
+@pytest.mark.parametrize("kind", ["sse", "json"])
+def test_memory_stays_bounded_for_a_huge_response(kind: str) -> None:
+    import tracemalloc
+
+    if kind == "sse":
+        tap = open_call("api.openai.com", "POST", "/v1/chat/completions", "", {},
+                        b'{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}')
+        event = b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"' + b"w" * 400 + b'"}}],"usage":null}\n\n'
+        end = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\ndata: [DONE]\n\n'
+        content_type = "text/event-stream"
+    else:
+        tap = open_call("api.openai.com", "POST", "/v1/embeddings", "", {}, b'{"model":"text-embedding-3-large"}')
+        event = b'{"object":"embedding","embedding":[' + b"0.0123456," * 60 + b'0.1]},'
+        end = b'{"index":0}],"model":"text-embedding-3-large","usage":{"prompt_tokens":3,"total_tokens":3}}'
+        content_type = "application/json"
+    assert tap is not None
+    tap.response_headers(200, {"content-type": content_type})
+    chunk = event * (65536 // len(event))
+    tracemalloc.start()
+    try:
+        if kind == "json":
+            tap.feed(b'{"object":"list","data":[')
+        for _ in range(40 * 1024 * 1024 // len(chunk)):  # 40 MB through the tap
+            tap.feed(chunk)
+        tap.feed(end)
+        usage = tap.finish(True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert usage.input_tokens == 3 and usage.flags == frozenset()
+    assert peak < 12 * 1024 * 1024, peak
