@@ -119,6 +119,14 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process: load on the machine changes it far less than wall time."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -172,6 +180,8 @@ def main() -> None:
             "mitmdump": (f"http://127.0.0.1:{mitm_port}", md_ctx),
             "daemon": (daemon.proxy_url, d_ctx),
         }
+        proxy_pids = {"direct": None, "mitmdump": md.pid, "daemon": daemon.pid}
+        cpu_used = dict.fromkeys(modes, 0.0)
         for proxy, ctx in modes.values():
             run_load(url, args.warmup, c, proxy, ctx)
         # Interleaved rounds: load from other processes on the machine hits every mode alike.
@@ -180,11 +190,15 @@ def main() -> None:
         parts: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
         for _ in range(rounds):
             for name, (proxy, ctx) in modes.items():
+                before = cpu_seconds(proxy_pids[name])
                 parts[name].append(run_load(url, per_round, c, proxy, ctx, keep=True))
+                cpu_used[name] += cpu_seconds(proxy_pids[name]) - before
         labels = {"direct": "direct", "mitmdump": "bare mitmdump", "daemon": "daemon (metering)"}
         for name in modes:
             results[name] = merge(parts[name])
-            print(fmt(labels[name], results[name]))
+            results[name]["proxy_cpu_ms_per_req"] = cpu_used[name] * 1000 / results[name]["n"]
+            cpu_note = f"   proxy CPU {results[name]['proxy_cpu_ms_per_req']:.3f} ms/req" if proxy_pids[name] else ""
+            print(fmt(labels[name], results[name]) + cpu_note)
         md.terminate()
         md.wait(10)
         n = per_round * rounds
@@ -228,6 +242,8 @@ def main() -> None:
         print()
         print(f"daemon overhead over bare mitmdump: p50 {d['p50_ms'] - m['p50_ms']:+.2f} ms, "
               f"req/s {100 * (d['rps'] / m['rps'] - 1):+.1f} %   (aim: <= 0.3 ms p50, >= -5 % req/s)")
+        print(f"proxy CPU per request: daemon {d['proxy_cpu_ms_per_req']:.3f} ms vs mitmdump "
+              f"{m['proxy_cpu_ms_per_req']:.3f} ms ({100 * (d['proxy_cpu_ms_per_req'] / m['proxy_cpu_ms_per_req'] - 1):+.1f} %)")
         print(f"mitmdump over direct: p50 {m['p50_ms'] - direct['p50_ms']:+.2f} ms, req/s x{m['rps'] / direct['rps']:.2f}")
         print(f"DB locked 2 s: p50 {results['locked']['p50_ms']:.2f} ms (x{results['locked']['p50_ms'] / d['p50_ms']:.2f} of unlocked), "
               f"p99 {results['locked']['p99_ms']:.2f} ms, max {results['locked']['max_ms']:.1f} ms; "
