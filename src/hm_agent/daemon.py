@@ -252,9 +252,12 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
             ready_fd = None
 
     def fail(message: str) -> int:
-        log.error("%s", message)
-        report_ready("error: " + message)
+        report_ready("error: " + message)  # first: `start` is waiting for this line
         print(f"halton-meter: {message}", file=sys.stderr)
+        try:
+            log.error("%s", message)
+        except Exception:
+            pass
         return 1
 
     try:

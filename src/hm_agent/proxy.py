@@ -122,6 +122,9 @@ class ProxyThread:
             errors = [str(s.last_exception) for s in ps.servers if s.last_exception]
             detail = errors[0] if errors else "unknown error"
             self._error = _explain_bind_error(cfg.listen_host, cfg.listen_port, detail)
+            # done() is never reached on this path: remove mitmproxy's root log handler
+            # ourselves, or the next log call anywhere hits this closed loop and raises.
+            master._legacy_log_events.uninstall()
             self._ready.set()
             return
         addrs = ps.listen_addrs()

@@ -55,6 +55,9 @@ def start_daemon(home: Path, backend: str) -> str:
         while not line.endswith(b"\n") and time.monotonic() < deadline:
             if not sel.select(timeout=0.5):
                 if proc.poll() is not None:
+                    # It exited: whatever it wrote is in the pipe, and with no writer
+                    # left this read cannot block.
+                    line += ready.read(4096) or b""
                     break
                 continue
             chunk = ready.read(4096)
