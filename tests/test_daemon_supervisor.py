@@ -131,3 +131,22 @@ def test_control_call_timeout_is_a_clear_error(tmp_path: Path) -> None:
             control_call(tmp_path, "status", timeout=0.2)
     finally:
         server.close()
+
+
+def test_log_lines_and_tracebacks_are_redacted() -> None:
+    import logging
+
+    from hm_agent.proxy import REDACT_FILTER, RedactingFormatter
+
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1,
+                               "GET /v1?key=AIzaSECRET&x=1 Authorization: Bearer sk-abcdefghijkl", None, None)
+    try:
+        raise ValueError("x-api-key: sk-ant-SECRETSECRET")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    REDACT_FILTER.filter(record)
+    text = RedactingFormatter("%(message)s").format(record)
+    assert "AIzaSECRET" not in text and "sk-abcdefghijkl" not in text and "SECRETSECRET" not in text
+    assert "[redacted]" in text

@@ -184,12 +184,12 @@ async def _stop(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def setup_logging(hp: HomePaths, foreground: bool) -> None:
-    from .proxy import REDACT_FILTER
+    from .proxy import REDACT_FILTER, RedactingFormatter
 
     if not hp.log.exists():
         os.close(os.open(hp.log, os.O_WRONLY | os.O_CREAT, 0o600))
     handler = logging.handlers.RotatingFileHandler(hp.log, maxBytes=5 * 1024 * 1024, backupCount=3)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(REDACT_FILTER)
     root = logging.getLogger()
     root.addHandler(handler)
@@ -200,7 +200,7 @@ def setup_logging(hp: HomePaths, foreground: bool) -> None:
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(logging.WARNING)
         console.addFilter(REDACT_FILTER)
-        console.setFormatter(logging.Formatter("halton-meter: %(message)s"))
+        console.setFormatter(RedactingFormatter("halton-meter: %(message)s"))
         root.addHandler(console)
 
 

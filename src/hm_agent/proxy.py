@@ -34,15 +34,26 @@ class _RedactSecrets(logging.Filter):
         (re.compile(r"\b(sk-|hm_sync_)[A-Za-z0-9_\-]{8,}"), r"\1[redacted]"),
     )
 
+    @classmethod
+    def redact(cls, text: str) -> str:
+        for pattern, repl in cls._PATTERNS:
+            text = pattern.sub(repl, text)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:
             return True
-        for pattern, repl in self._PATTERNS:
-            message = pattern.sub(repl, message)
-        record.msg, record.args = message, None
+        record.msg, record.args = self.redact(message), None
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Also redacts tracebacks, which the filter above never sees."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _RedactSecrets.redact(super().format(record))
 
 
 REDACT_FILTER = _RedactSecrets()
