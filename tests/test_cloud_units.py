@@ -73,6 +73,7 @@ def test_money_and_unknown_prices() -> None:
     assert format_nanos(3_235_000_000) == "3.235"
     assert format_nanos(None) == "0" and format_nanos(9_000_000_000) == "9"
     assert money(1_520_000_000) == "$1.52" and money(1_500_000) == "$0.0015" and money(0) == "$0.00"
+    assert money(20_000) == "<$0.0001"
     assert cost_cell({"rows": 2, "unknown": 2, "nanos": 0}) == "unknown price"
     assert (
         cost_cell({"rows": 3, "unknown": 1, "nanos": 1_100_000_000}) == "$1.10 + 1 at unknown price"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
@@ -51,6 +52,20 @@ class AuthedDevice:
     hostname: str
 
 
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE).
+
+    A deferred transaction that reads and then writes can fail at once with
+    SQLITE_BUSY when another writer committed in between; IMMEDIATE waits for
+    the lock (busy_timeout) instead. PostgreSQL needs nothing special.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
+
+
 class SignupError(ValueError):
     """Sign-up refused; the message is safe to show the person."""
 
@@ -60,7 +75,7 @@ class SignupError(ValueError):
 
 def session_secret(engine: Engine) -> str:
     """The server's session-signing secret, made once and kept in the database."""
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         value = conn.execute(
             select(settings.c.value).where(settings.c.key == "session_secret")
         ).scalar()
@@ -107,7 +122,7 @@ def create_user(
 ) -> tuple[int, Workspace]:
     """A new user and their workspace (or membership of an existing one)."""
     email = email.strip().lower()
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         if conn.execute(select(users.c.id).where(users.c.email == email)).first():
             raise SignupError(f"an account for {email} already exists: sign in instead")
         ws = conn.execute(
@@ -143,7 +158,7 @@ def add_membership(
     engine: Engine, user_id: int, workspace_slug: str, workspace_name: str, now: float
 ) -> Workspace:
     """Put an existing user in a workspace, creating the workspace if needed."""
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         ws = conn.execute(
             select(workspaces.c.id, workspaces.c.slug, workspaces.c.name).where(
                 workspaces.c.slug == workspace_slug
@@ -208,7 +223,7 @@ def create_pairing(
     interval: int,
 ) -> bool:
     """Store a pairing request; False if ``user_code`` collides with a live one."""
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         # Housekeeping: a token nobody collected before its code expired is
         # wiped, and day-old requests are dropped.
         conn.execute(
@@ -266,7 +281,7 @@ def pairing_by_device_code(engine: Engine, device_code_hash: str) -> dict[str, A
 def record_poll(
     engine: Engine, device_code_hash: str, ended: float, held: float, interval: int
 ) -> None:
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         conn.execute(
             update(pairings)
             .where(pairings.c.device_code_hash == device_code_hash)
@@ -282,7 +297,7 @@ def approve_pairing(
     A machine already paired in the workspace keeps its device entry: the entry
     is refreshed and every older token of it is revoked.
     """
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         req = conn.execute(
             select(pairings).where(
                 pairings.c.device_code_hash == device_code_hash,
@@ -341,7 +356,7 @@ def approve_pairing(
 
 
 def deny_pairing(engine: Engine, device_code_hash: str, now: float) -> bool:
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         done = conn.execute(
             update(pairings)
             .where(
@@ -356,7 +371,7 @@ def deny_pairing(engine: Engine, device_code_hash: str, now: float) -> bool:
 
 def collect_token(engine: Engine, device_code_hash: str) -> tuple[str, Workspace, str] | None:
     """Hand out the minted token exactly once, wiping the stored copy."""
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         req = conn.execute(
             select(pairings.c.token_plain, pairings.c.workspace_id, pairings.c.machine_id).where(
                 pairings.c.device_code_hash == device_code_hash, pairings.c.status == "approved"
@@ -422,7 +437,7 @@ def token_known(engine: Engine, token_hash: str) -> bool:
 
 
 def revoke_token(engine: Engine, token_hash: str, now: float) -> None:
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         conn.execute(
             update(tokens)
             .where(tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))
@@ -446,7 +461,7 @@ def revoke_token(engine: Engine, token_hash: str, now: float) -> None:
 
 def revoke_device(engine: Engine, workspace_id: str, device_id: str, now: float) -> bool:
     """Revoke every token of a device of this workspace; False if it is not ours."""
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         found = conn.execute(
             select(devices.c.id).where(
                 devices.c.id == device_id, devices.c.workspace_id == workspace_id
@@ -533,7 +548,7 @@ def ingest(
         )
         for r in rows
     ]
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         if conn.dialect.name == "sqlite":
             # Hot path: one executemany on the driver, in this same transaction;
             # the connection's change counter says how many rows were new.

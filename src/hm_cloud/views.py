@@ -14,6 +14,8 @@ def money(nanos: int) -> str:
     value = Decimal(nanos) / NANOS
     if value == 0:
         return "$0.00"
+    if abs(value) < Decimal("0.0001"):
+        return "<$0.0001"  # a known, tiny cost: never shown as if it were $0
     if abs(value) < Decimal("0.01"):
         return f"${value:.4f}"
     return f"${value:,.2f}"
