@@ -194,16 +194,19 @@ class RowWriter:
 def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
     """Price a captured call and shape it as the stored row and the api.md Row."""
     usage = call.usage
-    try:
-        from .capture import pricing
+    from .capture import pricing
 
+    try:
         cost, price_version = pricing.price(usage, overrides)
     except Exception:  # a pricing bug leaves the cost unknown, never invents $0
         log.exception("pricing failed for model %r", getattr(usage, "model", "?"))
         cost, price_version = None, "unpriced"
-    flags = set(getattr(usage, "flags", ()) or ())
-    if usage.input_tokens is None and usage.output_tokens is None and "unparsed" not in flags:
-        flags.add("usage_missing")
+    try:
+        # capture's flags (incomplete, unparsed, usage_missing) plus pricing's (unknown_model)
+        flags = set(pricing.flags_after_pricing(usage, cost, price_version))
+    except Exception:
+        log.exception("pricing flags failed for model %r", getattr(usage, "model", "?"))
+        flags = set(getattr(usage, "flags", ()) or ())
     row = UsageRow(
         id=call.id,
         ts=call.ts,

@@ -38,7 +38,7 @@ class Group:
             self.cost += Decimal(row["cost_usd"])
             self.priced_calls += 1
         flags = (row["flags"] or "").split()
-        if "usage_missing" in flags or (row["input_tokens"] is None and row["output_tokens"] is None):
+        if "usage_missing" in flags:
             self.usage_missing_calls += 1
         if row["status"] >= 400 or row["status"] == 0:
             self.errors += 1
