@@ -243,10 +243,14 @@ class Store:
 
     def count_unsynced(self) -> int:
         """Rows waiting for upload (quarantined rows are not waiting: they are reported)."""
+        # Count the partial index, then subtract the (few) quarantined unsynced rows:
+        # a NOT EXISTS per row made this ~50 ms at 100,000 unsynced rows, and the
+        # cloud worker counts once per batch (quadratic over a backlog).
         return int(
             self._query(
-                "SELECT count(*) FROM requests WHERE synced_at IS NULL"
-                " AND NOT EXISTS (SELECT 1 FROM sync_quarantine q WHERE q.id = requests.id)"
+                "SELECT (SELECT count(*) FROM requests WHERE synced_at IS NULL)"
+                " - (SELECT count(*) FROM sync_quarantine q CROSS JOIN requests r"
+                " ON r.id = q.id WHERE r.synced_at IS NULL)"
             )[0][0]
         )
 
