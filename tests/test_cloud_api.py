@@ -463,3 +463,13 @@ def test_session_cookie_is_httponly_lax_and_login_never_redirects_off_site(
         "/login", data={"email": "alice@example.com", "password": "nope-nope", "csrf_token": csrf}
     )
     assert wrong.status_code in (400, 403)
+
+
+def test_oversized_form_posts_are_refused(cloud: CloudServer) -> None:
+    client = cloud.client()
+    csrf = cloud.csrf(client, "/login")
+    answer = client.post(
+        "/login", data={"email": "x" * 100_000, "password": "p", "csrf_token": csrf}
+    )
+    assert answer.status_code == 413
+    assert "text/html" in answer.headers["content-type"] and "65536 bytes" in answer.text

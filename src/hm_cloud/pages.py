@@ -8,7 +8,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import anyio.to_thread
 import orjson
@@ -20,6 +20,7 @@ from starlette.templating import Jinja2Templates
 from hm_proto import ApiError, format_user_code, generate_token, normalize_user_code
 
 from . import store, views
+from .bodies import read_limited
 from .security import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
@@ -119,9 +120,21 @@ def _login_redirect(request: Request) -> Response:
     return redirect(request, f"/login?next={quote(here, safe='')}")
 
 
+MAX_FORM_BYTES = 64 * 1024
+
+
 async def _form(request: Request) -> dict[str, str]:
-    form = await request.form(max_files=0, max_fields=20)
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    """The url-encoded form of a page (all our forms are), read within a size limit."""
+    raw = await read_limited(
+        request.stream(), request.headers.get("content-length"), MAX_FORM_BYTES
+    )
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(
+            400, "invalid_request", "The form could not be read: reload the page and try again"
+        ) from exc
+    return dict(pairs)
 
 
 def _csrf_failed(request: Request) -> Response:

@@ -79,9 +79,13 @@ class GuessLimiter:
     _misses: dict[str, deque[float]] = field(default_factory=dict)
 
     def _trim(self, key: str, now: float) -> deque[float]:
-        q = self._misses.setdefault(key, deque())
+        q = self._misses.get(key) or deque()
         while q and q[0] <= now - self.window:
             q.popleft()
+        if q:
+            self._misses[key] = q
+        else:
+            self._misses.pop(key, None)  # forget keys with no recent misses
         return q
 
     def retry_after(self, keys: list[str], now: float | None = None) -> int | None:
@@ -97,4 +101,6 @@ class GuessLimiter:
     def miss(self, keys: list[str], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         for key in keys:
-            self._trim(key, now).append(now)
+            q = self._trim(key, now)
+            q.append(now)
+            self._misses[key] = q
