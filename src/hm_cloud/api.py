@@ -260,6 +260,10 @@ async def pairing_poll(request: Request) -> Response:
                     break
                 with anyio.move_on_after(min(remaining, LONG_POLL_RECHECK_SECONDS)):
                     await woken.wait()
+        # The wait ran out: one last look, so a code that just expired says so.
+        answer, _ = await _poll_outcome(request, code_hash)
+        if answer is not None:
+            return answer
         raise _pending()
     finally:
         ended = time.time()
