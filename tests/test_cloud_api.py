@@ -473,3 +473,20 @@ def test_oversized_form_posts_are_refused(cloud: CloudServer) -> None:
     )
     assert answer.status_code == 413
     assert "text/html" in answer.headers["content-type"] and "65536 bytes" in answer.text
+
+
+def test_long_poll_ends_with_expired_token_when_the_code_expires_while_waiting(
+    cloud: CloudServer,
+) -> None:
+    started = cloud.start_pairing()
+    engine = create_engine(cloud.db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE pairings SET expires_at = :t WHERE user_code = :c"),
+            {"t": time.time() + 1.0, "c": normalize_user_code(started["user_code"])},
+        )
+    engine.dispose()
+    t0 = time.monotonic()
+    answer = cloud.poll(started["device_code"], wait=10)
+    assert (answer["status_code"], answer["error"]) == (400, "expired_token")
+    assert time.monotonic() - t0 < 5
