@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -88,3 +89,35 @@ def test_chart_has_a_bar_per_day() -> None:
     )
     assert [b.day for b in bars] == ["2026-11-01", "2026-11-02", "2026-11-03"]
     assert bars[0].height == 0 and bars[1].height > 0
+
+
+@pytest.mark.anyio
+async def test_a_server_fault_is_a_json_500(tmp_path: Path) -> None:
+    import httpx
+    from sqlalchemy import text
+
+    from hm_cloud.app import create_app
+    from hm_cloud.db import init_schema, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    init_schema(engine)
+    app = create_app(engine, "http://cloud.test")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE pairings"))  # the database breaks under the server
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cloud.test") as client:
+        answer = await client.post(
+            "/v1/pairing/start",
+            json={
+                "machine_id": "6f1c2a4e-1111-4222-8333-444455556666",
+                "hostname": "h",
+                "os": "linux",
+                "agent_version": "0.2.1",
+            },
+        )
+    assert answer.status_code == 500
+    assert answer.json() == {
+        "error": "internal_error",
+        "detail": "The server failed on this request: try again later",
+    }
+    engine.dispose()
