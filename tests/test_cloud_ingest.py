@@ -216,3 +216,25 @@ def test_totals_parameters(
     assert answer.json()["detail"] == detail
     if status == 422:
         assert answer.json()["error"] == "missing_field"
+
+
+def test_dashboard_and_devices_pages_read_the_rows(cloud: CloudServer) -> None:
+    machine_id = str(uuid.uuid4())
+    paired = cloud.pair(
+        "ingest@example.com", PASSWORD, "ingest", machine_id=machine_id, hostname="pages-box"
+    )
+    device = Device(cloud, paired["token"], machine_id)
+    rows = [
+        sample_row(ts="2026-10-05T08:00:00Z", cost_usd="2.50", model="dash-model-a"),
+        sample_row(ts="2026-10-06T08:00:00Z", cost_usd=None, model="dash-model-b"),
+    ]
+    assert device.send(rows).json() == {"accepted": 2, "duplicates": 0}
+    session = cloud.login_session("ingest@example.com", PASSWORD)
+    page = session.get("/ingest/", params={"from_date": "2026-10-01", "to_date": "2026-10-31"})
+    assert page.status_code == 200
+    models = page.text.split('id="models-h"', 1)[1].split("</section>", 1)[0]
+    assert "dash-model-a" in models and "$2.50" in models
+    assert "dash-model-b" in models and "unknown price" in models
+    assert page.text.count("<rect ") == 31
+    devices = session.get("/ingest/settings/devices").text
+    assert "pages-box" in devices and machine_id in devices
