@@ -333,8 +333,10 @@ def test_second_machine_joins_the_same_dashboard(cloud: CloudServer, ca: CertAut
     today = time.strftime("%Y-%m-%d", time.gmtime())
     dashboard = session.get("/acme-co/", params={"from_date": today, "to_date": today}).text
     by_machine = dashboard.split('id="machines-h"', 1)[1].split("</section>", 1)[0]
-    # Both laptops share this test machine's hostname: two rows, one per machine id.
-    assert by_machine.count(f">{socket.gethostname()}<") == 2, by_machine
+    # Both laptops share this test machine's hostname: two rows, told apart by machine id.
+    assert by_machine.count(f"<span>{socket.gethostname()}</span>") == 2, by_machine
+    for machine in machines:
+        assert f'title="machine id {machine}"' in by_machine
 
 
 def _expire_code(cloud: CloudServer, code: str) -> None:
