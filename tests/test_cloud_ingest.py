@@ -238,3 +238,14 @@ def test_dashboard_and_devices_pages_read_the_rows(cloud: CloudServer) -> None:
     assert page.text.count("<rect ") == 31
     devices = session.get("/ingest/settings/devices").text
     assert "pages-box" in devices and machine_id in devices
+
+
+def test_concurrent_replays_store_each_row_once(device: Device) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = [sample_row(ts="2026-11-20T10:00:00Z") for _ in range(300)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: device.send(rows).json(), range(4)))
+    assert sum(a["accepted"] for a in answers) == 300
+    assert sum(a["duplicates"] for a in answers) == 900
+    assert device.totals("2026-11-20", "2026-11-20")[0]["rows"] == 300
