@@ -383,8 +383,14 @@ class CloudWorker:
             for event in session.start_batch(rows, now):
                 if isinstance(event, SendBatch):
                     answer = await client.send(event.request)
-                    for answered in session.receive(answer, time.time()):
+                    answered_events = session.receive(answer, time.time())
+                    for answered in answered_events:
                         await self._handle(ctx, answered)
+                    if (self._waiters and session.state in (SyncState.ACTIVE, SyncState.DEGRADED)
+                            and any(isinstance(e, BatchAccepted) for e in answered_events)):
+                        # A `cloud sync` is waiting: look for more rows now, not after
+                        # the flush rest (a `cloud sync` that uploaded rows took 5 s longer).
+                        session.sync_now(time.time())
                 else:
                     await self._handle(ctx, event)
             return
