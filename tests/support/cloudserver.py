@@ -49,6 +49,7 @@ class CloudServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     _clients: list[httpx.Client] = field(default_factory=list)
+    _api_client: httpx.Client | None = None
 
     # -- accounts ----------------------------------------------------------
 
@@ -76,6 +77,12 @@ class CloudServer:
         c = httpx.Client(base_url=self.base_url, timeout=30.0, **kwargs)
         self._clients.append(c)
         return c
+
+    def _api(self) -> httpx.Client:
+        """One shared, thread-safe client for the daemon-side calls (start, poll)."""
+        if self._api_client is None:
+            self._api_client = self.client(limits=httpx.Limits(max_connections=500))
+        return self._api_client
 
     def login_session(self, email: str, password: str) -> httpx.Client:
         """A client signed in through the /login form (session cookie set)."""
@@ -114,7 +121,7 @@ class CloudServer:
             "agent_version": agent_version,
             "workspace": workspace,
         }
-        answer = httpx.post(f"{self.base_url}/v1/pairing/start", json=body, timeout=30)
+        answer = self._api().post("/v1/pairing/start", json=body)
         answer.raise_for_status()
         started: dict[str, Any] = answer.json()
         started["machine_id"] = body["machine_id"]
@@ -131,10 +138,8 @@ class CloudServer:
         )
 
     def poll(self, device_code: str, wait: float = 5.0) -> dict[str, Any]:
-        answer = httpx.post(
-            f"{self.base_url}/v1/pairing/poll",
-            json={"device_code": device_code, "wait": wait},
-            timeout=30,
+        answer = self._api().post(
+            "/v1/pairing/poll", json={"device_code": device_code, "wait": wait}
         )
         body: dict[str, Any] = answer.json()
         body["status_code"] = answer.status_code
