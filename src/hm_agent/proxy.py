@@ -121,7 +121,6 @@ class ProxyThread:
             # Only LLM calls are decrypted, and their bodies are small JSON; other
             # traffic is streamed in responseheaders. Never buffer big bodies.
             "stream_large_bodies": "1m",
-            "connection_strategy": "lazy",
         }
         if cfg.ssl_verify_upstream_trusted_ca:
             update["ssl_verify_upstream_trusted_ca"] = cfg.ssl_verify_upstream_trusted_ca

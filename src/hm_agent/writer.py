@@ -33,8 +33,9 @@ MAX_PENDING = 200_000
 BATCH_MAX = 500
 # After the first call of a batch arrives, wait this long for more: one wake-up
 # and one transaction per interval instead of per call keeps the writer from
-# taking the GIL away from the proxy thread on every request.
-FLUSH_INTERVAL_S = 0.05
+# taking the GIL away from the proxy thread on every request (a row costs
+# ~140 us alone, ~22 us in a batch of 50). Rows reach the disk within ~0.2 s.
+FLUSH_INTERVAL_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
