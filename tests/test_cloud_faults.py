@@ -193,7 +193,8 @@ def test_429_retry_after_is_a_floor_even_for_cloud_sync(tmp_path: Path) -> None:
 def test_503s_are_retried_with_backoff_then_succeed(tmp_path: Path) -> None:
     with rig(tmp_path) as r:
         r.proxy.fail_next(1, 502, headers={})  # no Retry-After: full jitter alone, uniform(0, 1 s)
-        r.proxy.fail_next(2, 503)  # Retry-After: 1, a floor on the jittered wait
+        r.proxy.fail_next(1, 503)  # Retry-After: 1, a floor on the jittered wait
+        r.proxy.fail_next(1, 503, headers={"Retry-After": "3"})  # 3rd failure: DEGRADED for >= 3 s
         ids = seed_rows(r.daemon.db_path, 300)
         states = []
         r.daemon.cli("cloud", "sync")
@@ -207,7 +208,7 @@ def test_503s_are_retried_with_backoff_then_succeed(tmp_path: Path) -> None:
         assert [s.status for s in seen] == [502, 503, 503, 200], [(s.status, s.outcome) for s in seen]
         gaps = batch_gaps(r.proxy)
         assert gaps[0] <= 1.0 + 0.5, gaps  # attempt 0: uniform(0, 1 s) plus the worker's latency
-        assert gaps[1] >= 0.95 and gaps[2] >= 0.95, gaps  # Retry-After honoured
+        assert gaps[1] >= 0.95 and gaps[2] >= 2.95, gaps  # Retry-After honoured
         assert ("DEGRADED", 3) in states, states  # three failures in a row degrade
         assert_all_arrived(r, ids)
         assert r.proxy.batch_totals() == (300, 0)
@@ -219,14 +220,14 @@ def test_503s_are_retried_with_backoff_then_succeed(tmp_path: Path) -> None:
 
 
 def test_slow_backend_times_out_retries_and_stores_once(tmp_path: Path) -> None:
-    with rig(tmp_path, env={"HALTON_METER_CLOUD_TIMEOUT": "1"}) as r:
+    with rig(tmp_path, env={"HALTON_METER_CLOUD_TIMEOUT": "2"}) as r:
         # 1st batch: never reaches the backend, the connection hangs past the timeout.
-        r.proxy.delay_next(1, 3.0, forward=False)
+        r.proxy.delay_next(1, 4.0, forward=False)
         # 2nd: the backend stores the rows but answers after the client gave up.
-        r.proxy.delay_next(1, 3.0, forward=True)
+        r.proxy.delay_next(1, 4.0, forward=True)
         ids = seed_rows(r.daemon.db_path, 300)
         first = r.daemon.cli("cloud", "sync")
-        assert "within 1 s" in first.stdout + first.stderr, first.stdout + first.stderr
+        assert "within 2 s" in first.stdout + first.stderr, first.stdout + first.stderr
         wait_until(lambda: drained(r), 40, "the rows to upload after the timeouts")
         seen = r.proxy.seen()
         assert [s.outcome for s in seen] == ["dropped", "delayed", "forwarded"], [
