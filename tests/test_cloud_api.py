@@ -490,3 +490,17 @@ def test_long_poll_ends_with_expired_token_when_the_code_expires_while_waiting(
     answer = cloud.poll(started["device_code"], wait=10)
     assert (answer["status_code"], answer["error"]) == (400, "expired_token")
     assert time.monotonic() - t0 < 5
+
+
+def test_wrong_passwords_are_limited_per_account(cloud: CloudServer) -> None:
+    cloud.create_user("mallory-target@example.com", PASSWORD, "target")
+    client = cloud.client()
+    csrf = cloud.csrf(client, "/login")
+    attempt = {"email": "mallory-target@example.com", "password": "guess-guess", "csrf_token": csrf}
+    for _ in range(10):
+        assert client.post("/login", data=attempt).status_code == 400
+    limited = client.post("/login", data={**attempt, "password": PASSWORD})
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 500
+    assert "Too many wrong passwords" in limited.text
+    # Other accounts are unaffected.
+    assert cloud.login_session("alice@example.com", PASSWORD) is not None

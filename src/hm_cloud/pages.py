@@ -243,11 +243,25 @@ async def login(request: Request) -> Response:
     if not csrf_ok(session_of(request), form.get("csrf_token")):
         return _csrf_failed(request)
     email = form.get("email", "").strip().lower()
-    found = await cloud(request).db(store.find_user, email)
+    state = cloud(request)
+    keys = [f"login:{email}"]
+    wait = state.login_limiter.retry_after(keys)
+    if wait is not None:
+        message = f"Too many wrong passwords for {email}: wait {wait} seconds and try again."
+        response = render(
+            request,
+            "login.html",
+            {"next": nxt, "error": message, "form": {"email": email}},
+            status=429,
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
+    found = await state.db(store.find_user, email)
     ok = await anyio.to_thread.run_sync(
         verify_password, found[1] if found else None, form.get("password", "")
     )
     if not ok or found is None:
+        state.login_limiter.miss(keys)
         return render(
             request,
             "login.html",

@@ -32,7 +32,9 @@ class CloudState:
     engine: Engine
     app_url: str
     sessions: SessionCodec
-    limiter: GuessLimiter = field(default_factory=GuessLimiter)
+    limiter: GuessLimiter = field(default_factory=GuessLimiter)  # wrong pairing codes
+    # Wrong passwords, per account email (not per address: one office, one NAT).
+    login_limiter: GuessLimiter = field(default_factory=GuessLimiter)
     waiters: PairingWaiters = field(default_factory=PairingWaiters)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
