@@ -170,8 +170,8 @@ def test_many_concurrent_long_polls(cloud: CloudServer, alice: httpx.Client) -> 
         waiting = [pool.submit(timed_poll, code, 3.0) for code in codes]
         approved = pool.submit(timed_poll, target["device_code"], 20.0)
         time.sleep(1.0)  # every poll is now held by the server
-        approved_at = time.monotonic()
         assert cloud.approve(target["user_code"], "acme", alice).status_code == 200
+        approved_at = time.monotonic()  # the approval is committed once its answer is back
         answer, answered_at = approved.result(10)
         assert answer["status_code"] == 200
         assert answered_at - approved_at < 1.0, "approval did not wake its poll at once"

@@ -310,6 +310,7 @@ def test_connect_errors_are_one_line_with_the_fix(cloud: CloudServer, tmp_path: 
 def test_second_machine_joins_the_same_dashboard(cloud: CloudServer, ca: CertAuthority, upstream: LocalTLSServer,
                                                  browser: Browser, tmp_path: Path) -> None:
     config = capture_host_config([f"localhost:{upstream.port}"])
+    cloud.create_user("lead@example.com", PASSWORD, "team-two")  # a workspace of its own
     machines = []
     for name in ("laptop-a", "laptop-b"):
         home = tmp_path / name
@@ -317,8 +318,8 @@ def test_second_machine_joins_the_same_dashboard(cloud: CloudServer, ca: CertAut
             llm_calls(d, upstream, 2)
             d.wait_rows(2)
             proc, code, url = start_connect(d, cloud)
-            session = cloud.login_session("vk@example.com", PASSWORD)
-            assert cloud.approve(code, "acme-co", session).status_code == 200
+            session = cloud.login_session("lead@example.com", PASSWORD)
+            assert cloud.approve(code, "team-two", session).status_code == 200
             finish_connect(proc)
             token = token_of(d)
             wait_for(lambda t=token: cloud_totals(cloud, t) == 2, what=f"{name}'s rows")
@@ -326,12 +327,12 @@ def test_second_machine_joins_the_same_dashboard(cloud: CloudServer, ca: CertAut
             # Re-pairing with the same machine.json keeps the device.
             assert d.cli("cloud", "disconnect").returncode == 0
             proc, code, url = start_connect(d, cloud)
-            assert cloud.approve(code, "acme-co", session).status_code == 200
+            assert cloud.approve(code, "team-two", session).status_code == 200
             finish_connect(proc)
-            devices = session.get("/acme-co/settings/devices").text
+            devices = session.get("/team-two/settings/devices").text
             assert devices.count(machines[-1]) == 1
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    dashboard = session.get("/acme-co/", params={"from_date": today, "to_date": today}).text
+    dashboard = session.get("/team-two/", params={"from_date": today, "to_date": today}).text
     by_machine = dashboard.split('id="machines-h"', 1)[1].split("</section>", 1)[0]
     # Both laptops share this test machine's hostname: two rows, told apart by machine id.
     assert by_machine.count(f"<span>{socket.gethostname()}</span>") == 2, by_machine
