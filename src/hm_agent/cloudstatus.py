@@ -45,13 +45,18 @@ def base_status(config: Any, store: Any) -> dict[str, Any]:
 
 
 def cloud_status(home: Path) -> dict[str, Any]:
-    from .config import load_config
+    """`cloud status --json`: the daemon's live view, or the files' when it is down."""
     from .control import ControlError, DaemonNotRunning, control_call
 
     try:
         return control_call(home, "cloud.status", timeout=5.0)
     except (DaemonNotRunning, ControlError):
-        pass
+        return offline_status(home)
+
+
+def offline_status(home: Path) -> dict[str, Any]:
+    """The cloud state from config.toml and the cloud_state row, no daemon involved."""
+    from .config import load_config
     from .home import paths
     from .store import Store
 

@@ -63,10 +63,22 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
         "ca_cert": str(hp.ca_cert),
         "machine_id": machine_id,
         "cloud": {"state": "NOT-CONFIGURED", "enabled": False} if not cloud_enabled
-        else {"state": "UNKNOWN", "enabled": True, "detail": "the daemon is not running, so nothing syncs"},
+        else _offline_cloud(hp.home),
         "components": {},
         "config_warnings": warnings,
     }
+
+
+def _offline_cloud(home: Path) -> dict[str, Any]:
+    """Paired but no daemon: PAUSED as stored, else DEGRADED (nothing uploads)."""
+    from hm_agent.cloudstatus import offline_status
+
+    try:
+        snap = offline_status(home)
+    except Exception as exc:  # a broken db or config is reported above; keep status alive
+        return {"state": "DEGRADED", "enabled": True, "detail": f"cannot read the cloud state: {exc}"}
+    return {"state": snap["state"], "enabled": True, "paused_reason": snap.get("paused_reason"),
+            "detail": snap.get("hint")}
 
 
 def _version() -> str:
@@ -128,8 +140,9 @@ def render(st: dict[str, Any]) -> None:
     line = f"  cloud        {styled}"
     worker = cloud.get("worker")
     detail = worker.get("detail") if isinstance(worker, dict) else None
-    if isinstance(detail, dict) and detail.get("paused_reason"):
-        line += " " + _dim(f"({detail['paused_reason']})")
+    reason = detail.get("paused_reason") if isinstance(detail, dict) else cloud.get("paused_reason")
+    if reason:
+        line += " " + _dim(f"({reason})")
     echo(line)
     for name, comp in (st.get("components") or {}).items():
         if comp.get("state") == "crashed":
