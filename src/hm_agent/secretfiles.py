@@ -14,6 +14,8 @@ import os
 import stat
 from pathlib import Path
 
+from .home import fsync_dir, write_atomic
+
 
 class InsecureSecretFile(Exception):
     """A secret file is a symlink, not ours, or readable by group/others."""
@@ -22,23 +24,7 @@ class InsecureSecretFile(Exception):
 def write_secret(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the umask may have widened nothing, but be explicit
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, data, 0o600)
 
 
 def read_secret(path: Path) -> bytes:
@@ -69,18 +55,5 @@ def remove_secret(path: Path) -> bool:
         Path(path).unlink()
     except FileNotFoundError:
         return False
-    _fsync_dir(Path(path).parent)
+    fsync_dir(Path(path).parent)
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
