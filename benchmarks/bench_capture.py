@@ -233,21 +233,22 @@ def ttfb_ms(client: object, url: str) -> float:
 
 def bench_ttfb() -> None:
     import httpx
-    from tests.support.fake_providers import FakeProviders, make_test_ca
+    from tests.support.fake_providers import FakeProviders
+    from tests.support.tls import make_ca
 
     print(f"Part 2: time to first SSE event, {TTFB_CALLS} streamed chat calls per client (keep-alive)")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        ca = make_test_ca(base / "ca")
+        ca = make_ca(base / "ca")
         with FakeProviders(ca) as upstream:
-            process, bound = start_daemon(base / "home", free_port(), upstream.port, ca.ca_pem)
+            process, bound = start_daemon(base / "home", free_port(), upstream.port, ca.ca_path)
             bare_port = free_port()
-            bare = start_bare_mitmdump(base / "bare", bare_port, ca.ca_pem)
+            bare = start_bare_mitmdump(base / "bare", bare_port, ca.ca_path)
             try:
                 url = f"{upstream.base_url}/v1/chat/completions"
                 mitm_ca = base / "home" / "mitmproxy" / "mitmproxy-ca-cert.pem"
                 clients = {
-                    "direct": httpx.Client(verify=ssl.create_default_context(cafile=str(ca.ca_pem))),
+                    "direct": httpx.Client(verify=ssl.create_default_context(cafile=str(ca.ca_path))),
                     "bare mitmdump": httpx.Client(proxy=f"http://127.0.0.1:{bare_port}", verify=ssl.create_default_context(
                         cafile=str(base / "bare" / "mitmproxy-ca-cert.pem"))),
                     "through daemon": httpx.Client(proxy=f"http://{bound}",

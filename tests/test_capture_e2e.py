@@ -25,7 +25,8 @@ import openai
 import pytest
 
 from .support.daemon import Daemon, capture_host_config, running_daemon
-from .support.fake_providers import FakeProviders, make_test_ca
+from .support.fake_providers import FakeProviders
+from .support.tls import make_ca
 from .test_capture_parsers import EXPECTED
 from .test_capture_pricing import genai_total
 
@@ -88,9 +89,9 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     base = tmp_path_factory.mktemp("capture-e2e")
-    ca = make_test_ca(base / "upstream-ca")
+    ca = make_ca(base / "upstream-ca")
     with FakeProviders(ca) as upstream, FakeProviders(ca, http2=True) as upstream_h2, running_daemon(
-        base / "hm-home", upstream_ca=ca.ca_pem,
+        base / "hm-home", upstream_ca=ca.ca_path,
         extra_config=capture_host_config([f"localhost:{upstream.port}", f"localhost:{upstream_h2.port}"]),
     ) as daemon:
         yield Rig(daemon.home, daemon.proxy_url, daemon.ca_cert_path, upstream, daemon, upstream_h2)

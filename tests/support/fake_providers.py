@@ -13,8 +13,6 @@ proves the client saw event 1 while upstream still held the others.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import socket
 import ssl
@@ -26,65 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .tls import CertAuthority
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "capture"
-
-
-# -- a throwaway CA -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TestCA:
-    ca_pem: Path  # give this to the daemon (ssl_verify_upstream_trusted_ca)
-    cert_pem: Path  # the server's chain (leaf + CA)
-    key_pem: Path
-
-
-def make_test_ca(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> TestCA:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Halton Meter test CA")])
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    ca_path.write_bytes(ca_cert.public_bytes(pem))
-    cert_path.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
-    key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return TestCA(ca_path, cert_path, key_path)
 
 
 # -- streaming encoders -------------------------------------------------------------
@@ -162,7 +104,7 @@ ERROR_BODIES = {
 
 @dataclass
 class FakeProviders:
-    ca: TestCA
+    ca: CertAuthority
     encoding: str = ""  # "", "gzip", "br" or "zstd" (only when the client accepts it)
     hold_after_first: bool = False
     http2: bool = False  # offer h2 by ALPN (then HTTP/2 is served when the client picks it)
@@ -192,7 +134,7 @@ class FakeProviders:
     def start(self) -> FakeProviders:
         owner = self
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca.cert_pem, self.ca.key_pem)
+        context.load_cert_chain(self.ca.cert_path, self.ca.key_path)
         context.set_alpn_protocols(["h2", "http/1.1"] if self.http2 else ["http/1.1"])
 
         class Handler(_Handler):
