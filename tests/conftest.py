@@ -6,8 +6,15 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.support.tls import CertAuthority, LocalTLSServer, make_ca
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -39,3 +46,29 @@ def _never_touch_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: py
     """A test that forgets hm_home still gets a throwaway home, never ~/.halton-meter."""
     if "HALTON_METER_HOME" not in os.environ:
         monkeypatch.setenv("HALTON_METER_HOME", str(tmp_path_factory.mktemp("default-home")))
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    """A throwaway CA whose server certificate covers localhost and 127.0.0.1."""
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def upstream(ca: CertAuthority) -> Iterator[LocalTLSServer]:
+    """A local HTTPS server that answers like an OpenAI-style LLM API."""
+    with LocalTLSServer(ca) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, headless, one per module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -23,17 +23,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from tests.support.cloudserver import CloudServer, running_cloud
 from tests.support.daemon import HALTON_METER, Daemon, capture_host_config, running_daemon
-from tests.support.tls import CertAuthority, LocalTLSServer, make_ca
+from tests.support.tls import CertAuthority, LocalTLSServer
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 PASSWORD = "story-pass-1"
 API_KEY = "sk-proj-storySECRETkey0123456789"
 
@@ -43,27 +40,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
     with running_cloud(tmp_path_factory.mktemp("cloud")) as server:
         server.create_user("vk@example.com", PASSWORD, "acme-co")
         yield server
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def upstream(ca: CertAuthority) -> Iterator[LocalTLSServer]:
-    with LocalTLSServer(ca) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def start_connect(d: Daemon, cloud: CloudServer, *extra: str) -> tuple[subprocess.Popen[str], str, str]:

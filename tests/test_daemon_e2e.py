@@ -20,23 +20,12 @@ import httpx
 import pytest
 
 from tests.support.daemon import Daemon, capture_host_config, running_daemon
-from tests.support.tls import CertAuthority, LocalTLSServer, make_ca
+from tests.support.tls import CertAuthority, LocalTLSServer
 
 pytestmark = pytest.mark.slow
 
 SECRET = "sk-test-SECRET0123456789abcdef"
 GEMINI_KEY = "AIzaSECRETQUERYKEY123456"
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def upstream(ca: CertAuthority) -> Iterator[LocalTLSServer]:
-    with LocalTLSServer(ca) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module", params=["asyncio", "trio"])

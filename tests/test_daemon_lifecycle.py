@@ -9,7 +9,6 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,20 +23,9 @@ from tests.support.daemon import (
     start_daemon,
     stop_or_kill,
 )
-from tests.support.tls import CertAuthority, LocalTLSServer, make_ca
+from tests.support.tls import CertAuthority, LocalTLSServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def upstream(ca: CertAuthority) -> Iterator[LocalTLSServer]:
-    with LocalTLSServer(ca) as srv:
-        yield srv
 
 
 def send(d: Daemon, upstream: LocalTLSServer, n: int = 1) -> None:

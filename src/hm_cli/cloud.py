@@ -76,25 +76,22 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     Example:
       halton-meter cloud connect --base-url http://127.0.0.1:8787 --no-browser
     """
-    with spinner(f"Requesting pairing code from {_host(base_url or _configured_base_url())}…"):
-        started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace)
-    code = started["user_code"]
-    url = started["verification_uri_complete"]
-    bullet(f"Pairing code: [bold]{code}[/]")
-    bullet(f"Approve at: {url}")
-    if not no_browser:
-        _open_browser(url)
     try:
+        with spinner(f"Requesting pairing code from {_host(base_url or _configured_base_url())}…"):
+            started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace)
+        code = started["user_code"]
+        url = started["verification_uri_complete"]
+        bullet(f"Pairing code: [bold]{code}[/]")
+        bullet(f"Approve at: {url}")
+        if not no_browser:
+            _open_browser(url)
         with spinner("Waiting for approval… (Ctrl-C to cancel)"):
             while True:
                 reply = _call("cloud.connect.wait", timeout=40.0, wait=25.0)
                 if reply["state"] != "pending":
                     break
     except KeyboardInterrupt:
-        try:
-            _call("cloud.connect.cancel", timeout=5.0)
-        finally:
-            console.print("Cancelled: nothing was written. Run `halton-meter cloud connect` again to pair.")
+        _cancel_pairing()
         sys.exit(130)
     state = reply["state"]
     if state == "approved":
@@ -107,6 +104,17 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     if state == "denied":
         fail("the pairing was denied in the browser. Run `halton-meter cloud connect` again if that was a mistake.")
     fail(str(reply.get("error") or f"pairing failed ({state}). Run `halton-meter cloud connect` again."))
+
+
+def _cancel_pairing() -> None:
+    """Ctrl-C: tell the daemon to stop polling; it has written nothing yet."""
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
+
+    try:
+        control_call(_home(), "cloud.connect.cancel", timeout=5.0)
+    except (DaemonNotRunning, ControlError, OSError):
+        pass
+    console.print("Cancelled: nothing was written. Run `halton-meter cloud connect` again to pair.")
 
 
 def _configured_base_url() -> str:
