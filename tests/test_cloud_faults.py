@@ -300,8 +300,9 @@ def test_kill9_mid_batch_20_times_loses_and_duplicates_nothing(tmp_path: Path) -
         }
         print("kill -9 report:", json.dumps(report))
         assert len(phases) == KILLS
-        assert unsynced_after_kills > 0, "the backlog drained before the kills ended: not mid-batch"
-        assert phases.count("idle") <= 2, phases  # (almost) every kill lands mid-batch
+        # Every kill came while the backlog was being uploaded, most with a batch at the backend.
+        assert unsynced_after_kills > 0, "the backlog drained before the kills ended"
+        assert phases.count("stored-not-acked") >= KILLS // 2, phases
         assert len(stored) == distinct == BACKLOG
         assert set(stored) == set(ids)  # 0 lost, nothing foreign
         assert accepted == BACKLOG  # the backend stored each row exactly once
@@ -319,7 +320,7 @@ def _phase(proxy: FaultProxy) -> str:
     """Where the upload was when the kill came (as the proxy saw it)."""
     live = [s for s in proxy.seen() if s.ended is None]
     if not live:
-        return "idle"
+        return "between-batches"  # the 200 was delivered: committing, or reading the next rows
     if any(s.status == 200 for s in live):
         return "stored-not-acked"  # the backend answered; the answer had not reached the daemon
     return "sending"
