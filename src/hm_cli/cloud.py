@@ -219,6 +219,8 @@ def sync(reconcile: bool, as_json: bool) -> None:
         if b.get("status") == 200:
             dup = f", {b['duplicates']} duplicates" if b.get("duplicates") else ""
             bullet(f"POST /v1/requests/batch → 200 OK ({b['accepted']} rows accepted{dup})", ok=True)
+        elif b.get("status") is None:  # no HTTP answer to show, or a retryable one: the reason says
+            bullet(f"POST /v1/requests/batch → {b.get('reason', 'failed')}", colour="red")
         else:
             bullet(f"POST /v1/requests/batch → {b.get('status')} {b.get('reason', '')}".rstrip(), colour="red")
     if not reply.get("batches") and not reply.get("error"):
