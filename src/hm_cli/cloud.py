@@ -95,8 +95,8 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
         sys.exit(130)
     state = reply["state"]
     if state == "approved":
-        bullet(f"Paired with workspace [bold]{reply.get('workspace_name') or reply.get('workspace_slug')}[/] "
-               f"({reply.get('workspace_slug')}).", ok=True)
+        name, slug = reply.get("workspace_name") or reply.get("workspace_slug"), reply.get("workspace_slug")
+        bullet(f"Paired with workspace [bold]{name}[/]" + (f" ({slug})." if slug != name else "."), ok=True)
         bullet("The cloud worker starts within 15 s; check with `halton-meter cloud status`.")
         return
     if state == "expired":
