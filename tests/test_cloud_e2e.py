@@ -193,6 +193,21 @@ def test_the_pairing_page_story(backend: str, cloud: CloudServer, ca: CertAuthor
         for line in ("State: ACTIVE", "Last sync: ", "Unsynced rows: 0", "Last reconcile: "):
             assert line in human
 
+        # Connecting again while paired says so, and how to re-pair.
+        again = d.cli("cloud", "connect", "--no-browser", "--base-url", cloud.base_url)
+        assert again.returncode == 1
+        assert "already paired with workspace acme-co" in again.stderr and "cloud disconnect" in again.stderr
+
+        # Reconcile (R1): the cloud loses a row; `cloud sync --reconcile` finds the day and re-sends it.
+        lost = db_rows(d)[0]["id"]
+        with sqlite3.connect(cloud.db_url.removeprefix("sqlite:///"), timeout=10) as conn:
+            assert conn.execute("DELETE FROM usage_rows WHERE id = ?", (lost,)).rowcount == 1
+        assert cloud_totals(cloud, token) == 2
+        rec = d.cli("cloud", "sync", "--reconcile")
+        assert rec.returncode == 0, rec.stderr
+        assert re.search(r"Reconcile \S+\.\.\S+: 1 day\(s\) re-sent, 3 rows", rec.stdout), rec.stdout
+        wait_for(lambda: cloud_totals(cloud, token) == 3, what="the lost row re-sent")
+
         # cloud sync: upload now, with the page's line.
         d.cli("cloud", "pause")
         llm_calls(d, upstream, 2)
