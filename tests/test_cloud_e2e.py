@@ -369,3 +369,23 @@ def test_expired_denied_and_cancelled_pairings_leave_nothing_behind(cloud: Cloud
             assert not (home / name).exists()
         assert cloud_status(d)["state"] == "NOT-CONFIGURED"
         assert "enabled = false" in (home / "config.toml").read_text()
+
+
+def test_an_explicit_cloud_proxy_carries_pairing_and_sync(cloud: CloudServer, upstream: LocalTLSServer,
+                                                         ca: CertAuthority, tmp_path: Path) -> None:
+    from tests.support.connectproxy import ConnectProxy
+
+    with ConnectProxy() as proxy:
+        config = (capture_host_config([f"localhost:{upstream.port}"])
+                  + f'\n[cloud]\nenabled = false\nproxy = "{proxy.url}"\n')
+        with running_daemon(tmp_path / "home", extra_config=config, upstream_ca=ca.ca_path) as d:
+            llm_calls(d, upstream, 2)
+            d.wait_rows(2)
+            proc, code, _ = start_connect(d, cloud)
+            assert cloud.approve(code, "acme-co", cloud.login_session("vk@example.com", PASSWORD)).status_code == 200
+            finish_connect(proc)
+            token = token_of(d)
+            wait_for(lambda: cloud_totals(cloud, token) == 2, what="rows uploaded through the proxy")
+            backend = cloud.base_url.split("//", 1)[1]
+            assert proxy.tunnels and all(t == backend for t in proxy.tunnels)
+            assert "proxy" in (tmp_path / "home" / "config.toml").read_text()  # kept by the rewrite

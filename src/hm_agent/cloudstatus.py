@@ -89,4 +89,4 @@ def local_disconnect(home: Path) -> dict[str, Any]:
     config = load_config(home)
     hp = paths(home)
     with Store(hp.db) as store:
-        return anyio.run(revoke_and_wipe, hp, store, config.cloud_base_url, config.cloud_enabled)
+        return anyio.run(revoke_and_wipe, hp, store, config)

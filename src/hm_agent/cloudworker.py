@@ -83,6 +83,12 @@ HTTP_TIMEOUT = float(os.environ.get("HALTON_METER_CLOUD_TIMEOUT") or 30.0)
 REVOKE_TIMEOUT = 10.0
 
 
+def cloud_client(config: Any, base_url: str, timeout: float | None = None) -> AsyncCloudClient:
+    """A client straight to the backend, or through `[cloud] proxy` when one is set."""
+    proxy = (getattr(config, "cloud", None) or {}).get("proxy") or None
+    return AsyncCloudClient(base_url, timeout=timeout or HTTP_TIMEOUT, proxy=proxy)
+
+
 # -- shared state between components and control commands ----------------------
 
 
@@ -185,7 +191,7 @@ class PairingComponent:
             job.move("pending")
 
         try:
-            async with AsyncCloudClient(job.base_url, timeout=HTTP_TIMEOUT) as client:
+            async with cloud_client(ctx.config, job.base_url) as client:
                 outcome = await run_pairing_async(client, pairing, on_code)
         except PairingFailed as exc:
             job.move("failed", str(exc))
@@ -355,7 +361,7 @@ class CloudWorker:
                 await self._sleep(BACKLOG_REFRESH * 6)
                 continue
             assert self.base_url is not None
-            async with AsyncCloudClient(self.base_url, timeout=HTTP_TIMEOUT) as client:
+            async with cloud_client(ctx.config, self.base_url) as client:
                 while not self._reload:
                     await self._turn(ctx, client, self.session)
 
@@ -656,7 +662,7 @@ async def _cloud_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     except CloudLinkError as exc:
         raise RuntimeError(str(exc)) from None
     base_url = creds.base_url or ctx.config.cloud_base_url
-    async with AsyncCloudClient(base_url, timeout=HTTP_TIMEOUT) as client:
+    async with cloud_client(ctx.config, base_url) as client:
         answer = await client.send(whoami_request(creds.token))
     outcome = parse_whoami(answer)
     if isinstance(outcome, WhoAmI):
@@ -676,7 +682,7 @@ async def _cloud_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 
 @command("cloud.disconnect")
 async def _cloud_disconnect(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    reply = await revoke_and_wipe(ctx.home, ctx.store, ctx.config.cloud_base_url, ctx.config.cloud_enabled)
+    reply = await revoke_and_wipe(ctx.home, ctx.store, ctx.config)
     SERVICE.paused_by_user = None
     if SERVICE.worker is not None:
         SERVICE.worker.reload()
@@ -685,24 +691,24 @@ async def _cloud_disconnect(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-async def revoke_and_wipe(hp: Any, store: Any, default_base_url: str, enabled: bool) -> dict[str, Any]:
+async def revoke_and_wipe(hp: Any, store: Any, config: Any) -> dict[str, Any]:
     """`cloud disconnect`: revoke at the backend (best effort), then wipe locally, always."""
     try:
         creds = await anyio.to_thread.run_sync(load_credentials, hp)
     except CloudLinkError:
         creds = None
     state = await anyio.to_thread.run_sync(store.get_cloud_state) or {}
-    if creds is None and not enabled and not state:
+    if creds is None and not config.cloud_enabled and not state:
         return {"not_paired": True}
     reply: dict[str, Any] = {"revoked": False, "machine_id": state.get("machine_id"),
                              "workspace_slug": state.get("workspace_slug")}
     if creds is None:
         reply["revoke_error"] = "no readable credentials to revoke"
     else:
-        base_url = creds.base_url or default_base_url
+        base_url = creds.base_url or config.cloud_base_url
         reply["base_url"] = base_url
         try:
-            async with AsyncCloudClient(base_url, timeout=REVOKE_TIMEOUT) as client:
+            async with cloud_client(config, base_url, REVOKE_TIMEOUT) as client:
                 outcome = receive_revoke(await client.send(revoke_request(creds.token)))
         except CloudClientError as exc:
             outcome = None

@@ -57,13 +57,16 @@ intercept_other_hosts = false
 # Cloud sync is off until you run: halton-meter cloud connect
 enabled = false
 base_url = "{DEFAULT_BASE_URL}"
+# Only if this machine must reach the cloud through an HTTP proxy (the daemon
+# never uses HTTPS_PROXY, which points programs at the daemon itself):
+# proxy = "http://proxy.example.com:3128"
 '''
 
 _KNOWN: dict[str, set[str]] = {
     "proxy": {"listen_host", "listen_port", "ssl_verify_upstream_trusted_ca", "intercept_other_hosts"},
     "capture": {"hosts"},
     "pricing": {"override"},
-    "cloud": {"enabled", "base_url", "workspace_id", "workspace_slug", "sync_bodies"},
+    "cloud": {"enabled", "base_url", "workspace_id", "workspace_slug", "sync_bodies", "proxy"},
 }
 
 

@@ -142,3 +142,56 @@ class ClientConnection:
             raise RemoteProtocolError(f"the server sent malformed HTTP: {exc}") from None
         except h11.LocalProtocolError as exc:
             raise LocalProtocolError(f"cannot read an answer now: {exc}") from None
+
+
+class TunnelHandshake:
+    """``CONNECT host:port`` through an HTTP proxy, for a user who must use one.
+
+    ``request_bytes()`` is what to send to the proxy; feed its answer to
+    ``receive_data`` until it returns True (tunnel open). A refusal raises
+    RemoteProtocolError with the proxy's status line. Bytes the proxy sent
+    after its answer (none for a well-behaved proxy) are in ``leftover``.
+    """
+
+    def __init__(self, authority: str) -> None:
+        if not authority or any(ch in authority for ch in "\r\n /"):
+            raise LocalProtocolError(f"not a host:port to tunnel to: {authority!r}")
+        self.authority = authority
+        self.leftover = b""
+        self._conn = h11.Connection(our_role=h11.CLIENT)
+
+    def request_bytes(self) -> bytes:
+        try:
+            head = self._conn.send(
+                h11.Request(
+                    method="CONNECT",
+                    target=self.authority,
+                    headers=[("Host", self.authority), ("User-Agent", USER_AGENT)],
+                )
+            )
+            tail = self._conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise LocalProtocolError(str(exc)) from exc
+        return (head or b"") + (tail or b"")
+
+    def receive_data(self, data: bytes) -> bool:
+        if not data:
+            raise RemoteProtocolError("the proxy closed the connection before answering CONNECT")
+        try:
+            self._conn.receive_data(data)
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA:
+                    return False
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    if 200 <= event.status_code < 300:
+                        self.leftover = bytes(self._conn.trailing_data[0])
+                        return True
+                    reason = event.reason.decode("latin-1", "replace")
+                    raise RemoteProtocolError(
+                        f"the proxy refused to tunnel to {self.authority}: {event.status_code} {reason}"
+                    )
+        except h11.RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"the proxy's answer to CONNECT is not HTTP: {exc}") from exc

@@ -8,9 +8,16 @@ import anyio
 import anyio.abc
 
 from hm_proto import LocalProtocolError, RemoteProtocolError, Request, Response, TransportFailure
-from hm_proto._wire import ClientConnection
+from hm_proto._wire import ClientConnection, TunnelHandshake
 
-from ._base import DEFAULT_TIMEOUT, READ_SIZE, BaseUrl, make_ssl_context, parse_base_url
+from ._base import (
+    DEFAULT_TIMEOUT,
+    READ_SIZE,
+    BaseUrl,
+    make_ssl_context,
+    parse_base_url,
+    parse_proxy_url,
+)
 
 _BROKEN = (
     OSError,
@@ -26,9 +33,14 @@ class AsyncCloudClient:
     """``await send(request)`` → Response or TransportFailure; one keep-alive connection."""
 
     def __init__(
-        self, base_url: str, timeout: float = DEFAULT_TIMEOUT, cafile: str | None = None
+        self,
+        base_url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        cafile: str | None = None,
+        proxy: str | None = None,
     ) -> None:
         self.base_url: BaseUrl = parse_base_url(base_url)
+        self.proxy: BaseUrl | None = parse_proxy_url(proxy) if proxy else None
         self.timeout = timeout
         self._ssl_context = make_ssl_context(cafile) if self.base_url.tls else None
         self._stream: anyio.abc.ByteStream | None = None
@@ -53,11 +65,40 @@ class AsyncCloudClient:
 
     async def _connect(self) -> anyio.abc.ByteStream:
         url = self.base_url
+        if self.proxy is not None:
+            return await self._connect_through_proxy(self.proxy)
         if self._ssl_context is None:
             return await anyio.connect_tcp(url.host, url.port)
         return await anyio.connect_tcp(
             url.host, url.port, tls=True, ssl_context=self._ssl_context, tls_hostname=url.host
         )
+
+    async def _connect_through_proxy(self, proxy: BaseUrl) -> anyio.abc.ByteStream:
+        from anyio.streams.tls import TLSStream
+
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp(proxy.host, proxy.port)
+        try:
+            handshake = TunnelHandshake(self.base_url.authority)
+            await stream.send(handshake.request_bytes())
+            try:
+                while not handshake.receive_data(await stream.receive(READ_SIZE)):
+                    pass
+            except anyio.EndOfStream:
+                handshake.receive_data(b"")
+            if handshake.leftover:
+                raise OSError(f"the proxy {proxy} sent bytes before the tunnel was used")
+            if self._ssl_context is not None:
+                stream = await TLSStream.wrap(
+                    stream, hostname=self.base_url.host, ssl_context=self._ssl_context,
+                    standard_compatible=False,
+                )
+        except RemoteProtocolError as exc:
+            await anyio.aclose_forcefully(stream)
+            raise OSError(f"{exc} (proxy {proxy})") from None
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
+        return stream
 
     async def send(
         self, request: Request, timeout: float | None = None

@@ -3,7 +3,9 @@
 Neither client ever looks at HTTPS_PROXY / HTTP_PROXY: the daemon is itself
 the proxy those variables point programs at, so honouring them would send
 the daemon's own uploads through its own interception (or nowhere when it
-is down). The clients open a TCP connection straight to the base URL's host.
+is down). The clients open a TCP connection straight to the base URL's host,
+unless they are given a proxy explicitly (``[cloud] proxy`` in config.toml):
+then they tunnel through it with CONNECT (hm_proto._wire.TunnelHandshake).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class BaseUrl:
     @property
     def tls(self) -> bool:
         return self.scheme == "https"
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` with the port always present: the target of a CONNECT."""
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{shown}:{self.port}"
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host_header}{self.path_prefix}"
@@ -69,6 +77,18 @@ def parse_base_url(text: str) -> BaseUrl:
         path_prefix=parts.path.rstrip("/"),
         host_header=host_header,
     )
+
+
+def parse_proxy_url(text: str) -> BaseUrl:
+    """An explicit HTTP proxy for the cloud, ``http://proxy.corp:3128``; BadBaseUrl otherwise."""
+    hint = "use a URL like http://proxy.example.com:3128 ([cloud] proxy in config.toml)"
+    try:
+        parsed = parse_base_url(text)
+    except BadBaseUrl as exc:
+        raise BadBaseUrl(f"cannot use {text!r} as the cloud proxy: {hint}") from exc
+    if parsed.tls or parsed.path_prefix:
+        raise BadBaseUrl(f"the cloud proxy must be a plain http:// proxy address, got {text!r}: {hint}")
+    return parsed
 
 
 def make_ssl_context(cafile: str | None = None) -> ssl.SSLContext:

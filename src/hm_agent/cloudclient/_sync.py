@@ -8,9 +8,16 @@ import threading
 import time
 
 from hm_proto import LocalProtocolError, RemoteProtocolError, Request, Response, TransportFailure
-from hm_proto._wire import ClientConnection
+from hm_proto._wire import ClientConnection, TunnelHandshake
 
-from ._base import DEFAULT_TIMEOUT, READ_SIZE, BaseUrl, make_ssl_context, parse_base_url
+from ._base import (
+    DEFAULT_TIMEOUT,
+    READ_SIZE,
+    BaseUrl,
+    make_ssl_context,
+    parse_base_url,
+    parse_proxy_url,
+)
 
 
 class _Timeout(Exception):
@@ -21,9 +28,14 @@ class SyncCloudClient:
     """``send(request)`` → Response or TransportFailure; one keep-alive connection, thread-safe."""
 
     def __init__(
-        self, base_url: str, timeout: float = DEFAULT_TIMEOUT, cafile: str | None = None
+        self,
+        base_url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        cafile: str | None = None,
+        proxy: str | None = None,
     ) -> None:
         self.base_url: BaseUrl = parse_base_url(base_url)
+        self.proxy: BaseUrl | None = parse_proxy_url(proxy) if proxy else None
         self.timeout = timeout
         self._ssl_context = make_ssl_context(cafile) if self.base_url.tls else None
         self._sock: socket.socket | None = None
@@ -51,9 +63,12 @@ class SyncCloudClient:
 
     def _connect(self, deadline: float) -> socket.socket:
         url = self.base_url
-        sock = socket.create_connection((url.host, url.port), timeout=_remaining(deadline))
+        first_hop = self.proxy or url
+        sock = socket.create_connection((first_hop.host, first_hop.port), timeout=_remaining(deadline))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.proxy is not None:
+                self._open_tunnel(sock, deadline)
             if self._ssl_context is not None:
                 sock.settimeout(_remaining(deadline))
                 sock = self._ssl_context.wrap_socket(sock, server_hostname=url.host)
@@ -61,6 +76,20 @@ class SyncCloudClient:
             sock.close()
             raise
         return sock
+
+    def _open_tunnel(self, sock: socket.socket, deadline: float) -> None:
+        handshake = TunnelHandshake(self.base_url.authority)
+        sock.settimeout(_remaining(deadline))
+        sock.sendall(handshake.request_bytes())
+        try:
+            while True:
+                sock.settimeout(_remaining(deadline))
+                if handshake.receive_data(sock.recv(READ_SIZE)):
+                    break
+        except RemoteProtocolError as exc:
+            raise OSError(f"{exc} (proxy {self.proxy})") from None
+        if handshake.leftover:
+            raise OSError(f"the proxy {self.proxy} sent bytes before the tunnel was used")
 
     def send(self, request: Request, timeout: float | None = None) -> Response | TransportFailure:
         """Send ``request`` and read the whole answer within ``timeout`` seconds."""
