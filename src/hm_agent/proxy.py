@@ -59,6 +59,19 @@ class RedactingFormatter(logging.Formatter):
 REDACT_FILTER = _RedactSecrets()
 
 
+# The mitmproxy addons a metering proxy needs. mitmproxy calls every addon on
+# every event, so the ~30 defaults (playback, map/modify, save, export, the
+# onboarding app, ...) cost CPU on each request and give the daemon nothing.
+_NEEDED_ADDONS = {
+    "Core", "Block", "DisableH2C", "Proxyserver", "DnsResolver", "NextLayer", "TlsConfig", "ProxyAuth",
+    "UpstreamAuth",
+}
+
+
+def metering_addons(defaults: list[Any]) -> list[Any]:
+    return [a for a in defaults if type(a).__name__ in _NEEDED_ADDONS]
+
+
 class ProxyThread:
     """Runs mitmproxy; :meth:`start` returns once the port is bound or raises ProxyStartError."""
 
@@ -110,7 +123,7 @@ class ProxyThread:
         cfg = self.config
         opts = options.Options()
         master = Master(opts, event_loop=asyncio.get_running_loop())
-        master.addons.add(*default_addons())
+        master.addons.add(*metering_addons(default_addons()))
         master.addons.add(self.addon)
         self.confdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         update: dict[str, Any] = {
