@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -57,11 +57,15 @@ class UsageRow:
         return self.ts[:10]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every value, and this runs once per call captured.
+        return {name: getattr(self, name) for name in _ROW_FIELDS}
 
     def to_json(self) -> bytes:
-        """Compact, key-ordered JSON: the stored and uploaded form."""
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        """Compact JSON in field order: the stored and uploaded form."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(UsageRow))
 
 
 _REQUIRED: dict[str, tuple[type, ...]] = {
