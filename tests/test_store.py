@@ -69,7 +69,7 @@ def test_totals_by_day_sums_decimals_exactly(store: Store) -> None:
 def test_rows_for_days_includes_synced_rows(store: Store) -> None:
     store.insert_rows([row(1), row(2, day="2026-11-25"), row(3, day="2026-11-26")])
     store.mark_synced([row(1).id], "2026-11-26T00:00:00.000Z")
-    ids = [rid for rid, _ in store.unsynced_or_all_rows_for_days(["2026-11-24", "2026-11-25"])]
+    ids = [rid for rid, _ in store.rows_for_days(["2026-11-24", "2026-11-25"])]
     assert ids == [row(1).id, row(2).id]
     assert store.rows_for_days([]) == []
 

@@ -156,10 +156,6 @@ class CloudService:
 SERVICE = CloudService()
 
 
-def _store_of(ctx: Any) -> Any:
-    return ctx.store
-
-
 # -- pairing ---------------------------------------------------------------------
 
 
@@ -225,7 +221,7 @@ class PairingComponent:
 def _save_approved(ctx: Any, job: PairingJob, ok: Approved) -> None:
     save_pairing(
         ctx.home,
-        _store_of(ctx),
+        ctx.store,
         token=ok.token,
         base_url=job.base_url,
         workspace_id=ok.workspace_id,
@@ -338,7 +334,7 @@ class CloudWorker:
             log.error("cloud worker cannot start: %s", exc)
             return None
         self.error = None
-        state = await anyio.to_thread.run_sync(_store_of(ctx).get_cloud_state) or {}
+        state = await anyio.to_thread.run_sync(ctx.store.get_cloud_state) or {}
         self.base_url = creds.base_url or ctx.config.cloud_base_url
         self.workspace_slug = state.get("workspace_slug") or creds.workspace_slug
         last_reconcile = parse_iso(state.get("last_reconcile_at"))
@@ -371,7 +367,7 @@ class CloudWorker:
         self._poke = anyio.Event()
 
     async def _turn(self, ctx: Any, client: AsyncCloudClient, session: SyncSession) -> None:
-        store = _store_of(ctx)
+        store = ctx.store
         now = time.time()
         if session.state in (SyncState.ACTIVE, SyncState.DEGRADED) and (
             self._reconcile_requested or now >= self._reconcile_due_at
@@ -415,7 +411,7 @@ class CloudWorker:
             waiter.finish(error)
 
     async def _handle(self, ctx: Any, event: Any) -> None:
-        store = _store_of(ctx)
+        store = ctx.store
         if isinstance(event, BatchAccepted):
             at = utc_now_iso()
             await anyio.to_thread.run_sync(store.mark_synced, list(event.row_ids), at)
@@ -454,7 +450,7 @@ class CloudWorker:
             )
 
     async def _reconcile(self, ctx: Any, client: AsyncCloudClient, session: SyncSession) -> None:
-        store = _store_of(ctx)
+        store = ctx.store
         self._reconcile_requested = False
         today = datetime.now(UTC).strftime("%Y-%m-%d")
         reconciler = Reconciler.last_days(today)

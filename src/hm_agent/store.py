@@ -286,7 +286,6 @@ class Store:
         )
         return [(r[0], bytes(r[1])) for r in rows]
 
-    unsynced_or_all_rows_for_days = rows_for_days
 
     def report_rows(self, from_day: str, to_day: str) -> list[sqlite3.Row]:
         """The columns ``report`` aggregates, for days in [from_day, to_day]."""
