@@ -504,3 +504,16 @@ def test_wrong_passwords_are_limited_per_account(cloud: CloudServer) -> None:
     assert "Too many wrong passwords" in limited.text
     # Other accounts are unaffected.
     assert cloud.login_session("alice@example.com", PASSWORD) is not None
+
+
+def test_signing_out_kills_every_copy_of_the_session_cookie(cloud: CloudServer) -> None:
+    cloud.create_user("carol@example.com", PASSWORD, "carolco")
+    browser = cloud.login_session("carol@example.com", PASSWORD)
+    stolen = cloud.client(cookies=dict(browser.cookies))  # a copy of the cookie, elsewhere
+    assert stolen.get("/carolco/").status_code == 200
+    csrf = cloud.csrf(browser, "/logout")
+    assert browser.post("/logout", data={"csrf_token": csrf}).status_code == 303
+    after = stolen.get("/carolco/")
+    assert after.status_code in (302, 303) and "/login" in after.headers["location"]
+    again = cloud.login_session("carol@example.com", PASSWORD)  # signing in again works
+    assert again.get("/carolco/").status_code == 200

@@ -82,10 +82,11 @@ def _with_cookie(request: Request, response: Response) -> Response:
     return response
 
 
-def _sign_in(request: Request, user_id: int | None) -> None:
+async def _sign_in(request: Request, user_id: int | None) -> None:
     """Change who is signed in; a new CSRF token each time (no fixation)."""
     session = session_of(request)
     session.user_id = user_id
+    session.epoch = 0 if user_id is None else await cloud(request).db(store.session_epoch, user_id)
     session.csrf = secrets.token_bytes(24).hex()
     session.fresh = True
 
@@ -154,7 +155,9 @@ async def _user(request: Request) -> tuple[int, str] | None:
     if session.user_id is None:
         return None
     email = await cloud(request).db(store.user_email, session.user_id)
-    return (session.user_id, email) if email else None
+    if not email or await cloud(request).db(store.session_epoch, session.user_id) != session.epoch:
+        return None  # the account is gone, or it signed out (everywhere) since this cookie
+    return session.user_id, email
 
 
 async def _member_page(
@@ -231,7 +234,7 @@ async def signup(request: Request) -> Response:
             {"next": nxt, "error": error, "form": {"email": email, "workspace": ws_name}},
             status=400,
         )
-    _sign_in(request, user_id)
+    await _sign_in(request, user_id)
     return redirect(request, _safe_next(nxt, f"/{ws.slug}/"))
 
 
@@ -268,7 +271,7 @@ async def login(request: Request) -> Response:
             {"next": nxt, "error": "Wrong email or password.", "form": {"email": email}},
             status=400,
         )
-    _sign_in(request, found[0])
+    await _sign_in(request, found[0])
     return redirect(request, _safe_next(nxt, "/"))
 
 
@@ -279,7 +282,10 @@ async def logout(request: Request) -> Response:
     form = await _form(request)
     if not csrf_ok(session_of(request), form.get("csrf_token")):
         return _csrf_failed(request)
-    _sign_in(request, None)
+    user = await _user(request)
+    if user is not None:
+        await cloud(request).db(store.bump_session_epoch, user[0])  # copies of the cookie die too
+    await _sign_in(request, None)
     return redirect(request, "/login")
 
 

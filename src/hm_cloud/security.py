@@ -38,6 +38,7 @@ class Session:
     user_id: int | None
     csrf: str
     fresh: bool = False  # True when no valid cookie came in: the response must set one
+    epoch: int = 0  # the user's session epoch at sign-in; signing out bumps it (all cookies die)
 
 
 class SessionCodec:
@@ -52,14 +53,17 @@ class SessionCodec:
                 data = self._serializer.loads(cookie, max_age=SESSION_MAX_AGE)
                 uid = data.get("uid")
                 csrf = data.get("csrf")
-                if isinstance(csrf, str) and (uid is None or isinstance(uid, int)):
-                    return Session(user_id=uid, csrf=csrf)
+                epoch = data.get("ep", 0)
+                if isinstance(csrf, str) and (uid is None or isinstance(uid, int)) and isinstance(epoch, int):
+                    return Session(user_id=uid, csrf=csrf, epoch=epoch)
             except (BadSignature, AttributeError):
                 pass
         return Session(user_id=None, csrf=secrets.token_bytes(24).hex(), fresh=True)
 
     def dump(self, session: Session) -> str:
-        return str(self._serializer.dumps({"uid": session.user_id, "csrf": session.csrf}))
+        return str(
+            self._serializer.dumps({"uid": session.user_id, "csrf": session.csrf, "ep": session.epoch})
+        )
 
 
 def csrf_ok(session: Session, presented: object) -> bool:

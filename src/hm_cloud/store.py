@@ -94,6 +94,26 @@ def session_secret(engine: Engine) -> str:
         )
 
 
+def session_epoch(engine: Engine, user_id: int) -> int:
+    """The user's session epoch: cookies signed for an older one are signed out."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(settings.c.value).where(settings.c.key == f"session_epoch:{user_id}")
+        ).scalar()
+    return int(value) if value is not None else 0
+
+
+def bump_session_epoch(engine: Engine, user_id: int) -> None:
+    """Sign the user out everywhere: every cookie issued so far stops working."""
+    key = f"session_epoch:{user_id}"
+    with write_transaction(engine) as conn:
+        value = conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar()
+        if value is None:
+            conn.execute(settings.insert().values(key=key, value="1"))
+        else:
+            conn.execute(settings.update().where(settings.c.key == key).values(value=str(int(value) + 1)))
+
+
 # -- users and workspaces --------------------------------------------------------
 
 
