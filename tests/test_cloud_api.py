@@ -517,3 +517,14 @@ def test_signing_out_kills_every_copy_of_the_session_cookie(cloud: CloudServer) 
     assert after.status_code in (302, 303) and "/login" in after.headers["location"]
     again = cloud.login_session("carol@example.com", PASSWORD)  # signing in again works
     assert again.get("/carolco/").status_code == 200
+
+
+def test_pairing_starts_are_limited_per_address(tmp_path: Path) -> None:
+    body = {"machine_id": "9b2d3c1e-0f4a-4b8e-9c7d-2a1b3c4d5e6f", "hostname": "h", "os": "linux",
+            "agent_version": "0.2.1", "workspace": None}
+    with running_cloud(tmp_path) as server, httpx.Client(base_url=server.base_url, timeout=30) as http:
+        statuses = [http.post("/v1/pairing/start", json=body).status_code for _ in range(301)]
+        assert statuses[:300] == [200] * 300
+        assert statuses[300] == 429
+        limited = http.post("/v1/pairing/start", json=body)
+        assert limited.json()["error"] == "rate_limited" and int(limited.headers["Retry-After"]) > 0

@@ -35,6 +35,7 @@ from .state import (
     MAX_BATCH_ROWS,
     POLL_INTERVAL_SECONDS,
     SLOW_DOWN_STEP_SECONDS,
+    client_address,
     cloud,
 )
 
@@ -117,6 +118,12 @@ async def authed_device(request: Request) -> store.AuthedDevice:
 
 async def pairing_start(request: Request) -> Response:
     state = cloud(request)
+    keys = [f"start:{client_address(request)}"]
+    wait = state.start_limiter.retry_after(keys)
+    if wait is not None:
+        detail = f"Too many pairing codes requested from this address: wait {wait} seconds and try again"
+        return json_response({"error": "rate_limited", "detail": detail}, 429, {"Retry-After": str(wait)})
+    state.start_limiter.miss(keys)
     body = await _json_object(request)
     machine_id = _field(body, "machine_id", str)
     if not _UUID_RE.match(machine_id):

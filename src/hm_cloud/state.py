@@ -35,6 +35,9 @@ class CloudState:
     limiter: GuessLimiter = field(default_factory=GuessLimiter)  # wrong pairing codes
     # Wrong passwords, per account email (not per address: one office, one NAT).
     login_limiter: GuessLimiter = field(default_factory=GuessLimiter)
+    # Pairing starts per client address: /v1/pairing/start needs no account, so
+    # bound the rows a single address can make (generous: one office, one NAT).
+    start_limiter: GuessLimiter = field(default_factory=lambda: GuessLimiter(limit=300, window=600.0))
     waiters: PairingWaiters = field(default_factory=PairingWaiters)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
