@@ -10,14 +10,7 @@ import anyio.abc
 from hm_proto import LocalProtocolError, RemoteProtocolError, Request, Response, TransportFailure
 from hm_proto._wire import ClientConnection, TunnelHandshake
 
-from ._base import (
-    DEFAULT_TIMEOUT,
-    READ_SIZE,
-    BaseUrl,
-    make_ssl_context,
-    parse_base_url,
-    parse_proxy_url,
-)
+from ._base import DEFAULT_TIMEOUT, READ_SIZE, BaseUrl, ClientSettings
 
 _BROKEN = (
     OSError,
@@ -29,7 +22,7 @@ _BROKEN = (
 )
 
 
-class AsyncCloudClient:
+class AsyncCloudClient(ClientSettings):
     """``await send(request)`` → Response or TransportFailure; one keep-alive connection."""
 
     def __init__(
@@ -39,10 +32,7 @@ class AsyncCloudClient:
         cafile: str | None = None,
         proxy: str | None = None,
     ) -> None:
-        self.base_url: BaseUrl = parse_base_url(base_url)
-        self.proxy: BaseUrl | None = parse_proxy_url(proxy) if proxy else None
-        self.timeout = timeout
-        self._ssl_context = make_ssl_context(cafile) if self.base_url.tls else None
+        super().__init__(base_url, timeout, cafile, proxy)
         self._stream: anyio.abc.ByteStream | None = None
         self._wire: ClientConnection | None = None
         self._lock: anyio.Lock | None = None  # made lazily: it belongs to the running loop

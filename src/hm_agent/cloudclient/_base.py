@@ -107,3 +107,19 @@ def make_ssl_context(cafile: str | None = None) -> ssl.SSLContext:
         return context
     context.load_verify_locations(cafile=certifi.where())
     return context
+
+
+class ClientSettings:
+    """Where and how both clients connect: base URL, optional proxy, timeout, TLS trust."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        cafile: str | None = None,
+        proxy: str | None = None,
+    ) -> None:
+        self.base_url: BaseUrl = parse_base_url(base_url)
+        self.proxy: BaseUrl | None = parse_proxy_url(proxy) if proxy else None
+        self.timeout = timeout
+        self._ssl_context = make_ssl_context(cafile) if self.base_url.tls else None

@@ -10,21 +10,14 @@ import time
 from hm_proto import LocalProtocolError, RemoteProtocolError, Request, Response, TransportFailure
 from hm_proto._wire import ClientConnection, TunnelHandshake
 
-from ._base import (
-    DEFAULT_TIMEOUT,
-    READ_SIZE,
-    BaseUrl,
-    make_ssl_context,
-    parse_base_url,
-    parse_proxy_url,
-)
+from ._base import DEFAULT_TIMEOUT, READ_SIZE, ClientSettings
 
 
 class _Timeout(Exception):
     pass
 
 
-class SyncCloudClient:
+class SyncCloudClient(ClientSettings):
     """``send(request)`` → Response or TransportFailure; one keep-alive connection, thread-safe."""
 
     def __init__(
@@ -34,10 +27,7 @@ class SyncCloudClient:
         cafile: str | None = None,
         proxy: str | None = None,
     ) -> None:
-        self.base_url: BaseUrl = parse_base_url(base_url)
-        self.proxy: BaseUrl | None = parse_proxy_url(proxy) if proxy else None
-        self.timeout = timeout
-        self._ssl_context = make_ssl_context(cafile) if self.base_url.tls else None
+        super().__init__(base_url, timeout, cafile, proxy)
         self._sock: socket.socket | None = None
         self._wire: ClientConnection | None = None
         self._lock = threading.Lock()
