@@ -209,10 +209,14 @@ def make_reply(providers: FakeProviders, target: str, headers: dict[str, str], r
     return Reply(200, [json_type, *extra], [encoder.piece(data) + encoder.end()], False), seen
 
 
-def _hold_between(providers: FakeProviders, seen: Seen, index: int) -> None:
-    seen.events_sent = index + 1
-    if index == 0 and providers.hold_after_first:
-        seen.held_until_released = providers._release.wait(10)
+def _hold_gate(providers: FakeProviders) -> threading.Event | None:
+    """Decided before event 1 leaves: once the client has it, the test may release at once."""
+    return providers._release if providers.hold_after_first else None
+
+
+def _hold_between(gate: threading.Event | None, seen: Seen, index: int) -> None:
+    if index == 0 and gate is not None:
+        seen.held_until_released = gate.wait(10)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -250,12 +254,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
+        gate = _hold_gate(self.providers)
         try:
             for index, piece in enumerate(reply.pieces):
+                # Counted before the bytes leave: the client may read them before we return.
+                seen.events_sent = index + 1
                 if piece:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                     self.wfile.flush()
-                _hold_between(self.providers, seen, index)
+                _hold_between(gate, seen, index)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
@@ -299,12 +306,14 @@ def _answer_h2(providers: FakeProviders, conn: Any, sock: Any, stream_id: int,
     conn.send_headers(stream_id, [(":status", str(reply.status)), *reply.headers])
     sock.sendall(conn.data_to_send())
     frame = conn.max_outbound_frame_size
+    gate = _hold_gate(providers)
     for index, piece in enumerate(reply.pieces):
+        seen.events_sent = index + 1  # counted before the bytes leave (see above)
         for start in range(0, len(piece), frame):
             conn.send_data(stream_id, piece[start : start + frame])
             sock.sendall(conn.data_to_send())
         if reply.stream:
-            _hold_between(providers, seen, index)
+            _hold_between(gate, seen, index)
     conn.end_stream(stream_id)
     sock.sendall(conn.data_to_send())
 
