@@ -111,8 +111,10 @@ def test_locked_database_raises_operational_error_quickly(tmp_path: Path) -> Non
     writer.close()
 
 
-def test_writer_row_json_is_exactly_usage_row_to_json() -> None:
-    from hm_agent.writer import row_json
+def test_usage_row_to_json_is_exactly_the_dataclass_as_json() -> None:
+    import dataclasses
+    import json
+
     from hm_proto import UsageRow
 
     row = UsageRow(
@@ -121,4 +123,5 @@ def test_writer_row_json_is_exactly_usage_row_to_json() -> None:
         output_tokens=None, cache_read_tokens=0, cache_write_tokens=None, reasoning_tokens=None,
         cost_usd="0.1", price_version="v", latency_ms=3, ttfb_ms=None,
     )
-    assert row_json(row) == row.to_json()
+    canonical = json.dumps(dataclasses.asdict(row), separators=(",", ":"), ensure_ascii=False).encode()
+    assert row.to_json() == canonical
