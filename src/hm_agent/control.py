@@ -13,6 +13,7 @@ request ``{"cmd": "status", "args": {...}}``; reply ``{"ok": true,
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +24,16 @@ from .home import HomePaths, paths
 CommandHandler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 COMMANDS: dict[str, CommandHandler] = {}
-MAX_LINE = 1 << 20
+# A request is one short JSON line ({"cmd": ..., "args": {...}}): anything
+# longer or nested deeper is refused with an error reply before it is parsed
+# (json.loads recurses: 100,000 "[" raised RecursionError in the daemon).
+MAX_REQUEST_LINE = 64 * 1024
+MAX_REQUEST_DEPTH = 32
+# The daemon's answers (status, cloud sync) are larger; the client reads at most this.
+MAX_REPLY_LINE = 1 << 20
+# Connections served at once; more wait in the listen backlog.
+MAX_CONNECTIONS = 32
+REQUEST_TIMEOUT_S = 10.0
 
 
 class DaemonNotRunning(Exception):
@@ -83,7 +93,7 @@ def control_call(home: Path | HomePaths | None, cmd: str, timeout: float = 10.0,
             if not chunk:
                 break
             buf += chunk
-            if len(buf) > MAX_LINE:
+            if len(buf) > MAX_REPLY_LINE:
                 raise ControlError("the daemon's answer is too long")
     finally:
         sock.close()
@@ -99,47 +109,133 @@ def control_call(home: Path | HomePaths | None, cmd: str, timeout: float = 10.0,
     return result if isinstance(result, dict) else {}
 
 
-async def serve_connection(stream: Any, ctx: Any) -> None:
-    """Answer one request line on an anyio byte stream (the daemon's side)."""
+async def serve_forever(listener: Any, ctx: Any) -> None:
+    """Serve the control socket until cancelled, at most MAX_CONNECTIONS at a time.
+
+    A slot is taken before accepting, so a client that opens thousands of
+    connections holds at most MAX_CONNECTIONS descriptors of ours. A failing
+    accept is logged and retried: the control socket never takes the daemon,
+    or its proxy, down.
+    """
     import anyio
 
-    async with stream:
-        buf = bytearray()
+    slots = anyio.Semaphore(MAX_CONNECTIONS)
+
+    async def serve_one(stream: Any) -> None:
         try:
-            with anyio.fail_after(10):
-                while b"\n" not in buf:
-                    chunk = await stream.receive(65536)
-                    buf += chunk
-                    if len(buf) > MAX_LINE:
-                        return
-        except (anyio.EndOfStream, anyio.BrokenResourceError, TimeoutError):
-            return
-        reply = await dispatch(bytes(buf.split(b"\n", 1)[0]), ctx)
-        try:
-            await stream.send(json.dumps(reply, default=str).encode() + b"\n")
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+            await serve_connection(stream, ctx)
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as tg:
+        while True:
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except Exception:
+                slots.release()
+                logging.getLogger("hm_agent.control").exception("control socket: accept failed; retrying")
+                await anyio.sleep(0.5)
+                continue
+            tg.start_soon(serve_one, stream)
+
+
+async def serve_connection(stream: Any, ctx: Any) -> None:
+    """Answer one request line on an anyio byte stream (the daemon's side).
+
+    Never raises (except cancellation): whatever a client sends, the worst it
+    gets is an error reply, and the daemon and its proxy go on.
+    """
+    import anyio
+
+    try:
+        async with stream:
+            reply = await _read_and_dispatch(stream, ctx)
+            if reply is None:
+                return
+            try:
+                data = json.dumps(reply, default=str).encode() + b"\n"
+            except (ValueError, TypeError, RecursionError) as exc:
+                data = json.dumps({"ok": False, "error": f"the answer could not be encoded: {exc}"}).encode() + b"\n"
+            try:
+                with anyio.fail_after(REQUEST_TIMEOUT_S):
+                    await stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
+                pass
+    except Exception:
+        logging.getLogger("hm_agent.control").exception("control connection failed")
     if getattr(ctx, "stop_requested", False):
         ctx.request_stop()
 
 
+async def _read_and_dispatch(stream: Any, ctx: Any) -> dict[str, Any] | None:
+    import anyio
+
+    buf = bytearray()
+    try:
+        with anyio.fail_after(REQUEST_TIMEOUT_S):
+            while b"\n" not in buf:
+                buf += await stream.receive(65536)
+                if len(buf) > MAX_REQUEST_LINE and b"\n" not in buf:
+                    return _error(f"request longer than {MAX_REQUEST_LINE} bytes")
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
+        return None
+    line = bytes(buf.split(b"\n", 1)[0])
+    if len(line) > MAX_REQUEST_LINE:
+        return _error(f"request longer than {MAX_REQUEST_LINE} bytes")
+    return await dispatch(line, ctx)
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+def json_depth_ok(data: bytes, max_depth: int) -> bool:
+    """False if ``data`` nests arrays/objects deeper than ``max_depth`` (strings are skipped)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > max_depth:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+_BAD_REQUEST = 'bad request: expected {"cmd": ..., "args": {...}}'
+
+
 async def dispatch(line: bytes, ctx: Any) -> dict[str, Any]:
+    """One request line in, one reply out; never raises."""
+    if len(line) > MAX_REQUEST_LINE:
+        return _error(f"request longer than {MAX_REQUEST_LINE} bytes")
+    if not json_depth_ok(line, MAX_REQUEST_DEPTH):
+        return _error(f"{_BAD_REQUEST} (nested deeper than {MAX_REQUEST_DEPTH})")
     try:
         request = json.loads(line)
         name = str(request["cmd"])
         args = request.get("args") or {}
         if not isinstance(args, dict):
             raise ValueError
-    except (ValueError, KeyError, TypeError):
-        return {"ok": False, "error": 'bad request: expected {"cmd": ..., "args": {...}}'}
+    except Exception:  # ValueError, KeyError, TypeError, AttributeError, RecursionError…
+        return _error(_BAD_REQUEST)
     handler = COMMANDS.get(name)
     if handler is None:
         known = ", ".join(sorted(COMMANDS))
-        return {"ok": False, "error": f"unknown command {name!r} (this daemon knows: {known}); is it an older version? Try `halton-meter restart`."}
+        return _error(f"unknown command {name[:80]!r} (this daemon knows: {known}); is it an older version? Try `halton-meter restart`.")
     try:
         return {"ok": True, "result": await handler(ctx, args)}
     except Exception as exc:
-        import logging
-
         logging.getLogger("hm_agent.control").exception("control command %s failed", name)
-        return {"ok": False, "error": f"{name} failed: {exc}"}
+        return _error(f"{name} failed: {exc}")

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, ensure_config, load_config
-from .control import DaemonNotRunning, command, control_call, serve_connection
+from .control import DaemonNotRunning, command, control_call, serve_forever
 from .home import HomeError, HomePaths, ensure_home, ensure_machine_id, paths, write_atomic
 from .store import Store, StoreError
 
@@ -317,11 +317,7 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
             async with listener, anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, scope)
                 tg.start_soon(ctx.supervisor.run, ctx)
-
-                async def handle(stream: Any) -> None:
-                    await serve_connection(stream, ctx)
-
-                tg.start_soon(listener.serve, handle)
+                tg.start_soon(serve_forever, listener, ctx)
 
     code = 0
     try:
