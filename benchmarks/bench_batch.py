@@ -21,8 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from hm_proto import BatchBuilder, UsageRow
-from hm_proto._batch import DEFAULT_ENCODING, ContentEncoding
+from hm_proto import DEFAULT_ENCODING, BatchBuilder, ContentEncoding, UsageRow
 
 ROWS = 100_000
 PER_BATCH = 1_000

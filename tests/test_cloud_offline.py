@@ -12,7 +12,7 @@ from hm_agent.cloudlink import CloudLinkError, load_credentials, save_pairing
 from hm_agent.config import ensure_config
 from hm_agent.home import ensure_home, ensure_machine_id
 from hm_agent.store import Store
-from hm_proto import generate_token
+from hm_proto.server import generate_token
 from tests.support.daemon import run_cli
 
 

@@ -12,7 +12,7 @@ from hm_cloud.bodies import decode_body
 from hm_cloud.security import GuessLimiter, SessionCodec, csrf_ok, hash_password, verify_password
 from hm_cloud.store import format_nanos
 from hm_cloud.views import cost_bars, cost_cell, money, relative_time
-from hm_proto import ApiError
+from hm_proto.server import ApiError
 
 LIMIT = 1024
 

@@ -51,12 +51,12 @@ from hm_proto import (
     TransportFailure,
     Unauthorised,
     WhoAmI,
-    generate_token,
     parse_whoami,
     receive_revoke,
     revoke_request,
     whoami_request,
 )
+from hm_proto.server import generate_token
 from tests.conftest import free_port
 from tests.support.apiserver import ApiServer, Reply, SeenRequest, error, running_server
 from tests.support.cloudserver import CloudServer, running_cloud

@@ -62,8 +62,7 @@ def test_a_proxy_must_be_a_plain_http_address() -> None:
 
 
 def test_tunnel_handshake_bytes_and_answers() -> None:
-    from hm_proto import LocalProtocolError, RemoteProtocolError
-    from hm_proto._wire import TunnelHandshake
+    from hm_proto import LocalProtocolError, RemoteProtocolError, TunnelHandshake
 
     hs = TunnelHandshake("api.example.com:443")
     assert hs.request_bytes().startswith(b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n")

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hm_proto import (
+    ENVELOPE_BYTES,
     MAX_BATCH_BYTES,
     MAX_BATCH_ROWS,
     BatchBuilder,
@@ -23,7 +24,6 @@ from hm_proto import (
     UsageRow,
     new_batch_id,
 )
-from hm_proto._batch import ENVELOPE_BYTES
 
 
 def seeded(seed: int = 1):  # type: ignore[no-untyped-def]

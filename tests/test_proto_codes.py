@@ -7,15 +7,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hm_proto import (
-    USER_CODE_ALPHABET,
     LocalProtocolError,
     format_user_code,
+    looks_like_token,
+    normalize_user_code,
+)
+from hm_proto.server import (
+    USER_CODE_ALPHABET,
     generate_device_code,
     generate_token,
     generate_user_code,
     hash_token,
-    looks_like_token,
-    normalize_user_code,
     token_matches,
 )
 

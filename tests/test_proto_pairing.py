@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hm_proto import (
+    MAX_RETRY_AFTER,
     Approved,
     CodeIssued,
     Denied,
@@ -24,8 +25,8 @@ from hm_proto import (
     RetryScheduled,
     SlowDown,
     TransportFailure,
-    generate_token,
 )
+from hm_proto.server import generate_token
 
 MACHINE = "0b6f0c4e-6f3a-4d55-9a43-6c1f6b0f2a11"
 TOKEN = generate_token(random.Random(7).randbytes)
@@ -211,6 +212,35 @@ def test_backoff_is_capped() -> None:
         assert isinstance(event, RetryScheduled)
         assert event.retry_at - now <= 60.0
         now = event.retry_at
+
+
+def test_injected_entropy_jitters_the_backoff_between_the_interval_and_its_double() -> None:
+    # The same BackoffPolicy as sync (hm_proto._retry), floored at the poll interval.
+    waits = set()
+    for seed in range(20):
+        client = PairingClient(
+            MACHINE, "vk.local", "Linux", "0.2.1", entropy=random.Random(seed).randbytes
+        )
+        client.start_request()
+        client.receive_start(start_ok(), 0.0)
+        for now in (0.0, 5.0):
+            client.next_poll(now)
+            event = client.receive_poll(TransportFailure("timeout"), now)
+            assert isinstance(event, RetryScheduled)
+        waits.add(event.retry_at - 5.0)  # the second failure in a row: in [5, 10)
+    assert all(5.0 <= wait <= 10.0 for wait in waits) and len(waits) == 20
+
+
+def test_pairing_and_sync_agree_on_what_is_retryable_and_clamp_retry_after() -> None:
+    client = started(expires_in=10**6)
+    client.next_poll(0.0)
+    event = client.receive_poll(Response(500), 0.0)  # every 5xx, 500 included
+    assert isinstance(event, RetryScheduled)
+    client.next_poll(event.retry_at)
+    event = client.receive_poll(
+        reply(429, {"error": "rate_limited"}, **{"Retry-After": "99999999"}), 10.0
+    )
+    assert isinstance(event, RetryScheduled) and event.retry_at == 10.0 + MAX_RETRY_AFTER
 
 
 def test_cancel_stops_every_request() -> None:

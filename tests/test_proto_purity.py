@@ -15,13 +15,20 @@ FORBIDDEN = {
 
 PROBE = r"""
 import json, sys
-names = sys.argv[1:]
+sys.path.insert(0, sys.argv[1])  # -I ignores PYTHONPATH: probe the hm_proto under test
+names = sys.argv[2:]
 before = set(sys.modules)
 for name in names:  # the package and every submodule, _wire included
     __import__(name)
 after = set(sys.modules)
 print(json.dumps(sorted(after - before)))
 """
+
+
+def _src_dir() -> str:
+    import hm_proto
+
+    return str(Path(hm_proto.__file__).parent.parent)
 
 
 def _submodules() -> list[str]:
@@ -33,7 +40,7 @@ def _submodules() -> list[str]:
 
 def test_importing_hm_proto_imports_no_io_clock_or_entropy() -> None:
     out = subprocess.run(
-        [sys.executable, "-I", "-c", PROBE, *_submodules()], capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-c", PROBE, _src_dir(), *_submodules()], capture_output=True, text=True, check=True
     ).stdout
     new = set(json.loads(out))
     roots = {name.split(".")[0] for name in new}

@@ -171,10 +171,11 @@ def test_reconcile_failures_are_outcomes(
         assert outcome == RetryLater("HTTP 429 rate_limited", 12.0)
 
 
-def test_a_422_is_a_contract_error_with_the_detail() -> None:
+def test_a_422_is_an_outcome_with_the_detail_not_an_exception() -> None:
+    # The error rule (docs/sync.md): an error answer is an outcome, like whoami's and revoke's.
     answer = reply(422, {"error": "validation_error", "detail": "Field required: from_date"})
-    with pytest.raises(RemoteProtocolError, match="Field required: from_date"):
-        Reconciler("2026-11-24", "2026-11-24").receive_totals(answer, {})
+    outcome = Reconciler("2026-11-24", "2026-11-24").receive_totals(answer, {})
+    assert outcome == CallFailed(422, "validation_error", "Field required: from_date")
 
 
 @pytest.mark.parametrize(

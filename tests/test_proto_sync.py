@@ -36,7 +36,7 @@ from hm_proto import (
     Wait,
     parse_retry_after,
 )
-from hm_proto._backoff import MAX_RETRY_AFTER, uniform
+from hm_proto._retry import MAX_RETRY_AFTER, uniform
 from hm_proto._sync import DEGRADED_WINDOW, FLUSH_INTERVAL, SERVER_ERROR_ATTEMPTS
 
 TOKEN = "hm_sync_test"

@@ -488,6 +488,11 @@ class CloudWorker:
             self._reconcile_due_at = time.time() + RECONCILE_RETRY  # the next batch will pause on 401
         elif isinstance(outcome, RetryLater):
             self._reconcile_due_at = time.time() + max(RECONCILE_RETRY, outcome.retry_after or 0)
+        else:  # CallFailed: the backend refused the totals request
+            error = f"GET /v1/requests/totals answered {outcome.status} {outcome.error}: {outcome.detail or 'no detail'}"
+            log.error("reconcile failed: %s", error)
+            self._reconcile_due_at = time.time() + RECONCILE_RETRY
+            self._last_reconcile = {"error": error}
 
 
 def make_component() -> CloudWorker:

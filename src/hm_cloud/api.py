@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hm_proto import (
+from hm_proto.server import (
     ApiError,
     format_user_code,
     generate_device_code,

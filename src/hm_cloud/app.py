@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from hm_proto import ApiError
+from hm_proto.server import ApiError
 
 from . import api, pages, store
 from .security import SessionCodec

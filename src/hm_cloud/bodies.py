@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import zstandard
 
-from hm_proto import ApiError
+from hm_proto.server import ApiError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 

@@ -17,7 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from hm_proto import ApiError, format_user_code, generate_token, normalize_user_code
+from hm_proto.server import ApiError, format_user_code, generate_token, normalize_user_code
 
 from . import store, views
 from .bodies import read_limited

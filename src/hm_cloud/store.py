@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
-from hm_proto import UsageRow, hash_token
+from hm_proto.server import UsageRow, hash_token
 
 from .db import devices, memberships, pairings, settings, tokens, usage_rows, users, workspaces
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._http import Response, TransportFailure
-
-#: Answers that say "try again later" rather than "this request is wrong".
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+from ._retry import is_retryable, retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +26,7 @@ class Unauthorised:
 class RetryLater:
     """A transport failure, 408, 429 or 5xx: the same request may succeed later.
 
-    ``retry_after`` is the server's ``Retry-After`` in seconds, if it sent one.
+    ``retry_after`` is the server's ``Retry-After`` in seconds (clamped), if it sent one.
     """
 
     reason: str
@@ -42,21 +40,6 @@ class CallFailed:
     status: int
     error: str
     detail: str
-
-
-def retry_after_seconds(response: Response) -> float | None:
-    """The delta-seconds form of ``Retry-After``; None when absent or a date.
-
-    The HTTP-date form needs a wall clock, which hm_proto does not have; the
-    callers fall back to their own backoff then.
-    """
-    raw = response.header("Retry-After")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if not raw.isdigit():
-        return None
-    return float(int(raw))
 
 
 def describe(answer: Response | TransportFailure) -> str:
@@ -79,6 +62,6 @@ def classify_failure(answer: Response | TransportFailure) -> Unauthorised | Retr
         return RetryLater(describe(answer))
     if answer.status == 401:
         return Unauthorised(answer.error_detail() or "the token was refused")
-    if answer.status in RETRYABLE_STATUSES or answer.status >= 500:
-        return RetryLater(describe(answer), retry_after_seconds(answer))
+    if is_retryable(answer):
+        return RetryLater(describe(answer), retry_after(answer))
     return CallFailed(answer.status, answer.error_code() or "", answer.error_detail())

@@ -26,10 +26,11 @@ import re
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ._codes import format_user_code, looks_like_token, normalize_user_code
+from ._codes import Entropy, format_user_code, looks_like_token, normalize_user_code
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._http import JSON_HEADERS, Request, Response, TransportFailure, json_body
-from ._outcomes import RETRYABLE_STATUSES, describe, retry_after_seconds
+from ._outcomes import describe
+from ._retry import BackoffPolicy, is_retryable, is_retryable_status, retry_after
 
 START_PATH = "/v1/pairing/start"
 POLL_PATH = "/v1/pairing/poll"
@@ -200,7 +201,7 @@ class Cancelled:
 
 StartEvent = CodeIssued | RetryScheduled | PairingError
 PollEvent = Pending | SlowDown | RetryScheduled | Approved | Denied | Expired | PairingError
-Outcome = Approved | Denied | Expired | Cancelled | PairingError
+PairingOutcome = Approved | Denied | Expired | Cancelled | PairingError
 _OutcomeT = TypeVar("_OutcomeT", Approved, Denied, Expired, Cancelled, PairingError)
 
 
@@ -232,7 +233,13 @@ class PairingClient:
         workspace: str | None = None,
         *,
         wait: int = DEFAULT_WAIT,
+        entropy: Entropy | None = None,
     ) -> None:
+        """``entropy`` (``secrets.token_bytes``) jitters the backoff after failures.
+
+        Without it every retry waits the top of its backoff interval: fine
+        for one process, but a fleet restarting together would retry in step.
+        """
         if not isinstance(machine_id, str) or not _UUID_RE.fullmatch(machine_id):
             raise LocalProtocolError(
                 f"machine_id must be a UUID, got {machine_id!r}: check ~/.halton-meter/machine.json"
@@ -251,10 +258,11 @@ class PairingClient:
         self.agent_version = agent_version
         self.workspace = workspace
         self.wait = wait
+        self._entropy = entropy
         self.state = PairingState.IDLE
         self.interval = DEFAULT_INTERVAL
         self.code: CodeIssued | None = None
-        self.outcome: Outcome | None = None
+        self.outcome: PairingOutcome | None = None
         self._device_code = ""
         self._expires_at = math.inf
         self._next_attempt_at: float | None = None
@@ -283,14 +291,16 @@ class PairingClient:
         return RemoteProtocolError(message)
 
     def _backoff(self, base: float, answer: Response | TransportFailure) -> float:
-        """Delay before the next attempt after ``self._failures`` failures in a row."""
-        doublings = min(max(self._failures - 1, 0), 16)  # 2**16 * base is far past the cap
-        delay = max(base, min(MAX_BACKOFF, base * 2.0**doublings))
-        if isinstance(answer, Response):
-            retry_after = retry_after_seconds(answer)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-        return delay
+        """Delay before the next attempt after ``self._failures`` failures in a row.
+
+        Jittered exponential backoff from ``base`` (never less) up to
+        MAX_BACKOFF, or the server's Retry-After if that is longer.
+        """
+        policy = BackoffPolicy(base=base, cap=max(base, MAX_BACKOFF), floor=base)
+        attempt = max(self._failures - 1, 0)
+        if self._entropy is None:
+            return max(policy.ceiling(attempt), retry_after(answer) or 0.0)
+        return policy.delay(attempt, self._entropy, retry_after(answer))
 
     @property
     def is_done(self) -> bool:
@@ -338,11 +348,7 @@ class PairingClient:
             raise LocalProtocolError(
                 f"receive_start() needs a start request in flight; pairing is {self.state.value}"
             )
-        if (
-            isinstance(answer, TransportFailure)
-            or answer.status in RETRYABLE_STATUSES
-            or answer.status >= 500
-        ):
+        if isinstance(answer, TransportFailure) or is_retryable_status(answer.status):
             self._failures += 1
             self._move(_Move.START_RETRY)
             self._next_attempt_at = now + self._backoff(START_BACKOFF_BASE, answer)
@@ -431,10 +437,7 @@ class PairingClient:
                 if now < self._expires_at:  # an expired code has no later polls to slow
                     self.interval += SLOW_DOWN_STEP
                 return self._wait_again(_Move.SLOW_DOWN, now, self.interval, answer)
-        retryable = isinstance(answer, TransportFailure) or (
-            answer.status in RETRYABLE_STATUSES or answer.status >= 500
-        )
-        if retryable:
+        if is_retryable(answer):
             self._failures += 1
             return self._wait_again(
                 _Move.POLL_RETRY, now, self._backoff(self.interval, answer), answer

@@ -41,7 +41,7 @@ class ReconcileResult:
         return not self.days_to_resend and not self.cloud_extra_days
 
 
-ReconcileOutcome = ReconcileResult | Unauthorised | RetryLater
+ReconcileOutcome = ReconcileResult | Unauthorised | RetryLater | CallFailed
 
 
 def _cost(value: str | None, what: str) -> Decimal:
@@ -97,17 +97,12 @@ class Reconciler:
     ) -> ReconcileOutcome:
         """Compare the cloud's answer with ``local_totals`` (day → (rows, cost_usd)).
 
-        A 400/422 means we built a request the server does not accept (a
-        contract bug, not a transient state): RemoteProtocolError with the detail.
+        An error answer is an outcome like any call's (Unauthorised,
+        RetryLater, CallFailed); a 200 whose body breaks the contract raises
+        RemoteProtocolError.
         """
         if isinstance(answer, TransportFailure) or answer.status != 200:
-            outcome = classify_failure(answer)
-            if isinstance(outcome, CallFailed):
-                raise RemoteProtocolError(
-                    f"GET {TOTALS_PATH} answered {outcome.status} {outcome.error}: "
-                    f"{outcome.detail or 'no detail'}; upgrade the daemon if this persists"
-                )
-            return outcome
+            return classify_failure(answer)
         cloud = self._parse_days(answer)
         local: dict[str, tuple[int, Decimal]] = {}
         for day, (rows, cost) in local_totals.items():

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, TypeGuard
 
-from ._backoff import BackoffPolicy, parse_retry_after
 from ._batch import Batch, BatchBuilder, RowTooLarge, StoredRow
 from ._codes import Entropy
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._http import Request, Response, TransportFailure
 from ._outcomes import describe
+from ._retry import RETRYABLE_STATUSES, BackoffPolicy, retry_after
 
 # -- states -------------------------------------------------------------------
 
@@ -112,7 +112,6 @@ _PHASE_TABLE: dict[_Phase, dict[_Step, _Phase]] = {
 
 # -- policy constants (docs/sync.md explains each) ----------------------------
 
-RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 REJECTED_STATUSES = frozenset({400, 422})
 #: Other 5xx (500, 501, 505, ...) are retried this many times in a row, then
 #: treated like a rejection: the batch is bisected to find a poison row.
@@ -541,8 +540,7 @@ class SyncSession:
             self._step(_Step.MORE)
             self._split_or_quarantine(batch, answer.status, now, events, permanent=False)
         elif answer.status in RETRYABLE_STATUSES:
-            retry_after = parse_retry_after(answer.header("Retry-After"))
-            self._retry(batch, describe(answer), retry_after, now, events)
+            self._retry(batch, describe(answer), retry_after(answer), now, events)
         elif 500 <= answer.status < 600:
             self._server_error_streak += 1
             if self._server_error_streak >= SERVER_ERROR_ATTEMPTS:
@@ -552,8 +550,7 @@ class SyncSession:
                 self._step(_Step.MORE)
                 self._split_or_quarantine(batch, answer.status, now, events, permanent=False)
             else:
-                retry_after = parse_retry_after(answer.header("Retry-After"))
-                self._retry(batch, describe(answer), retry_after, now, events)
+                self._retry(batch, describe(answer), retry_after(answer), now, events)
         else:
             # 3xx, 403, 404, 409, 415, ...: not the rows' fault but ours or the
             # deployment's (wrong base URL, proxy). Keep the rows, back off, report.

@@ -1,4 +1,4 @@
-"""anyio cloud client (asyncio or trio): a byte stream pumping hm_proto._wire bytes."""
+"""anyio cloud client (asyncio or trio): a byte stream pumping hm_proto.ClientConnection bytes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ import ssl
 import anyio
 import anyio.abc
 
-from hm_proto import LocalProtocolError, RemoteProtocolError, Request, Response, TransportFailure
-from hm_proto._wire import ClientConnection, TunnelHandshake
+from hm_proto import (
+    ClientConnection,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Request,
+    Response,
+    TransportFailure,
+    TunnelHandshake,
+)
 
 from ._base import DEFAULT_TIMEOUT, READ_SIZE, BaseUrl, ClientSettings
 

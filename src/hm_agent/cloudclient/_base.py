@@ -5,7 +5,7 @@ the proxy those variables point programs at, so honouring them would send
 the daemon's own uploads through its own interception (or nowhere when it
 is down). The clients open a TCP connection straight to the base URL's host,
 unless they are given a proxy explicitly (``[cloud] proxy`` in config.toml):
-then they tunnel through it with CONNECT (hm_proto._wire.TunnelHandshake).
+then they tunnel through it with CONNECT (hm_proto.TunnelHandshake).
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from hm_proto import (
     Expired,
     PairingClient,
     PairingError,
+    PollEvent,
     Request,
     RetryScheduled,
 )
-from hm_proto._pairing import PollEvent
 
 from ._async import AsyncCloudClient
 from ._base import CloudClientError

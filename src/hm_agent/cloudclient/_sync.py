@@ -1,4 +1,4 @@
-"""Blocking cloud client: a socket (TLS for https) pumping hm_proto._wire bytes."""
+"""Blocking cloud client: a socket (TLS for https) pumping hm_proto.ClientConnection bytes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ import ssl
 import threading
 import time
 
-from hm_proto import LocalProtocolError, RemoteProtocolError, Request, Response, TransportFailure
-from hm_proto._wire import ClientConnection, TunnelHandshake
+from hm_proto import (
+    ClientConnection,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Request,
+    Response,
+    TransportFailure,
+    TunnelHandshake,
+)
 
 from ._base import DEFAULT_TIMEOUT, READ_SIZE, ClientSettings
 

@@ -1,0 +1,45 @@
+"""What a backend needs from hm_proto, apart from the client surface.
+
+Codes and tokens (generated with injected ``entropy``, stored as hashes) and
+the validation of uploaded rows. A client embedder never needs this module.
+"""
+
+from __future__ import annotations
+
+from ._codes import (
+    DEVICE_CODE_BYTES,
+    TOKEN_PREFIX,
+    USER_CODE_ALPHABET,
+    USER_CODE_LENGTH,
+    Entropy,
+    format_user_code,
+    generate_device_code,
+    generate_token,
+    generate_user_code,
+    hash_token,
+    looks_like_token,
+    normalize_user_code,
+    token_matches,
+)
+from ._errors import ApiError
+from ._rows import TOKEN_FIELDS, UsageRow, parse_row
+
+__all__ = [
+    "DEVICE_CODE_BYTES",
+    "TOKEN_FIELDS",
+    "TOKEN_PREFIX",
+    "USER_CODE_ALPHABET",
+    "USER_CODE_LENGTH",
+    "ApiError",
+    "Entropy",
+    "UsageRow",
+    "format_user_code",
+    "generate_device_code",
+    "generate_token",
+    "generate_user_code",
+    "hash_token",
+    "looks_like_token",
+    "normalize_user_code",
+    "parse_row",
+    "token_matches",
+]
