@@ -180,7 +180,10 @@ class PairingComponent:
                 job.move("cancelled")
 
     async def _pair(self, ctx: Any, job: PairingJob) -> None:
-        pairing = PairingClient(ctx.machine_id, hostname(), os_name(), __version__, job.workspace)
+        pairing = PairingClient(
+            ctx.machine_id, hostname(), os_name(), __version__, job.workspace,
+            entropy=secrets.token_bytes,
+        )
 
         def on_code(event: CodeIssued) -> None:
             job.code = event
