@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,47 @@ from typing import Any
 import pytest
 
 from tests.support.tls import CertAuthority, LocalTLSServer, make_ca
+
+# Variables a developer's shell may export that would point the suite at a real
+# home or send its traffic through a proxy (`eval "$(halton-meter env)"`).
+# Cleared at import, before any fixture (module- and session-scoped ones too) runs.
+PROXY_AND_TRUST_VARS = (
+    "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+)
+
+
+def _isolate_environment() -> Path:
+    """Point every home-like variable at a throwaway directory; drop proxy, trust and HALTON_METER_* settings."""
+    root = Path(tempfile.mkdtemp(prefix="hm-tests-"))
+    for name in list(os.environ):
+        if name.upper() in PROXY_AND_TRUST_VARS or name.startswith("HALTON_METER_"):
+            del os.environ[name]
+    os.environ.update(_homes_under(root))
+    return root
+
+
+def _homes_under(root: Path) -> dict[str, str]:
+    """HOME, XDG dirs and HALTON_METER_HOME under root (HOME and XDG_RUNTIME_DIR exist, 0700)."""
+    (root / "home").mkdir(mode=0o700)
+    (root / "run").mkdir(mode=0o700)
+    return {
+        "HALTON_METER_HOME": str(root / "hm-home"),
+        "HOME": str(root / "home"),
+        "XDG_DATA_HOME": str(root / "home" / ".local" / "share"),
+        "XDG_CONFIG_HOME": str(root / "home" / ".config"),
+        "XDG_CACHE_HOME": str(root / "home" / ".cache"),
+        "XDG_STATE_HOME": str(root / "home" / ".local" / "state"),
+        "XDG_RUNTIME_DIR": str(root / "run"),
+    }
+
+
+_SESSION_ROOT = _isolate_environment()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
+
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -35,17 +78,14 @@ def hm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A temp HALTON_METER_HOME; tests never touch a real home."""
     home = tmp_path / "hm-home"
     monkeypatch.setenv("HALTON_METER_HOME", str(home))
-    monkeypatch.setenv("HOME", str(tmp_path / "user-home"))
-    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
     yield home
 
 
 @pytest.fixture(autouse=True)
 def _never_touch_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A test that forgets hm_home still gets a throwaway home, never ~/.halton-meter."""
-    if "HALTON_METER_HOME" not in os.environ:
-        monkeypatch.setenv("HALTON_METER_HOME", str(tmp_path_factory.mktemp("default-home")))
+    """Every test gets its own throwaway homes, whatever the shell that ran pytest exported."""
+    for name, value in _homes_under(tmp_path_factory.mktemp("env")).items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="module")
