@@ -287,10 +287,12 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
         return fail(str(exc))
     try:
         from .cabundle import write_ca_bundle
+        from .nodepreload import write_node_preload
 
         write_ca_bundle(hp)
-    except Exception as exc:  # env/doctor rewrite it; not worth failing the start
-        log.warning("could not write %s: %s", hp.ca_bundle, exc)
+        write_node_preload(hp)
+    except Exception as exc:  # env/doctor rewrite them; not worth failing the start
+        log.warning("could not write the CA bundle or the Node preload in %s: %s", hp.home, exc)
     ctx.supervisor = Supervisor(load_components())
     sock_path = hp.control_socket
     # Everything imported so far (mitmproxy, price tables, anyio) lives as long as

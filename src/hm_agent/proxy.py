@@ -121,6 +121,19 @@ class ProxyThread:
         from mitmproxy.master import Master
 
         cfg = self.config
+        trusted = None
+        if cfg.ssl_verify_upstream_trusted_ca:
+            # mitmproxy uses this file *instead of* certifi: give it both.
+            from .cabundle import PemError, write_upstream_bundle
+            from .home import paths
+
+            try:
+                trusted = write_upstream_bundle(paths(self.confdir.parent), cfg.ssl_verify_upstream_trusted_ca)
+            except (PemError, OSError) as exc:
+                self._error = (f"[proxy] ssl_verify_upstream_trusted_ca: {exc}. "
+                               "Point it at a PEM file of CA certificates, or set it to \"\".")
+                self._ready.set()
+                return
         opts = options.Options()
         master = Master(opts, event_loop=asyncio.get_running_loop())
         master.addons.add(*metering_addons(default_addons()))
@@ -135,8 +148,8 @@ class ProxyThread:
             # traffic is streamed in responseheaders. Never buffer big bodies.
             "stream_large_bodies": "1m",
         }
-        if cfg.ssl_verify_upstream_trusted_ca:
-            update["ssl_verify_upstream_trusted_ca"] = cfg.ssl_verify_upstream_trusted_ca
+        if trusted is not None:
+            update["ssl_verify_upstream_trusted_ca"] = str(trusted)
         opts.update(**update)
         self._master = master
         ps = master.addons.get("proxyserver")
