@@ -22,6 +22,7 @@ from .writer import CapturedCall, RowWriter
 log = logging.getLogger("hm_agent.addon")
 
 _TAP_KEY = "hm_call"
+_WS_KEY = "hm_ws"
 
 
 def rfc3339_ms(epoch: float) -> str:
@@ -145,6 +146,48 @@ class MeterAddon:
 
     def response(self, flow: Any) -> None:
         self._finish(flow, complete=True)
+
+    # -- WebSocket (OpenAI Responses over WebSocket, Realtime) --------------------
+
+    def websocket_start(self, flow: Any) -> None:
+        from .capture.websocket import open_websocket
+
+        req = flow.request
+        path, _, query = req.path.partition("?")
+        session = open_websocket(host_key(req.host, req.port), path, query, {}, self.config)
+        if session is not None:
+            flow.metadata[_WS_KEY] = session
+
+    def websocket_message(self, flow: Any) -> None:
+        # mitmproxy keeps every message of a flow; a long session (Codex) would grow
+        # without bound, and nothing here needs them after this hook.
+        messages = flow.websocket.messages
+        message = messages[-1] if messages else None
+        messages.clear()
+        session = flow.metadata.get(_WS_KEY)
+        if session is None or message is None or not message.is_text:
+            return
+        now = time.time()
+        if message.from_client:
+            session.client_message(message.content, now)
+        else:
+            self._submit_ws(session.server_message(message.content, now), now)
+
+    def websocket_end(self, flow: Any) -> None:
+        session = flow.metadata.pop(_WS_KEY, None)
+        if session is not None:
+            self._submit_ws(session.close(), time.time())
+
+    def _submit_ws(self, finished: list[Any], now: float) -> None:
+        for usage, response in finished:
+            self.calls_seen += 1
+            self.writer.submit(CapturedCall(
+                id=str(uuid.uuid4()),
+                ts=rfc3339_ms(response.started),
+                usage=usage,
+                latency_ms=int((now - response.started) * 1000),
+                ttfb_ms=int((response.first_event - response.started) * 1000),
+            ))
 
     def error(self, flow: Any) -> None:
         self._finish(flow, complete=False)

@@ -144,6 +144,9 @@ def genai_usage(usage: Any) -> Any:
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        input_audio_tokens=getattr(usage, "input_audio_tokens", None),
+        output_audio_tokens=getattr(usage, "output_audio_tokens", None),
+        cache_audio_read_tokens=getattr(usage, "cache_audio_read_tokens", None),
     )
 
 

@@ -46,6 +46,9 @@ class CapturedUsage:
     reasoning_tokens: int | None = None
     flags: frozenset[str] = field(default_factory=frozenset)
     dialect: str = ""
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    cache_audio_read_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,4 +217,7 @@ class CallTap:
             reasoning_tokens=tokens.reasoning_tokens,
             flags=flags,
             dialect=info.dialect,
+            input_audio_tokens=tokens.input_audio_tokens,
+            output_audio_tokens=tokens.output_audio_tokens,
+            cache_audio_read_tokens=tokens.cache_audio_read_tokens,
         )

@@ -19,6 +19,11 @@ class Tokens:
     cache_write_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # Parts of input/output/cache-read that were audio (OpenAI audio chat, Realtime):
+    # priced at their own rates, not stored as columns of the row.
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    cache_audio_read_tokens: int | None = None
 
 
 def count(value: Any) -> int | None:
@@ -40,9 +45,11 @@ def _plus(a: int | None, b: int | None) -> int | None:
 
 
 def openai_tokens(usage: dict[str, Any]) -> Tokens:
-    """Chat/Completions/Embeddings (`prompt_tokens`) and Responses (`input_tokens`) usage."""
+    """Chat/Completions/Embeddings (`prompt_tokens`), Responses (`input_tokens`) and
+    Realtime (`input_token_details`, with audio) usage."""
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         prompt_details = _sub(usage, "prompt_tokens_details")
+        completion_details = _sub(usage, "completion_tokens_details")
         cache_read = count(prompt_details.get("cached_tokens"))
         if cache_read is None:  # DeepSeek's spelling of the same thing
             cache_read = count(usage.get("prompt_cache_hit_tokens"))
@@ -50,13 +57,20 @@ def openai_tokens(usage: dict[str, Any]) -> Tokens:
             input_tokens=count(usage.get("prompt_tokens")),
             output_tokens=count(usage.get("completion_tokens")),
             cache_read_tokens=cache_read,
-            reasoning_tokens=count(_sub(usage, "completion_tokens_details").get("reasoning_tokens")),
+            reasoning_tokens=count(completion_details.get("reasoning_tokens")),
+            input_audio_tokens=count(prompt_details.get("audio_tokens")),
+            output_audio_tokens=count(completion_details.get("audio_tokens")),
         )
+    input_details = _sub(usage, "input_tokens_details") or _sub(usage, "input_token_details")
+    output_details = _sub(usage, "output_tokens_details") or _sub(usage, "output_token_details")
     return Tokens(
         input_tokens=count(usage.get("input_tokens")),
         output_tokens=count(usage.get("output_tokens")),
-        cache_read_tokens=count(_sub(usage, "input_tokens_details").get("cached_tokens")),
-        reasoning_tokens=count(_sub(usage, "output_tokens_details").get("reasoning_tokens")),
+        cache_read_tokens=count(input_details.get("cached_tokens")),
+        reasoning_tokens=count(output_details.get("reasoning_tokens")),
+        input_audio_tokens=count(input_details.get("audio_tokens")),
+        output_audio_tokens=count(output_details.get("audio_tokens")),
+        cache_audio_read_tokens=count(_sub(input_details, "cached_tokens_details").get("audio_tokens")),
     )
 
 
