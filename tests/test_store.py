@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from hm_agent.store import Store, StoredRow
+from hm_agent.store import SCHEMA_VERSION, Store, StoredRow, StoreError
 
 
 def row(i: int, day: str = "2026-11-24", cost: str | None = "0.001", ts_ms: int = 0) -> StoredRow:
@@ -38,7 +39,9 @@ def test_created_private_with_wal(store: Store) -> None:
         "id", "ts", "day", "provider", "model", "host", "endpoint", "status", "stream", "input_tokens",
         "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
         "price_version", "latency_ms", "ttfb_ms", "flags", "row_json", "synced_at",
+        "project", "repo", "branch", "program", "os_user", "tags",
     ]
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(requests)")}
     assert {"requests_unsynced", "requests_day"} <= indexes
     conn.close()
@@ -125,3 +128,61 @@ def test_usage_row_to_json_is_exactly_the_dataclass_as_json() -> None:
     )
     canonical = json.dumps(dataclasses.asdict(row), separators=(",", ":"), ensure_ascii=False).encode()
     assert row.to_json() == canonical
+
+
+# The schema of version 1, exactly as releases up to 0.2.1 created it.
+_V1_SCHEMA = """
+CREATE TABLE requests (
+    id TEXT PRIMARY KEY, ts TEXT NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL,
+    model TEXT NOT NULL, host TEXT NOT NULL, endpoint TEXT NOT NULL, status INTEGER NOT NULL,
+    stream INTEGER NOT NULL, input_tokens INTEGER, output_tokens INTEGER, cache_read_tokens INTEGER,
+    cache_write_tokens INTEGER, reasoning_tokens INTEGER, cost_usd TEXT, price_version TEXT NOT NULL,
+    latency_ms INTEGER NOT NULL, ttfb_ms INTEGER, flags TEXT NOT NULL DEFAULT '',
+    row_json BLOB NOT NULL, synced_at TEXT
+);
+CREATE INDEX requests_unsynced ON requests(ts) WHERE synced_at IS NULL;
+CREATE INDEX requests_day ON requests(day);
+CREATE TABLE sync_quarantine (id TEXT PRIMARY KEY, status INTEGER, detail TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE cloud_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), workspace_id TEXT, workspace_slug TEXT, workspace_name TEXT,
+    machine_id TEXT, hostname TEXT, api_key_ciphertext BLOB, paired_at TEXT,
+    paused INTEGER NOT NULL DEFAULT 0, paused_reason TEXT, last_sync_at TEXT,
+    last_reconcile_at TEXT, last_error TEXT
+);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    old = sqlite3.connect(db, isolation_level=None)
+    old.executescript(_V1_SCHEMA)
+    old.execute(
+        "INSERT INTO requests (id, ts, day, provider, model, host, endpoint, status, stream, cost_usd,"
+        " price_version, latency_ms, row_json) VALUES ('a', '2026-11-24T10:00:00.000Z', '2026-11-24',"
+        " 'openai', 'gpt-4o', 'api.openai.com', '/v1/chat/completions', 200, 0, '0.5', 'v', 5, x'7b7d')"
+    )
+    old.close()
+    # report reads a database the daemon has not upgraded yet: attribution reads as NULL
+    with Store(db, readonly=True) as ro:
+        assert ro.version == 1
+        [before] = ro.report_rows("2026-11-24", "2026-11-24")
+        assert (before["model"], before["project"], before["tags"]) == ("gpt-4o", None, None)
+    with Store(db) as upgraded:
+        assert upgraded.version == SCHEMA_VERSION
+        assert upgraded.count_unsynced() == 1
+        upgraded.insert_rows([replace(row(2), project="acme", tags='{"team":"ml"}')])
+        got = sorted((r["model"], r["project"], r["tags"]) for r in upgraded.report_rows("2026-11-24", "2026-11-24"))
+        assert got == [("gpt-4o", None, None), ("gpt-4o-mini", "acme", '{"team":"ml"}')]
+    with Store(db) as again:  # opening an upgraded database changes nothing
+        assert again.version == SCHEMA_VERSION and again.count_rows() == 2
+
+
+def test_a_database_from_a_newer_release_is_refused_with_the_fix(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    Store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer halton-meter.*upgrade halton-meter"):
+        Store(db)

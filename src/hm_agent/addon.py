@@ -17,6 +17,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .attribution import (
+    PROJECT_HEADER,
+    TAGS_HEADER,
+    CallerResolver,
+    PendingCaller,
+    settings_from_config,
+)
 from .writer import CapturedCall, RowWriter
 
 log = logging.getLogger("hm_agent.addon")
@@ -54,10 +61,15 @@ def host_key(host: str, port: int) -> str:
 class _Call:
     """Per-flow state of one tapped LLM call."""
 
-    __slots__ = ("tap", "id", "started", "ttfb_ms", "finished", "broken")
+    __slots__ = ("tap", "id", "started", "ttfb_ms", "finished", "broken", "caller", "header_project",
+                 "header_tags")
 
-    def __init__(self, tap: Any, started: float) -> None:
+    def __init__(self, tap: Any, started: float, caller: PendingCaller | None,
+                 header_project: str | None, header_tags: str | None) -> None:
         self.tap = tap
+        self.caller = caller
+        self.header_project = header_project
+        self.header_tags = header_tags
         self.id = str(uuid.uuid4())
         self.started = started
         self.ttfb_ms: int | None = None
@@ -82,14 +94,42 @@ class _Call:
 class MeterAddon:
     """Plugs capture into mitmproxy; one instance per daemon."""
 
-    def __init__(self, config: Any, writer: RowWriter) -> None:
+    def __init__(self, config: Any, writer: RowWriter, resolver: CallerResolver | None = None) -> None:
         self.config = config
         self.writer = writer
         self.calls_seen = 0
         self.tap_errors = 0
+        self.attribution = settings_from_config(getattr(config, "attribution", {}))
+        self.resolver = resolver if resolver is not None else CallerResolver()
+        self.resolver.start()
+        self._callers: dict[str, PendingCaller] = {}
 
     def reload(self, config: Any) -> None:
         self.config = config
+        self.attribution = settings_from_config(getattr(config, "attribution", {}))
+
+    def done(self) -> None:
+        self.resolver.stop()
+
+    def attribution_health(self) -> dict[str, Any]:
+        """``status --json`` "attribution": on/off, connections resolved and not (by reason)."""
+        return {"enabled": self.attribution.enabled, "supported": self.resolver.supported,
+                **self.resolver.stats}
+
+    # -- connections: who is calling (resolved off this thread) --------------------
+
+    def client_connected(self, client: Any) -> None:
+        if not self.attribution.enabled:
+            return
+        try:
+            pending = self.resolver.open(tuple(client.peername[:2]), tuple(client.sockname[:2]))
+        except Exception:
+            log.exception("attribution: cannot queue a connection; its rows are unattributed")
+            return
+        self._callers[client.id] = pending
+
+    def client_disconnected(self, client: Any) -> None:
+        self._callers.pop(client.id, None)
 
     def is_llm_host(self, host: str, port: int) -> bool:
         from .capture import route_for
@@ -117,17 +157,27 @@ class MeterAddon:
 
         req = flow.request
         path, _, query = req.path.partition("?")
+        headers = plain_headers(req.headers)
+        # Our own headers never reach the provider.
+        header_project = headers.pop(PROJECT_HEADER, None)
+        header_tags = headers.pop(TAGS_HEADER, None)
+        if header_project is not None:
+            del req.headers[PROJECT_HEADER]
+        if header_tags is not None:
+            del req.headers[TAGS_HEADER]
         try:
             tap = open_call(
                 host_key(req.host, req.port), req.method, path, query,
-                plain_headers(req.headers), req.raw_content or b"", self.config,
+                headers, req.raw_content or b"", self.config,
             )
         except Exception:
             self.tap_errors += 1
             log.exception("capture failed to open a call; the call is proxied unmetered")
             return
         if tap is not None:
-            flow.metadata[_TAP_KEY] = _Call(tap, req.timestamp_start or time.time())
+            caller = self._callers.get(flow.client_conn.id) if self.attribution.enabled else None
+            flow.metadata[_TAP_KEY] = _Call(tap, req.timestamp_start or time.time(), caller,
+                                            header_project, header_tags)
 
     def responseheaders(self, flow: Any) -> None:
         call: _Call | None = flow.metadata.get(_TAP_KEY)
@@ -212,5 +262,9 @@ class MeterAddon:
                 usage=usage,
                 latency_ms=int((now - call.started) * 1000),
                 ttfb_ms=call.ttfb_ms,
+                caller=call.caller,
+                header_project=call.header_project,
+                header_tags=call.header_tags,
+                attribution=self.attribution,
             )
         )

@@ -53,6 +53,23 @@ intercept_other_hosts = false
 # input_per_mtok = "0.50"
 # output_per_mtok = "1.50"
 
+[attribution]
+# Each call is attributed to the calling program's project, git repository,
+# branch, program name and OS user (names only, never paths; docs/capture.md).
+enabled = true
+# What is uploaded to the cloud once paired (the local report always has all):
+sync_project = true
+sync_repo = true
+sync_branch = true
+sync_program = true
+sync_os_user = true
+sync_tags = true
+# Name the project by folder, whatever the repository is called:
+# [[attribution.rules]]
+# path = "~/work/acme/**"
+# project = "acme"
+# tags = {{ team = "ml" }}
+
 [cloud]
 # Cloud sync is off until you run: halton-meter cloud connect
 enabled = false
@@ -67,6 +84,8 @@ _KNOWN: dict[str, set[str]] = {
     "capture": {"hosts"},
     "pricing": {"override"},
     "cloud": {"enabled", "base_url", "workspace_id", "workspace_slug", "sync_bodies", "proxy"},
+    "attribution": {"enabled", "rules", "sync_project", "sync_repo", "sync_branch", "sync_program",
+                    "sync_os_user", "sync_tags"},
 }
 
 
@@ -88,6 +107,8 @@ class Config:
     cloud_workspace_id: str | None = None
     cloud: dict[str, Any] = field(default_factory=dict)
     """The whole [cloud] table as parsed, for keys the cloud worker adds."""
+    attribution: dict[str, Any] = field(default_factory=dict)
+    """The validated [attribution] table (hm_agent.attribution.settings_from_config reads it)."""
     warnings: list[str] = field(default_factory=list)
     """Unknown keys and other non-fatal findings, one line each."""
 
@@ -174,7 +195,38 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(f"{where.at('cloud', 'base_url')}: cloud.base_url must be an http(s) URL, not {cfg.cloud_base_url!r}")
     workspace = cloud.get("workspace_id")
     cfg.cloud_workspace_id = str(workspace) if workspace else None
+    cfg.attribution = _parse_attribution(data.get("attribution", {}), path, where)
     return cfg
+
+
+def _parse_attribution(table: dict[str, Any], path: Path, where: _Locator) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in _KNOWN["attribution"] - {"rules"}:
+        out[key] = _get(table, "attribution", key, bool, True, where)
+    rules = table.get("rules", [])
+    if not isinstance(rules, list):
+        raise ConfigError(f"{where.at('attribution', 'rules')}: attribution.rules must be [[attribution.rules]] entries")
+    out["rules"] = []
+    if rules:  # `status` reads this file: import the bounds only when there are rules to check
+        from hm_proto import MAX_TAGS, name_problem, tag_problem
+    for n, entry in enumerate(rules, 1):
+        label = f"{path}: attribution.rules entry {n}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"].strip():
+            raise ConfigError(f'{label}: needs path = "~/work/acme/**"')
+        for key in entry:
+            if key not in ("path", "project", "tags"):
+                raise ConfigError(f"{label}: unknown key {key} (use path, project, tags)")
+        project = entry.get("project")
+        if project is not None and (why := name_problem(project)) is not None:
+            raise ConfigError(f"{label}: project: {why}")
+        tags = entry.get("tags", {})
+        if not isinstance(tags, dict) or len(tags) > MAX_TAGS:
+            raise ConfigError(f'{label}: tags must be a table like {{ team = "ml" }} of at most {MAX_TAGS} entries')
+        for tag_key, tag_value in tags.items():
+            if (why := tag_problem(tag_key, tag_value)) is not None:
+                raise ConfigError(f"{label}: tags.{tag_key}: {why}")
+        out["rules"].append({"path": entry["path"].strip(), "project": project, "tags": dict(tags)})
+    return out
 
 
 def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, where: _Locator) -> Any:

@@ -126,6 +126,7 @@ class DaemonContext:
                 "written": writer.get("written", 0),
                 "dropped": writer.get("dropped", 0),
             },
+            "attribution": self.proxy.addon.attribution_health() if self.proxy is not None else None,
             "ca_cert": str(self.home.ca_cert),
             "machine_id": self.machine_id,
             "cloud": cloud_status(self.config, components),

@@ -17,8 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
@@ -68,6 +66,25 @@ CREATE TABLE IF NOT EXISTS cloud_state (
 );
 """
 
+# In-place upgrades, oldest first: (user_version after the step, SQL). A database
+# is brought to the last version at open (read-write), one transaction per step;
+# the _SCHEMA above is version 1 and never changes (new tables may be added to it
+# with IF NOT EXISTS, new columns only here). Append steps; never edit old ones.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (2, """
+ALTER TABLE requests ADD COLUMN project TEXT;
+ALTER TABLE requests ADD COLUMN repo TEXT;
+ALTER TABLE requests ADD COLUMN branch TEXT;
+ALTER TABLE requests ADD COLUMN program TEXT;
+ALTER TABLE requests ADD COLUMN os_user TEXT;
+ALTER TABLE requests ADD COLUMN tags TEXT;
+"""),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
+
+ATTRIBUTION_COLUMNS = ("project", "repo", "branch", "program", "os_user", "tags")
+"""Columns added by version 2; ``tags`` is a JSON object (text) or NULL."""
+
 CLOUD_STATE_FIELDS = (
     "workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname",
     "api_key_ciphertext", "paired_at", "paused", "paused_reason", "last_sync_at",
@@ -78,6 +95,7 @@ _ROW_COLUMNS = (
     "id", "ts", "day", "provider", "model", "host", "endpoint", "status", "stream",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "reasoning_tokens", "cost_usd", "price_version", "latency_ms", "ttfb_ms", "flags", "row_json",
+    *ATTRIBUTION_COLUMNS,
 )
 _INSERT = (
     f"INSERT OR IGNORE INTO requests ({', '.join(_ROW_COLUMNS)}) "
@@ -112,6 +130,13 @@ class StoredRow:
     ttfb_ms: int | None
     flags: str
     row_json: bytes
+    # Attribution (all of it, whatever [attribution] sync_* says: the local report sees it all).
+    project: str | None = None
+    repo: str | None = None
+    branch: str | None = None
+    program: str | None = None
+    os_user: str | None = None
+    tags: str | None = None  # JSON object text
 
     def values(self) -> tuple[Any, ...]:
         return (
@@ -119,7 +144,8 @@ class StoredRow:
             self.status, int(self.stream), self.input_tokens, self.output_tokens,
             self.cache_read_tokens, self.cache_write_tokens, self.reasoning_tokens,
             self.cost_usd, self.price_version, self.latency_ms, self.ttfb_ms, self.flags,
-            self.row_json,
+            self.row_json, self.project, self.repo, self.branch, self.program, self.os_user,
+            self.tags,
         )
 
 
@@ -127,6 +153,31 @@ def _create_private_file(path: Path) -> None:
     # SQLite gives the -wal and -shm files the main file's mode: 0600 here covers all three.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     os.close(fd)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the database to SCHEMA_VERSION, one step per transaction (safe to race)."""
+    for version, script in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} was written by a newer halton-meter (schema {found}, this one knows "
+                    f"{SCHEMA_VERSION}): upgrade halton-meter, or move the file away to start a new one."
+                )
+            if found < version:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    if not MIGRATIONS:
+        conn.execute("PRAGMA user_version = 1")
 
 
 class Store:
@@ -152,7 +203,8 @@ class Store:
                 # NORMAL in WAL mode: a commit survives a crash of the process (not of the OS).
                 self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._conn.executescript(_SCHEMA)
-                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                _migrate(self._conn, self.path)
+            self.version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"cannot open {self.path}: {exc}. If it is damaged, stop the daemon and move it "
@@ -289,10 +341,15 @@ class Store:
 
     def report_rows(self, from_day: str, to_day: str) -> list[sqlite3.Row]:
         """The columns ``report`` aggregates, for days in [from_day, to_day]."""
+        # A database the daemon has not upgraded yet (report opens read-only) has no
+        # attribution columns: they read as NULL.
+        attribution = ", ".join(
+            c if self.version >= 2 else f"NULL AS {c}" for c in ATTRIBUTION_COLUMNS
+        )
         with self._lock:
             cur = self._conn.execute(
                 "SELECT day, provider, model, host, cost_usd, input_tokens, output_tokens, "
-                "cache_read_tokens, cache_write_tokens, reasoning_tokens, flags, status "
+                f"cache_read_tokens, cache_write_tokens, reasoning_tokens, flags, status, {attribution} "
                 "FROM requests WHERE day BETWEEN ? AND ?",
                 (from_day, to_day),
             )

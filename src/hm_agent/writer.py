@@ -9,6 +9,7 @@ queue longer; :meth:`RowWriter.stop` drains it before the daemon exits.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import sqlite3
@@ -20,6 +21,7 @@ from typing import Any
 
 from hm_proto import UsageRow
 
+from .attribution import Attributed, attribute
 from .store import Store, StoredRow
 
 log = logging.getLogger("hm_agent.writer")
@@ -34,6 +36,9 @@ BATCH_MAX = 500
 # taking the GIL away from the proxy thread on every request (a row costs
 # ~140 us alone, ~22 us in a batch of 50). Rows reach the disk within ~0.2 s.
 FLUSH_INTERVAL_S = 0.2
+# How long a row waits for its connection's caller to be resolved (it usually
+# is, long before the response ends); past it the row is stored unattributed.
+CALLER_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,10 @@ class CapturedCall:
     usage: Any  # hm_agent.capture.CapturedUsage
     latency_ms: int
     ttfb_ms: int | None
+    caller: Any = None  # hm_agent.attribution.PendingCaller (resolving on its own thread)
+    header_project: str | None = None
+    header_tags: str | None = None
+    attribution: Any = None  # hm_agent.attribution.Settings when the call came through the addon
 
 
 _STOP = object()
@@ -196,6 +205,10 @@ def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
     except Exception:
         log.exception("pricing flags failed for model %r", getattr(usage, "model", "?"))
         flags = set(getattr(usage, "flags", ()) or ())
+    attr = _attribution(call)
+    flags.update(attr.flags)
+    synced = call.attribution.sync if call.attribution is not None else frozenset()
+    tags_json = json.dumps(attr.tags, separators=(",", ":"), ensure_ascii=False) if attr.tags else None
     row = UsageRow(
         id=call.id,
         ts=call.ts,
@@ -213,6 +226,13 @@ def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
         price_version=price_version,
         latency_ms=max(0, int(call.latency_ms)),
         ttfb_ms=None if call.ttfb_ms is None else max(0, int(call.ttfb_ms)),
+        # The row that is uploaded carries only what [attribution] sync_* allows.
+        project=attr.project if "project" in synced else None,
+        repo=attr.repo if "repo" in synced else None,
+        branch=attr.branch if "branch" in synced else None,
+        program=attr.program if "program" in synced else None,
+        os_user=attr.os_user if "os_user" in synced else None,
+        tags=attr.tags if "tags" in synced else None,
     )
     return StoredRow(
         id=row.id, ts=row.ts, provider=row.provider, model=row.model, host=usage.host,
@@ -222,4 +242,17 @@ def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
         reasoning_tokens=row.reasoning_tokens, cost_usd=row.cost_usd,
         price_version=row.price_version, latency_ms=row.latency_ms, ttfb_ms=row.ttfb_ms,
         flags=" ".join(sorted(flags)), row_json=row.to_json(),
+        project=attr.project, repo=attr.repo, branch=attr.branch, program=attr.program,
+        os_user=attr.os_user, tags=tags_json,
     )
+
+
+def _attribution(call: CapturedCall) -> Attributed:
+    if call.attribution is None:
+        return Attributed()
+    try:
+        caller = call.caller.wait(CALLER_WAIT_S) if call.caller is not None else None
+        return attribute(call.attribution, caller, call.header_project, call.header_tags)
+    except Exception:  # attribution must never cost a row
+        log.exception("attribution failed; the row is stored unattributed")
+        return Attributed(flags=("unattributed",))

@@ -15,13 +15,16 @@ import click
 
 from ._ui import console, fail
 
-GROUPINGS = ("model", "provider", "day", "host")
+GROUPINGS = ("model", "provider", "day", "host", "project", "repo", "branch", "program", "user")
+"""What --by and --where accept, plus ``tag:KEY``."""
+_COLUMN = {"user": "os_user"}  # names on the command line that differ from the column
+NONE_LABEL = "(none)"
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
 @dataclass
 class Group:
-    key: str
+    key: str | None
     calls: int = 0
     cost: Decimal = Decimal(0)
     priced_calls: int = 0
@@ -92,7 +95,53 @@ def resolve_range(since: str | None, from_: str | None, to: str | None) -> tuple
     return start.isoformat(), end.isoformat()
 
 
-def build_report(home: Any, from_day: str, to_day: str, by: str) -> dict[str, Any]:
+def check_dimension(value: str, option: str) -> str:
+    """A --by/--where dimension: one of GROUPINGS or ``tag:KEY``; fails with the list otherwise."""
+    from hm_proto import tag_problem
+
+    if value in GROUPINGS:
+        return value
+    if value.startswith("tag:") and tag_problem(value[4:], "") is None:
+        return value
+    fail(f"cannot group or filter by {value!r}: use one of {', '.join(GROUPINGS)} or tag:KEY (e.g. tag:team)")
+
+
+def parse_where(items: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """``project=acme`` → ("project", "acme"); ``project=`` matches rows without a project."""
+    out: list[tuple[str, str | None]] = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            fail(f"--where needs KEY=VALUE (e.g. --where project=acme), not {item!r}")
+        out.append((check_dimension(key.strip(), "--where"), value.strip() or None))
+    return out
+
+
+class _Keys:
+    """Reads a dimension off a report row; tags are parsed once per distinct JSON text."""
+
+    def __init__(self) -> None:
+        self._tags: dict[str, dict[str, Any]] = {}
+
+    def get(self, row: Any, dim: str) -> str | None:
+        if dim.startswith("tag:"):
+            text = row["tags"]
+            if not text:
+                return None
+            if text not in self._tags:
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    parsed = {}
+                self._tags[text] = parsed if isinstance(parsed, dict) else {}
+            value = self._tags[text].get(dim[4:])
+            return None if value is None else str(value)
+        value = row[_COLUMN.get(dim, dim)]
+        return None if value is None else str(value)
+
+
+def build_report(home: Any, from_day: str, to_day: str, by: str,
+                 where: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
     from hm_agent.home import paths
     from hm_agent.store import Store, StoreError
 
@@ -104,17 +153,22 @@ def build_report(home: Any, from_day: str, to_day: str, by: str) -> dict[str, An
                 rows = store.report_rows(from_day, to_day)
         except (StoreError, Exception) as exc:  # sqlite3.Error and friends: one line, no traceback
             fail(f"cannot read {hp.db}: {exc}")
-    groups: dict[str, Group] = {}
+    groups: dict[str | None, Group] = {}
     total = Group("total")
+    keys = _Keys()
     for row in rows:
-        key = str(row[by])
+        if where and any(keys.get(row, dim) != value for dim, value in where):
+            continue
+        key = keys.get(row, by)
         groups.setdefault(key, Group(key)).add(row)
         total.add(row)
-    ordered = sorted(groups.values(), key=lambda g: (g.key if by == "day" else (-g.cost, -g.calls, g.key)))
+    ordered = sorted(groups.values(),
+                     key=lambda g: (g.key or "" if by == "day" else (-g.cost, -g.calls, g.key or "")))
     return {
         "from_date": from_day,
         "to_date": to_day,
         "by": by,
+        "where": {dim: value for dim, value in where or []},
         "groups": [g.to_dict(by) for g in ordered],
         "total": total.to_dict(by) | {by: None},
     }
@@ -129,11 +183,14 @@ def _money(value: str | None, unknown: int) -> str:
 
 
 def render_table(rep: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
     by = rep["by"]
-    table = Table(title=f"LLM spend {rep['from_date']} → {rep['to_date']} by {by}", title_justify="left")
+    where = "".join(f", {k} = {NONE_LABEL if v is None else v}" for k, v in rep.get("where", {}).items())
+    table = Table(title=escape(f"LLM spend {rep['from_date']} → {rep['to_date']} by {by}{where}"),
+                  title_justify="left")
     table.add_column(by)
     for col in ("calls", "input", "output", "cache read", "cache write"):
         table.add_column(col, justify="right")
@@ -141,7 +198,7 @@ def render_table(rep: dict[str, Any]) -> None:
     for g in [*rep["groups"], rep["total"]]:
         is_total = g is rep["total"]
         table.add_row(
-            "[bold]total[/bold]" if is_total else str(g[by]),
+            "[bold]total[/bold]" if is_total else escape(NONE_LABEL if g[by] is None else str(g[by])),
             f"{g['calls']:,}", f"{g['input_tokens']:,}", f"{g['output_tokens']:,}",
             f"{g['cache_read_tokens']:,}", f"{g['cache_write_tokens']:,}",
             _money(g["cost_usd"], g["unknown_price_calls"]),
@@ -177,10 +234,14 @@ def render_csv(rep: dict[str, Any]) -> str:
 @click.option("--since", default=None, help="How far back: 24h, 7d (default), 4w.")
 @click.option("--from", "from_", default=None, metavar="DATE", help="First day (YYYY-MM-DD, UTC).")
 @click.option("--to", default=None, metavar="DATE", help="Last day (YYYY-MM-DD, UTC; default today).")
-@click.option("--by", type=click.Choice(GROUPINGS), default="model", show_default=True, help="Group rows by.")
+@click.option("--by", default="model", show_default=True, metavar="DIMENSION",
+              help="Group rows by: model, provider, day, host, project, repo, branch, program, user or tag:KEY.")
+@click.option("--where", multiple=True, metavar="KEY=VALUE",
+              help="Only rows where KEY (a --by dimension) is VALUE; repeatable; KEY= means not set.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/daemon.md).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV, one line per group.")
-def report(since: str | None, from_: str | None, to: str | None, by: str, as_json: bool, as_csv: bool) -> None:
+def report(since: str | None, from_: str | None, to: str | None, by: str, where: tuple[str, ...],
+           as_json: bool, as_csv: bool) -> None:
     """Spend and tokens from the local database; works with the daemon stopped.
 
     Calls with an unknown price are shown as "unknown price", never $0.
@@ -190,13 +251,15 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, as_jso
       halton-meter report
       halton-meter report --since 30d --by provider
       halton-meter report --from 2026-11-01 --to 2026-11-24 --by day --csv > spend.csv
+      halton-meter report --by project
+      halton-meter report --by branch --where project=acme --where tag:team=ml
     """
     from hm_agent.home import home_dir
 
     if as_json and as_csv:
         fail("choose one of --json and --csv")
     from_day, to_day = resolve_range(since, from_, to)
-    rep = build_report(home_dir(), from_day, to_day, by)
+    rep = build_report(home_dir(), from_day, to_day, check_dimension(by, "--by"), parse_where(where))
     if as_json:
         click.echo(json.dumps(rep, indent=2))
     elif as_csv:

@@ -79,7 +79,15 @@ from ._revoke import (
     revoke_request,
     whoami_request,
 )
-from ._rows import UsageRow
+from ._rows import (
+    ATTRIBUTION_FIELDS,
+    MAX_NAME_CHARS,
+    MAX_TAGS,
+    UsageRow,
+    name_problem,
+    parse_tags,
+    tag_problem,
+)
 from ._sync import (
     PAUSED_BY_USER,
     PAUSED_REASONS,
@@ -153,6 +161,13 @@ __all__ = [
     "RowTooLarge",
     "StoredRow",
     "UsageRow",
+    # attribution fields of a row (who spent it) and their bounds
+    "ATTRIBUTION_FIELDS",
+    "MAX_NAME_CHARS",
+    "MAX_TAGS",
+    "name_problem",
+    "parse_tags",
+    "tag_problem",
     "new_batch_id",
     # the sync session (docs/sync.md)
     "PAUSED_BY_USER",

@@ -50,6 +50,13 @@ class UsageRow:
     price_version: str
     latency_ms: int
     ttfb_ms: int | None
+    # Attribution (optional; older daemons send none of these): names, never paths.
+    project: str | None = None
+    repo: str | None = None
+    branch: str | None = None
+    program: str | None = None
+    os_user: str | None = None
+    tags: dict[str, str] | None = None
 
     @property
     def day(self) -> str:
@@ -81,6 +88,62 @@ _REQUIRED: dict[str, tuple[type, ...]] = {
 }
 _NULLABLE_INT = (*TOKEN_FIELDS, "ttfb_ms")
 _MAX_STR = 512
+
+ATTRIBUTION_FIELDS = ("project", "repo", "branch", "program", "os_user")
+"""The optional string fields of a row that say who spent it (``tags`` is the object)."""
+MAX_NAME_CHARS = 200
+MAX_TAGS = 16
+MAX_TAG_KEY_CHARS = 64
+MAX_TAG_VALUE_CHARS = 200
+_TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+# C0/C1 controls, line/paragraph separators and bidi overrides (they reorder a terminal line).
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def name_problem(value: object) -> str | None:
+    """Why ``value`` is not a usable attribution name (project, repo, branch, ...), or None."""
+    if not isinstance(value, str):
+        return "expected a string or null"
+    if not value or len(value) > MAX_NAME_CHARS:
+        return f"expected 1-{MAX_NAME_CHARS} characters"
+    if _CONTROL_RE.search(value):
+        return "control characters are not allowed"
+    return None
+
+
+def tag_problem(key: object, value: object) -> str | None:
+    """Why ``key = value`` is not a usable tag, or None."""
+    if not isinstance(key, str) or not _TAG_KEY_RE.match(key):
+        return f"a tag key is 1-{MAX_TAG_KEY_CHARS} of A-Z a-z 0-9 _ . : / -"
+    if not isinstance(value, str) or len(value) > MAX_TAG_VALUE_CHARS:
+        return f"a tag value is a string of at most {MAX_TAG_VALUE_CHARS} characters"
+    if _CONTROL_RE.search(value):
+        return "control characters are not allowed"
+    return None
+
+
+def parse_tags(text: str) -> tuple[dict[str, str], list[str]]:
+    """``key=value,key=value`` (a header or environment variable) as tags, and what was dropped.
+
+    Bad pairs are dropped one by one (never the request): each problem is one
+    line in the second item. Past :data:`MAX_TAGS` the rest are dropped.
+    """
+    tags: dict[str, str] = {}
+    problems: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        why = "expected key=value" if not eq else tag_problem(key, value)
+        if why is None and len(tags) >= MAX_TAGS and key not in tags:
+            why = f"more than {MAX_TAGS} tags"
+        if why is not None:
+            problems.append(f"{key[:MAX_TAG_KEY_CHARS]!r}: {why}")
+            continue
+        tags[key] = value
+    return tags, problems
 
 
 def _bad(field: str, what: str) -> ApiError:
@@ -118,6 +181,19 @@ def parse_row(obj: Any, where: str = "row") -> UsageRow:
             Decimal(cost)
         except InvalidOperation as exc:  # pragma: no cover - regex already guards
             raise _bad(f"{where}.cost_usd", "expected a decimal string") from exc
+    for name in ATTRIBUTION_FIELDS:
+        val = obj.get(name)
+        if val is not None and (why := name_problem(val)) is not None:
+            raise _bad(f"{where}.{name}", why)
+    tags = obj.get("tags")
+    if tags is not None:
+        if not isinstance(tags, dict):
+            raise _bad(f"{where}.tags", "expected an object of strings or null")
+        if len(tags) > MAX_TAGS:
+            raise _bad(f"{where}.tags", f"at most {MAX_TAGS} tags")
+        for key, value in tags.items():
+            if (why := tag_problem(key, value)) is not None:
+                raise _bad(f"{where}.tags", why)
     return UsageRow(
         id=obj["id"].lower(),
         ts=obj["ts"],
@@ -135,4 +211,10 @@ def parse_row(obj: Any, where: str = "row") -> UsageRow:
         price_version=obj["price_version"],
         latency_ms=obj["latency_ms"],
         ttfb_ms=obj.get("ttfb_ms"),
+        project=obj.get("project"),
+        repo=obj.get("repo"),
+        branch=obj.get("branch"),
+        program=obj.get("program"),
+        os_user=obj.get("os_user"),
+        tags=dict(tags) if tags else None,
     )

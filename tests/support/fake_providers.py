@@ -184,6 +184,10 @@ def make_reply(providers: FakeProviders, target: str, headers: dict[str, str], r
     seen = Seen("POST", url.path, headers, body, fixture)
     providers.seen.append(seen)
     json_type = ("content-type", "application/json")
+    leaked = sorted(h for h in headers if h.lower().startswith("x-halton-"))
+    if leaked:  # the meter's own headers must never reach a provider
+        return Reply(400, [json_type], [json.dumps({"error": {"message": f"leaked upstream: {leaked}"}}).encode()],
+                     False), seen
     if fixture == "":
         return Reply(404, [json_type], [b'{"error":{"message":"not found"}}'], False), seen
     model = str(body.get("model", ""))
