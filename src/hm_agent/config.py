@@ -50,8 +50,8 @@ intercept_other_hosts = false
 # Prices for models the price library does not know (USD per million tokens):
 # [[pricing.override]]
 # model = "my-finetune"
-# input_per_mtok = "0.50"
-# output_per_mtok = "1.50"
+# input_mtok = "0.50"
+# output_mtok = "1.50"
 
 [attribution]
 # Each call is attributed to the calling program's project, git repository,
@@ -90,7 +90,23 @@ _KNOWN: dict[str, set[str]] = {
 
 
 class ConfigError(Exception):
-    """config.toml cannot be used; the message names the line and key and how to fix it."""
+    """config.toml cannot be used; the message names the line and key and how to fix it.
+
+    ``errors`` holds every problem found (one line each, with its line number);
+    the message is that one line, or a header and the lines when there are several.
+    """
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
+
+
+def _raise_all(errors: list[str], path: Path) -> None:
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    if errors:
+        lines = "\n".join(f"  {e}" for e in errors)
+        raise ConfigError(f"{path} has {len(errors)} problems:\n{lines}", errors)
 
 
 @dataclass(slots=True)
@@ -132,70 +148,117 @@ def load_config(home: Path | HomePaths | None = None) -> Config:
 
 
 def parse_config(text: str, path: Path) -> Config:
+    """Parse the text of config.toml. Collects every problem, then raises them at once."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_describe_syntax_error(text, path, exc)) from None
     cfg = Config(path=path)
     where = _Locator(text, path)
+    errors: list[str] = []
 
     for section, value in data.items():
         if section not in _KNOWN:
-            cfg.warnings.append(f"{where.at(section, None)}: unknown section [{section}] (ignored)")
+            cfg.warnings.append(
+                f"{where.at(section, None)}: unknown section [{section}] (ignored){_did_you_mean(section, _KNOWN)}"
+            )
             continue
         if not isinstance(value, dict):
-            raise ConfigError(f"{where.at(section, None)}: `{section}` must be a table like [{section}]")
+            errors.append(f"{where.at(section, None)}: `{section}` must be a table like [{section}]")
+            continue
         for key in value:
             if key not in _KNOWN[section]:
-                cfg.warnings.append(f"{where.at(section, key)}: unknown key {section}.{key} (ignored)")
+                cfg.warnings.append(
+                    f"{where.at(section, key)}: unknown key {section}.{key} (ignored)"
+                    f"{_did_you_mean(key, _KNOWN[section])}"
+                )
 
-    proxy = data.get("proxy", {})
-    cfg.listen_host = _get(proxy, "proxy", "listen_host", str, DEFAULT_LISTEN_HOST, where)
-    cfg.listen_port = _get(proxy, "proxy", "listen_port", int, DEFAULT_LISTEN_PORT, where)
+    def table(name: str) -> dict[str, Any]:
+        value = data.get(name, {})
+        return value if isinstance(value, dict) else {}
+
+    def get(tbl: dict[str, Any], section: str, key: str, kind: type, default: Any) -> Any:
+        try:
+            return _get(tbl, section, key, kind, default, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+            return default
+
+    proxy = table("proxy")
+    cfg.listen_host = get(proxy, "proxy", "listen_host", str, DEFAULT_LISTEN_HOST)
+    cfg.listen_port = get(proxy, "proxy", "listen_port", int, DEFAULT_LISTEN_PORT)
     if not 1 <= cfg.listen_port <= 65535:
-        raise ConfigError(f"{where.at('proxy', 'listen_port')}: proxy.listen_port must be 1-65535, not {cfg.listen_port}")
-    cfg.ssl_verify_upstream_trusted_ca = _get(proxy, "proxy", "ssl_verify_upstream_trusted_ca", str, "", where)
+        errors.append(f"{where.at('proxy', 'listen_port')}: proxy.listen_port must be 1-65535, not {cfg.listen_port}")
+        cfg.listen_port = DEFAULT_LISTEN_PORT
+    cfg.ssl_verify_upstream_trusted_ca = get(proxy, "proxy", "ssl_verify_upstream_trusted_ca", str, "")
     if cfg.ssl_verify_upstream_trusted_ca:
         ca = Path(cfg.ssl_verify_upstream_trusted_ca).expanduser()
         if not ca.is_file():
-            raise ConfigError(
+            errors.append(
                 f"{where.at('proxy', 'ssl_verify_upstream_trusted_ca')}: "
                 f"proxy.ssl_verify_upstream_trusted_ca: no such file {ca}. Point it at a PEM file or set it to \"\"."
             )
         cfg.ssl_verify_upstream_trusted_ca = str(ca)
-    cfg.intercept_other_hosts = _get(proxy, "proxy", "intercept_other_hosts", bool, False, where)
+    cfg.intercept_other_hosts = get(proxy, "proxy", "intercept_other_hosts", bool, False)
 
-    capture = data.get("capture", {})
+    capture = table("capture")
     hosts = capture.get("hosts", [])
     if not isinstance(hosts, list):
-        raise ConfigError(f"{where.at('capture', 'hosts')}: capture.hosts must be written as [[capture.hosts]] entries")
+        errors.append(f"{where.at('capture', 'hosts')}: capture.hosts must be written as [[capture.hosts]] entries")
+        hosts = []
     for n, entry in enumerate(hosts, 1):
         label = f"capture.hosts entry {n}"
         if not isinstance(entry, dict) or not isinstance(entry.get("host"), str) or not entry["host"]:
-            raise ConfigError(f"{path}: {label}: needs host = \"name[:port]\"")
+            errors.append(f"{where.entry('capture.hosts', n, 'host')}: {label}: needs host = \"name[:port]\"")
+            continue
         dialect = entry.get("dialect", "openai")
         if dialect not in DIALECTS:
-            raise ConfigError(f"{path}: {label}: dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
+            errors.append(
+                f"{where.entry('capture.hosts', n, 'dialect')}: {label}: dialect must be one of "
+                f"{', '.join(DIALECTS)}, not {dialect!r}{_did_you_mean(str(dialect), DIALECTS)}"
+            )
+            continue
         for key in entry:
             if key not in ("host", "dialect"):
-                cfg.warnings.append(f"{path}: {label}: unknown key {key} (ignored)")
+                cfg.warnings.append(
+                    f"{where.entry('capture.hosts', n, key)}: {label}: unknown key {key} (ignored)"
+                    f"{_did_you_mean(key, ('host', 'dialect'))}"
+                )
         cfg.capture_hosts.append((entry["host"].strip().lower(), dialect))
 
-    pricing = data.get("pricing", {})
+    pricing = table("pricing")
     overrides = pricing.get("override", [])
     if not isinstance(overrides, list) or not all(isinstance(o, dict) for o in overrides):
-        raise ConfigError(f"{where.at('pricing', 'override')}: pricing overrides must be [[pricing.override]] entries")
+        errors.append(f"{where.at('pricing', 'override')}: pricing overrides must be [[pricing.override]] entries")
+        overrides = []
+    for n, entry in enumerate(overrides, 1):
+        label = f"pricing.override entry {n}"
+        for key in entry:
+            if key in _OVERRIDE_DEPRECATED:
+                cfg.warnings.append(
+                    f"{where.entry('pricing.override', n, key)}: {label}: {key} is deprecated (still read); "
+                    f"rename it {_OVERRIDE_DEPRECATED[key]}"
+                )
+            elif key not in _OVERRIDE_KEYS:
+                cfg.warnings.append(
+                    f"{where.entry('pricing.override', n, key)}: {label}: unknown key {key} (ignored)"
+                    f"{_did_you_mean(key, _OVERRIDE_KEYS)}"
+                )
     cfg.pricing_overrides = [dict(o) for o in overrides]
 
-    cloud = data.get("cloud", {})
+    cloud = table("cloud")
     cfg.cloud = dict(cloud)
-    cfg.cloud_enabled = _get(cloud, "cloud", "enabled", bool, False, where)
-    cfg.cloud_base_url = _get(cloud, "cloud", "base_url", str, DEFAULT_BASE_URL, where).rstrip("/")
+    cfg.cloud_enabled = get(cloud, "cloud", "enabled", bool, False)
+    cfg.cloud_base_url = get(cloud, "cloud", "base_url", str, DEFAULT_BASE_URL).rstrip("/")
     if not re.match(r"^https?://[^\s/]+", cfg.cloud_base_url):
-        raise ConfigError(f"{where.at('cloud', 'base_url')}: cloud.base_url must be an http(s) URL, not {cfg.cloud_base_url!r}")
+        errors.append(f"{where.at('cloud', 'base_url')}: cloud.base_url must be an http(s) URL, not {cfg.cloud_base_url!r}")
     workspace = cloud.get("workspace_id")
     cfg.cloud_workspace_id = str(workspace) if workspace else None
-    cfg.attribution = _parse_attribution(data.get("attribution", {}), path, where)
+    try:
+        cfg.attribution = _parse_attribution(table("attribution"), path, where)
+    except ConfigError as exc:
+        errors.append(str(exc))
+    _raise_all(errors, path)
     return cfg
 
 
@@ -210,7 +273,7 @@ def _parse_attribution(table: dict[str, Any], path: Path, where: _Locator) -> di
     if rules:  # `status` reads this file: import the bounds only when there are rules to check
         from hm_proto import MAX_TAGS, name_problem, tag_problem
     for n, entry in enumerate(rules, 1):
-        label = f"{path}: attribution.rules entry {n}"
+        label = f"{where.entry('attribution.rules', n, None)}: attribution.rules entry {n}"
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"].strip():
             raise ConfigError(f'{label}: needs path = "~/work/acme/**"')
         for key in entry:
@@ -227,6 +290,25 @@ def _parse_attribution(table: dict[str, Any], path: Path, where: _Locator) -> di
                 raise ConfigError(f"{label}: tags.{tag_key}: {why}")
         out["rules"].append({"path": entry["path"].strip(), "project": project, "tags": dict(tags)})
     return out
+
+
+_OVERRIDE_KEYS = (
+    "model", "provider", "input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
+)
+# Older name → the name to use (genai-prices' own names win).
+_OVERRIDE_DEPRECATED = {
+    "input_per_mtok": "input_mtok",
+    "output_per_mtok": "output_mtok",
+    "cache_read_per_mtok": "cache_read_mtok",
+    "cache_write_per_mtok": "cache_write_mtok",
+}
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, where: _Locator) -> Any:
@@ -264,6 +346,25 @@ class _Locator:
             if key is not None and current == section and re.match(rf"^\"?{re.escape(key)}\"?\s*=", line):
                 return f"{self.path}:{number}"
         return str(self.path)
+
+    def entry(self, array: str, n: int, key: str | None) -> str:
+        """The line of ``key`` in the n-th ``[[array]]`` entry (or of its header)."""
+        seen = 0
+        inside = False
+        header_line = 0
+        for number, raw in enumerate(self.lines, 1):
+            line = raw.strip()
+            if line.startswith("["):
+                inside = re.match(rf"^\[\[\s*{re.escape(array)}\s*\]\]", line) is not None
+                if inside:
+                    seen += 1
+                    if seen > n:
+                        break
+                    header_line = number
+                continue
+            if inside and seen == n and key is not None and re.match(rf"^\"?{re.escape(key)}\"?\s*=", line):
+                return f"{self.path}:{number}"
+        return f"{self.path}:{header_line}" if seen >= n else str(self.path)
 
 
 def _describe_syntax_error(text: str, path: Path, exc: tomllib.TOMLDecodeError) -> str:

@@ -184,6 +184,31 @@ async def _stop(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
 # -- process -----------------------------------------------------------------
 
 
+class _BindErrorFilter(logging.Filter):
+    """mitmproxy's own bind error suggests `--mode regular@PORT`, an option this tool
+    does not have; the daemon explains the error itself. Keep the record in the log
+    file without that advice, and keep it off the terminal (it would print twice)."""
+
+    def __init__(self, console: bool) -> None:
+        super().__init__()
+        self.console = console
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("mitmproxy"):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        if "failed to listen" not in message:
+            return True
+        if self.console:
+            return False
+        record.msg = "\n".join(ln for ln in message.splitlines() if not ln.startswith("Try specifying"))
+        record.args = None
+        return True
+
+
 def setup_logging(hp: HomePaths, foreground: bool) -> None:
     from .proxy import REDACT_FILTER, RedactingFormatter
 
@@ -192,6 +217,7 @@ def setup_logging(hp: HomePaths, foreground: bool) -> None:
     handler = logging.handlers.RotatingFileHandler(hp.log, maxBytes=5 * 1024 * 1024, backupCount=3)
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(REDACT_FILTER)
+    handler.addFilter(_BindErrorFilter(console=False))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -201,6 +227,7 @@ def setup_logging(hp: HomePaths, foreground: bool) -> None:
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(logging.WARNING)
         console.addFilter(REDACT_FILTER)
+        console.addFilter(_BindErrorFilter(console=True))
         console.setFormatter(RedactingFormatter("halton-meter: %(message)s"))
         root.addHandler(console)
 
@@ -252,13 +279,19 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
                 pass
             ready_fd = None
 
-    def fail(message: str) -> int:
+    logging_ready = False
+    pid_fd: int | None = None
+
+    def fail(message: str, release_lock: bool = True) -> int:
+        # A start that failed lets go of daemon.pid before `start` hears of it, so a
+        # `run` or `start` right after does not find a lock held by this exiting process.
+        if release_lock and pid_fd is not None:
+            os.close(pid_fd)
         report_ready("error: " + message)  # first: `start` is waiting for this line
-        print(f"halton-meter: {message}", file=sys.stderr)
-        try:
+        if not (logging_ready and foreground):  # else the console log handler prints it
+            print(f"halton-meter: {message}", file=sys.stderr)
+        if logging_ready:
             log.error("%s", message)
-        except Exception:
-            pass
         return 1
 
     try:
@@ -266,6 +299,7 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
     except (HomeError, ConfigError) as exc:
         return fail(str(exc))
     setup_logging(hp, foreground)
+    logging_ready = True
     try:
         pid_fd = _lock_pid_file(hp)
     except DaemonStartError as exc:
@@ -326,7 +360,7 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
     try:
         anyio.run(async_main, backend=backend)
     except Exception as exc:
-        code = fail(f"the daemon stopped on an error: {exc}")
+        code = fail(f"the daemon stopped on an error: {exc}", release_lock=False)
         log.exception("supervisor failed")
     finally:
         log.info("stopping: closing the proxy, then writing %d pending rows", writer.pending)
@@ -336,7 +370,8 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
         ctx.store.close()
         for leftover in (sock_path, hp.state, hp.pid):
             leftover.unlink(missing_ok=True)
-        os.close(pid_fd)
+        if pid_fd is not None:
+            os.close(pid_fd)
         log.info("daemon stopped")
     return code
 

@@ -73,9 +73,10 @@ def run_checks(home: Path) -> list[Check]:
     cfg = None
     try:
         cfg = load_config(hp)
-        warn = "; ".join(cfg.warnings)
-        checks.append(Check("config", not cfg.warnings, f"{hp.config}" + (f": {warn}" if warn else ""),
-                            "remove or fix the keys named above" if warn else ""))
+        # Each warning already starts with the file and line.
+        detail = "; ".join(cfg.warnings) if cfg.warnings else str(hp.config)
+        checks.append(Check("config", not cfg.warnings, detail,
+                            "remove or fix the keys named above" if cfg.warnings else ""))
     except ConfigError as exc:
         checks.append(Check("config", False, str(exc), f"edit {hp.config}"))
     try:
@@ -164,14 +165,17 @@ def doctor() -> None:
     Example:
       halton-meter doctor
     """
+    from rich.markup import escape
+
     from hm_agent.home import home_dir
 
     out = console()
     checks = run_checks(home_dir())
     for c in checks:
         mark = "[green]✓[/green]" if c.ok else ("[dim]-[/dim]" if c.ok is None else "[red]✗[/red]")
-        out.print(f"{mark} {c.name:<14} {c.detail}")
+        # escape: `[proxy] listen_port` is text, not rich markup
+        out.print(f"{mark} {c.name:<14} {escape(c.detail)}")
         if c.ok is False and c.fix:
-            out.print(f"  {'':<14} [bold]fix:[/bold] {c.fix}")
+            out.print(f"  {'':<14} [bold]fix:[/bold] {escape(c.fix)}")
     failed = [c for c in checks if c.ok is False and c.name != "this shell"]
     raise SystemExit(1 if failed else 0)

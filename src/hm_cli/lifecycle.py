@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,6 +24,32 @@ def _home() -> Path:
     return home_dir()
 
 
+def check_config(home: Path, *, running: bool = False) -> list[str]:
+    """Parse config.toml as the daemon will; return its warnings, or fail with every error.
+
+    ``running``: a daemon is up and will be left running (restart checks first)."""
+    from hm_agent.config import ConfigError, load_config
+    from hm_agent.home import paths
+
+    try:
+        return load_config(paths(home)).warnings
+    except ConfigError as exc:
+        fail(config_failure(exc, running))
+
+
+def config_failure(exc: Exception, running: bool = False) -> str:
+    errors = getattr(exc, "errors", [str(exc)])
+    keep = " The running daemon was left as it is." if running else ""
+    return f"{exc}{keep}" if len(errors) == 1 else f"{exc}\nFix these and run it again.{keep}"
+
+
+def print_warnings(out: Any, warnings: list[str]) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        out.print(f"  [yellow]![/yellow] {escape(warning)}")
+
+
 def start_daemon(home: Path, backend: str) -> str:
     """Spawn the daemon in the background; return "host:port" once the proxy is bound."""
     from hm_agent.config import ConfigError
@@ -31,8 +58,10 @@ def start_daemon(home: Path, backend: str) -> str:
 
     try:
         prepare(home)  # the common mistakes fail here, with the message, before forking
-    except (HomeError, ConfigError) as exc:
+    except HomeError as exc:
         fail(str(exc))
+    except ConfigError as exc:
+        fail(config_failure(exc))
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -68,6 +97,10 @@ def start_daemon(home: Path, backend: str) -> str:
     if text.startswith("ok "):
         return text[3:]
     if text.startswith("error: "):
+        try:  # it is exiting: let it finish, so nothing of it is left behind
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
         fail(text[len("error: "):])
     if proc.poll() is None:
         proc.kill()
@@ -137,13 +170,15 @@ def start(backend: str) -> None:
       halton-meter start && eval "$(halton-meter env)"
     """
     home = _home()
-    if _running(home):
-        console().print("[green]●[/green] the daemon is already running (see `halton-meter status`)")
-        return
     out = console()
+    if _running(home):
+        out.print("[green]●[/green] the daemon is already running (see `halton-meter status`)")
+        print_warnings(out, check_config(home, running=True))
+        return
     with out.status("Starting the daemon…", spinner="dots"):
         bound = start_daemon(home, backend)
     out.print(f"[green]●[/green] daemon started: mitm bound on {bound}")
+    print_warnings(out, check_config(home))
     out.print('  Point programs at it with: eval "$(halton-meter env)"')
 
 
@@ -193,7 +228,10 @@ def restart(backend: str) -> None:
     """
     home = _home()
     out = console()
+    # Check the new config first: a broken file must not stop a working daemon.
+    warnings = check_config(home, running=_running(home))
     with out.status("Restarting the daemon…", spinner="dots"):
         stop_daemon(home)
         bound = start_daemon(home, backend)
     out.print(f"[green]●[/green] daemon restarted: mitm bound on {bound}")
+    print_warnings(out, warnings)
