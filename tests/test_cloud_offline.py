@@ -40,7 +40,7 @@ def test_status_without_a_daemon_reads_the_files(tmp_path: Path) -> None:
     snap = json.loads(run_cli(home, "cloud", "status", "--json").stdout)
     assert (snap["state"], snap["paused_reason"]) == ("PAUSED", "paused_unauthorised")
     human = run_cli(home, "status").stdout
-    assert "PAUSED" in human and "paused_unauthorised" in human
+    assert "PAUSED" in human and "pair it again with `halton-meter cloud connect`" in human
 
 
 def test_exposed_or_linked_credentials_are_refused_with_the_fix(tmp_path: Path) -> None:

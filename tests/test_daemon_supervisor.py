@@ -77,6 +77,7 @@ async def test_component_starts_and_stops_with_config(tmp_path: Path) -> None:
         sup.wake()
         await wait_for(lambda: sup.health()["cloud"]["state"] == "stopped")
         assert worker.cancelled == 1
+        assert "detail" not in sup.health()["cloud"], "a stopped component's view is stale"
         tg.cancel_scope.cancel()
     assert ctx.reloads >= 3
 

@@ -124,3 +124,89 @@ def test_port_taken_one_clear_message_and_no_stale_lock(tmp_path: Path) -> None:
         assert run.returncode == 1
         assert run.stderr == f"halton-meter: {expected}\n"
         assert "--mode" not in (home / "daemon.log").read_text()
+
+
+# -- the cloud commands ---------------------------------------------------------------
+
+
+def test_cloud_commands_fail_before_saying_what_they_would_do(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for args in (["cloud", "connect", "--no-browser"], ["cloud", "sync"], ["cloud", "whoami"]):
+        res = cli(home, *args)
+        assert res.returncode == 1
+        assert res.stdout == "", args
+        assert res.stderr == (
+            "halton-meter: error: daemon not running: the cloud worker lives in the daemon. "
+            "Check with `halton-meter status`, start it with `halton-meter start`.\n"
+        )
+
+
+def test_disconnect_when_not_paired_says_one_thing(tmp_path: Path) -> None:
+    res = cli(tmp_path / "home", "cloud", "disconnect")
+    assert res.returncode == 0
+    assert res.stdout == "● This machine is not paired; nothing to disconnect.\n"
+
+
+def test_paused_reason_is_explained_and_kept_in_json(tmp_path: Path) -> None:
+    from hm_agent.store import Store
+    from tests.test_cloud_offline import paired_home
+
+    home = tmp_path / "home"
+    paired_home(home)
+    with Store(home / "db.sqlite") as store:
+        store.set_cloud_state(paused=1, paused_reason="paused_unauthorised")
+    res = cli(home, "cloud", "status")
+    assert ("● Paused: the workspace revoked this machine's token; pair it again with "
+            "`halton-meter cloud connect`\n") in res.stdout
+    assert "paused_unauthorised" not in res.stdout
+
+
+def test_cloud_help_descriptions_are_whole(tmp_path: Path) -> None:
+    res = cli(tmp_path, "cloud", "--help")
+    commands = res.stdout.split("Commands:")[1]
+    assert "…" not in commands and "..." not in commands
+    assert "The sync state: ACTIVE, DEGRADED, PAUSED or NOT-CONFIGURED." in res.stdout
+    assert "Which workspace and machine this token belongs to." in res.stdout
+
+
+def test_a_daemon_that_stops_mid_call_is_named(tmp_path: Path) -> None:
+    """The daemon closed the socket without an answer (it was stopped during `cloud connect`)."""
+    import threading
+
+    from hm_agent.control import DaemonStopped, control_call
+    from hm_agent.home import paths
+
+    hp = paths(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    hp.control_socket.parent.mkdir(parents=True, exist_ok=True)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(hp.control_socket))
+    server.listen()
+
+    def hang_up() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.close()
+
+    t = threading.Thread(target=hang_up)
+    t.start()
+    with pytest.raises(DaemonStopped) as info:
+        control_call(hp, "cloud.connect.wait", timeout=5)
+    t.join()
+    server.close()
+    assert str(info.value) == (f"the daemon stopped before answering (see {hp.log}). "
+                               f"Start it with `halton-meter start`, then run the command again.")
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_log_line_and_status_shows_no_stale_worker_state(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "home") as d:
+        res = d.cli("cloud", "whoami")
+        assert res.stderr == ("halton-meter: error: this machine is not paired (NOT-CONFIGURED): "
+                              "run `halton-meter cloud connect`\n")
+        log = (d.home / "daemon.log").read_text()
+        assert "Traceback" not in log and " ERROR " not in log
+        assert "INFO hm_agent.control: control command cloud.whoami refused: this machine is not paired" in log
+        st = d.status()
+        assert st["cloud"]["state"] == "NOT-CONFIGURED"
+        assert "detail" not in st["components"]["cloud"]

@@ -10,6 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# paused_reason codes (kept as they are in --json) → what they mean and what to do.
+PAUSED_REASONS = {
+    "user": "paused by you; `halton-meter cloud resume` restarts the upload",
+    "paused_by_user": "paused by you; `halton-meter cloud resume` restarts the upload",
+    "paused_unauthorised": "the workspace revoked this machine's token; "
+    "pair it again with `halton-meter cloud connect`",
+}
+
+
+def explain_paused(reason: str) -> str:
+    return PAUSED_REASONS.get(reason, reason)
+
+
 NOT_RUNNING_HINT = "The daemon is not running, so nothing is syncing: start it with `halton-meter start`."
 
 

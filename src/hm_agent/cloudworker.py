@@ -70,7 +70,7 @@ from .cloudlink import (
     utc_now_iso,
     wipe_pairing,
 )
-from .control import command
+from .control import CommandRefused, command
 
 log = logging.getLogger("hm_agent.cloud")
 
@@ -520,7 +520,7 @@ def _paired_state(ctx: Any) -> dict[str, Any] | None:
 async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     paired = await anyio.to_thread.run_sync(_paired_state, ctx)
     if paired and paired.get("paused_reason") != "paused_unauthorised":
-        raise RuntimeError(
+        raise CommandRefused(
             f"this machine is already paired with workspace {paired.get('workspace_slug')}. "
             f"To pair again, run `halton-meter cloud disconnect` first"
         )
@@ -532,7 +532,7 @@ async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     try:
         parse_base_url(base_url)
     except CloudClientError as exc:
-        raise RuntimeError(str(exc)) from None
+        raise CommandRefused(str(exc)) from None
     job = PairingJob(base_url=base_url, workspace=args.get("workspace") or None)
     SERVICE.job = job
     ctx.wake()
@@ -549,15 +549,15 @@ async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         }
     if job.state == "starting":
         job.cancel()
-        raise RuntimeError(f"no pairing code from {base_url} within 35 s: check the URL and your network")
-    raise RuntimeError(job.error or f"pairing {job.state}")
+        raise CommandRefused(f"no pairing code from {base_url} within 35 s: check the URL and your network")
+    raise CommandRefused(job.error or f"pairing {job.state}")
 
 
 @command("cloud.connect.wait")
 async def _connect_wait(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     job = SERVICE.job
     if job is None:
-        raise RuntimeError("no pairing in progress: run `halton-meter cloud connect`")
+        raise CommandRefused("no pairing in progress: run `halton-meter cloud connect`")
     with anyio.move_on_after(float(args.get("wait") or 25.0)):
         while job.active:
             await job.changed.wait()
@@ -605,17 +605,17 @@ def daemon_cloud_status(ctx: Any) -> dict[str, Any]:
 
 async def _worker(ctx: Any, wait: float = 10.0) -> CloudWorker:
     if not ctx.config.cloud_enabled:
-        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
+        raise CommandRefused("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
     ctx.wake()
     with anyio.move_on_after(wait):
         while SERVICE.worker is None or SERVICE.worker.session is None:
             if SERVICE.paused_by_user:
-                raise RuntimeError("sync is paused: run `halton-meter cloud resume` first")
+                raise CommandRefused("sync is paused: run `halton-meter cloud resume` first")
             if SERVICE.worker is not None and SERVICE.worker.error:
-                raise RuntimeError(SERVICE.worker.error)
+                raise CommandRefused(SERVICE.worker.error)
             await anyio.sleep(0.05)
     if SERVICE.worker is None or SERVICE.worker.session is None:
-        raise RuntimeError("the cloud worker did not start; see `halton-meter status` and the daemon log")
+        raise CommandRefused("the cloud worker did not start; see `halton-meter status` and the daemon log")
     return SERVICE.worker
 
 
@@ -633,7 +633,7 @@ async def _cloud_sync(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 @command("cloud.pause")
 async def _cloud_pause(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if not ctx.config.cloud_enabled:
-        raise RuntimeError("this machine is not paired (NOT-CONFIGURED), so there is nothing to pause: pair it with `halton-meter cloud connect`")
+        raise CommandRefused("this machine is not paired (NOT-CONFIGURED), so there is nothing to pause: pair it with `halton-meter cloud connect`")
     await anyio.to_thread.run_sync(lambda: ctx.store.set_cloud_state(paused=1, paused_reason="user"))
     SERVICE.paused_by_user = True
     ctx.wake()
@@ -643,7 +643,7 @@ async def _cloud_pause(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 @command("cloud.resume")
 async def _cloud_resume(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if not ctx.config.cloud_enabled:
-        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
+        raise CommandRefused("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
     state = await anyio.to_thread.run_sync(ctx.store.get_cloud_state) or {}
     if state.get("paused_reason") == "paused_unauthorised":
         return {"state": "PAUSED", "paused_reason": "paused_unauthorised"}
@@ -660,11 +660,11 @@ async def _cloud_resume(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 @command("cloud.whoami")
 async def _cloud_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if not ctx.config.cloud_enabled:
-        raise RuntimeError("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
+        raise CommandRefused("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
     try:
         creds = await anyio.to_thread.run_sync(load_credentials, ctx.home)
     except CloudLinkError as exc:
-        raise RuntimeError(str(exc)) from None
+        raise CommandRefused(str(exc)) from None
     base_url = creds.base_url or ctx.config.cloud_base_url
     async with cloud_client(ctx.config, base_url) as client:
         answer = await client.send(whoami_request(creds.token))
@@ -678,10 +678,10 @@ async def _cloud_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             "hostname": outcome.hostname,
         }
     if isinstance(outcome, Unauthorised):
-        raise RuntimeError("the backend answered 401: the token was revoked. Re-run `halton-meter cloud connect`")
+        raise CommandRefused("the backend answered 401: the token was revoked. Re-run `halton-meter cloud connect`")
     if isinstance(outcome, RetryLater):
-        raise RuntimeError(f"cannot reach {base_url}: {outcome.reason}. Try again later")
-    raise RuntimeError(f"the backend refused whoami: {outcome.status} {outcome.detail or outcome.error}")
+        raise CommandRefused(f"cannot reach {base_url}: {outcome.reason}. Try again later")
+    raise CommandRefused(f"the backend refused whoami: {outcome.status} {outcome.detail or outcome.error}")
 
 
 @command("cloud.disconnect")

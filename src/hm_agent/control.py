@@ -44,6 +44,17 @@ class ControlError(Exception):
     """The daemon answered with an error, or did not answer in time."""
 
 
+class DaemonStopped(ControlError):
+    """The daemon closed the connection without answering: it stopped (or crashed) meanwhile."""
+
+
+class CommandRefused(RuntimeError):
+    """A command handler's ordinary "no" the user acts on (not paired, paused, unreachable…).
+
+    Logged as one INFO line; any other exception is a bug and is logged with its traceback.
+    """
+
+
 def register_command(name: str, handler: CommandHandler) -> None:
     """Make ``handler`` answer control command ``name`` (e.g. "cloud.sync")."""
     COMMANDS[name] = handler
@@ -98,7 +109,10 @@ def control_call(home: Path | HomePaths | None, cmd: str, timeout: float = 10.0,
     finally:
         sock.close()
     if not buf:
-        raise ControlError(f"the daemon closed the connection without answering `{cmd}`; see {hp.log}")
+        raise DaemonStopped(
+            f"the daemon stopped before answering (see {hp.log}). "
+            f"Start it with `halton-meter start`, then run the command again."
+        )
     try:
         reply = json.loads(buf)
     except ValueError:
@@ -236,6 +250,9 @@ async def dispatch(line: bytes, ctx: Any) -> dict[str, Any]:
         return _error(f"unknown command {name[:80]!r} (this daemon knows: {known}); is it an older version? Try `halton-meter restart`.")
     try:
         return {"ok": True, "result": await handler(ctx, args)}
+    except CommandRefused as exc:
+        logging.getLogger("hm_agent.control").info("control command %s refused: %s", name, exc)
+        return _error(f"{name} failed: {exc}")
     except Exception as exc:
         logging.getLogger("hm_agent.control").exception("control command %s failed", name)
         return _error(f"{name} failed: {exc}")

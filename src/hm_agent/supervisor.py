@@ -156,7 +156,9 @@ class Supervisor:
                 "restarts": 0 if entry is None else entry.restarts,
             }
             health = getattr(comp, "health", None)
-            if callable(health):
+            # A stopped component's own view is stale (the cloud worker would say
+            # ACTIVE while cloud.state is NOT-CONFIGURED): show it only while it runs.
+            if callable(health) and info["state"] != "stopped":
                 try:
                     info["detail"] = health()
                 except Exception as exc:

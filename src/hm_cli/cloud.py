@@ -42,6 +42,18 @@ def _call(cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
         fail(_strip_cmd(str(exc)))
 
 
+def _require_daemon() -> None:
+    """Fail before printing "Requesting…"/"Uploading…" when no daemon can do it."""
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
+
+    try:
+        control_call(_home(), "ping", timeout=5.0)
+    except DaemonNotRunning:
+        _call("ping")  # the same one-line error as every other command
+    except ControlError:
+        pass  # busy or old: the real call will say
+
+
 def _strip_cmd(message: str) -> str:
     """The daemon prefixes errors with the command name; users need only the sentence."""
     head, sep, rest = message.partition(" failed: ")
@@ -76,6 +88,7 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     Example:
       halton-meter cloud connect --base-url http://127.0.0.1:8787 --no-browser
     """
+    _require_daemon()
     try:
         with spinner(f"Requesting pairing code from {_host(base_url or _configured_base_url())}…"):
             started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace)
@@ -87,7 +100,7 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
             _open_browser(url)
         with spinner("Waiting for approval… (Ctrl-C to cancel)"):
             while True:
-                reply = _call("cloud.connect.wait", timeout=40.0, wait=25.0)
+                reply = _wait_call()
                 if reply["state"] != "pending":
                     break
     except KeyboardInterrupt:
@@ -104,6 +117,19 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     if state == "denied":
         fail("the pairing was denied in the browser. Run `halton-meter cloud connect` again if that was a mistake.")
     fail(str(reply.get("error") or f"pairing failed ({state}). Run `halton-meter cloud connect` again."))
+
+
+def _wait_call() -> dict[str, Any]:
+    """One long poll for the approval; a daemon that stopped meanwhile is said so."""
+    from hm_agent.control import DaemonNotRunning, DaemonStopped, control_call
+
+    try:
+        return control_call(_home(), "cloud.connect.wait", timeout=40.0, wait=25.0)
+    except (DaemonNotRunning, DaemonStopped):
+        fail("the daemon stopped while waiting for approval, so nothing was paired. "
+             "Start it with `halton-meter start`, then run `halton-meter cloud connect` again.")
+    except Exception:
+        return _call("cloud.connect.wait", timeout=40.0, wait=25.0)
 
 
 def _cancel_pairing() -> None:
@@ -149,7 +175,7 @@ def _open_browser(url: str) -> None:
     threading.Thread(target=_open, daemon=True).start()
 
 
-@cloud.command("whoami")
+@cloud.command("whoami", short_help="Which workspace and machine this token belongs to.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable shape.")
 def whoami(as_json: bool) -> None:
     """Ask the backend which workspace and machine this token belongs to.
@@ -158,6 +184,7 @@ def whoami(as_json: bool) -> None:
     Example:
       halton-meter cloud whoami
     """
+    _require_daemon()
     with spinner("Asking the backend…"):
         reply = _call("cloud.whoami", timeout=30.0)
     info = {k: reply.get(k) for k in ("workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname")}
@@ -169,7 +196,7 @@ def whoami(as_json: bool) -> None:
     bullet(f"Hostname: {info['hostname']}")
 
 
-@cloud.command("status")
+@cloud.command("status", short_help="The sync state: ACTIVE, DEGRADED, PAUSED or NOT-CONFIGURED.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable shape (see docs/cloud-sync.md).")
 def status(as_json: bool) -> None:
     """Show the sync state: ACTIVE, DEGRADED, PAUSED or NOT-CONFIGURED.
@@ -187,7 +214,9 @@ def status(as_json: bool) -> None:
     colour = {"ACTIVE": "green", "DEGRADED": "yellow", "PAUSED": "yellow"}.get(snap["state"], "red")
     bullet(f"State: {snap['state']}", colour=colour)
     if snap.get("paused_reason"):
-        bullet(f"Paused reason: {snap['paused_reason']}", colour=colour)
+        from hm_agent.cloudstatus import explain_paused
+
+        bullet(f"Paused: {explain_paused(snap['paused_reason'])}", colour=colour)
     bullet(f"Last sync: {relative_time(snap.get('last_sync_at'))}")
     bullet(f"Unsynced rows: {snap.get('unsynced_rows', 0)}")
     bullet(f"Last reconcile: {relative_time(snap.get('last_reconcile_at'))}")
@@ -210,6 +239,7 @@ def sync(reconcile: bool, as_json: bool) -> None:
     Example:
       halton-meter cloud sync --reconcile
     """
+    _require_daemon()
     with spinner("Uploading unsynced rows…"):
         reply = _call("cloud.sync", timeout=600.0, reconcile=reconcile)
     if as_json:
@@ -268,9 +298,12 @@ def disconnect() -> None:
     Example:
       halton-meter cloud disconnect
     """
-    from hm_agent.cloudstatus import local_disconnect
+    from hm_agent.cloudstatus import cloud_status, local_disconnect
     from hm_agent.control import ControlError, DaemonNotRunning, control_call
 
+    if cloud_status(_home())["state"] == "NOT-CONFIGURED":
+        bullet("This machine is not paired; nothing to disconnect.", colour="yellow")
+        return
     base = _configured_base_url()
     with spinner(f"Revoking token at {_host(base)}…"):
         try:
@@ -284,7 +317,6 @@ def disconnect() -> None:
         return
     base = reply.get("base_url") or base
     if reply.get("revoked"):
-        bullet(f"Revoking token at {_host(base)}…")
         bullet("Token revoked.", ok=True)
     else:
         bullet(f"Could not revoke the token at {_host(base)}: {reply.get('revoke_error', 'unreachable')}.",

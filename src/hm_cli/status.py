@@ -142,7 +142,9 @@ def render(st: dict[str, Any]) -> None:
     detail = worker.get("detail") if isinstance(worker, dict) else None
     reason = detail.get("paused_reason") if isinstance(detail, dict) else cloud.get("paused_reason")
     if reason:
-        line += " " + _dim(f"({reason})")
+        from hm_agent.cloudstatus import explain_paused
+
+        line += " " + _dim(f"({explain_paused(str(reason))})")
     echo(line)
     for name, comp in (st.get("components") or {}).items():
         if comp.get("state") == "crashed":
