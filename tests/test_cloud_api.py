@@ -250,8 +250,27 @@ def test_approve_form_post_pairs_the_machine(cloud: CloudServer, alice: httpx.Cl
             "csrf_token": cloud.csrf(alice),
         },
     )
-    assert answer.status_code == 200 and "Machine approved" in answer.text
+    # Post/redirect/get: the result page is a GET, so a reload does not post again.
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/connect/done?r=")
+    done = alice.get(answer.headers["location"])
+    assert done.status_code == 200 and "Machine approved" in done.text and "form.local" in done.text
+    assert alice.get(answer.headers["location"]).text == done.text
     assert cloud.poll(started["device_code"], wait=0)["status_code"] == 200
+    forged = alice.get("/connect/done?r=" + answer.headers["location"].split("r=")[1][:-3] + "abc")
+    assert forged.status_code == 404 and "Link expired" in forged.text
+
+
+def test_login_names_the_code_being_approved(cloud: CloudServer) -> None:
+    page = httpx.get(f"{cloud.base_url}/login?next=%2Fconnect%3Fcode%3Dwxj49kmn")
+    assert "Sign in to approve the pairing code <code class=\"code\">WXJ4-9KMN</code>" in page.text
+    assert "approve the pairing code" not in httpx.get(f"{cloud.base_url}/login?next=%2Facme%2F").text
+    assert "approve the pairing code" not in httpx.get(
+        f"{cloud.base_url}/login?next=%2Fconnect%3Fcode%3D%3Cscript%3E").text
+
+
+def test_favicon_is_served(cloud: CloudServer) -> None:
+    icon = httpx.get(f"{cloud.base_url}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
 
 
 def test_unknown_code_on_approve_is_code_not_found(cloud: CloudServer, alice: httpx.Client) -> None:

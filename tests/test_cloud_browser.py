@@ -137,8 +137,9 @@ def test_sign_up_approve_see_and_revoke_a_device(
     expect(page.get_by_role("heading", name="Revoke rocket-laptop?")).to_be_visible()
     assert api.get("/v1/whoami").status_code == 200  # nothing happens before confirming
     page.get_by_role("button", name="Revoke rocket-laptop").click()
-    expect(page).to_have_url(f"{cloud.app_url}/team-rocket/settings/devices")
+    expect(page).to_have_url(re.compile(rf"{re.escape(cloud.app_url)}/team-rocket/settings/devices\?revoked="))
     expect(page.get_by_role("row", name=re.compile("rocket-laptop"))).to_contain_text("Revoked")
+    expect(page.get_by_role("status")).to_contain_text("Revoked rocket-laptop: its token no longer works")
 
     after = api.get("/v1/whoami")
     assert after.status_code == 401

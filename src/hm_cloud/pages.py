@@ -204,7 +204,7 @@ async def home(request: Request) -> Response:
 async def signup(request: Request) -> Response:
     nxt = request.query_params.get("next")
     if request.method == "GET":
-        return render(request, "signup.html", {"next": nxt, "form": {}})
+        return render(request, "signup.html", {"next": nxt, "form": {}, "approving": _code_in_next(nxt)})
     form = await _form(request)
     if not csrf_ok(session_of(request), form.get("csrf_token")):
         return _csrf_failed(request)
@@ -238,10 +238,22 @@ async def signup(request: Request) -> Response:
     return redirect(request, _safe_next(nxt, f"/{ws.slug}/"))
 
 
+def _code_in_next(nxt: str | None) -> str | None:
+    """The pairing code a sign-in leads to approving (``next=/connect?code=…``), if any."""
+    if not nxt:
+        return None
+    parts = urlsplit(nxt)
+    if parts.path != "/connect":
+        return None
+    typed = dict(parse_qsl(parts.query)).get("code", "")
+    code = normalize_user_code(typed) if len(typed) <= 64 else None
+    return format_user_code(code) if code else None
+
+
 async def login(request: Request) -> Response:
     nxt = request.query_params.get("next")
     if request.method == "GET":
-        return render(request, "login.html", {"next": nxt, "form": {}})
+        return render(request, "login.html", {"next": nxt, "form": {}, "approving": _code_in_next(nxt)})
     form = await _form(request)
     if not csrf_ok(session_of(request), form.get("csrf_token")):
         return _csrf_failed(request)
@@ -254,7 +266,7 @@ async def login(request: Request) -> Response:
         response = render(
             request,
             "login.html",
-            {"next": nxt, "error": message, "form": {"email": email}},
+            {"next": nxt, "approving": _code_in_next(nxt), "error": message, "form": {"email": email}},
             status=429,
         )
         response.headers["Retry-After"] = str(wait)
@@ -268,7 +280,7 @@ async def login(request: Request) -> Response:
         return render(
             request,
             "login.html",
-            {"next": nxt, "error": "Wrong email or password.", "form": {"email": email}},
+            {"next": nxt, "approving": _code_in_next(nxt), "error": "Wrong email or password.", "form": {"email": email}},
             status=400,
         )
     await _sign_in(request, found[0])
@@ -449,10 +461,38 @@ async def approve(request: Request) -> Response:
             200,
             media_type="application/json",
         )
+    # Post/redirect/get: reloading the result page must not post the form again.
+    note = state.sessions.note(
+        {"decision": decision, "slug": ws.slug, "name": ws.name, "hostname": str(pairing["hostname"])}
+    )
+    return redirect(request, f"/connect/done?r={quote(note, safe='')}")
+
+
+async def connect_done(request: Request) -> Response:
+    """GET /connect/done: the result of an approval (see approve)."""
+    user = await _user(request)
+    note = cloud(request).sessions.read_note(request.query_params.get("r"))
+    if note is None:
+        return render(
+            request,
+            "error.html",
+            {
+                "title": "Link expired",
+                "message": "This confirmation is no longer available. Check the terminal, "
+                "or the workspace's devices page.",
+                "user_email": user[1] if user else None,
+            },
+            status=404,
+        )
     return render(
         request,
         "connect_done.html",
-        {"user_email": email, "decision": decision, "workspace": ws, "pairing": pairing},
+        {
+            "user_email": user[1] if user else None,
+            "decision": note.get("decision"),
+            "workspace": {"slug": note.get("slug", ""), "name": note.get("name", "")},
+            "pairing": {"hostname": note.get("hostname", "")},
+        },
     )
 
 
@@ -523,6 +563,8 @@ async def devices_page(request: Request) -> Response:
         return found
     _uid, email, ws, mine = found
     devices = await cloud(request).db(store.list_devices, ws.id)
+    revoked_id = request.query_params.get("revoked")
+    revoked = next((d for d in devices if str(d["id"]) == revoked_id and d["revoked_at"]), None)
     return render(
         request,
         "devices.html",
@@ -532,6 +574,7 @@ async def devices_page(request: Request) -> Response:
             "workspaces": mine,
             "devices": devices,
             "now": time.time(),
+            "revoked": revoked,
         },
     )
 
@@ -564,7 +607,21 @@ async def revoke_device(request: Request) -> Response:
     if not csrf_ok(session_of(request), form.get("csrf_token")):
         return _csrf_failed(request)
     await state.db(store.revoke_device, ws.id, device["id"], time.time())
-    return redirect(request, f"/{ws.slug}/settings/devices")
+    return redirect(request, f"/{ws.slug}/settings/devices?revoked={quote(str(device['id']), safe='')}")
+
+
+_FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect width="16" height="16" rx="3" fill="#2f5bd3"/>'
+    b'<path d="M4 12V4h2v3h4V4h2v8h-2V9H6v3z" fill="#fff"/></svg>'
+)
+
+
+async def favicon(request: Request) -> Response:
+    """Browsers ask for /favicon.ico on every page: answer instead of logging a 404."""
+    return Response(
+        _FAVICON, 200, {"Cache-Control": "public, max-age=86400"}, media_type="image/svg+xml"
+    )
 
 
 routes = [
@@ -573,6 +630,8 @@ routes = [
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["GET", "POST"]),
     Route("/connect", connect, methods=["GET"]),
+    Route("/connect/done", connect_done, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/v1/pairing/approve", approve, methods=["POST"]),
     Route("/{workspace}/", dashboard, methods=["GET"]),
     Route("/{workspace}/settings/devices", devices_page, methods=["GET"]),

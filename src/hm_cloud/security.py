@@ -46,6 +46,22 @@ class SessionCodec:
 
     def __init__(self, secret: str) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="hm-cloud-session")
+        self._notes = URLSafeTimedSerializer(secret, salt="hm-cloud-note")
+
+    def note(self, data: dict[str, str]) -> str:
+        """A signed, URL-safe note for a redirect target (post/redirect/get results)."""
+        return str(self._notes.dumps(data))
+
+    def read_note(self, token: str | None, max_age: int = 3600) -> dict[str, str] | None:
+        if not token or len(token) > 2048:
+            return None
+        try:
+            data = self._notes.loads(token, max_age=max_age)
+        except (BadSignature, ValueError):
+            return None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            return None
+        return data
 
     def load(self, cookie: str | None) -> Session:
         if cookie:
