@@ -8,6 +8,8 @@ frames passed on one by one, and a response cut off by a close kept as incomplet
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import sqlite3
 import ssl
 import time
@@ -40,10 +42,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Fake
         yield daemon, upstream
 
 
-def client(daemon: Daemon, url: str) -> ClientConnection:
+def client(daemon: Daemon, url: str, **headers: str) -> ClientConnection:
     trust = ssl.create_default_context(cafile=str(daemon.ca_cert_path))
     return connect(url, proxy=daemon.proxy_url, ssl=trust, open_timeout=20,
-                   additional_headers={"Authorization": "Bearer sk-proj-wsSECRET0123456789"})
+                   additional_headers={"Authorization": "Bearer sk-proj-wsSECRET0123456789", **headers})
 
 
 def rows(daemon: Daemon) -> list[dict[str, Any]]:
@@ -91,8 +93,19 @@ def test_responses_over_websocket_one_row_per_response(rig: tuple[Daemon, FakeWe
             (spec["model"], "/v1/responses", 1, 200, "")
         assert Decimal(row["cost_usd"]) == want_cost
         assert row["latency_ms"] >= row["ttfb_ms"] >= 0
+        assert row["os_user"] == pwd.getpwuid(os.getuid()).pw_name  # attributed to this process
     secret = b"wsSECRET"
     assert not any(secret in p.read_bytes() for p in daemon.home.rglob("*") if p.is_file())
+
+
+def test_a_websocket_session_takes_the_project_header(rig: tuple[Daemon, FakeWebSocketUpstream]) -> None:
+    daemon, upstream = rig
+    before = len(rows(daemon))
+    with client(daemon, f"{upstream.base_url}/v1/responses", **{"X-Halton-Project": "voice-bot"}) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "o4-mini", "input": "hi"}))
+        until(ws, "response.completed")
+    (row,) = new_rows(daemon, before, 1)
+    assert (row["project"], row["flags"]) == ("voice-bot", "")
 
 
 def test_realtime_response_done_with_audio_tokens(rig: tuple[Daemon, FakeWebSocketUpstream]) -> None:

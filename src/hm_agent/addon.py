@@ -29,6 +29,8 @@ from .writer import CapturedCall, RowWriter
 log = logging.getLogger("hm_agent.addon")
 
 _TAP_KEY = "hm_call"
+_HEADERS_KEY = "hm_attribution_headers"
+_WS_CALLER_KEY = "hm_ws_caller"
 _WS_KEY = "hm_ws"
 
 
@@ -165,6 +167,8 @@ class MeterAddon:
             del req.headers[PROJECT_HEADER]
         if header_tags is not None:
             del req.headers[TAGS_HEADER]
+        if header_project is not None or header_tags is not None:
+            flow.metadata[_HEADERS_KEY] = (header_project, header_tags)  # a WebSocket upgrade keeps them
         try:
             tap = open_call(
                 host_key(req.host, req.port), req.method, path, query,
@@ -207,6 +211,8 @@ class MeterAddon:
         session = open_websocket(host_key(req.host, req.port), path, query, {}, self.config)
         if session is not None:
             flow.metadata[_WS_KEY] = session
+            if self.attribution.enabled:  # the connection may be gone when the last response ends
+                flow.metadata[_WS_CALLER_KEY] = self._callers.get(flow.client_conn.id)
 
     def websocket_message(self, flow: Any) -> None:
         # mitmproxy keeps every message of a flow; a long session (Codex) would grow
@@ -221,14 +227,18 @@ class MeterAddon:
         if message.from_client:
             session.client_message(message.content, now)
         else:
-            self._submit_ws(session.server_message(message.content, now), now)
+            self._submit_ws(flow, session.server_message(message.content, now), now)
 
     def websocket_end(self, flow: Any) -> None:
         session = flow.metadata.pop(_WS_KEY, None)
         if session is not None:
-            self._submit_ws(session.close(), time.time())
+            self._submit_ws(flow, session.close(), time.time())
 
-    def _submit_ws(self, finished: list[Any], now: float) -> None:
+    def _submit_ws(self, flow: Any, finished: list[Any], now: float) -> None:
+        if not finished:
+            return
+        caller = flow.metadata.get(_WS_CALLER_KEY)
+        header_project, header_tags = flow.metadata.get(_HEADERS_KEY, (None, None))
         for usage, response in finished:
             self.calls_seen += 1
             self.writer.submit(CapturedCall(
@@ -237,6 +247,10 @@ class MeterAddon:
                 usage=usage,
                 latency_ms=int((now - response.started) * 1000),
                 ttfb_ms=int((response.first_event - response.started) * 1000),
+                caller=caller,
+                header_project=header_project,
+                header_tags=header_tags,
+                attribution=self.attribution,
             ))
 
     def error(self, flow: Any) -> None:
