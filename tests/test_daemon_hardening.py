@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,3 +117,183 @@ async def test_a_failing_command_answers_only_its_caller(tmp_path: Any) -> None:
     finally:
         for name in ("test.boom", "test.circular", "test.fine"):
             COMMANDS.pop(name, None)
+
+
+# -- item 12: one bad upstream answer costs no other row ---------------------------------
+
+
+def test_absurd_token_counts_are_flagged_and_cost_no_other_row(daemon: Daemon, upstream: LocalTLSServer) -> None:
+    """prompt_tokens = 2**63 among 5 normal calls: 6 rows, the absurd one flagged with tokens null."""
+    import sqlite3
+
+    model, good = f"absurd-{daemon.backend}", f"good-{daemon.backend}"
+    upstream.usage_by_model[model] = {"prompt_tokens": 2**63, "completion_tokens": 5, "total_tokens": 2**63 + 5}
+    for n in range(6):
+        assert chat(daemon, upstream, model if n == 3 else good).status_code == 200
+
+    def by_model() -> dict[str, list[Any]]:
+        conn = sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True)
+        try:
+            found = conn.execute("SELECT model, input_tokens, output_tokens, cost_usd, flags, row_json"
+                                 " FROM requests WHERE model IN (?, ?)", (model, good)).fetchall()
+        finally:
+            conn.close()
+        out: dict[str, list[Any]] = {model: [], good: []}
+        for row in found:
+            out[row[0]].append(row[1:])
+        return out
+
+    deadline = time.monotonic() + 10
+    while sum(map(len, (rows := by_model()).values())) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    bad = rows[model]
+    assert len(rows[good]) == 5 and all(r[0] == 12 for r in rows[good])
+    assert len(bad) == 1
+    input_tokens, output_tokens, cost, flags, row_json = bad[0]
+    assert (input_tokens, output_tokens, cost) == (None, None, None)
+    assert "implausible_usage" in flags.split()
+    assert json.loads(row_json)["input_tokens"] is None
+    assert daemon.status()["rows"]["dropped"] == 0
+
+
+def _call(usage: Any, n: int) -> Any:
+    from hm_agent.writer import CapturedCall
+
+    return CapturedCall(id=f"00000000-0000-4000-8000-{n:012d}", ts="2026-11-29T10:00:00.000Z",
+                        usage=usage, latency_ms=10, ttfb_ms=5)
+
+
+def _usage(**tokens: Any) -> Any:
+    from hm_agent.capture.tap import CapturedUsage
+
+    return CapturedUsage(provider="openai", model="gpt-4o-mini", host="api.openai.com",
+                         endpoint="/v1/chat/completions", status=200, stream=False, **tokens)
+
+
+def test_writer_keeps_the_good_rows_of_a_batch_and_quarantines_the_bad_one(tmp_path: Any) -> None:
+    """A row SQLite refuses (2**63 reached the writer by a bug upstream of it) costs only itself."""
+    import sqlite3
+
+    from hm_agent.writer import RowWriter
+
+    writer = RowWriter(tmp_path / "db.sqlite")
+    writer.start()
+    for n in range(6):
+        tokens = {"input_tokens": 2**63 if n == 2 else 10, "output_tokens": 5}
+        writer.submit(_call(_usage(**tokens), n))
+    assert writer.stop(timeout=10)
+    assert (writer.written, writer.quarantined, writer.dropped) == (5, 1, 0)
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    try:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 5
+        (qid, reason, row_json), = conn.execute("SELECT id, reason, row_json FROM write_quarantine").fetchall()
+    finally:
+        conn.close()
+    assert qid.endswith("000000000002") and "OverflowError" in reason
+    assert json.loads(row_json)["input_tokens"] == 2**63
+
+
+def test_capture_flags_counts_beyond_the_bound() -> None:
+    """Each dialect's counts go through one bound: above 10^12 the tokens are null and flagged."""
+    from hm_agent.capture.usage import MAX_TOKENS, Tokens, implausible
+
+    assert not implausible(Tokens(input_tokens=MAX_TOKENS, output_tokens=0))
+    assert implausible(Tokens(input_tokens=1, reasoning_tokens=MAX_TOKENS + 1))
+    assert implausible(Tokens(cache_write_1h_tokens=2**63))
+
+
+def test_a_store_made_before_write_quarantine_gets_the_table(tmp_path: Any) -> None:
+    import sqlite3
+
+    from hm_agent.store import Store
+
+    db = tmp_path / "db.sqlite"
+    with Store(db) as store:
+        store._conn.execute("DROP TABLE write_quarantine")  # the previous schema
+    with Store(db) as store:
+        assert store.count_write_quarantined() == 0
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+# -- item 13: `stop` on a full disk --------------------------------------------------------
+
+
+def test_stop_on_a_full_disk_reports_the_unwritten_rows_and_the_next_start_writes_them(
+        tmp_path: Any, ca: CertAuthority, upstream: LocalTLSServer) -> None:
+    """A real write failure: the daemon runs under RLIMIT_FSIZE, so SQLite cannot grow its files.
+
+    `stop` must say how many rows are not in db.sqlite and where they are, exit
+    non-zero; the next start (no limit) writes every one of them.
+    """
+    import resource
+    import sqlite3
+    import subprocess
+
+    from tests.support.daemon import HALTON_METER, config_text, daemon_env, free_port, stop_or_kill
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    port = free_port()
+    (home / "config.toml").write_text(config_text(port, ca.ca_path, capture_host_config([f"localhost:{upstream.port}"])))
+    env = daemon_env(home)
+    limit = 96 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    d = Daemon(home=home, proxy_port=port, backend="asyncio", env=env)
+    # A first run writes the CA and trust bundles (larger than the limit); they are only rewritten when stale.
+    assert d.cli("start").returncode == 0 and d.cli("stop").returncode == 0
+    started = subprocess.run([*HALTON_METER, "start"], env=env, capture_output=True, text=True, timeout=90,
+                             preexec_fn=small_files)
+    assert started.returncode == 0, started.stderr
+
+    def in_db() -> int:
+        conn = sqlite3.connect(f"file:{d.db_path}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+        finally:
+            conn.close()
+
+    sent = 0
+    try:
+        # Fill the files until the writer reports the failure, then send a few more.
+        problems: list[str] = []
+        while sent < 400 and not any("database write failed" in p for p in problems):
+            for _ in range(10):
+                assert chat(d, upstream, "full-disk").status_code == 200
+                sent += 1
+            time.sleep(0.3)
+            problems = d.status()["daemon"]["problems"]
+        assert any("database write failed" in p for p in problems), "the limit never made a write fail"
+        for _ in range(5):
+            assert chat(d, upstream, "full-disk").status_code == 200
+            sent += 1
+        time.sleep(0.5)
+        written = in_db()
+        assert written < sent
+        stop = d.cli("stop", timeout=90)
+        assert stop.returncode == 1, stop.stdout + stop.stderr
+        assert f"{sent - written} captured rows could not be written" in stop.stderr, stop.stderr
+        assert str(home / "unwritten-rows.jsonl") in stop.stderr
+        assert "every captured row is on disk" not in stop.stdout
+        assert (home / "unwritten-rows.jsonl").stat().st_mode & 0o777 == 0o600
+    finally:
+        stop_or_kill(d)
+    # The next start, with room again, writes them and removes the file.
+    d = Daemon(home=home, proxy_port=port, backend="asyncio", env=env)
+    assert d.cli("start").returncode == 0
+    try:
+        assert d.wait_rows(sent) == sent
+        deadline = time.monotonic() + 10
+        while (home / "unwritten-rows.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (home / "unwritten-rows.jsonl").exists()
+        stop = d.cli("stop")
+        assert stop.returncode == 0 and "every captured row is on disk" in stop.stdout
+    finally:
+        stop_or_kill(d)

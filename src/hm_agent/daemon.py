@@ -16,6 +16,7 @@ import logging.handlers
 import os
 import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,9 @@ from .home import HomeError, HomePaths, ensure_home, ensure_machine_id, paths, w
 from .store import Store, StoreError
 
 log = logging.getLogger("hm_agent.daemon")
+
+# How long `stop` waits for a locked database before the rows go to the spill file.
+DRAIN_TIMEOUT_S = 30.0
 
 
 class DaemonStartError(Exception):
@@ -56,6 +60,22 @@ class DaemonContext:
         self._config_mtime = _mtime(hp.config)
         self._stop_scope: Any = None
         self.stop_requested = False
+        self._drain_lock = threading.Lock()
+        self._drained: dict[str, Any] | None = None
+
+    def drain(self) -> dict[str, Any]:
+        """Stop the proxy, then the writer (rows pending are written or spilled). Idempotent."""
+        with self._drain_lock:
+            if self._drained is None:
+                if self.proxy is not None:
+                    log.info("stopping: closing the proxy, then writing %d pending rows", self.writer.pending)
+                    self.proxy.stop()
+                if self.writer is not None:
+                    self.writer.stop(timeout=DRAIN_TIMEOUT_S)
+                    self._drained = self.writer.stop_outcome()
+                else:
+                    self._drained = {"written": 0, "unwritten": 0, "spilled_to": None, "lost": 0}
+            return self._drained
 
     def request_stop(self) -> None:
         if self._stop_scope is not None:
@@ -125,6 +145,7 @@ class DaemonContext:
                 "pending": writer.get("pending", 0),
                 "written": writer.get("written", 0),
                 "dropped": writer.get("dropped", 0),
+                "quarantined": writer.get("quarantined", 0),
             },
             "attribution": self.proxy.addon.attribution_health() if self.proxy is not None else None,
             "ca_cert": str(self.home.ca_cert),
@@ -177,8 +198,12 @@ async def _wake(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
 
 @command("stop")
 async def _stop(ctx: DaemonContext, args: dict[str, Any]) -> dict[str, Any]:
-    ctx.stop_requested = True  # acted on once this reply is sent (serve_connection)
-    return {"stopping": True, "pid": os.getpid()}
+    """Close the proxy, write every pending row, then answer how that went, then exit."""
+    import anyio
+
+    ctx.stop_requested = True  # the loop stops once this reply is sent (serve_connection)
+    rows = await anyio.to_thread.run_sync(ctx.drain)
+    return {"stopping": True, "pid": os.getpid(), "rows": rows}
 
 
 # -- process -----------------------------------------------------------------
@@ -310,7 +335,7 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
         ctx = DaemonContext(hp, config, machine_id, backend)
     except StoreError as exc:
         return fail(str(exc))
-    writer = RowWriter(hp.db, config.pricing_overrides)
+    writer = RowWriter(hp.db, config.pricing_overrides, spill_paths=[hp.spill])
     writer.start()
     ctx.writer = writer
     proxy = ProxyThread(config, hp.mitm_confdir, writer)
@@ -363,10 +388,14 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
         code = fail(f"the daemon stopped on an error: {exc}", release_lock=False)
         log.exception("supervisor failed")
     finally:
-        log.info("stopping: closing the proxy, then writing %d pending rows", writer.pending)
-        proxy.stop()
-        if not writer.stop(timeout=30.0):
-            log.error("some rows could not be written before exit (database locked?)")
+        outcome = ctx.drain()
+        if outcome["unwritten"]:
+            where = outcome["spilled_to"] or "nowhere: they are lost"
+            message = (f"{outcome['unwritten']} rows could not be written to {hp.db} "
+                       f"({outcome.get('error') or 'database unwritable'}); kept in {where}")
+            log.error("%s", message)
+            print(f"halton-meter: {message}", file=sys.stderr)
+            code = code or 1
         ctx.store.close()
         for leftover in (sock_path, hp.state, hp.pid):
             leftover.unlink(missing_ok=True)

@@ -93,6 +93,11 @@ class HomePaths:
         return self.home / "cloud.key"
 
     @property
+    def spill(self) -> Path:
+        """Rows the database did not take before the daemon exited (replayed at start)."""
+        return self.home / "unwritten-rows.jsonl"
+
+    @property
     def control_socket(self) -> Path:
         candidate = self.home / "control.sock"
         if len(os.fsencode(candidate)) <= _MAX_SOCKET_PATH:
@@ -140,7 +145,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+        raise
+    else:
         os.close(fd)
     try:
         os.replace(tmp, path)

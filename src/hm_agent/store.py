@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS sync_quarantine (
     detail TEXT NOT NULL,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS write_quarantine (
+    id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    row_json BLOB NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cloud_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     workspace_id TEXT,
@@ -269,6 +275,19 @@ class Store:
             "INSERT OR REPLACE INTO sync_quarantine (id, status, detail, at) VALUES (?, ?, ?, ?)",
             [(i, status, detail[:500], at) for i in ids],
         )
+
+    def quarantine_unwritable(self, row_id: str, reason: str, row_json: bytes) -> None:
+        """Keep a row ``requests`` refused (the writer's last resort), with the reason."""
+        from datetime import UTC, datetime
+
+        at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self._write(
+            "INSERT OR REPLACE INTO write_quarantine (id, reason, row_json, at) VALUES (?, ?, ?, ?)",
+            [(str(row_id)[:200], reason[:500], bytes(row_json[:65536]), at)],
+        )
+
+    def count_write_quarantined(self) -> int:
+        return int(self._query("SELECT count(*) FROM write_quarantine")[0][0])
 
     def count_quarantined(self) -> int:
         return int(self._query("SELECT count(*) FROM sync_quarantine")[0][0])

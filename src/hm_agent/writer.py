@@ -5,6 +5,12 @@ in-memory queue. This thread prices each call (prices are looked up here,
 not on the proxy thread), builds the api.md Row, and inserts batches in short
 ``BEGIN IMMEDIATE`` transactions. A locked or slow database only makes the
 queue longer; :meth:`RowWriter.stop` drains it before the daemon exits.
+
+A row the database refuses (it should not happen: capture bounds every count)
+costs only itself: the batch is retried row by row and the bad row is kept in
+``write_quarantine`` with the reason. Rows still unwritten when the daemon
+stops (a full disk) go to the spill file (``hm_agent.spill``), replayed at the
+next start.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from hm_proto import UsageRow
 
 from .attribution import Attributed, attribute
+from .spill import read_spill, remove_spill, write_spill
 from .store import Store, StoredRow
 
 log = logging.getLogger("hm_agent.writer")
@@ -58,19 +67,39 @@ class CapturedCall:
 
 _STOP = object()
 
+# At shutdown, a database that is locked is waited for until the drain timeout
+# (the lock holder usually finishes); a full disk or an I/O error is given this
+# long, then the rows go to the spill file.
+GIVE_UP_UNWRITABLE_S = 3.0
+MAX_COST_USD = Decimal(10**6)  # api.md's bound on one row's cost_usd
+
+
+def _is_lock(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
 
 class RowWriter:
-    def __init__(self, db_path: Path, pricing_overrides: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, db_path: Path, pricing_overrides: list[dict[str, Any]] | None = None,
+                 spill_paths: Sequence[Path] = ()) -> None:
         self.db_path = db_path
         self.pricing_overrides = pricing_overrides or []
+        self.spill_paths = list(spill_paths)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.written = 0
         self.dropped = 0
+        self.quarantined = 0
+        self.recovered = 0
         self.last_error: str | None = None
         self.blocked_since: float | None = None
+        # Shutdown outcome: rows the database never took, and where they were kept.
+        self.unwritten: list[StoredRow] = []
+        self.spilled_to: Path | None = None
+        self._gave_up = False
+        self._stop_result: bool | None = None
 
     # -- proxy side ---------------------------------------------------------
 
@@ -95,22 +124,50 @@ class RowWriter:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Write every pending row, then stop. False if the database stayed locked past timeout."""
+        """Write every pending row, then stop. False if some rows are not in the database.
+
+        Rows the database did not take by ``timeout`` are in ``self.unwritten``
+        and were appended to the spill file (``self.spilled_to``; None when no
+        spill file could be written either).
+        """
         if self._thread is None:
             return True
+        if self._stop_result is not None:
+            return self._stop_result
         self._deadline = time.monotonic() + timeout
+        self._stopping = True  # a write retrying since before stop now gives up in time too
         self._queue.put(_STOP)
-        self._thread.join(timeout + 1.0)
+        self._thread.join(timeout + GIVE_UP_UNWRITABLE_S + 5.0)
         alive = self._thread.is_alive()
         if not alive:
             self._store.close()
-        return not alive and self._pending == 0
+        self._stop_result = not alive and self._pending == 0 and not self.unwritten
+        return self._stop_result
+
+    def stop_outcome(self) -> dict[str, Any]:
+        """After stop: ``{"written", "unwritten", "spilled_to", "lost", "error"}`` (the `stop` reply)."""
+        return {
+            "written": self.written,
+            "unwritten": len(self.unwritten) + self._pending,
+            "spilled_to": None if self.spilled_to is None else str(self.spilled_to),
+            "lost": self.lost,
+            "quarantined": self.quarantined,
+            "error": self.last_error,
+        }
+
+    @property
+    def lost(self) -> int:
+        """Rows neither in the database nor in a spill file (after stop)."""
+        unkept = 0 if self.spilled_to is not None else len(self.unwritten)
+        return unkept + self._pending
 
     def health(self) -> dict[str, Any]:
         return {
             "written": self.written,
             "pending": self._pending,
             "dropped": self.dropped,
+            "quarantined": self.quarantined,
+            "recovered": self.recovered,
             "last_error": self.last_error,
             "blocked_for_s": None if self.blocked_since is None else round(time.monotonic() - self.blocked_since, 1),
         }
@@ -118,8 +175,10 @@ class RowWriter:
     # -- writer thread --------------------------------------------------------
 
     _deadline: float | None = None
+    _stopping = False
 
     def _run(self) -> None:
+        self._replay_spills()
         stopping = False
         while not stopping:
             batch: list[CapturedCall] = []
@@ -151,42 +210,166 @@ class RowWriter:
                         rest.append(item)
                 for start in range(0, len(rest), BATCH_MAX):
                     self._write(rest[start:start + BATCH_MAX], True)
+        if self.unwritten:
+            self.spilled_to = write_spill(self.unwritten, self.spill_paths)
+            where = self.spilled_to or "nowhere (see the errors above): they are lost"
+            log.error("%d rows could not be written to the database; kept in %s", len(self.unwritten), where)
+
+    def _replay_spills(self) -> None:
+        """Put the rows a previous run could not write into the database, then delete the file."""
+        for path in self.spill_paths:
+            if not path.exists():
+                continue
+            replayed = 0
+            try:
+                batch: list[StoredRow] = []
+                for row in read_spill(path):
+                    batch.append(row)
+                    if len(batch) >= BATCH_MAX:
+                        replayed += self._insert_now(batch)
+                        batch = []
+                replayed += self._insert_now(batch)
+            except (OSError, sqlite3.OperationalError) as exc:
+                log.error("could not replay %s (%s); it is kept and tried again at the next start", path, exc)
+                self.last_error = f"rows kept in {path} could not be replayed: {exc}"
+                continue
+            finally:
+                self.recovered += replayed
+            remove_spill(path)
+            log.info("replayed %s: %d rows", path, replayed)
+
+    def _insert_now(self, rows: list[StoredRow]) -> int:
+        """Replay: no retry loop (the file stays for the next start); bad rows still isolated."""
+        if not rows:
+            return 0
+        try:
+            self._store.insert_rows(rows)
+            return len(rows)
+        except sqlite3.OperationalError:
+            raise
+        except Exception:
+            pass
+        done = 0
+        for row in rows:
+            try:
+                self._store.insert_rows([row])
+                done += 1
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:
+                self._quarantine_now(row, exc)
+        return done
 
     def _write(self, batch: list[CapturedCall], stopping: bool) -> None:
-        rows = [build_row(c, self.pricing_overrides) for c in batch]
+        rows: list[StoredRow] = []
+        for call in batch:
+            try:
+                rows.append(build_row(call, self.pricing_overrides))
+            except Exception as exc:  # a bug must not cost the other rows of the batch
+                log.exception("could not build the row of call %s", call.id)
+                self._keep_bad(_unbuildable_row(call), exc, stopping)
+        self._insert(rows, stopping)
+
+    def _insert(self, rows: list[StoredRow], stopping: bool) -> None:
+        """Write rows; a row the database refuses is isolated and quarantined, never the batch."""
+        if not rows:
+            return
+        if self._gave_up:
+            self._keep_unwritten(rows)
+            return
+        try:
+            ok = self._retrying(lambda: self._store.insert_rows(rows), stopping)
+        except Exception as exc:  # not a lock or a full disk: something in a row
+            if len(rows) == 1:
+                self._keep_bad(rows[0], exc, stopping)
+                return
+            log.warning("a batch of %d rows was refused (%s); writing them one by one", len(rows), exc)
+            for row in rows:
+                self._insert([row], stopping)
+            return
+        if not ok:
+            self._keep_unwritten(rows)
+            return
+        self.written += len(rows)
+        self._done(len(rows))
+
+    def _retrying(self, write: Any, stopping: bool) -> bool:
+        """Run ``write`` until it succeeds; False if it was given up at shutdown.
+
+        Retries a locked database, a full disk and I/O errors with backoff (the
+        rows wait in memory); any other exception is the caller's.
+        """
         delay = 0.02
+        failing_since: float | None = None
         while True:
             try:
-                self._store.insert_rows(rows)
+                write()
             except sqlite3.OperationalError as exc:
                 # Locked/busy or a full disk: keep the rows in memory and retry.
+                now = time.monotonic()
                 if self.blocked_since is None:
-                    self.blocked_since = time.monotonic()
+                    self.blocked_since = now
                     log.warning("database write failed (%s); %d rows waiting in memory", exc, self._pending)
                 self.last_error = f"database write failed: {exc}"
-                if stopping and self._deadline is not None and time.monotonic() > self._deadline:
-                    log.error("gave up writing %d rows at shutdown: %s", len(rows), exc)
-                    return
+                if stopping or self._stopping:
+                    failing_since = failing_since or now
+                    past_deadline = self._deadline is not None and now > self._deadline
+                    if past_deadline or (not _is_lock(exc) and now - failing_since > GIVE_UP_UNWRITABLE_S):
+                        log.error("gave up writing to the database at shutdown: %s", exc)
+                        self._gave_up = True
+                        return False
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
-            except Exception as exc:  # a bug must not kill the writer: skip the batch, say so
-                log.exception("dropping %d rows that could not be written", len(rows))
-                self.last_error = f"rows dropped: {exc}"
-                self.dropped += len(rows)
-                self._done(len(rows))
-                return
             if self.blocked_since is not None:
                 log.info("database writable again after %.1fs", time.monotonic() - self.blocked_since)
             self.blocked_since = None
             self.last_error = None
-            self.written += len(rows)
-            self._done(len(rows))
+            return True
+
+    def _keep_bad(self, row: StoredRow, exc: BaseException, stopping: bool) -> None:
+        """A row the database refused: into write_quarantine with the reason, never silently gone."""
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("row %s could not be written (%s); kept in write_quarantine", row.id, reason)
+        try:
+            ok = self._retrying(lambda: self._store.quarantine_unwritable(row.id, reason, row.row_json), stopping)
+        except Exception:
+            log.exception("row %s could not be quarantined either; dropped", row.id)
+            self.dropped += 1
+            self.last_error = f"a row could not be written or quarantined: {reason}"
+            self._done(1)
             return
+        if not ok:
+            self._keep_unwritten([row])
+            return
+        self.quarantined += 1
+        self._done(1)
+
+    def _quarantine_now(self, row: StoredRow, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("replayed row %s could not be written (%s); kept in write_quarantine", row.id, reason)
+        self._store.quarantine_unwritable(row.id, reason, row.row_json)
+        self.quarantined += 1
+
+    def _keep_unwritten(self, rows: list[StoredRow]) -> None:
+        self.unwritten.extend(rows)
+        self._done(len(rows))
 
     def _done(self, n: int) -> None:
         with self._pending_lock:
             self._pending -= n
+
+
+def _unbuildable_row(call: CapturedCall) -> StoredRow:
+    """What is known of a call whose row could not be built, for write_quarantine."""
+    usage = call.usage
+    blob = json.dumps({"id": call.id, "ts": call.ts, "usage": repr(usage)[:4000]}).encode()
+    return StoredRow(
+        id=call.id, ts=call.ts, provider=str(getattr(usage, "provider", "?")), model="?", host="?",
+        endpoint="?", status=0, stream=False, input_tokens=None, output_tokens=None,
+        cache_read_tokens=None, cache_write_tokens=None, reasoning_tokens=None, cost_usd=None,
+        price_version="unpriced", latency_ms=0, ttfb_ms=None, flags="", row_json=blob,
+    )
 
 
 def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
@@ -209,6 +392,10 @@ def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
     flags.update(attr.flags)
     synced = call.attribution.sync if call.attribution is not None else frozenset()
     tags_json = json.dumps(attr.tags, separators=(",", ":"), ensure_ascii=False) if attr.tags else None
+    if cost is not None and not _plausible_cost(cost):
+        log.warning("model %r priced at %s for one call; cost recorded as unknown", usage.model, cost)
+        cost = None
+        flags.add("implausible_usage")
     row = UsageRow(
         id=call.id,
         ts=call.ts,
@@ -256,3 +443,10 @@ def _attribution(call: CapturedCall) -> Attributed:
     except Exception:  # attribution must never cost a row
         log.exception("attribution failed; the row is stored unattributed")
         return Attributed(flags=("unattributed",))
+
+
+def _plausible_cost(cost: str) -> bool:
+    try:
+        return Decimal(0) <= Decimal(cost) <= MAX_COST_USD
+    except (InvalidOperation, ValueError):
+        return False

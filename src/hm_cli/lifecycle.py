@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,23 +109,62 @@ def start_daemon(home: Path, backend: str) -> str:
     fail(f"the daemon exited during startup (code {proc.returncode}); see {home / 'daemon.log'}")
 
 
-def stop_daemon(home: Path, timeout: float = STOP_TIMEOUT_S) -> int | None:
-    """Ask the daemon to stop and wait until it exited (rows drained). Returns its pid or None."""
+@dataclass(frozen=True)
+class Stopped:
+    """What `stop` learnt: the pid, and the rows the database did not take (0 = all on disk)."""
+
+    pid: int
+    unwritten: int = 0
+    lost: int = 0
+    spilled_to: str | None = None
+    error: str | None = None
+
+    def problem(self, home: Path) -> str | None:
+        """One line when rows are not in db.sqlite, saying where they are; None when all are."""
+        if not self.unwritten:
+            return None
+        why = f" ({self.error})" if self.error else ""
+        text = f"{self.unwritten} captured rows could not be written to {home / 'db.sqlite'}{why}"
+        kept = self.unwritten - self.lost
+        if kept:
+            text += (f"; {kept} are kept in {self.spilled_to} and are written at the next "
+                     f"`halton-meter start` (free some disk space first)")
+        if self.lost:
+            text += f"; {self.lost} are lost (no file could hold them either: see {home / 'daemon.log'})"
+        return text
+
+
+def stop_daemon(home: Path, timeout: float = STOP_TIMEOUT_S) -> Stopped | None:
+    """Ask the daemon to stop and wait until it exited (rows drained). None if it was not running."""
     from hm_agent.control import ControlError, DaemonNotRunning, control_call
 
     try:
-        reply = control_call(home, "stop", timeout=10.0)
+        # The daemon answers once the proxy is closed and every pending row is written
+        # (or, past its drain timeout, kept in the spill file).
+        reply = control_call(home, "stop", timeout=timeout)
     except DaemonNotRunning:
         return None
     except ControlError as exc:
         fail(f"{exc}. If it is stuck, kill it: kill $(cat {home / 'daemon.pid'})")
     pid = int(reply.get("pid", 0))
+    rows = reply.get("rows") if isinstance(reply.get("rows"), dict) else {}
+    stopped = Stopped(
+        pid=pid,
+        unwritten=_count(rows.get("unwritten")),
+        lost=_count(rows.get("lost")),
+        spilled_to=str(rows["spilled_to"]) if rows.get("spilled_to") else None,
+        error=str(rows["error"]) if rows.get("error") else None,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
-            return pid
+            return stopped
         time.sleep(0.05)
     fail(f"the daemon (pid {pid}) is still writing rows after {timeout:.0f}s; see {home / 'daemon.log'}")
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _alive(pid: int) -> bool:
@@ -193,11 +233,14 @@ def stop() -> None:
     home = _home()
     out = console()
     with out.status("Stopping the daemon…", spinner="dots"):
-        pid = stop_daemon(home)
-    if pid is None:
+        stopped = stop_daemon(home)
+    if stopped is None:
         out.print("[dim]●[/dim] the daemon is not running")
-    else:
-        out.print(f"[green]●[/green] daemon stopped (pid {pid}); every captured row is on disk")
+        return
+    problem = stopped.problem(home)
+    if problem:
+        fail(f"daemon stopped (pid {stopped.pid}), but {problem}")
+    out.print(f"[green]●[/green] daemon stopped (pid {stopped.pid}); every captured row is on disk")
 
 
 @click.command()
@@ -231,7 +274,10 @@ def restart(backend: str) -> None:
     # Check the new config first: a broken file must not stop a working daemon.
     warnings = check_config(home, running=_running(home))
     with out.status("Restarting the daemon…", spinner="dots"):
-        stop_daemon(home)
+        stopped = stop_daemon(home)
+        problem = stopped.problem(home) if stopped is not None else None
+        if problem:
+            click.echo(f"halton-meter: warning: {problem}", err=True)
         bound = start_daemon(home, backend)
     out.print(f"[green]●[/green] daemon restarted: mitm bound on {bound}")
     print_warnings(out, warnings)

@@ -59,7 +59,7 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
             "started_at": None, "uptime_s": None, "problems": problems,
         },
         "proxy": {"bound": False, "host": host, "port": port},
-        "rows": {"day": today, "today": rows_today, "pending": 0, "written": 0, "dropped": 0},
+        "rows": {"day": today, "today": rows_today, "pending": 0, "written": 0, "dropped": 0, "quarantined": 0},
         "ca_cert": str(hp.ca_cert),
         "machine_id": machine_id,
         "cloud": {"state": "NOT-CONFIGURED", "enabled": False} if not cloud_enabled
@@ -130,6 +130,8 @@ def render(st: dict[str, Any]) -> None:
         extra += f", {rows['pending']} waiting to be written"
     if rows.get("dropped"):
         extra += f", {rows['dropped']} dropped"
+    if rows.get("quarantined"):
+        extra += f", {rows['quarantined']} refused by the database (kept in write_quarantine)"
     day_note = _dim(f"({rows['day']} UTC){extra}")
     echo(f"  rows today   {today} {day_note}")
     echo(f"  CA           {st['ca_cert']}")

@@ -138,7 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
         if req.get("stream"):
             self._stream(model)
             return
-        self._send(200, json.dumps(chat_completion(model)).encode())
+        answer = chat_completion(model)
+        if model in owner.usage_by_model:  # a hostile or buggy upstream's usage object
+            answer["usage"] = owner.usage_by_model[model]
+        self._send(200, json.dumps(answer).encode())
 
     def _stream(self, model: str) -> None:
         owner = self.server.owner
@@ -174,6 +177,7 @@ class LocalTLSServer:
     ca: CertAuthority
     delay_s: float = 0.0
     hold_first_event: threading.Event | None = None
+    usage_by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     port: int = 0
 

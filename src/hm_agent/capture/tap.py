@@ -14,7 +14,7 @@ from .bounded import BoundedBuffer
 from .decoding import ChunkDecoder, DecodeError, decoder_for
 from .dialects import READERS, DialectReader, loads
 from .sse import SseSplitter
-from .usage import Tokens
+from .usage import Tokens, implausible
 
 log = logging.getLogger("hm_agent.capture")
 
@@ -186,11 +186,15 @@ class CallTap:
         elif self._mode == "json" and 200 <= self.status < 300 and complete:
             self._unparsed = True  # a 2xx with an empty body
         tokens = self._reader.tokens
+        if tokens is not None and implausible(tokens):
+            log.warning("%s reported an implausible token count; tokens recorded as unknown", self.info.host)
+            tokens = None
+            flags.add("implausible_usage")
         if not complete:
             flags.add("incomplete")
         if self._unparsed:
             flags.add("unparsed")
-        elif tokens is None and complete and 200 <= self.status < 300:
+        elif tokens is None and complete and 200 <= self.status < 300 and "implausible_usage" not in flags:
             flags.add("usage_missing")
         return self._usage(tokens, frozenset(flags))
 

@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The most tokens one call can plausibly report (api.md bounds every count to
+# 0..10^12). A larger count is an upstream bug or an attack: the row keeps its
+# call with tokens null and the flag "implausible_usage" (never a 2**63 that
+# would overflow SQLite or a backend sum).
+MAX_TOKENS = 10**12
+
 
 @dataclass(slots=True)
 class Tokens:
@@ -131,4 +137,13 @@ def gemini_tokens(meta: dict[str, Any]) -> Tokens:
         output_tokens=output,
         cache_read_tokens=count(meta.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
+    )
+
+
+def implausible(tokens: Tokens) -> bool:
+    """True if any count of ``tokens`` is beyond MAX_TOKENS."""
+    return any(
+        value is not None and value > MAX_TOKENS
+        for value in (tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens,
+                      tokens.cache_write_tokens, tokens.cache_write_1h_tokens, tokens.reasoning_tokens)
     )
