@@ -22,7 +22,6 @@ import time
 import uuid
 from decimal import Decimal
 
-from hm_agent.cloudclient import CloudClientError, SyncCloudClient
 from hm_proto import (
     Approved,
     BatchBuilder,
@@ -42,6 +41,7 @@ from hm_proto import (
     whoami_request,
 )
 from hm_proto import __version__ as agent_version
+from hm_proto_client import CloudClientError, SyncCloudClient
 
 
 def pair(client: SyncCloudClient, machine_id: str, workspace: str | None) -> Approved:

@@ -25,16 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hm_agent.cloudclient import (
-    AsyncCloudClient,
-    BadBaseUrl,
-    CloudClientError,
-    PairingFailed,
-    SyncCloudClient,
-    parse_base_url,
-    run_pairing,
-    run_pairing_async,
-)
 from hm_proto import (
     Approved,
     CodeIssued,
@@ -57,6 +47,16 @@ from hm_proto import (
     whoami_request,
 )
 from hm_proto.server import generate_token
+from hm_proto_client import (
+    AsyncCloudClient,
+    BadBaseUrl,
+    CloudClientError,
+    PairingFailed,
+    SyncCloudClient,
+    parse_base_url,
+    run_pairing,
+    run_pairing_async,
+)
 from tests.conftest import free_port
 from tests.support.apiserver import ApiServer, Reply, SeenRequest, error, running_server
 from tests.support.cloudserver import CloudServer, running_cloud

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hm_agent.cloudclient import AsyncCloudClient, BadBaseUrl, SyncCloudClient
 from hm_proto import Request, Response, TransportFailure
+from hm_proto_client import AsyncCloudClient, BadBaseUrl, SyncCloudClient
 from tests.support.apiserver import Reply, running_server
 from tests.support.connectproxy import ConnectProxy
 from tests.support.tls import CertAuthority

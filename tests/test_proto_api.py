@@ -1,4 +1,5 @@
 """hm_proto's public surface: what the daemon may import, and the server namespace."""
+# hm_proto_client is held to the same rule: the daemon uses only its __all__.
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import hm_proto
 import hm_proto.server
+import hm_proto_client
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -19,7 +21,11 @@ def test_the_daemon_the_cli_and_the_backend_import_no_private_hm_proto_name() ->
                 module = node.module or ""
                 if any(part.startswith("_") for part in module.split(".")):
                     offenders.append(f"{path.relative_to(SRC)}: from {module}")
-                public = hm_proto.server.__all__ if module == "hm_proto.server" else hm_proto.__all__
+                public = {
+                    "hm_proto": hm_proto.__all__,
+                    "hm_proto.server": hm_proto.server.__all__,
+                    "hm_proto_client": hm_proto_client.__all__,
+                }.get(module, [])
                 offenders += [
                     f"{path.relative_to(SRC)}: {alias.name} from {module}"
                     for alias in node.names
@@ -29,7 +35,7 @@ def test_the_daemon_the_cli_and_the_backend_import_no_private_hm_proto_name() ->
 
 
 def test_every_exported_name_exists_and_server_helpers_stay_out_of_the_client_surface() -> None:
-    for module in (hm_proto, hm_proto.server):
+    for module in (hm_proto, hm_proto.server, hm_proto_client):
         assert all(hasattr(module, name) for name in module.__all__)
     for name in ("generate_token", "hash_token", "token_matches", "parse_row"):
         assert name not in hm_proto.__all__ and name in hm_proto.server.__all__

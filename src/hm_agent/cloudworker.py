@@ -56,9 +56,9 @@ from hm_proto import (
     revoke_request,
     whoami_request,
 )
+from hm_proto_client import AsyncCloudClient, CloudClientError, PairingFailed, run_pairing_async
 
 from . import __version__
-from .cloudclient import AsyncCloudClient, CloudClientError, PairingFailed, run_pairing_async
 from .cloudlink import (
     CloudLinkError,
     hostname,
@@ -527,7 +527,7 @@ async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if SERVICE.job is not None and SERVICE.job.active:
         SERVICE.job.cancel()  # a newer connect replaces an abandoned one
     base_url = str(args.get("base_url") or ctx.config.cloud_base_url).rstrip("/")
-    from .cloudclient import parse_base_url
+    from hm_proto_client import parse_base_url
 
     try:
         parse_base_url(base_url)

@@ -1,11 +1,11 @@
-"""What both cloud clients share: the parsed base URL and the TLS context.
+"""What both cloud clients share: the parsed base URL, the proxy and the TLS context.
 
-Neither client ever looks at HTTPS_PROXY / HTTP_PROXY: the daemon is itself
-the proxy those variables point programs at, so honouring them would send
-the daemon's own uploads through its own interception (or nowhere when it
-is down). The clients open a TCP connection straight to the base URL's host,
-unless they are given a proxy explicitly (``[cloud] proxy`` in config.toml):
-then they tunnel through it with CONNECT (hm_proto.TunnelHandshake).
+Neither client ever looks at HTTPS_PROXY / HTTP_PROXY: a metering daemon is
+itself the proxy those variables point programs at, so honouring them would
+send its own uploads through its own interception (or nowhere when it is
+down). The clients open a TCP connection straight to the base URL's host,
+unless they are given a proxy explicitly (``proxy="http://proxy:3128"``):
+then they tunnel through it with CONNECT (``hm_proto.TunnelHandshake``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,34 @@ DEFAULT_TIMEOUT = 30.0
 READ_SIZE = 65536
 
 
+def remaining(deadline: float, now: float) -> float:
+    """Seconds left before ``deadline``; TimeoutError once it has passed."""
+    left = deadline - now
+    if left <= 0:
+        raise TimeoutError()
+    return left
+
+
+def connect_failure(base_url: object, exc: BaseException) -> str:
+    """One line for a failed connect: TLS problems named as such, wherever they hide."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS with {base_url} failed: {cause}"
+        cause = cause.__cause__ or cause.__context__
+    return f"cannot connect to {base_url}: {exc or type(exc).__name__}"
+
+
 class CloudClientError(Exception):
     """A cloud client problem the user can act on; the message says how."""
 
 
 class BadBaseUrl(CloudClientError, ValueError):
     """The configured base URL cannot be used."""
+
+
+class PairingFailed(CloudClientError):
+    """Pairing cannot go on: the server refused it, or stayed unreachable."""
 
 
 @dataclass(frozen=True, slots=True)

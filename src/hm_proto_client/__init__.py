@@ -1,0 +1,54 @@
+"""Ready-made clients for hm_proto: ``pip install 'halton-meter-proto[client]'``.
+
+``AsyncCloudClient`` (anyio: asyncio or trio) and ``SyncCloudClient``
+(blocking sockets, thread-safe) take an hm_proto ``Request`` and give back a
+``Response`` or a ``TransportFailure``, ready to feed to the state machine
+that made the request. ``run_pairing_async`` / ``run_pairing`` drive a
+``PairingClient`` to its end. They connect straight to the base URL (or
+through an explicit ``proxy`` with CONNECT), never through HTTPS_PROXY.
+
+The blocking client is generated from the async source by
+``scripts/unasync.py``; a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+from ._async.client import AsyncCloudClient
+from ._async.pairing import (
+    DEFAULT_START_ATTEMPTS,
+    OnCode,
+    OnEvent,
+    PairingResult,
+    run_pairing_async,
+)
+from ._base import (
+    DEFAULT_TIMEOUT,
+    BadBaseUrl,
+    BaseUrl,
+    CloudClientError,
+    PairingFailed,
+    make_ssl_context,
+    parse_base_url,
+    parse_proxy_url,
+)
+from ._sync.client import SyncCloudClient
+from ._sync.pairing import run_pairing
+
+__all__ = [
+    "DEFAULT_START_ATTEMPTS",
+    "DEFAULT_TIMEOUT",
+    "AsyncCloudClient",
+    "BadBaseUrl",
+    "BaseUrl",
+    "CloudClientError",
+    "OnCode",
+    "OnEvent",
+    "PairingFailed",
+    "PairingResult",
+    "SyncCloudClient",
+    "make_ssl_context",
+    "parse_base_url",
+    "parse_proxy_url",
+    "run_pairing",
+    "run_pairing_async",
+]
