@@ -86,7 +86,30 @@ def test_start_answers_codes_and_uris(cloud: CloudServer) -> None:
             b'{"machine_id": 5, "hostname": "h", "os": "linux", "agent_version": "0.2.1"}',
             400,
             "invalid_request",
-            "Invalid field: machine_id (expected str)",
+            "Invalid field: machine_id (expected a string)",
+        ),
+        # "$" accepted a trailing newline (issue 10, item 9): no field takes control
+        # characters, and every pattern is a full match.
+        (
+            b'{"machine_id": "6f1c2a4e-1111-4222-8333-444455556666\\n", "hostname": "h",'
+            b' "os": "linux", "agent_version": "0.2.1"}',
+            400,
+            "invalid_request",
+            "Invalid field: machine_id (contains control characters)",
+        ),
+        (
+            b'{"machine_id": "6f1c2a4e-1111-4222-8333-444455556666", "hostname": "h",'
+            b' "os": "linux", "agent_version": "0.2.1", "workspace": "acme\\n"}',
+            400,
+            "invalid_request",
+            "Invalid field: workspace (contains control characters)",
+        ),
+        (
+            b'{"machine_id": "6f1c2a4e-1111-4222-8333-444455556666", "hostname": "h\\u0000x",'
+            b' "os": "linux", "agent_version": "0.2.1"}',
+            400,
+            "invalid_request",
+            "Invalid field: hostname (contains control characters)",
         ),
     ],
 )

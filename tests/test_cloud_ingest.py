@@ -101,7 +101,7 @@ def test_a_batch_is_stored_whole_or_not_at_all(device: Device) -> None:
     assert wrong_type.status_code == 400
     assert (
         wrong_type.json()["detail"]
-        == "Invalid field: rows[5].input_tokens (expected a non-negative integer or null)"
+        == "Invalid field: rows[5].input_tokens (expected an integer from 0 to 1000000000000 or null)"
     )
     assert device.totals() == []
     assert device.send(good).json() == {"accepted": 5, "duplicates": 0}
@@ -249,3 +249,99 @@ def test_concurrent_replays_store_each_row_once(device: Device) -> None:
     assert sum(a["accepted"] for a in answers) == 300
     assert sum(a["duplicates"] for a in answers) == 900
     assert device.totals("2026-11-20", "2026-11-20")[0]["rows"] == 300
+
+
+# -- bounds (issue 10, items 1, 2, 8, 9) -------------------------------------------
+
+_GOOD_ID = "6f1c2a4e-1111-4222-8333-444455556666"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("cost_usd", "9000000000"),  # the total-breaking cost of the adversarial test
+        ("cost_usd", "1000000.000000000001"),
+        ("cost_usd", "-1000000"),  # a negative cost hides the workspace's spend
+        ("cost_usd", "0.1234567890123"),  # 13 decimals
+        ("cost_usd", "1e3"),
+        ("cost_usd", "0.5\n"),
+        ("output_tokens", 2**62),  # the SUM-overflow of the adversarial test
+        ("output_tokens", 2**63),  # "Python int too large to convert to SQLite INTEGER"
+        ("input_tokens", 2**64 - 1),
+        ("input_tokens", 10**12 + 1),
+        ("cache_read_tokens", -1),
+        ("reasoning_tokens", 1.5),
+        ("latency_ms", 86_400_001),
+        ("latency_ms", 2**63),
+        ("ttfb_ms", -5),
+        ("status", 99),
+        ("status", 600),
+        ("status", 2**63),
+        ("stream", 1),
+        ("id", _GOOD_ID + "\n"),  # "$" accepted this: the row was counted twice
+        ("ts", "9999-99-99T99:99:99Z"),
+        ("ts", "2026-02-30T10:00:00Z"),
+        ("ts", "2026-11-24T24:00:00Z"),
+        ("ts", "2026-11-24T10:00:00Z\n"),
+        ("ts", "2026-11-24T10:00:00+25:00"),
+        ("model", "gpt\x00-4o"),  # PostgreSQL refuses NUL in text: never a 500
+        ("provider", "openai\x1b[2J"),
+        ("endpoint", "x" * 513),
+    ],
+)
+def test_out_of_bounds_rows_are_refused_naming_row_and_field(
+    device: Device, field: str, value: object
+) -> None:
+    rows = [sample_row(ts="2026-11-11T10:00:00Z") for _ in range(3)]
+    rows[2][field] = value
+    answer = device.send(rows)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "invalid_request"
+    assert answer.json()["detail"].startswith(f"Invalid field: rows[2].{field} (")
+    assert device.totals("2026-11-11", "2026-11-11") == []  # nothing of the batch was stored
+
+
+def test_the_largest_legal_values_are_accepted_and_stored_exactly(device: Device) -> None:
+    row = sample_row(
+        ts="2026-11-12T23:59:59.123456789+00:00",
+        cost_usd="1000000.000000000000",
+        input_tokens=10**12,
+        output_tokens=10**12,
+        cache_read_tokens=0,
+        status=599,
+        latency_ms=86_400_000,
+        ttfb_ms=0,
+    )
+    low = sample_row(ts="2026-11-12T00:00:00Z", cost_usd="0.000000000001", status=100)
+    assert device.send([row, low]).json() == {"accepted": 2, "duplicates": 0}
+    # A trailing-newline id was never stored: the same id again is a duplicate.
+    assert device.send([dict(row)]).json() == {"accepted": 0, "duplicates": 1}
+    assert device.totals("2026-11-12", "2026-11-12") == [
+        {"date": "2026-11-12", "rows": 2, "cost_usd": "1000000"}
+    ]
+
+
+@pytest.mark.slow
+def test_totals_and_dashboard_never_overflow_on_legal_data(cloud: CloudServer) -> None:
+    """10,000 rows at the per-row maxima in one day: every sum is past 2**63."""
+    paired = cloud.pair("ingest@example.com", PASSWORD, "ingest", hostname="max-box")
+    device = Device(cloud, paired["token"], paired["machine_id"])
+    for _ in range(10):
+        rows = [
+            sample_row(
+                ts="2026-09-09T09:09:09Z",
+                cost_usd="1000000",
+                input_tokens=10**12,
+                output_tokens=10**12,
+            )
+            for _ in range(1000)
+        ]
+        assert device.send(rows).json() == {"accepted": 1000, "duplicates": 0}
+    assert 10_000 * 10**15 > 2**63  # the nano-dollar sum alone overflows int64
+    assert device.totals("2026-09-01", "2026-09-30") == [
+        {"date": "2026-09-09", "rows": 10_000, "cost_usd": "10000000000"}
+    ]
+    session = cloud.login_session("ingest@example.com", PASSWORD)
+    page = session.get("/ingest/", params={"from_date": "2026-09-01", "to_date": "2026-09-30"})
+    assert page.status_code == 200
+    assert "$10,000,000,000" in page.text

@@ -17,10 +17,12 @@ from starlette.routing import Route
 
 from hm_proto.server import (
     ApiError,
+    check_text,
     format_user_code,
     generate_device_code,
     generate_user_code,
     hash_token,
+    is_uuid,
     looks_like_token,
     parse_row,
 )
@@ -39,11 +41,10 @@ from .state import (
     cloud,
 )
 
-_UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
-_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Used with fullmatch only: "$" would also accept a trailing newline.
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _SMALL_BODY_BYTES = 64 * 1024
+MAX_FIELD_CHARS = 255  # hostname, os, agent_version, device_code, workspace
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -83,12 +84,10 @@ def _field(
     val = obj[name]
     if val is None and nullable:
         return None
+    if kind is str:
+        return check_text(val, name, MAX_FIELD_CHARS)
     if not isinstance(val, kind) or (kind is int and isinstance(val, bool)):
         raise ApiError(400, "invalid_request", f"Invalid field: {name} (expected {kind.__name__})")
-    if isinstance(val, str) and len(val) > 255:
-        raise ApiError(
-            400, "invalid_request", f"Invalid field: {name} (longer than 255 characters)"
-        )
     return val
 
 
@@ -126,13 +125,13 @@ async def pairing_start(request: Request) -> Response:
     state.start_limiter.miss(keys)
     body = await _json_object(request)
     machine_id = _field(body, "machine_id", str)
-    if not _UUID_RE.match(machine_id):
+    if not is_uuid(machine_id):
         raise ApiError(400, "invalid_request", "Invalid field: machine_id (expected a UUID)")
     hostname = _field(body, "hostname", str)
     os_name = _field(body, "os", str)
     agent_version = _field(body, "agent_version", str)
     workspace = _field(body, "workspace", str, nullable=True, required=False)
-    if workspace is not None and not _SLUG_RE.match(workspace):
+    if workspace is not None and not SLUG_RE.fullmatch(workspace):
         raise ApiError(
             400, "invalid_request", "Invalid field: workspace (expected a workspace slug)"
         )
@@ -312,7 +311,7 @@ def _ingest_body(
 ) -> tuple[int, int]:
     body = _parse_object(decode_body(raw, encoding, MAX_BODY_BYTES))
     batch_id = _field(body, "batch_id", str)
-    if not _UUID_RE.match(batch_id):
+    if not is_uuid(batch_id):
         raise ApiError(400, "invalid_request", "Invalid field: batch_id (expected a UUID)")
     rows_in = _field(body, "rows", list)
     if len(rows_in) > MAX_BATCH_ROWS:

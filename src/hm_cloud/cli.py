@@ -109,7 +109,7 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,39}")  # fullmatch: "$" accepts a trailing newline
 
 
 def create_user(args: argparse.Namespace) -> int:
@@ -119,7 +119,7 @@ def create_user(args: argparse.Namespace) -> int:
 
     if not args.password_stdin:
         raise CliError("pass the password on standard input with --password-stdin")
-    if not _SLUG_RE.match(args.workspace) or args.workspace in RESERVED_SLUGS:
+    if not _SLUG_RE.fullmatch(args.workspace) or args.workspace in RESERVED_SLUGS:
         raise CliError(
             f"workspace slug {args.workspace!r} is not valid: use 2-40 lowercase letters, digits and dashes"
         )

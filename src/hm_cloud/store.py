@@ -590,12 +590,41 @@ def ingest(
     return accepted, len(rows) - accepted
 
 
+# Sums that no legal data can overflow. SQLite's SUM over integers raises
+# "integer overflow" past 2**63 (PostgreSQL widens to numeric), so each column
+# is summed as two parts, value // SPLIT and value % SPLIT, joined exactly in
+# Python. With the api.md bounds (tokens <= 10**12, cost <= 10**15 nano-dollars
+# per row) each part is below 10**9 per row: more than 9 * 10**9 rows would
+# have to match one query before a part could overflow. The identity
+# hi * SPLIT + lo == value also holds for negative values (truncating division
+# on both engines), so rows stored before the bounds sum exactly too.
+_SPLIT = 10**9
+
+
+def exact_sum(column: Any, label: str) -> list[Any]:
+    """The two SQL aggregates of ``column`` that :func:`joined_sum` joins."""
+    return [
+        func.sum(column // _SPLIT).label(f"{label}_hi"),
+        func.sum(column % _SPLIT).label(f"{label}_lo"),
+    ]
+
+
+def joined_sum(row: Any, label: str) -> int:
+    """The exact total of an :func:`exact_sum` pair in a result row (0 when no rows)."""
+    hi, lo = getattr(row, f"{label}_hi"), getattr(row, f"{label}_lo")
+    return int(hi or 0) * _SPLIT + int(lo or 0)
+
+
 def machine_totals(
     engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str
 ) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(
-            select(usage_rows.c.day, func.count(), func.sum(usage_rows.c.cost_nanos))
+            select(
+                usage_rows.c.day.label("day"),
+                func.count().label("rows"),
+                *exact_sum(usage_rows.c.cost_nanos, "nanos"),
+            )
             .where(
                 usage_rows.c.workspace_id == workspace_id,
                 usage_rows.c.machine_id == machine_id,
@@ -604,7 +633,10 @@ def machine_totals(
             .group_by(usage_rows.c.day)
             .order_by(usage_rows.c.day)
         ).all()
-    return [{"date": r[0], "rows": int(r[1]), "cost_usd": format_nanos(r[2])} for r in rows]
+    return [
+        {"date": r.day, "rows": int(r.rows), "cost_usd": format_nanos(joined_sum(r, "nanos"))}
+        for r in rows
+    ]
 
 
 def spend_breakdown(
@@ -627,10 +659,10 @@ def spend_breakdown(
             select(
                 key.label("key"),
                 func.count().label("rows"),
-                func.sum(usage_rows.c.cost_nanos).label("nanos"),
+                *exact_sum(usage_rows.c.cost_nanos, "nanos"),
                 unknown.label("unknown"),
-                func.sum(usage_rows.c.input_tokens).label("input_tokens"),
-                func.sum(usage_rows.c.output_tokens).label("output_tokens"),
+                *exact_sum(usage_rows.c.input_tokens, "input_tokens"),
+                *exact_sum(usage_rows.c.output_tokens, "output_tokens"),
             )
             .where(
                 usage_rows.c.workspace_id == workspace_id,
@@ -655,10 +687,10 @@ def spend_breakdown(
             "key": str(r.key),
             "label": hostnames.get(str(r.key), str(r.key)) if group == "machine" else str(r.key),
             "rows": int(r.rows),
-            "nanos": int(r.nanos or 0),
+            "nanos": joined_sum(r, "nanos"),
             "unknown": int(r.unknown or 0),
-            "input_tokens": int(r.input_tokens or 0),
-            "output_tokens": int(r.output_tokens or 0),
+            "input_tokens": joined_sum(r, "input_tokens"),
+            "output_tokens": joined_sum(r, "output_tokens"),
         }
         for r in rows
     ]

@@ -15,11 +15,29 @@ from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ._dates import parse_date
 from ._errors import ApiError
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
-_DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
+# Every pattern is used with fullmatch: "$" would also accept a trailing newline.
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_TS_RE = re.compile(
+    r"(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(?:Z|[+-](\d{2}):(\d{2}))",
+    re.ASCII,
+)
+_COST_RE = re.compile(r"\d{1,7}(?:\.\d{1,12})?", re.ASCII)
+# C0/C1 controls, DEL, line/paragraph separators and bidi overrides: no stored
+# text carries them (PostgreSQL refuses NUL outright, terminals act on the rest,
+# bidi overrides reorder a line).
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+# The bounds of api.md ("Bounds of a Row"). Chosen so that no legal data can
+# overflow an aggregate (see hm_cloud.store) and far above any real call.
+MAX_TOKENS = 10**12
+MAX_COST_USD = Decimal(10**6)
+MAX_COST_DECIMALS = 12
+MAX_DURATION_MS = 86_400_000  # latency_ms and ttfb_ms: one day
+MIN_STATUS, MAX_STATUS = 100, 599
+MAX_TEXT = 512
 
 TOKEN_FIELDS = (
     "input_tokens",
@@ -75,29 +93,13 @@ class UsageRow:
 _ROW_FIELDS = tuple(f.name for f in fields(UsageRow))
 
 
-_REQUIRED: dict[str, tuple[type, ...]] = {
-    "id": (str,),
-    "ts": (str,),
-    "provider": (str,),
-    "model": (str,),
-    "endpoint": (str,),
-    "status": (int,),
-    "stream": (bool,),
-    "price_version": (str,),
-    "latency_ms": (int,),
-}
-_NULLABLE_INT = (*TOKEN_FIELDS, "ttfb_ms")
-_MAX_STR = 512
-
 ATTRIBUTION_FIELDS = ("project", "repo", "branch", "program", "os_user")
 """The optional string fields of a row that say who spent it (``tags`` is the object)."""
 MAX_NAME_CHARS = 200
 MAX_TAGS = 16
 MAX_TAG_KEY_CHARS = 64
 MAX_TAG_VALUE_CHARS = 200
-_TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
-# C0/C1 controls, line/paragraph separators and bidi overrides (they reorder a terminal line).
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_TAG_KEY_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 
 
 def name_problem(value: object) -> str | None:
@@ -113,7 +115,7 @@ def name_problem(value: object) -> str | None:
 
 def tag_problem(key: object, value: object) -> str | None:
     """Why ``key = value`` is not a usable tag, or None."""
-    if not isinstance(key, str) or not _TAG_KEY_RE.match(key):
+    if not isinstance(key, str) or not _TAG_KEY_RE.fullmatch(key):
         return f"a tag key is 1-{MAX_TAG_KEY_CHARS} of A-Z a-z 0-9 _ . : / -"
     if not isinstance(value, str) or len(value) > MAX_TAG_VALUE_CHARS:
         return f"a tag value is a string of at most {MAX_TAG_VALUE_CHARS} characters"
@@ -146,41 +148,111 @@ def parse_tags(text: str) -> tuple[dict[str, str], list[str]]:
     return tags, problems
 
 
+_TEXT_FIELDS = ("provider", "model", "endpoint", "price_version")
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    **{name: (0, MAX_TOKENS) for name in TOKEN_FIELDS},
+    "status": (MIN_STATUS, MAX_STATUS),
+    "latency_ms": (0, MAX_DURATION_MS),
+    "ttfb_ms": (0, MAX_DURATION_MS),
+}
+_NULLABLE = frozenset((*TOKEN_FIELDS, "ttfb_ms", "cost_usd", *ATTRIBUTION_FIELDS, "tags"))
+
+
 def _bad(field: str, what: str) -> ApiError:
     return ApiError(400, "invalid_request", f"Invalid field: {field} ({what})")
 
 
+def check_text(value: object, field: str, max_len: int = MAX_TEXT) -> str:
+    """``value`` if it is a string of at most ``max_len`` characters and no control characters."""
+    if not isinstance(value, str):
+        raise _bad(field, "expected a string")
+    if len(value) > max_len:
+        raise _bad(field, f"longer than {max_len} characters")
+    if _CONTROL_RE.search(value):
+        raise _bad(field, "contains control characters")
+    return value
+
+
+def check_int(value: object, field: str, low: int, high: int, or_null: bool = False) -> int:
+    """``value`` if it is an integer (not a bool) with ``low <= value <= high``."""
+    what = f"expected an integer from {low} to {high}" + (" or null" if or_null else "")
+    # bool is a subclass of int: an int field must not accept true/false.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad(field, what)
+    if not low <= value <= high:
+        raise _bad(field, f"{what}, got {value}")
+    return value
+
+
+def is_uuid(value: object) -> bool:
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
+
+
+def is_timestamp(value: object) -> bool:
+    """An RFC 3339 time with a real date, hour 00-23, minute and second 00-59."""
+    match = _TS_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return False
+    day, hour, minute, second, off_h, off_m = match.groups()
+    try:
+        parse_date(day)
+    except ValueError:
+        return False
+    return (
+        int(hour) <= 23
+        and int(minute) <= 59
+        and int(second) <= 59
+        and (off_h is None or (int(off_h) <= 23 and int(off_m) <= 59))
+    )
+
+
+def check_cost(value: object, field: str) -> str:
+    """A decimal string 0 <= c <= 10^6 with at most 12 decimal places."""
+    what = f"expected a decimal string from 0 to {MAX_COST_USD} with at most {MAX_COST_DECIMALS} decimals, or null"
+    if not isinstance(value, str) or _COST_RE.fullmatch(value) is None:
+        raise _bad(field, what)
+    try:
+        amount = Decimal(value)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern already guards
+        raise _bad(field, what) from exc
+    if amount > MAX_COST_USD:
+        raise _bad(field, what)
+    return value
+
+
+def _int(obj: dict[str, Any], name: str, where: str) -> int:
+    low, high = _INT_BOUNDS[name]
+    return check_int(obj.get(name), f"{where}.{name}", low, high, or_null=name in _NULLABLE)
+
+
+def _opt_int(obj: dict[str, Any], name: str, where: str) -> int | None:
+    return None if obj.get(name) is None else _int(obj, name, where)
+
+
 def parse_row(obj: Any, where: str = "row") -> UsageRow:
-    """Validate one decoded JSON row and return it as a :class:`UsageRow`."""
+    """Validate one decoded JSON row against the api.md bounds and return it.
+
+    Raises :class:`ApiError`: 422 ``missing_field`` for an absent required
+    field, 400 ``invalid_request`` for any wrong type or out-of-bounds value;
+    the detail names the field as ``<where>.<field>`` (``rows[3].cost_usd``).
+    """
     if not isinstance(obj, dict):
         raise _bad(where, "expected an object")
-    for name, types in _REQUIRED.items():
-        if name not in obj:
+    for name in _ROW_FIELDS:
+        if name not in obj and name not in _NULLABLE:
             raise ApiError(422, "missing_field", f"Field required: {where}.{name}")
-        val = obj[name]
-        # bool is a subclass of int: an int field must not accept true/false.
-        if not isinstance(val, types) or (types == (int,) and isinstance(val, bool)):
-            raise _bad(f"{where}.{name}", f"expected {types[0].__name__}")
-        if isinstance(val, str) and len(val) > _MAX_STR:
-            raise _bad(f"{where}.{name}", f"longer than {_MAX_STR} characters")
-    for name in _NULLABLE_INT:
-        val = obj.get(name)
-        if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 0):
-            raise _bad(f"{where}.{name}", "expected a non-negative integer or null")
-    if not _UUID_RE.match(obj["id"]):
+    row_id = obj["id"]
+    if not is_uuid(row_id):
         raise _bad(f"{where}.id", "expected a UUID")
-    if not _TS_RE.match(obj["ts"]):
-        raise _bad(f"{where}.ts", "expected an RFC 3339 time")
-    if obj["latency_ms"] < 0:
-        raise _bad(f"{where}.latency_ms", "expected a non-negative integer")
+    if not is_timestamp(obj["ts"]):
+        raise _bad(f"{where}.ts", "expected an RFC 3339 time such as 2026-11-24T10:00:00.000Z")
+    for name in _TEXT_FIELDS:
+        check_text(obj[name], f"{where}.{name}")
+    if not isinstance(obj["stream"], bool):
+        raise _bad(f"{where}.stream", "expected true or false")
     cost = obj.get("cost_usd")
     if cost is not None:
-        if not isinstance(cost, str) or not _DECIMAL_RE.match(cost):
-            raise _bad(f"{where}.cost_usd", "expected a decimal string or null")
-        try:
-            Decimal(cost)
-        except InvalidOperation as exc:  # pragma: no cover - regex already guards
-            raise _bad(f"{where}.cost_usd", "expected a decimal string") from exc
+        check_cost(cost, f"{where}.cost_usd")
     for name in ATTRIBUTION_FIELDS:
         val = obj.get(name)
         if val is not None and (why := name_problem(val)) is not None:
@@ -195,22 +267,22 @@ def parse_row(obj: Any, where: str = "row") -> UsageRow:
             if (why := tag_problem(key, value)) is not None:
                 raise _bad(f"{where}.tags", why)
     return UsageRow(
-        id=obj["id"].lower(),
+        id=row_id.lower(),
         ts=obj["ts"],
         provider=obj["provider"],
         model=obj["model"],
         endpoint=obj["endpoint"],
-        status=obj["status"],
+        status=_int(obj, "status", where),
         stream=obj["stream"],
-        input_tokens=obj.get("input_tokens"),
-        output_tokens=obj.get("output_tokens"),
-        cache_read_tokens=obj.get("cache_read_tokens"),
-        cache_write_tokens=obj.get("cache_write_tokens"),
-        reasoning_tokens=obj.get("reasoning_tokens"),
+        input_tokens=_opt_int(obj, "input_tokens", where),
+        output_tokens=_opt_int(obj, "output_tokens", where),
+        cache_read_tokens=_opt_int(obj, "cache_read_tokens", where),
+        cache_write_tokens=_opt_int(obj, "cache_write_tokens", where),
+        reasoning_tokens=_opt_int(obj, "reasoning_tokens", where),
         cost_usd=cost,
         price_version=obj["price_version"],
-        latency_ms=obj["latency_ms"],
-        ttfb_ms=obj.get("ttfb_ms"),
+        latency_ms=_int(obj, "latency_ms", where),
+        ttfb_ms=_opt_int(obj, "ttfb_ms", where),
         project=obj.get("project"),
         repo=obj.get("repo"),
         branch=obj.get("branch"),

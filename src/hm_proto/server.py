@@ -1,7 +1,7 @@
 """What a backend needs from hm_proto, apart from the client surface.
 
 Codes and tokens (generated with injected ``entropy``, stored as hashes) and
-the validation of uploaded rows. A client embedder never needs this module.
+the validation of uploaded rows (the api.md bounds and the checks behind them). A client embedder never needs this module.
 """
 
 from __future__ import annotations
@@ -22,10 +22,32 @@ from ._codes import (
     token_matches,
 )
 from ._errors import ApiError
-from ._rows import TOKEN_FIELDS, UsageRow, parse_row
+from ._rows import (
+    MAX_COST_DECIMALS,
+    MAX_COST_USD,
+    MAX_DURATION_MS,
+    MAX_STATUS,
+    MAX_TEXT,
+    MAX_TOKENS,
+    MIN_STATUS,
+    TOKEN_FIELDS,
+    UsageRow,
+    check_int,
+    check_text,
+    is_timestamp,
+    is_uuid,
+    parse_row,
+)
 
 __all__ = [
     "DEVICE_CODE_BYTES",
+    "MAX_COST_DECIMALS",
+    "MAX_COST_USD",
+    "MAX_DURATION_MS",
+    "MAX_STATUS",
+    "MAX_TEXT",
+    "MAX_TOKENS",
+    "MIN_STATUS",
     "TOKEN_FIELDS",
     "TOKEN_PREFIX",
     "USER_CODE_ALPHABET",
@@ -33,11 +55,15 @@ __all__ = [
     "ApiError",
     "Entropy",
     "UsageRow",
+    "check_int",
+    "check_text",
     "format_user_code",
     "generate_device_code",
     "generate_token",
     "generate_user_code",
     "hash_token",
+    "is_timestamp",
+    "is_uuid",
     "looks_like_token",
     "normalize_user_code",
     "parse_row",
