@@ -64,7 +64,7 @@ class _Call:
     """Per-flow state of one tapped LLM call."""
 
     __slots__ = ("tap", "id", "started", "ttfb_ms", "finished", "broken", "caller", "header_project",
-                 "header_tags")
+                 "header_tags", "injected")
 
     def __init__(self, tap: Any, started: float, caller: PendingCaller | None,
                  header_project: str | None, header_tags: str | None) -> None:
@@ -72,6 +72,7 @@ class _Call:
         self.caller = caller
         self.header_project = header_project
         self.header_tags = header_tags
+        self.injected = False  # stream_options.include_usage was added by us
         self.id = str(uuid.uuid4())
         self.started = started
         self.ttfb_ms: int | None = None
@@ -180,8 +181,28 @@ class MeterAddon:
             return
         if tap is not None:
             caller = self._callers.get(flow.client_conn.id) if self.attribution.enabled else None
-            flow.metadata[_TAP_KEY] = _Call(tap, req.timestamp_start or time.time(), caller,
-                                            header_project, header_tags)
+            call = flow.metadata[_TAP_KEY] = _Call(tap, req.timestamp_start or time.time(), caller,
+                                                   header_project, header_tags)
+            if getattr(self.config, "inject_stream_usage", True):
+                self._inject_usage(req, call)
+
+    def _inject_usage(self, req: Any, call: _Call) -> None:
+        """Ask a streamed OpenAI-style call for its usage (capture/inject.py); never raises."""
+        from .capture.inject import inject_include_usage, wants_injection
+
+        try:
+            if not wants_injection(call.tap.info, getattr(self.config, "capture_hosts", ())):
+                return
+            if req.headers.get("content-encoding"):
+                return
+            body = inject_include_usage(req.raw_content or b"")
+            if body is None:
+                return
+            req.content = body
+            req.headers["accept-encoding"] = "identity"  # so the stream can be edited as it passes
+            call.injected = True
+        except Exception:
+            log.exception("could not add include_usage to a streamed call; it is proxied as sent")
 
     def responseheaders(self, flow: Any) -> None:
         call: _Call | None = flow.metadata.get(_TAP_KEY)
@@ -196,7 +217,25 @@ class MeterAddon:
             call.broken = True
             self.tap_errors += 1
             log.exception("capture tap failed on response headers; the call is still proxied")
-        flow.response.stream = call.feeder()
+        feed = call.feeder()
+        if call.injected and self._strippable(flow.response):
+            from .capture.inject import UsageChunkStripper
+
+            strip = UsageChunkStripper()
+
+            def stripped(chunk: bytes) -> bytes | list[bytes]:
+                # Never hand mitmproxy b"" mid-body: HTTP/1.1 would send it as the last chunk.
+                return strip(feed(chunk)) or []
+
+            flow.response.stream = stripped
+        else:
+            flow.response.stream = feed
+
+    @staticmethod
+    def _strippable(response: Any) -> bool:
+        headers = response.headers
+        return (200 <= response.status_code < 300 and not headers.get("content-encoding")
+                and "text/event-stream" in headers.get("content-type", "").lower())
 
     def response(self, flow: Any) -> None:
         self._finish(flow, complete=True)

@@ -39,6 +39,10 @@ ssl_verify_upstream_trusted_ca = ""
 intercept_other_hosts = false
 
 [capture]
+# Streamed OpenAI-style chat calls report usage only when they ask for it
+# (stream_options.include_usage). true: the proxy asks for them and removes the
+# extra usage chunk before the program sees the stream, so the row is exact.
+inject_stream_usage = true
 # api.openai.com, api.anthropic.com and generativelanguage.googleapis.com are
 # captured by default. Add OpenAI-compatible gateways like this
 # (dialect: openai, anthropic or gemini; a host may include :port):
@@ -81,7 +85,7 @@ base_url = "{DEFAULT_BASE_URL}"
 
 _KNOWN: dict[str, set[str]] = {
     "proxy": {"listen_host", "listen_port", "ssl_verify_upstream_trusted_ca", "intercept_other_hosts"},
-    "capture": {"hosts"},
+    "capture": {"hosts", "inject_stream_usage"},
     "pricing": {"override"},
     "cloud": {"enabled", "base_url", "workspace_id", "workspace_slug", "sync_bodies", "proxy"},
     "attribution": {"enabled", "rules", "sync_project", "sync_repo", "sync_branch", "sync_program",
@@ -117,6 +121,7 @@ class Config:
     ssl_verify_upstream_trusted_ca: str = ""
     intercept_other_hosts: bool = False
     capture_hosts: list[tuple[str, str]] = field(default_factory=list)
+    inject_stream_usage: bool = True
     pricing_overrides: list[dict[str, Any]] = field(default_factory=list)
     cloud_enabled: bool = False
     cloud_base_url: str = DEFAULT_BASE_URL
@@ -202,6 +207,7 @@ def parse_config(text: str, path: Path) -> Config:
     cfg.intercept_other_hosts = get(proxy, "proxy", "intercept_other_hosts", bool, False)
 
     capture = table("capture")
+    cfg.inject_stream_usage = get(capture, "capture", "inject_stream_usage", bool, True)
     hosts = capture.get("hosts", [])
     if not isinstance(hosts, list):
         errors.append(f"{where.at('capture', 'hosts')}: capture.hosts must be written as [[capture.hosts]] entries")
