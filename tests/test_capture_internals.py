@@ -177,3 +177,15 @@ def test_memory_stays_bounded_for_a_huge_response(kind: str) -> None:
         tracemalloc.stop()
     assert usage.input_tokens == 3 and usage.flags == frozenset()
     assert peak < 12 * 1024 * 1024, peak
+
+
+def test_streamed_request_body_is_kept_up_to_its_bound() -> None:
+    from hm_agent.addon import MAX_REQUEST_BODY, _RequestBody
+
+    body = _RequestBody()
+    assert body(b"ab") == b"ab" and body(b"") == b"" and body(b"cd") == b"cd"
+    assert body.body() == b"abcd"
+    big = _RequestBody()
+    for _ in range(3):
+        assert big(b"x" * (MAX_REQUEST_BODY // 2)) == b"x" * (MAX_REQUEST_BODY // 2)  # passed on whole
+    assert big.body() == b"" and big.chunks == []

@@ -30,8 +30,12 @@ log = logging.getLogger("hm_agent.addon")
 
 _TAP_KEY = "hm_call"
 _HEADERS_KEY = "hm_attribution_headers"
+_PLAIN_HEADERS_KEY = "hm_request_headers"
 _WS_CALLER_KEY = "hm_ws_caller"
 _WS_KEY = "hm_ws"
+_BODY_KEY = "hm_request_body"
+# As the proxy's stream_large_bodies: a bigger request body is passed on unread.
+MAX_REQUEST_BODY = 1 << 20
 
 
 def rfc3339_ms(epoch: float) -> str:
@@ -92,6 +96,34 @@ class _Call:
             return chunk
 
         return feed
+
+
+class _RequestBody:
+    """A request body mitmproxy streams upstream while we keep a copy (up to MAX_REQUEST_BODY).
+
+    Streaming the request lets mitmproxy send the headers upstream as soon as
+    it has them and each body chunk as it arrives, instead of after the whole
+    body and a round of the ``request`` hook: the call reaches the provider,
+    and its first event the client, sooner.
+    """
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if chunk and self.size <= MAX_REQUEST_BODY:
+            self.size += len(chunk)
+            if self.size <= MAX_REQUEST_BODY:
+                self.chunks.append(chunk)
+            else:
+                self.chunks.clear()
+        return chunk
+
+    def body(self) -> bytes:
+        return b"".join(self.chunks) if self.size <= MAX_REQUEST_BODY else b""
 
 
 class MeterAddon:
@@ -155,13 +187,22 @@ class MeterAddon:
 
     # -- HTTP -------------------------------------------------------------------
 
-    def request(self, flow: Any) -> None:
-        from .capture import open_call
-
+    def requestheaders(self, flow: Any) -> None:
         req = flow.request
-        path, _, query = req.path.partition("?")
+        # Before mitmproxy may send the headers on: ours never reach the provider.
+        flow.metadata[_PLAIN_HEADERS_KEY] = self._strip_our_headers(flow)
+        # Only a body of known length (HTTP/2 may have none, and an HTTP/1
+        # upstream would then need the connection closed to end it).
+        if req.method == "POST" and "content-length" in req.headers and self.is_llm_host(req.host, req.port):
+            body = _RequestBody()
+            flow.metadata[_BODY_KEY] = body
+            req.stream = body
+
+    @staticmethod
+    def _strip_our_headers(flow: Any) -> dict[str, str]:
+        """The request headers as a plain dict, less X-Halton-Project/Tags (kept in the flow's metadata)."""
+        req = flow.request
         headers = plain_headers(req.headers)
-        # Our own headers never reach the provider.
         header_project = headers.pop(PROJECT_HEADER, None)
         header_tags = headers.pop(TAGS_HEADER, None)
         if header_project is not None:
@@ -170,10 +211,23 @@ class MeterAddon:
             del req.headers[TAGS_HEADER]
         if header_project is not None or header_tags is not None:
             flow.metadata[_HEADERS_KEY] = (header_project, header_tags)  # a WebSocket upgrade keeps them
+        return headers
+
+    def request(self, flow: Any) -> None:
+        from .capture import open_call
+
+        req = flow.request
+        path, _, query = req.path.partition("?")
+        headers = flow.metadata.pop(_PLAIN_HEADERS_KEY, None)
+        if headers is None:
+            headers = self._strip_our_headers(flow)
+        header_project, header_tags = flow.metadata.get(_HEADERS_KEY, (None, None))
+        streamed: _RequestBody | None = flow.metadata.pop(_BODY_KEY, None)
+        raw = req.raw_content if req.raw_content is not None else (streamed.body() if streamed else b"")
         try:
             tap = open_call(
                 host_key(req.host, req.port), req.method, path, query,
-                headers, req.raw_content or b"", self.config,
+                headers, raw or b"", self.config,
             )
         except Exception:
             self.tap_errors += 1
