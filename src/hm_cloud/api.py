@@ -344,10 +344,24 @@ async def requests_totals(request: Request) -> Response:
     to_date = _date_param(request, "to_date")
     if from_date > to_date:
         raise ApiError(400, "invalid_request", "Invalid range: from_date is after to_date")
+    group_by = request.query_params.get("group_by")
+    if group_by is not None and (group_by == "machine" or not store.valid_dimension(group_by)):
+        raise ApiError(
+            400, "invalid_request",
+            "Invalid field: group_by (expected one of day, provider, model, project, repo, branch, "
+            "program, os_user, member or tag:KEY)",
+        )
     days = await cloud(request).db(
         store.machine_totals, device.workspace.id, device.machine_id, from_date, to_date
     )
-    return json_response({"days": days})
+    body: dict[str, Any] = {"days": days}
+    if group_by is not None:
+        body["group_by"] = group_by
+        body["groups"] = await cloud(request).db(
+            store.machine_group_totals, device.workspace.id, device.machine_id, from_date, to_date,
+            group_by,
+        )
+    return json_response(body)
 
 
 async def whoami(request: Request) -> Response:

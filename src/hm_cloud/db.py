@@ -1,12 +1,15 @@
 """Schema and engine: SQLAlchemy Core tables that run on SQLite and PostgreSQL.
 
-The schema is created on start; ``schema_version`` records what was created so
-a later release can migrate forward step by step.
+The schema is created on start; ``schema_version`` records its version. A new
+database gets every table and column at once (``create_all``) and the current
+version; an existing one is upgraded in place by the ``MIGRATIONS`` steps after
+its version, in one locked transaction (docs/cloud.md, "Schema upgrades").
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import (
@@ -27,10 +30,8 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-SCHEMA_VERSION = 1
 
 metadata = MetaData()
 
@@ -147,9 +148,37 @@ usage_rows = Table(
     Column("latency_ms", BigInteger, nullable=False),
     Column("ttfb_ms", BigInteger, nullable=True),
     Column("received_at", Float, nullable=False),
+    # Attribution (version 2; null for rows of older daemons). Names, never paths.
+    Column("project", String(200), nullable=True),
+    Column("repo", String(200), nullable=True),
+    Column("branch", String(200), nullable=True),
+    Column("program", String(200), nullable=True),
+    Column("os_user", String(200), nullable=True),
+    Column("tags", Text, nullable=True),  # a JSON object of strings
     Index("usage_rows_machine_day", "workspace_id", "machine_id", "day"),
     Index("usage_rows_workspace_day", "workspace_id", "day"),
 )
+
+ATTRIBUTION_COLUMNS = ("project", "repo", "branch", "program", "os_user", "tags")
+
+
+def _add_columns(table: Table, names: tuple[str, ...]) -> Callable[[Connection], None]:
+    """A step that adds nullable columns as this module defines them (same SQL on both engines)."""
+
+    def step(conn: Connection) -> None:
+        for name in names:
+            column = table.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+
+    return step
+
+
+# In-place upgrades, oldest first: (version after the step, step). Append; never edit one.
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
+    (2, _add_columns(usage_rows, ATTRIBUTION_COLUMNS)),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 class DatabaseUrlError(ValueError):
@@ -199,14 +228,28 @@ def make_engine(db_url: str) -> Engine:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create missing tables and record the schema version (idempotent)."""
+    """Create missing tables, upgrade an older schema in place, record the version (idempotent).
+
+    Safe when several server processes start at once: the version is read and
+    the steps run under a lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL ``LOCK TABLE``).
+    """
     metadata.create_all(engine)
     with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("LOCK TABLE schema_version IN EXCLUSIVE MODE")
         found = conn.execute(select(schema_version.c.version)).scalar()
-        if found is None:
+        if found is None:  # a new database: create_all made the current schema
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
-        elif found > SCHEMA_VERSION:
+            return
+        if found > SCHEMA_VERSION:
             raise DatabaseUrlError(
                 f"the database has schema version {found}, newer than this server "
                 f"({SCHEMA_VERSION}): upgrade halton-meter-cloud"
             )
+        for version, step in MIGRATIONS:
+            if version > found:
+                step(conn)
+        if found < SCHEMA_VERSION:
+            conn.execute(schema_version.update().values(version=SCHEMA_VERSION))

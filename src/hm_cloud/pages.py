@@ -8,7 +8,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio.to_thread
 import orjson
@@ -527,10 +527,19 @@ async def dashboard(request: Request) -> Response:
     _uid, email, ws, mine = found
     from_date, to_date, range_error = _date_range(request)
     state = cloud(request)
+    slicing = views.read_slicing(request.query_params)
     groups = {
-        name: await state.db(store.spend_breakdown, ws.id, from_date, to_date, name)
-        for name in ("day", "machine", "model", "provider")
+        name: await state.db(store.spend_breakdown, ws.id, from_date, to_date, dim, slicing.filters)
+        for name, dim in (("day", "day"), ("split", slicing.group), ("member", "member"),
+                          ("machine", "machine"), ("model", "model"), ("provider", "provider"))
     }
+    base = f"/{ws.slug}/?"
+    keep = {"from_date": from_date, "to_date": to_date}
+    for g in groups["split"]:
+        g["href"] = base + urlencode(keep | slicing.filter_link(g["key"]))
+    for g in groups["member"]:
+        g["href"] = base + urlencode(keep | slicing.params(member=g["key"] or views.NONE_VALUE))
+    chips = [(text, base + urlencode(keep | params)) for text, params in slicing.chips()]
     total = {
         "rows": sum(g["rows"] for g in groups["day"]),
         "nanos": sum(g["nanos"] for g in groups["day"]),
@@ -547,8 +556,13 @@ async def dashboard(request: Request) -> Response:
             "workspaces": mine,
             "from_date": from_date,
             "to_date": to_date,
-            "range_error": range_error,
+            "range_error": " ".join(filter(None, [range_error, *slicing.problems])) or None,
             "groups": groups,
+            "slicing": slicing,
+            "group_choices": views.GROUP_CHOICES,
+            "group_label": dict(views.GROUP_CHOICES).get(slicing.group, f"Tag {slicing.group[4:]}"),
+            "chips": chips,
+            "hidden_filters": {k: v for k, v in slicing.params().items() if k not in ("group", "tag_key")},
             "total": total,
             "bars": views.cost_bars(groups["day"], from_date, to_date),
             "chart_width": views.CHART_WIDTH,

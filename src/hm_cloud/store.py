@@ -7,6 +7,7 @@ open across an ``await``.
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from collections.abc import Iterator, Sequence
@@ -15,19 +16,30 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, cast, delete, func, select, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
 from hm_proto.server import UsageRow, hash_token
 
-from .db import devices, memberships, pairings, settings, tokens, usage_rows, users, workspaces
+from .db import (
+    ATTRIBUTION_COLUMNS,
+    devices,
+    memberships,
+    pairings,
+    settings,
+    tokens,
+    usage_rows,
+    users,
+    workspaces,
+)
 
 NANOS = Decimal(1_000_000_000)
 _ROW_COLUMNS = [c.name for c in usage_rows.columns]
-assert (
-    _ROW_COLUMNS[:3] == ["workspace_id", "id", "machine_id"] and _ROW_COLUMNS[-1] == "received_at"
-)
+assert _ROW_COLUMNS[:3] == ["workspace_id", "id", "machine_id"] and _ROW_COLUMNS[-7:] == [
+    "received_at", *ATTRIBUTION_COLUMNS
+]
 _SQLITE_INSERT = (
     f"INSERT INTO usage_rows ({', '.join(_ROW_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)}) ON CONFLICT DO NOTHING"
@@ -534,6 +546,10 @@ def format_nanos(nanos: int | None) -> str:
     return "0" if text in ("-0", "0") else text
 
 
+def _tags_json(tags: dict[str, str] | None) -> str | None:
+    return json.dumps(tags, separators=(",", ":"), ensure_ascii=False, sort_keys=True) if tags else None
+
+
 def ingest(
     engine: Engine, device: AuthedDevice, rows: Sequence[UsageRow], now: float
 ) -> tuple[int, int]:
@@ -565,6 +581,12 @@ def ingest(
             r.latency_ms,
             r.ttfb_ms,
             now,
+            r.project,
+            r.repo,
+            r.branch,
+            r.program,
+            r.os_user,
+            _tags_json(r.tags),
         )
         for r in rows
     ]
@@ -639,23 +661,55 @@ def machine_totals(
     ]
 
 
-def spend_breakdown(
-    engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str
-) -> list[dict[str, Any]]:
-    """Rows, tokens, known cost and unknown-price rows, grouped by one column.
+ATTRIBUTION_GROUPS = ("project", "repo", "branch", "program", "os_user", "member")
+"""Attribution dimensions of the dashboard and the totals API, besides ``tag:KEY``."""
+GROUPS = ("day", "provider", "model", "machine", *ATTRIBUTION_GROUPS)
 
-    ``group`` is one of day, provider, model, machine (machine groups by
-    machine id and shows the device's current hostname).
+
+def valid_dimension(dim: str) -> bool:
+    from hm_proto.server import tag_problem
+
+    return dim in GROUPS or (dim.startswith("tag:") and tag_problem(dim[4:], "") is None)
+
+
+def _dimension(dialect: str, dim: str) -> Any:
+    """The SQL expression a dimension groups and filters by (``valid_dimension`` first)."""
+    c = usage_rows.c
+    if dim.startswith("tag:"):
+        key = dim[4:]
+        if dialect == "postgresql":
+            return func.jsonb_extract_path_text(cast(c.tags, JSONB), key)
+        return func.json_extract(c.tags, f'$."{key}"')  # key is [A-Za-z0-9_.:/-]: safe in the path
+    if dim == "member":  # os_user@machine_id; shown as os_user@hostname
+        return func.coalesce(c.os_user, "") + "@" + c.machine_id
+    if dim == "machine":
+        return c.machine_id
+    return c[dim]
+
+
+def _filtered(query: Any, dialect: str, filters: dict[str, str | None] | None) -> Any:
+    for dim, value in (filters or {}).items():
+        expr = _dimension(dialect, dim)
+        query = query.where(expr.is_(None) if value is None else expr == value)
+    return query
+
+
+def spend_breakdown(
+    engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str,
+    filters: dict[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows, tokens, known cost and unknown-price rows, grouped by one dimension.
+
+    ``group`` is one of GROUPS or ``tag:KEY``; machine groups by machine id
+    and shows the device's current hostname, member by ``os_user@machine``
+    shown as ``os_user@hostname``. ``filters`` keeps only rows whose
+    dimension equals the value (None: the dimension is not set).
     """
-    key = {
-        "day": usage_rows.c.day,
-        "provider": usage_rows.c.provider,
-        "model": usage_rows.c.model,
-        "machine": usage_rows.c.machine_id,
-    }[group]
     unknown = func.sum(func.coalesce(usage_rows.c.cost_nanos * 0, 1))
     with engine.connect() as conn:
-        rows = conn.execute(
+        dialect = conn.dialect.name
+        key = _dimension(dialect, group)
+        query = (
             select(
                 key.label("key"),
                 func.count().label("rows"),
@@ -671,9 +725,10 @@ def spend_breakdown(
             )
             .group_by(key)
             .order_by(key)
-        ).all()
+        )
+        rows = conn.execute(_filtered(query, dialect, filters)).all()
         hostnames: dict[str, str] = {}
-        if group == "machine":
+        if group in ("machine", "member"):
             hostnames = {
                 str(r[0]): str(r[1])
                 for r in conn.execute(
@@ -684,8 +739,8 @@ def spend_breakdown(
             }
     return [
         {
-            "key": str(r.key),
-            "label": hostnames.get(str(r.key), str(r.key)) if group == "machine" else str(r.key),
+            "key": None if r.key is None else str(r.key),
+            "label": _label(group, r.key, hostnames),
             "rows": int(r.rows),
             "nanos": joined_sum(r, "nanos"),
             "unknown": int(r.unknown or 0),
@@ -694,6 +749,36 @@ def spend_breakdown(
         }
         for r in rows
     ]
+
+
+def _label(group: str, key: Any, hostnames: dict[str, str]) -> str:
+    if key is None:
+        return "(none)"
+    if group == "machine":
+        return hostnames.get(str(key), str(key))
+    if group == "member":
+        user, _, machine = str(key).rpartition("@")
+        return f"{user or '(unknown user)'}@{hostnames.get(machine, machine[:8])}"
+    return str(key)
+
+
+def machine_group_totals(
+    engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str, group: str
+) -> list[dict[str, Any]]:
+    """This machine's rows and known cost per value of one dimension (the totals API's group_by)."""
+    with engine.connect() as conn:
+        key = _dimension(conn.dialect.name, group)
+        rows = conn.execute(
+            select(key.label("key"), func.count(), func.sum(usage_rows.c.cost_nanos))
+            .where(
+                usage_rows.c.workspace_id == workspace_id,
+                usage_rows.c.machine_id == machine_id,
+                and_(usage_rows.c.day >= from_date, usage_rows.c.day <= to_date),
+            )
+            .group_by(key)
+            .order_by(key)
+        ).all()
+    return [{"key": r[0], "rows": int(r[1]), "cost_usd": format_nanos(r[2])} for r in rows]
 
 
 def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:

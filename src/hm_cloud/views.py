@@ -92,3 +92,98 @@ def cost_bars(per_day: list[dict[str, Any]], from_date: str, to_date: str) -> li
             )
         )
     return bars
+
+
+# -- group and filter by attribution ----------------------------------------------------
+
+GROUP_CHOICES = (
+    ("project", "Project"),
+    ("member", "Member (user@machine)"),
+    ("repo", "Repository"),
+    ("branch", "Branch"),
+    ("program", "Program"),
+    ("tag", "Tag"),
+)
+FILTER_DIMENSIONS = ("project", "member", "repo", "branch", "program")
+NONE_VALUE = "(none)"
+_MAX_FILTER_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Slicing:
+    """The dashboard's ``group`` and filters, read from the query string (bad parts ignored, said once)."""
+
+    group: str  # a store dimension: project, member, ..., or tag:KEY
+    tag_key: str
+    filters: dict[str, str | None]
+    problems: list[str]
+
+    def params(self, **change: str | None) -> dict[str, str]:
+        """The query parameters of this view, with some changed (None removes one)."""
+        out: dict[str, str] = {}
+        group = "tag" if self.group.startswith("tag:") else self.group
+        out["group"] = group
+        if self.tag_key:
+            out["tag_key"] = self.tag_key
+        for dim, value in self.filters.items():
+            if dim.startswith("tag:"):
+                out["tag"] = f"{dim[4:]}={value or ''}"
+            else:
+                out[dim] = NONE_VALUE if value is None else value
+        for key, value in change.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = value
+        return out
+
+    def filter_link(self, key: str | None) -> dict[str, str]:
+        """Parameters that keep this view and filter to one value of the grouped dimension."""
+        if self.group.startswith("tag:"):
+            return self.params(tag=f"{self.group[4:]}={key or ''}")
+        return self.params(**{self.group: NONE_VALUE if key is None else key})
+
+    def chips(self) -> list[tuple[str, dict[str, str]]]:
+        """Each active filter as (text, parameters without it)."""
+        out = []
+        for dim, value in self.filters.items():
+            shown = NONE_VALUE if value is None else value
+            if dim.startswith("tag:"):
+                out.append((f"tag {dim[4:]} = {shown}", self.params(tag=None)))
+            else:
+                out.append((f"{dim} = {shown}", self.params(**{dim: None})))
+        return out
+
+
+def read_slicing(query: Any) -> Slicing:
+    from hm_proto.server import tag_problem
+
+    problems: list[str] = []
+    group = query.get("group") or "project"
+    tag_key = (query.get("tag_key") or "").strip()
+    if group == "tag":
+        if tag_problem(tag_key, "") is None:
+            group = f"tag:{tag_key}"
+        else:
+            problems.append("Grouping by tag needs a tag key like team (letters, digits, _ . : / -).")
+            group = "project"
+    elif group not in dict(GROUP_CHOICES):
+        problems.append("Unknown grouping; showing projects.")
+        group = "project"
+    filters: dict[str, str | None] = {}
+    for dim in FILTER_DIMENSIONS:
+        value = query.get(dim)
+        if value is None or value == "":
+            continue
+        if len(value) > _MAX_FILTER_CHARS or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            problems.append(f"The {dim} filter is not a valid value and was ignored.")
+            continue
+        filters[dim] = None if value == NONE_VALUE else value
+    tag = query.get("tag")
+    if tag:
+        key, eq, value = tag.partition("=")
+        if eq and tag_problem(key, value) is None:
+            filters[f"tag:{key}"] = value or None
+        else:
+            problems.append("The tag filter must look like team=ml and was ignored.")
+    return Slicing(group, tag_key if group.startswith("tag:") else "", filters, problems)

@@ -23,10 +23,12 @@ from ._codes import (
 )
 from ._errors import ApiError
 from ._rows import (
+    ATTRIBUTION_FIELDS,
     MAX_COST_DECIMALS,
     MAX_COST_USD,
     MAX_DURATION_MS,
     MAX_STATUS,
+    MAX_TAGS,
     MAX_TEXT,
     MAX_TOKENS,
     MIN_STATUS,
@@ -37,14 +39,17 @@ from ._rows import (
     is_timestamp,
     is_uuid,
     parse_row,
+    tag_problem,
 )
 
 __all__ = [
+    "ATTRIBUTION_FIELDS",
     "DEVICE_CODE_BYTES",
     "MAX_COST_DECIMALS",
     "MAX_COST_USD",
     "MAX_DURATION_MS",
     "MAX_STATUS",
+    "MAX_TAGS",
     "MAX_TEXT",
     "MAX_TOKENS",
     "MIN_STATUS",
@@ -67,5 +72,6 @@ __all__ = [
     "looks_like_token",
     "normalize_user_code",
     "parse_row",
+    "tag_problem",
     "token_matches",
 ]
