@@ -26,9 +26,28 @@ def explain_paused(reason: str) -> str:
 NOT_RUNNING_HINT = "The daemon is not running, so nothing is syncing: start it with `halton-meter start`."
 
 
-def base_status(config: Any, store: Any) -> dict[str, Any]:
-    """The status fields that the files alone can tell."""
-    state = (store.get_cloud_state() if store is not None else None) or {}
+def base_status(config: Any, store: Any, problem: str | None = None) -> dict[str, Any]:
+    """The status fields that the files alone can tell.
+
+    ``problem`` (or any failure reading ``store``) makes the database's
+    fields null and the state DEGRADED (when paired), with the problem as
+    ``last_error`` and its fix as ``hint``: the shape never changes.
+    """
+    state: dict[str, Any] = {}
+    unsynced: int | None = 0
+    quarantined: int | None = 0
+    if store is not None and problem is None:
+        try:
+            state = store.get_cloud_state() or {}
+            unsynced = store.count_unsynced()
+            quarantined = store.count_quarantined()
+        except Exception as exc:
+            from .store import unreadable
+
+            problem = unreadable(store.path, exc)
+            state = {}
+    if problem is not None:
+        unsynced = quarantined = None
     snap: dict[str, Any] = {
         "state": "NOT-CONFIGURED",
         "enabled": bool(config.cloud_enabled),
@@ -41,15 +60,19 @@ def base_status(config: Any, store: Any) -> dict[str, Any]:
         "base_url": config.cloud_base_url if config.cloud_enabled else None,
         "paired_at": state.get("paired_at"),
         "last_sync_at": state.get("last_sync_at"),
-        "unsynced_rows": store.count_unsynced() if store is not None else 0,
-        "quarantined_rows": store.count_quarantined() if store is not None else 0,
+        "unsynced_rows": unsynced,
+        "quarantined_rows": quarantined,
         "last_reconcile_at": state.get("last_reconcile_at"),
         "last_error": state.get("last_error"),
         "daemon_running": False,
     }
+    if problem is not None:
+        snap["last_error"] = snap["hint"] = problem
     if not config.cloud_enabled:
         return snap
-    if state.get("paused"):
+    if problem is not None:
+        snap["state"] = "DEGRADED"  # nothing can be read, so nothing uploads
+    elif state.get("paused"):
         snap["state"] = "PAUSED"
         snap["paused_reason"] = state.get("paused_reason") or "user"
     else:
@@ -68,16 +91,30 @@ def cloud_status(home: Path) -> dict[str, Any]:
 
 
 def offline_status(home: Path) -> dict[str, Any]:
-    """The cloud state from config.toml and the cloud_state row, no daemon involved."""
-    from .config import load_config
-    from .home import paths
-    from .store import Store
+    """The cloud state from config.toml and the cloud_state row, no daemon involved. Never raises."""
+    from types import SimpleNamespace
 
-    config = load_config(home)
+    from .config import ConfigError, load_config
+    from .home import paths
+    from .store import Store, StoreError
+
     hp = paths(home)
-    store = Store(hp.db, readonly=True) if hp.db.exists() else None
     try:
-        snap = base_status(config, store)
+        config: Any = load_config(home)
+    except ConfigError as exc:
+        # Unknown whether it is paired; the daemon cannot start either, so nothing uploads.
+        snap = base_status(SimpleNamespace(cloud_enabled=False, cloud_base_url=None), None, str(exc))
+        snap["state"] = "DEGRADED"
+        return snap
+    store: Any = None
+    problem: str | None = None
+    if hp.db.exists():
+        try:
+            store = Store(hp.db, readonly=True)
+        except StoreError as exc:
+            problem = str(exc)
+    try:
+        snap = base_status(config, store, problem)
     finally:
         if store is not None:
             store.close()
@@ -85,7 +122,7 @@ def offline_status(home: Path) -> dict[str, Any]:
         # Paired but no daemon: rows accumulate and nothing uploads them.
         snap["state"] = "DEGRADED"
         snap["last_error"] = "daemon not running"
-    if snap["state"] != "NOT-CONFIGURED":
+    if snap["state"] != "NOT-CONFIGURED" and "hint" not in snap:
         snap["hint"] = NOT_RUNNING_HINT
     return snap
 
@@ -97,9 +134,15 @@ def local_disconnect(home: Path) -> dict[str, Any]:
     from .cloudworker import revoke_and_wipe
     from .config import load_config
     from .home import paths
-    from .store import Store
+    from .store import Store, StoreError
 
     config = load_config(home)
     hp = paths(home)
-    with Store(hp.db) as store:
+    try:
+        store = Store(hp.db)
+    except StoreError:
+        # A damaged database must not keep a lost laptop's token alive: revoke and
+        # wipe the files anyway (the cloud_state row goes with the database).
+        return anyio.run(revoke_and_wipe, hp, None, config)
+    with store:
         return anyio.run(revoke_and_wipe, hp, store, config)

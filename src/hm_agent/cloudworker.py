@@ -588,8 +588,8 @@ def daemon_cloud_status(ctx: Any) -> dict[str, Any]:
 
     snap = base_status(ctx.config, ctx.store)
     worker = SERVICE.worker
-    if snap["state"] != "NOT-CONFIGURED" and worker is not None and worker.session is not None and not (
-        SERVICE.paused_by_user
+    if snap["state"] != "NOT-CONFIGURED" and "hint" not in snap and worker is not None and (
+        worker.session is not None and not SERVICE.paused_by_user
     ):
         live = worker.status_dict()
         for key in ("state", "paused_reason", "last_sync_at", "last_error", "last_reconcile_at",
@@ -701,7 +701,7 @@ async def revoke_and_wipe(hp: Any, store: Any, config: Any) -> dict[str, Any]:
         creds = await anyio.to_thread.run_sync(load_credentials, hp)
     except CloudLinkError:
         creds = None
-    state = await anyio.to_thread.run_sync(store.get_cloud_state) or {}
+    state = (await anyio.to_thread.run_sync(store.get_cloud_state) or {}) if store is not None else {}
     if creds is None and not config.cloud_enabled and not state:
         return {"not_paired": True}
     reply: dict[str, Any] = {"revoked": False, "machine_id": state.get("machine_id"),

@@ -109,6 +109,19 @@ _INSERT = (
 )
 
 
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def unreadable(path: Path, exc: BaseException, verb: str = "read") -> str:
+    """One line for a database that cannot be used, with what to do about it."""
+    detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return (
+        f"cannot {verb} {path}: {detail}. If it is damaged: `halton-meter stop`, move it away "
+        f"(mv {path} {path}.damaged), then `halton-meter start` creates a new one"
+    )
+
+
 class StoreError(Exception):
     """The database cannot be opened or is damaged; the message says what to do."""
 
@@ -203,6 +216,9 @@ class Store:
                 self._conn = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False
                 )
+            # Text that is not UTF-8 (a damaged page, another program's write) reads as
+            # U+FFFD instead of failing every query that touches its row.
+            self._conn.text_factory = _lenient_text
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if not readonly:
                 self._conn.execute("PRAGMA journal_mode = WAL")
@@ -212,10 +228,7 @@ class Store:
                 _migrate(self._conn, self.path)
             self.version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"cannot open {self.path}: {exc}. If it is damaged, stop the daemon and move it "
-                f"away (a new one is created on start)."
-            ) from None
+            raise StoreError(unreadable(self.path, exc, "open")) from None
 
     def close(self) -> None:
         with self._lock:

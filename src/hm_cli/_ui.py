@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, NoReturn
 
 import click
 
+# Characters that would act on the terminal instead of being shown: C0 controls
+# (ESC starts a terminal escape, CR rewrites the line), DEL, C1 controls (8-bit
+# CSI), and the Unicode bidirectional overrides and isolates (text that reads
+# differently from what it is).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+MAX_SHOWN = 500  # characters of one outside string shown; the rest is cut with "…"
+
+
+def clean(value: object, limit: int = MAX_SHOWN) -> str:
+    """A string from outside (model, host, server message…) made safe for a plain terminal line.
+
+    Tabs and line breaks become spaces, other control characters are removed,
+    and the result is cut to ``limit`` characters.
+    """
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return _CONTROL.sub(lambda m: " " if m.group() in "\t\n\r" else "", text)
+
+
+def safe(value: object, limit: int = MAX_SHOWN) -> str:
+    """:func:`clean`, then rich markup escaped: for every outside string printed through rich."""
+    from rich.markup import escape
+
+    return escape(clean(value, limit))
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """One clear line on stderr, no traceback."""
-    click.echo(f"halton-meter: error: {message}", err=True)
+    """One clear line on stderr, no traceback (control characters of outside text removed)."""
+    click.echo(f"halton-meter: error: {clean(message, 2000)}", err=True)
     raise SystemExit(code)
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from hm_cli.cloud_ui import bullet, console, fail, relative_time, spinner
+from hm_cli.cloud_ui import bullet, console, fail, relative_time, safe, spinner
 
 DEFAULT_BASE_URL = "https://api.haltonmeter.com"
 
@@ -90,12 +90,12 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     """
     _require_daemon()
     try:
-        with spinner(f"Requesting pairing code from {_host(base_url or _configured_base_url())}…"):
+        with spinner(f"Requesting pairing code from {safe(_host(base_url or _configured_base_url()))}…"):
             started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace)
         code = started["user_code"]
         url = started["verification_uri_complete"]
-        bullet(f"Pairing code: [bold]{code}[/]")
-        bullet(f"Approve at: {url}")
+        bullet(f"Pairing code: [bold]{safe(code)}[/]")
+        bullet(f"Approve at: {safe(url)}")
         if not no_browser:
             _open_browser(url)
         with spinner("Waiting for approval… (Ctrl-C to cancel)"):
@@ -109,7 +109,8 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     state = reply["state"]
     if state == "approved":
         name, slug = reply.get("workspace_name") or reply.get("workspace_slug"), reply.get("workspace_slug")
-        bullet(f"Paired with workspace [bold]{name}[/]" + (f" ({slug})." if slug != name else "."), ok=True)
+        bullet(f"Paired with workspace [bold]{safe(name)}[/]" + (f" ({safe(slug)})." if slug != name else "."),
+               ok=True)
         bullet("The cloud worker starts within 15 s; check with `halton-meter cloud status`.")
         return
     if state == "expired":
@@ -191,9 +192,9 @@ def whoami(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    bullet(f"Workspace: {info['workspace_slug']}")
-    bullet(f"Machine id: {info['machine_id']}")
-    bullet(f"Hostname: {info['hostname']}")
+    bullet(f"Workspace: {safe(info['workspace_slug'])}")
+    bullet(f"Machine id: {safe(info['machine_id'])}")
+    bullet(f"Hostname: {safe(info['hostname'])}")
 
 
 @cloud.command("status", short_help="The sync state: ACTIVE, DEGRADED, PAUSED or NOT-CONFIGURED.")
@@ -212,21 +213,22 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(snap, indent=2))
         return
     colour = {"ACTIVE": "green", "DEGRADED": "yellow", "PAUSED": "yellow"}.get(snap["state"], "red")
-    bullet(f"State: {snap['state']}", colour=colour)
+    bullet(f"State: {safe(snap['state'])}", colour=colour)
     if snap.get("paused_reason"):
         from hm_agent.cloudstatus import explain_paused
 
-        bullet(f"Paused: {explain_paused(snap['paused_reason'])}", colour=colour)
-    bullet(f"Last sync: {relative_time(snap.get('last_sync_at'))}")
-    bullet(f"Unsynced rows: {snap.get('unsynced_rows', 0)}")
-    bullet(f"Last reconcile: {relative_time(snap.get('last_reconcile_at'))}")
+        bullet(f"Paused: {safe(explain_paused(snap['paused_reason']))}", colour=colour)
+    unsynced = snap.get("unsynced_rows", 0)
+    bullet(f"Last sync: {safe(relative_time(snap.get('last_sync_at')))}")
+    bullet(f"Unsynced rows: {'unknown' if unsynced is None else safe(unsynced)}")
+    bullet(f"Last reconcile: {safe(relative_time(snap.get('last_reconcile_at')))}")
     if snap.get("last_error"):
-        bullet(f"Last error: {snap['last_error']}", colour="red")
+        bullet(f"Last error: {safe(snap['last_error'])}", colour="red")
     if snap.get("quarantined_rows"):
-        bullet(f"Quarantined rows: {snap['quarantined_rows']} (rejected by the backend; see `halton-meter doctor`)",
+        bullet(f"Quarantined rows: {safe(snap['quarantined_rows'])} (rejected by the backend; see `halton-meter doctor`)",
                colour="yellow")
     if snap.get("hint"):
-        console.print(f"  {snap['hint']}")
+        console.print(f"  {safe(snap['hint'])}")
 
 
 @cloud.command("sync")
@@ -248,17 +250,17 @@ def sync(reconcile: bool, as_json: bool) -> None:
     for b in reply.get("batches", []):
         if b.get("status") == 200:
             dup = f", {b['duplicates']} duplicates" if b.get("duplicates") else ""
-            bullet(f"POST /v1/requests/batch → 200 OK ({b['accepted']} rows accepted{dup})", ok=True)
+            bullet(safe(f"POST /v1/requests/batch → 200 OK ({b['accepted']} rows accepted{dup})"), ok=True)
         elif b.get("status") is None:  # no HTTP answer to show, or a retryable one: the reason says
-            bullet(f"POST /v1/requests/batch → {b.get('reason', 'failed')}", colour="red")
+            bullet(safe(f"POST /v1/requests/batch → {b.get('reason', 'failed')}"), colour="red")
         else:
-            bullet(f"POST /v1/requests/batch → {b.get('status')} {b.get('reason', '')}".rstrip(), colour="red")
+            bullet(safe(f"POST /v1/requests/batch → {b.get('status')} {b.get('reason', '')}".rstrip()), colour="red")
     if not reply.get("batches") and not reply.get("error"):
         bullet("Nothing to upload: every row is synced.", ok=True)
     if reply.get("reconcile"):
         rec = reply["reconcile"]
-        bullet(f"Reconcile {rec['from_date']}..{rec['to_date']}: "
-               f"{len(rec.get('resent_days', []))} day(s) re-sent, {rec.get('resent_rows', 0)} rows")
+        bullet(safe(f"Reconcile {rec['from_date']}..{rec['to_date']}: "
+                    f"{len(rec.get('resent_days', []))} day(s) re-sent, {rec.get('resent_rows', 0)} rows"))
     if reply.get("error"):
         fail(reply["error"])
 
@@ -305,7 +307,7 @@ def disconnect() -> None:
         bullet("This machine is not paired; nothing to disconnect.", colour="yellow")
         return
     base = _configured_base_url()
-    with spinner(f"Revoking token at {_host(base)}…"):
+    with spinner(f"Revoking token at {safe(_host(base))}…"):
         try:
             reply = control_call(_home(), "cloud.disconnect", timeout=40.0)
         except DaemonNotRunning:
@@ -319,9 +321,9 @@ def disconnect() -> None:
     if reply.get("revoked"):
         bullet("Token revoked.", ok=True)
     else:
-        bullet(f"Could not revoke the token at {_host(base)}: {reply.get('revoke_error', 'unreachable')}.",
+        bullet(safe(f"Could not revoke the token at {_host(base)}: {reply.get('revoke_error', 'unreachable')}."),
                colour="red")
-        console.print(f"  Revoke it from the workspace's devices page: <app>/<workspace>/settings/devices "
-                      f"(machine {reply.get('machine_id', '?')}).")
+        console.print(safe(f"  Revoke it from the workspace's devices page: <app>/<workspace>/settings/devices "
+                           f"(machine {reply.get('machine_id', '?')}).", 1000))
     bullet("Local: cloud.enabled = false; credentials wiped.", ok=True)
 

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from hm_cli._ui import console as _console
-from hm_cli._ui import fail
+from hm_cli._ui import fail, safe
 
-__all__ = ["bullet", "console", "fail", "relative_time", "spinner"]
+__all__ = ["bullet", "console", "fail", "relative_time", "safe", "spinner"]
 
 console = _console()
 

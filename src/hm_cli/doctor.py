@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from ._ui import console
+from ._ui import console, safe
 
 
 @dataclass
@@ -165,7 +165,6 @@ def doctor() -> None:
     Example:
       halton-meter doctor
     """
-    from rich.markup import escape
 
     from hm_agent.home import home_dir
 
@@ -174,8 +173,8 @@ def doctor() -> None:
     for c in checks:
         mark = "[green]✓[/green]" if c.ok else ("[dim]-[/dim]" if c.ok is None else "[red]✗[/red]")
         # escape: `[proxy] listen_port` is text, not rich markup
-        out.print(f"{mark} {c.name:<14} {escape(c.detail)}")
+        out.print(f"{mark} {c.name:<14} {safe(c.detail)}")
         if c.ok is False and c.fix:
-            out.print(f"  {'':<14} [bold]fix:[/bold] {escape(c.fix)}")
+            out.print(f"  {'':<14} [bold]fix:[/bold] {safe(c.fix)}")
     failed = [c for c in checks if c.ok is False and c.name != "this shell"]
     raise SystemExit(1 if failed else 0)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ._ui import console, fail
+from ._ui import console, fail, safe
 
 BACKENDS = click.Choice(["asyncio", "trio"])
 START_TIMEOUT_S = 60.0
@@ -45,10 +45,9 @@ def config_failure(exc: Exception, running: bool = False) -> str:
 
 
 def print_warnings(out: Any, warnings: list[str]) -> None:
-    from rich.markup import escape
 
     for warning in warnings:
-        out.print(f"  [yellow]![/yellow] {escape(warning)}")
+        out.print(f"  [yellow]![/yellow] {safe(warning)}")
 
 
 def start_daemon(home: Path, backend: str) -> str:
@@ -217,7 +216,7 @@ def start(backend: str) -> None:
         return
     with out.status("Starting the daemon…", spinner="dots"):
         bound = start_daemon(home, backend)
-    out.print(f"[green]●[/green] daemon started: mitm bound on {bound}")
+    out.print(f"[green]●[/green] daemon started: mitm bound on {safe(bound)}")
     print_warnings(out, check_config(home))
     out.print('  Point programs at it with: eval "$(halton-meter env)"')
 
@@ -279,5 +278,5 @@ def restart(backend: str) -> None:
         if problem:
             click.echo(f"halton-meter: warning: {problem}", err=True)
         bound = start_daemon(home, backend)
-    out.print(f"[green]●[/green] daemon restarted: mitm bound on {bound}")
+    out.print(f"[green]●[/green] daemon restarted: mitm bound on {safe(bound)}")
     print_warnings(out, warnings)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ._ui import console, fail
+from ._ui import clean, console, fail, safe
 
 GROUPINGS = ("model", "provider", "day", "host", "project", "repo", "branch", "program", "user")
 """What --by and --where accept, plus ``tag:KEY``."""
@@ -143,7 +143,7 @@ class _Keys:
 def build_report(home: Any, from_day: str, to_day: str, by: str,
                  where: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
     from hm_agent.home import paths
-    from hm_agent.store import Store, StoreError
+    from hm_agent.store import Store, StoreError, unreadable
 
     hp = paths(home)
     rows: list[Any] = []
@@ -151,17 +151,22 @@ def build_report(home: Any, from_day: str, to_day: str, by: str,
         try:
             with Store(hp.db, readonly=True) as store:
                 rows = store.report_rows(from_day, to_day)
-        except (StoreError, Exception) as exc:  # sqlite3.Error and friends: one line, no traceback
-            fail(f"cannot read {hp.db}: {exc}")
+        except StoreError as exc:
+            fail(str(exc))
+        except Exception as exc:  # sqlite3.Error and friends: one line with the fix, no traceback
+            fail(unreadable(hp.db, exc))
     groups: dict[str | None, Group] = {}
     total = Group("total")
     keys = _Keys()
-    for row in rows:
-        if where and any(keys.get(row, dim) != value for dim, value in where):
-            continue
-        key = keys.get(row, by)
-        groups.setdefault(key, Group(key)).add(row)
-        total.add(row)
+    try:
+        for row in rows:
+            if where and any(keys.get(row, dim) != value for dim, value in where):
+                continue
+            key = keys.get(row, by)
+            groups.setdefault(key, Group(key)).add(row)
+            total.add(row)
+    except Exception as exc:  # a damaged value (text where a number belongs): one line, no traceback
+        fail(unreadable(hp.db, exc))
     ordered = sorted(groups.values(),
                      key=lambda g: (g.key or "" if by == "day" else (-g.cost, -g.calls, g.key or "")))
     return {
@@ -183,13 +188,12 @@ def _money(value: str | None, unknown: int) -> str:
 
 
 def render_table(rep: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     out = console()
     by = rep["by"]
     where = "".join(f", {k} = {NONE_LABEL if v is None else v}" for k, v in rep.get("where", {}).items())
-    table = Table(title=escape(f"LLM spend {rep['from_date']} → {rep['to_date']} by {by}{where}"),
+    table = Table(title=safe(f"LLM spend {rep['from_date']} → {rep['to_date']} by {by}{where}"),
                   title_justify="left")
     table.add_column(by)
     for col in ("calls", "input", "output", "cache read", "cache write"):
@@ -198,7 +202,7 @@ def render_table(rep: dict[str, Any]) -> None:
     for g in [*rep["groups"], rep["total"]]:
         is_total = g is rep["total"]
         table.add_row(
-            "[bold]total[/bold]" if is_total else escape(NONE_LABEL if g[by] is None else str(g[by])),
+            "[bold]total[/bold]" if is_total else safe(NONE_LABEL if g[by] is None else g[by], 120),
             f"{g['calls']:,}", f"{g['input_tokens']:,}", f"{g['output_tokens']:,}",
             f"{g['cache_read_tokens']:,}", f"{g['cache_write_tokens']:,}",
             _money(g["cost_usd"], g["unknown_price_calls"]),
@@ -212,7 +216,7 @@ def render_table(rep: dict[str, Any]) -> None:
     total = rep["total"]
     if total["unknown_price_calls"]:
         out.print(f"[yellow]![/yellow] {total['unknown_price_calls']} call(s) have an unknown price (a model the "
-                  f"price library does not know): not counted as $0. Add a [[pricing.override]] in config.toml.")
+                  f"price library does not know): not counted as $0. Add a {safe('[[pricing.override]]')} in config.toml.")
     if total["usage_missing_calls"]:
         out.print(f"[yellow]![/yellow] {total['usage_missing_calls']} call(s) carried no token counts (usage_missing): "
                   f"e.g. an OpenAI stream without stream_options.include_usage, or an error response. "
@@ -225,8 +229,8 @@ def render_csv(rep: dict[str, Any]) -> str:
     fields = [rep["by"], *[k for k in rep["total"] if k != rep["by"]]]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for g in groups:
-        writer.writerow(g)
+    for g in groups:  # outside strings (models, hosts…) without terminal control characters
+        writer.writerow({k: clean(v, 10_000) if isinstance(v, str) else v for k, v in g.items()})
     return buf.getvalue()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ._ui import fmt_duration
+from ._ui import clean, fmt_duration
 
 
 def offline_status(home: Path, reason: str) -> dict[str, Any]:
@@ -32,11 +32,16 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
         warnings = list(cfg.warnings)
     except ConfigError as exc:
         problems.append(str(exc))
+    except Exception as exc:  # whatever is in the file, status answers
+        problems.append(f"cannot read {hp.config}: {exc}. Fix it, or move it away to get the defaults")
     try:
         machine_id = read_machine_id(hp)
     except HomeError as exc:
         machine_id = None
         problems.append(str(exc))
+    except Exception as exc:
+        machine_id = None
+        problems.append(f"cannot read {hp.machine}: {exc}")
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     rows_today: int | None = 0
     if hp.db.exists():
@@ -48,9 +53,11 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
                 rows_today = int(conn.execute("SELECT count(*) FROM requests WHERE day = ?", (today,)).fetchone()[0])
             finally:
                 conn.close()
-        except sqlite3.Error as exc:
+        except Exception as exc:  # sqlite3.Error, a damaged file, a directory in its place…
+            from hm_agent.store import unreadable
+
             rows_today = None
-            problems.append(f"cannot read {hp.db}: {exc}")
+            problems.append(unreadable(hp.db, exc))
     return {
         "version": _version(),
         "home": str(hp.home),
@@ -96,6 +103,8 @@ def collect_status(home: Path) -> dict[str, Any]:
         return offline_status(home, "the daemon is not running: start it with `halton-meter start`")
     except ControlError as exc:
         return offline_status(home, f"the daemon does not answer: {exc}")
+    except Exception as exc:  # e.g. an answer that is not the status shape: still answer with it
+        return offline_status(home, f"cannot read the daemon's status: {exc}; see `halton-meter doctor`")
 
 
 def _dot(ok: bool) -> str:
@@ -114,11 +123,11 @@ def render(st: dict[str, Any]) -> None:
     if d["running"]:
         up = fmt_duration(d["uptime_s"] or 0)
         state = "healthy" if d["healthy"] else "running with problems"
-        facts = _dim(f"(pid {d['pid']}, {d['backend']}, up {up})")
+        facts = _dim(clean(f"(pid {d['pid']}, {d['backend']}, up {up})"))
         echo(f"{_dot(d['healthy'])} daemon  {state} {facts}")
     else:
         echo(f"{_dot(False)} daemon  not running")
-    where = f"{p['host']}:{p['port']}"
+    where = clean(f"{p['host']}:{p['port']}")
     if p["bound"]:
         echo(f"{_dot(True)} mitm bound on {where}")
     else:
@@ -132,11 +141,11 @@ def render(st: dict[str, Any]) -> None:
         extra += f", {rows['dropped']} dropped"
     if rows.get("quarantined"):
         extra += f", {rows['quarantined']} refused by the database (kept in write_quarantine)"
-    day_note = _dim(f"({rows['day']} UTC){extra}")
+    day_note = _dim(clean(f"({rows['day']} UTC){extra}"))
     echo(f"  rows today   {today} {day_note}")
-    echo(f"  CA           {st['ca_cert']}")
+    echo(f"  CA           {clean(st['ca_cert'])}")
     cloud = st["cloud"]
-    state = cloud["state"]
+    state = clean(cloud["state"])
     colour = {"ACTIVE": "green", "DEGRADED": "yellow", "PAUSED": "yellow"}.get(state, "red")
     styled = _dim(state) if state == "NOT-CONFIGURED" else click.style(state, fg=colour)
     line = f"  cloud        {styled}"
@@ -146,15 +155,16 @@ def render(st: dict[str, Any]) -> None:
     if reason:
         from hm_agent.cloudstatus import explain_paused
 
-        line += " " + _dim(f"({explain_paused(str(reason))})")
+        line += " " + _dim(clean(f"({explain_paused(str(reason))})"))
     echo(line)
     for name, comp in (st.get("components") or {}).items():
         if comp.get("state") == "crashed":
-            echo(f"{_dot(False)} {name} worker crashed: {comp.get('error')} {_dim('(restarts on the next tick)')}")
+            echo(f"{_dot(False)} {clean(name)} worker crashed: {clean(comp.get('error'))} "
+                 f"{_dim('(restarts on the next tick)')}")
     for problem in d.get("problems") or []:
-        echo(f"  {click.style('!', fg='red')} {problem}")
+        echo(f"  {click.style('!', fg='red')} {clean(problem)}")
     for warning in st.get("config_warnings") or []:
-        echo(f"  {click.style('!', fg='yellow')} {warning}")
+        echo(f"  {click.style('!', fg='yellow')} {clean(warning)}")
 
 
 @click.command()
