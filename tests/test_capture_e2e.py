@@ -423,11 +423,13 @@ def test_no_key_anywhere_in_the_home(rig: Rig) -> None:
 
 def test_request_bodies_stream_through_intact_and_are_read(rig: Rig) -> None:
     """Requests to an LLM host are streamed upstream (headers first, body as it comes) and still metered;
-    a body over 1 MiB is passed on whole and unread, as before."""
+    a body over 1 MiB is passed on whole and unread, as before. (OpenAI chat bodies are not streamed:
+    inject_stream_usage may rewrite them.)"""
     for size in (10, 1_200_000):
         before = rig.ids()
         content = "x" * size
-        rig.openai().chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": content}])
+        rig.anthropic().messages.create(model="claude-sonnet-4-5", max_tokens=10,
+                                        messages=[{"role": "user", "content": content}])
         assert rig.upstream.seen[-1].body["messages"][0]["content"] == content
         row = rig.next_row(before)
         assert row["status"] == 200 and row["output_tokens"] is not None

@@ -192,11 +192,25 @@ class MeterAddon:
         # Before mitmproxy may send the headers on: ours never reach the provider.
         flow.metadata[_PLAIN_HEADERS_KEY] = self._strip_our_headers(flow)
         # Only a body of known length (HTTP/2 may have none, and an HTTP/1
-        # upstream would then need the connection closed to end it).
-        if req.method == "POST" and "content-length" in req.headers and self.is_llm_host(req.host, req.port):
+        # upstream would then need the connection closed to end it), and never
+        # one that inject_stream_usage may rewrite in the request hook.
+        if req.method == "POST" and "content-length" in req.headers and self._streamable(req):
             body = _RequestBody()
             flow.metadata[_BODY_KEY] = body
             req.stream = body
+
+    def _streamable(self, req: Any) -> bool:
+        """An LLM call whose body the request hook leaves as it is."""
+        from .capture import route_for
+
+        try:
+            route = route_for(host_key(req.host, req.port), self.config)
+        except Exception:
+            return False
+        if route is None:
+            return False
+        may_inject = getattr(self.config, "inject_stream_usage", True) and route.dialect == "openai"
+        return not (may_inject and req.path.partition("?")[0].endswith("completions"))
 
     @staticmethod
     def _strip_our_headers(flow: Any) -> dict[str, str]:
