@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from datetime import date
@@ -17,7 +16,6 @@ from starlette.routing import Route
 
 from hm_proto.server import (
     ApiError,
-    check_text,
     format_user_code,
     generate_device_code,
     generate_user_code,
@@ -28,7 +26,13 @@ from hm_proto.server import (
 )
 
 from . import store
-from .bodies import MAX_BODY_BYTES, decode_body, read_limited
+from .bodies import (
+    MAX_BODY_BYTES,
+    MAX_SMALL_BODY_BYTES,
+    decode_body,
+    parse_object,
+    read_limited,
+)
 from .state import (
     CODE_TTL_SECONDS,
     LONG_POLL_DEFAULT_SECONDS,
@@ -40,11 +44,7 @@ from .state import (
     client_address,
     cloud,
 )
-
-# Used with fullmatch only: "$" would also accept a trailing newline.
-SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_SMALL_BODY_BYTES = 64 * 1024
-MAX_FIELD_CHARS = 255  # hostname, os, agent_version, device_code, workspace
+from .validate import SLUG_RE, field
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -57,38 +57,9 @@ def invalid_token(detail: str) -> ApiError:
     return ApiError(401, "invalid_token", detail)
 
 
-async def _json_object(request: Request, limit: int = _SMALL_BODY_BYTES) -> dict[str, Any]:
+async def _json_object(request: Request, limit: int = MAX_SMALL_BODY_BYTES) -> dict[str, Any]:
     raw = await read_limited(request.stream(), request.headers.get("content-length"), limit)
-    return _parse_object(raw)
-
-
-def _parse_object(raw: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(
-            400, "invalid_request", "Body is not valid JSON: send a JSON object"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise ApiError(400, "invalid_request", "Body must be a JSON object")
-    return obj
-
-
-def _field(
-    obj: dict[str, Any], name: str, kind: type, nullable: bool = False, required: bool = True
-) -> Any:
-    if name not in obj:
-        if required:
-            raise ApiError(422, "missing_field", f"Field required: {name}")
-        return None
-    val = obj[name]
-    if val is None and nullable:
-        return None
-    if kind is str:
-        return check_text(val, name, MAX_FIELD_CHARS)
-    if not isinstance(val, kind) or (kind is int and isinstance(val, bool)):
-        raise ApiError(400, "invalid_request", f"Invalid field: {name} (expected {kind.__name__})")
-    return val
+    return parse_object(raw)
 
 
 async def authed_device(request: Request) -> store.AuthedDevice:
@@ -124,13 +95,13 @@ async def pairing_start(request: Request) -> Response:
         return json_response({"error": "rate_limited", "detail": detail}, 429, {"Retry-After": str(wait)})
     state.start_limiter.miss(keys)
     body = await _json_object(request)
-    machine_id = _field(body, "machine_id", str)
+    machine_id = field(body, "machine_id", str)
     if not is_uuid(machine_id):
         raise ApiError(400, "invalid_request", "Invalid field: machine_id (expected a UUID)")
-    hostname = _field(body, "hostname", str)
-    os_name = _field(body, "os", str)
-    agent_version = _field(body, "agent_version", str)
-    workspace = _field(body, "workspace", str, nullable=True, required=False)
+    hostname = field(body, "hostname", str)
+    os_name = field(body, "os", str)
+    agent_version = field(body, "agent_version", str)
+    workspace = field(body, "workspace", str, nullable=True, required=False)
     if workspace is not None and not SLUG_RE.fullmatch(workspace):
         raise ApiError(
             400, "invalid_request", "Invalid field: workspace (expected a workspace slug)"
@@ -231,7 +202,7 @@ async def pairing_poll(request: Request) -> Response:
     """
     state = cloud(request)
     body = await _json_object(request)
-    device_code = _field(body, "device_code", str)
+    device_code = field(body, "device_code", str)
     wait = body.get("wait", LONG_POLL_DEFAULT_SECONDS)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
         raise ApiError(
@@ -309,11 +280,11 @@ async def requests_batch(request: Request) -> Response:
 def _ingest_body(
     engine: Engine, device: store.AuthedDevice, raw: bytes, encoding: str | None, now: float
 ) -> tuple[int, int]:
-    body = _parse_object(decode_body(raw, encoding, MAX_BODY_BYTES))
-    batch_id = _field(body, "batch_id", str)
+    body = parse_object(decode_body(raw, encoding, MAX_BODY_BYTES))
+    batch_id = field(body, "batch_id", str)
     if not is_uuid(batch_id):
         raise ApiError(400, "invalid_request", "Invalid field: batch_id (expected a UUID)")
-    rows_in = _field(body, "rows", list)
+    rows_in = field(body, "rows", list)
     if len(rows_in) > MAX_BATCH_ROWS:
         raise ApiError(
             413,

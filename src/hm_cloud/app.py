@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 from hm_proto.server import ApiError
 
 from . import api, pages, store
+from .bodies import BodyLimitRouter
 from .security import SessionCodec
 from .state import CloudState
 
@@ -80,12 +81,13 @@ def create_app(engine: Engine, app_url: str) -> Starlette:
         "/static", app=StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"
     )
     app = Starlette(
-        routes=[*api.routes, static, *pages.routes],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
             Exception: on_crash,
         },
     )
+    # Every request's body is bounded before any handler runs (bodies.py).
+    app.router = BodyLimitRouter(routes=[*api.routes, static, *pages.routes])
     app.state.cloud = state
     return app

@@ -12,15 +12,23 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio.to_thread
 import orjson
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from hm_proto.server import ApiError, format_user_code, generate_token, normalize_user_code
+from hm_proto.server import (
+    ApiError,
+    check_text,
+    format_user_code,
+    generate_token,
+    is_uuid,
+    normalize_user_code,
+)
 
 from . import store, views
-from .bodies import read_limited
+from .bodies import MAX_SMALL_BODY_BYTES, parse_object, read_limited
 from .security import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
@@ -30,6 +38,7 @@ from .security import (
     verify_password,
 )
 from .state import client_address, cloud
+from .validate import SLUG_RE
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.globals["relative_time"] = views.relative_time
@@ -121,13 +130,10 @@ def _login_redirect(request: Request) -> Response:
     return redirect(request, f"/login?next={quote(here, safe='')}")
 
 
-MAX_FORM_BYTES = 64 * 1024
-
-
 async def _form(request: Request) -> dict[str, str]:
     """The url-encoded form of a page (all our forms are), read within a size limit."""
     raw = await read_limited(
-        request.stream(), request.headers.get("content-length"), MAX_FORM_BYTES
+        request.stream(), request.headers.get("content-length"), MAX_SMALL_BODY_BYTES
     )
     try:
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
@@ -135,7 +141,14 @@ async def _form(request: Request) -> dict[str, str]:
         raise ApiError(
             400, "invalid_request", "The form could not be read: reload the page and try again"
         ) from exc
-    return dict(pairs)
+    return form_fields(dict(pairs))
+
+
+def form_fields(form: dict[str, str]) -> dict[str, str]:
+    """``form`` if no value carries control characters (PostgreSQL refuses NUL: never a 500)."""
+    for name, value in form.items():
+        check_text(value, name[:40], MAX_SMALL_BODY_BYTES)
+    return form
 
 
 def _csrf_failed(request: Request) -> Response:
@@ -369,13 +382,11 @@ async def approve(request: Request) -> Response:
     state = cloud(request)
     as_json = request.headers.get("content-type", "").startswith("application/json")
     if as_json:
-        try:
-            data = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise ApiError(400, "invalid_request", "Body must be a JSON object")
-        form = {k: v for k, v in data.items() if isinstance(v, str)}
+        raw = await read_limited(
+            request.stream(), request.headers.get("content-length"), MAX_SMALL_BODY_BYTES
+        )
+        data = parse_object(raw)
+        form = form_fields({k: v for k, v in data.items() if isinstance(v, str)})
         form.setdefault("csrf_token", request.headers.get("x-csrf-token", ""))
     else:
         form = await _form(request)
@@ -599,7 +610,8 @@ async def revoke_device(request: Request) -> Response:
         return found
     _uid, email, ws, mine = found
     state = cloud(request)
-    device = await state.db(store.get_device, ws.id, request.path_params["device_id"])
+    device_id = request.path_params["device_id"]
+    device = await state.db(store.get_device, ws.id, device_id) if is_uuid(device_id) else None
     if device is None:
         return render(
             request,
@@ -638,6 +650,20 @@ async def favicon(request: Request) -> Response:
     )
 
 
+class _SlugConvertor(Convertor[str]):
+    """A workspace path segment: only a slug, so /favicon.ico or /robots.txt is never a workspace."""
+
+    regex = SLUG_RE.pattern
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("slug", _SlugConvertor())
+
 routes = [
     Route("/", home, methods=["GET"]),
     Route("/signup", signup, methods=["GET", "POST"]),
@@ -647,9 +673,9 @@ routes = [
     Route("/connect/done", connect_done, methods=["GET"]),
     Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/v1/pairing/approve", approve, methods=["POST"]),
-    Route("/{workspace}/", dashboard, methods=["GET"]),
-    Route("/{workspace}/settings/devices", devices_page, methods=["GET"]),
+    Route("/{workspace:slug}/", dashboard, methods=["GET"]),
+    Route("/{workspace:slug}/settings/devices", devices_page, methods=["GET"]),
     Route(
-        "/{workspace}/settings/devices/{device_id}/revoke", revoke_device, methods=["GET", "POST"]
+        "/{workspace:slug}/settings/devices/{device_id}/revoke", revoke_device, methods=["GET", "POST"]
     ),
 ]

@@ -1,0 +1,36 @@
+"""Checks of request fields that the JSON API and the pages share.
+
+Row validation (the api.md bounds of a usage Row) lives in
+``hm_proto.server.parse_row``; this module holds what is specific to the
+backend's other inputs. Every pattern is used with ``fullmatch``: ``$``
+would also accept a trailing newline.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hm_proto.server import ApiError, check_text
+
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+MAX_FIELD_CHARS = 255  # hostname, os, agent_version, device_code, workspace
+
+
+def field(
+    obj: dict[str, Any], name: str, kind: type, nullable: bool = False, required: bool = True
+) -> Any:
+    """``obj[name]`` checked: 422 when a required field is absent, 400 for a wrong type;
+    strings are at most 255 characters without control characters."""
+    if name not in obj:
+        if required:
+            raise ApiError(422, "missing_field", f"Field required: {name}")
+        return None
+    val = obj[name]
+    if val is None and nullable:
+        return None
+    if kind is str:
+        return check_text(val, name, MAX_FIELD_CHARS)
+    if not isinstance(val, kind) or (kind is int and isinstance(val, bool)):
+        raise ApiError(400, "invalid_request", f"Invalid field: {name} (expected {kind.__name__})")
+    return val
