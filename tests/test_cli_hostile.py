@@ -115,7 +115,7 @@ def test_status_render_strips_controls_from_daemon_and_server_strings(capsys: py
 
 
 def test_errors_from_outside_are_one_inert_line(home: Path) -> None:
-    """fail() is the path of every server and daemon message: control characters go."""
+    """fail() is the path of every server and daemon message: control characters go (line breaks stay)."""
     import click
     from click.testing import CliRunner
 
@@ -127,7 +127,7 @@ def test_errors_from_outside_are_one_inert_line(home: Path) -> None:
 
     result = CliRunner().invoke(boom)
     assert result.exit_code == 1
-    assert result.output == "halton-meter: error: the backend said: [2J[/x] second line\n"
+    assert result.output == "halton-meter: error: the backend said: [2J[/x]\nsecond line\n"
 
 
 # -- item 17 ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ One daemon per backend for the module, a local TLS server as the "LLM API".
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import time
@@ -297,3 +298,113 @@ def test_stop_on_a_full_disk_reports_the_unwritten_rows_and_the_next_start_write
         assert stop.returncode == 0 and "every captured row is on disk" in stop.stdout
     finally:
         stop_or_kill(d)
+
+
+# -- item 15: the socket directory of a long home ---------------------------------------------
+
+
+def _long_home_env(tmp_path: Any, xdg: Any = None) -> tuple[Any, dict[str, str]]:
+    from tests.support.daemon import daemon_env
+
+    home = tmp_path / ("h" * 110)
+    home.mkdir(mode=0o700)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = daemon_env(home)
+    env["TMPDIR"] = str(tmp)
+    env.pop("XDG_RUNTIME_DIR", None)
+    if xdg is not None:
+        env["XDG_RUNTIME_DIR"] = str(xdg)
+    return home, env
+
+
+def test_xdg_runtime_dir_is_preferred_when_it_is_private(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from hm_agent.home import paths
+
+    deep = tmp_path / ("d" * 120)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    assert paths(deep).control_socket.parent == run / "halton-meter"
+    run.chmod(0o755)  # not private: not used
+    assert paths(deep).control_socket.parent == tmp_path / "tmp" / f"halton-meter-{os.getuid()}"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert paths(deep).control_socket.parent == tmp_path / "tmp" / f"halton-meter-{os.getuid()}"
+
+
+@pytest.mark.parametrize("squat", ["open-to-others", "another-user", "symlink"])
+def test_a_squatted_socket_directory_is_refused(tmp_path: Any, squat: str) -> None:
+    """Another user made $TMPDIR/halton-meter-<uid> first: start refuses it, with the fix."""
+    from tests.support.daemon import run_cli
+
+    home, env = _long_home_env(tmp_path)
+    squatted = tmp_path / "tmp" / f"halton-meter-{os.getuid()}"
+    if squat == "open-to-others":
+        squatted.mkdir()
+        squatted.chmod(0o777)
+    elif squat == "another-user":
+        if os.getuid() != 0:
+            pytest.skip("making a directory owned by another user needs root (CI runs as root)")
+        squatted.mkdir(mode=0o700)
+        os.chown(squatted, 65534, 65534)
+    else:
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        squatted.symlink_to(tmp_path / "elsewhere")
+    done = run_cli(home, "start", env=env)
+    try:
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert str(squatted) in done.stderr and "impersonat" in done.stderr and "Traceback" not in done.stderr
+        assert not list(squatted.glob("*.sock")) and not list((tmp_path / "elsewhere").glob("*.sock"))
+    finally:
+        run_cli(home, "stop", env=env)
+
+
+def test_the_client_sends_nothing_to_a_socket_it_does_not_own(tmp_path: Any) -> None:
+    """A socket planted by another user where the daemon's would be: no `stop`, no pairing code."""
+    import threading
+
+    from tests.support.daemon import run_cli
+
+    if os.getuid() != 0:
+        pytest.skip("planting a socket owned by another user needs root (CI runs as root)")
+    home, env = _long_home_env(tmp_path)
+    directory = tmp_path / "tmp" / f"halton-meter-{os.getuid()}"
+    directory.mkdir(mode=0o700)
+    import hashlib
+
+    sock_path = directory / (hashlib.sha256(os.fsencode(home)).hexdigest()[:20] + ".sock")
+    received: list[bytes] = []
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    os.chown(sock_path, 65534, 65534)
+    server.listen()
+    server.settimeout(0.2)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                received.append(conn.recv(65536))
+                conn.sendall(b'{"ok": true, "result": {"pid": 1, "state": "pending", "user_code": "FAKE-CODE"}}\n')
+
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        halt = run_cli(home, "stop", env=env)
+        assert halt.returncode == 1 and "refusing to talk" in halt.stderr, halt.stdout + halt.stderr
+        st = json.loads(run_cli(home, "status", "--json", env=env).stdout)
+        assert any("refusing to talk" in p for p in st["daemon"]["problems"])
+        connect = run_cli(home, "cloud", "connect", "--no-browser", env=env)
+        assert "FAKE-CODE" not in connect.stdout and connect.returncode != 0
+        assert received == []
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()

@@ -77,6 +77,57 @@ def _not_running(hp: HomePaths) -> DaemonNotRunning:
     )
 
 
+class UntrustedSocket(ControlError):
+    """The control socket, or its directory, belongs to someone else: nothing is sent to it."""
+
+
+def _untrusted(sock_path: Path, why: str) -> UntrustedSocket:
+    return UntrustedSocket(
+        f"refusing to talk to {sock_path}: {why}; another user may be impersonating the daemon. "
+        f"Nothing was sent. Remove it if it is not yours, or set HALTON_METER_HOME to a shorter path."
+    )
+
+
+def _check_socket(hp: HomePaths, sock_path: Path) -> None:
+    """Before connecting: the socket is ours, in a directory only we can change."""
+    import os
+    import stat
+
+    from .home import private_dir_problem
+
+    if sock_path.parent != hp.home:  # the fallback directory (a long home path)
+        problem = private_dir_problem(sock_path.parent)
+        if problem == "does not exist":
+            raise _not_running(hp)
+        if problem is not None:
+            raise _untrusted(sock_path, f"its directory {problem}")
+    try:
+        st = os.lstat(sock_path)
+    except FileNotFoundError:
+        raise _not_running(hp) from None
+    except OSError:
+        return  # connect() says what is wrong
+    if not stat.S_ISSOCK(st.st_mode):
+        raise _untrusted(sock_path, "it is not a socket")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise _untrusted(sock_path, f"it is owned by uid {st.st_uid}, not by you")
+
+
+def _check_peer(sock: socket.socket, sock_path: Path) -> None:
+    """After connecting (Linux): the process that listens runs as us."""
+    import os
+    import struct
+
+    if not hasattr(socket, "SO_PEERCRED") or not hasattr(os, "getuid"):
+        return
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return
+    if uid != os.getuid():
+        raise _untrusted(sock_path, f"the process listening on it runs as uid {uid}, not as you")
+
+
 def control_call(home: Path | HomePaths | None, cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
     """Send one command to the daemon and return its result.
 
@@ -85,6 +136,7 @@ def control_call(home: Path | HomePaths | None, cmd: str, timeout: float = 10.0,
     """
     hp = home if isinstance(home, HomePaths) else paths(home)
     sock_path = hp.control_socket
+    _check_socket(hp, sock_path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -94,6 +146,7 @@ def control_call(home: Path | HomePaths | None, cmd: str, timeout: float = 10.0,
             raise _not_running(hp) from None
         except OSError as exc:
             raise DaemonNotRunning(f"cannot reach the daemon at {sock_path}: {exc}. Try `halton-meter restart`.") from None
+        _check_peer(sock, sock_path)
         sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
         buf = bytearray()
         while not buf.endswith(b"\n"):

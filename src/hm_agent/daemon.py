@@ -25,7 +25,16 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, ensure_config, load_config
 from .control import DaemonNotRunning, command, control_call, serve_forever
-from .home import HomeError, HomePaths, ensure_home, ensure_machine_id, paths, write_atomic
+from .home import (
+    HomeError,
+    HomePaths,
+    ensure_home,
+    ensure_machine_id,
+    ensure_private_dir,
+    ensure_socket_dir,
+    paths,
+    write_atomic,
+)
 from .store import Store, StoreError
 
 log = logging.getLogger("hm_agent.daemon")
@@ -280,6 +289,7 @@ def _lock_pid_file(hp: HomePaths) -> int:
 def prepare(hp_home: Path | None) -> tuple[HomePaths, Config, str]:
     """Create/check the home and read its files; raises HomeError/ConfigError."""
     hp = ensure_home(hp_home)
+    ensure_socket_dir(hp)
     machine_id = ensure_machine_id(hp)
     ensure_config(hp)
     config = load_config(hp)
@@ -335,7 +345,13 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
         ctx = DaemonContext(hp, config, machine_id, backend)
     except StoreError as exc:
         return fail(str(exc))
-    writer = RowWriter(hp.db, config.pricing_overrides, spill_paths=[hp.spill])
+    spills = [hp.spill]
+    try:  # a full home disk: the runtime dir (another file system, usually), if it is ours alone
+        ensure_private_dir(hp.spill_fallback.parent)
+        spills.append(hp.spill_fallback)
+    except HomeError as exc:
+        log.warning("no fallback for unwritten rows: %s", exc)
+    writer = RowWriter(hp.db, config.pricing_overrides, spill_paths=spills)
     writer.start()
     ctx.writer = writer
     proxy = ProxyThread(config, hp.mitm_confdir, writer)
@@ -364,7 +380,7 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
     gc.freeze()
 
     async def async_main() -> None:
-        sock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_socket_dir(hp)  # checked in prepare() too; again here, just before use
         sock_path.unlink(missing_ok=True)
         listener = await anyio.create_unix_listener(sock_path)
         os.chmod(sock_path, 0o600)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -102,9 +103,82 @@ class HomePaths:
         candidate = self.home / "control.sock"
         if len(os.fsencode(candidate)) <= _MAX_SOCKET_PATH:
             return candidate
-        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:20]
-        uid = os.getuid() if hasattr(os, "getuid") else 0
-        return Path(tempfile.gettempdir()) / f"halton-meter-{uid}" / f"{digest}.sock"
+        return runtime_dir() / f"{self._digest}.sock"
+
+    @property
+    def spill_fallback(self) -> Path:
+        """Where unwritten rows go when the home itself cannot take them (a full disk)."""
+        return runtime_dir() / f"{self._digest}-unwritten-rows.jsonl"
+
+    @property
+    def _digest(self) -> str:
+        return hashlib.sha256(os.fsencode(self.home)).hexdigest()[:20]
+
+
+def _uid() -> int:
+    return os.getuid() if hasattr(os, "getuid") else 0
+
+
+def private_dir_problem(path: Path) -> str | None:
+    """Why ``path`` is not a directory only we can use (None when it is). Symlinks are refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be checked ({exc.strerror})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory (a symlink or a file)"
+    if st.st_uid != _uid():
+        return f"is owned by uid {st.st_uid}, not by you (uid {_uid()})"
+    if st.st_mode & 0o077:
+        return f"is accessible to other users (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def runtime_dir() -> Path:
+    """The private directory for the control socket of a home whose path is too long.
+
+    ``$XDG_RUNTIME_DIR/halton-meter`` when ``$XDG_RUNTIME_DIR`` is an absolute,
+    short path to a directory that is ours alone (as the XDG spec requires),
+    else ``$TMPDIR/halton-meter-<uid>``. Either way the daemon creates it 0700
+    and refuses it if it is not ours or others can enter it
+    (:func:`ensure_private_dir`); the client checks the same before connecting.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR") or ""
+    if xdg and os.path.isabs(xdg) and len(os.fsencode(xdg)) <= _MAX_SOCKET_PATH - 40:
+        if private_dir_problem(Path(xdg)) is None:
+            return Path(xdg) / "halton-meter"
+    return Path(tempfile.gettempdir()) / f"halton-meter-{_uid()}"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` 0700, or accept it only if it is ours and closed to others; else HomeError.
+
+    A directory another user made first (``mkdir(exist_ok=True)`` accepted it)
+    would let them plant a socket and impersonate the daemon.
+    """
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise HomeError(f"cannot create {path}: {exc.strerror}. Set {HOME_ENV} to a shorter path.") from None
+    problem = private_dir_problem(path)
+    if problem is not None:
+        raise HomeError(
+            f"{path} {problem}: another user could impersonate the daemon there, so it is not used. "
+            f"If it is not yours, have it removed (rm -r {path}); or set {HOME_ENV} to a shorter path "
+            f"so the socket lives in the home."
+        )
+    return path
+
+
+def ensure_socket_dir(hp: HomePaths) -> None:
+    """The control socket's directory when it is not the home (a long home path); HomeError if unsafe."""
+    parent = hp.control_socket.parent
+    if parent != hp.home:
+        ensure_private_dir(parent)
 
 
 def paths(home: Path | None = None) -> HomePaths:

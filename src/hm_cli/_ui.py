@@ -16,16 +16,24 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-
 MAX_SHOWN = 500  # characters of one outside string shown; the rest is cut with "…"
 
 
-def clean(value: object, limit: int = MAX_SHOWN) -> str:
+def clean(value: object, limit: int = MAX_SHOWN, *, newlines: bool = False) -> str:
     """A string from outside (model, host, server message…) made safe for a plain terminal line.
 
-    Tabs and line breaks become spaces, other control characters are removed,
-    and the result is cut to ``limit`` characters.
+    Tabs and line breaks become spaces (``newlines=True`` keeps ``\\n``, for
+    messages of several lines), other control characters are removed, and the
+    result is cut to ``limit`` characters.
     """
     text = str(value)
     if len(text) > limit:
         text = text[:limit] + "…"
-    return _CONTROL.sub(lambda m: " " if m.group() in "\t\n\r" else "", text)
+
+    def replace(m: re.Match[str]) -> str:
+        char = m.group()
+        if char == "\n" and newlines:
+            return char
+        return " " if char in "\t\n\r" else ""
+
+    return _CONTROL.sub(replace, text)
 
 
 def safe(value: object, limit: int = MAX_SHOWN) -> str:
@@ -37,7 +45,7 @@ def safe(value: object, limit: int = MAX_SHOWN) -> str:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One clear line on stderr, no traceback (control characters of outside text removed)."""
-    click.echo(f"halton-meter: error: {clean(message, 2000)}", err=True)
+    click.echo(f"halton-meter: error: {clean(message, 4000, newlines=True)}", err=True)
     raise SystemExit(code)
 
 

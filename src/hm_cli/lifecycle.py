@@ -188,12 +188,14 @@ def _alive(pid: int) -> bool:
 
 
 def _running(home: Path) -> bool:
-    from hm_agent.control import ControlError, DaemonNotRunning, control_call
+    from hm_agent.control import ControlError, DaemonNotRunning, UntrustedSocket, control_call
 
     try:
         control_call(home, "ping", timeout=3.0)
     except DaemonNotRunning:
         return False
+    except UntrustedSocket as exc:
+        fail(str(exc))
     except ControlError:
         return True
     return True
