@@ -22,6 +22,7 @@ from .attribution import (
     TAGS_HEADER,
     CallerResolver,
     PendingCaller,
+    attribute,
     settings_from_config,
 )
 from .writer import CapturedCall, RowWriter
@@ -126,6 +127,24 @@ class _RequestBody:
         return b"".join(self.chunks) if self.size <= MAX_REQUEST_BODY else b""
 
 
+def _refused(flow: Any, info: Any, budgets: Any, attribution: Callable[[], Any]) -> bool:
+    """Answer the call with the provider's budget error if a block budget covers it."""
+    try:
+        rule = budgets.blocking(info.provider, info.model, attribution)
+        if rule is None:
+            return False
+        from mitmproxy import http
+
+        from .budgetguard import error_response
+
+        status, body, headers = error_response(info.dialect, rule.budget, rule.message)
+        flow.response = http.Response.make(status, body, headers)
+        return True
+    except Exception:
+        log.exception("budget check failed; the call is let through")
+        return False
+
+
 class MeterAddon:
     """Plugs capture into mitmproxy; one instance per daemon."""
 
@@ -138,6 +157,7 @@ class MeterAddon:
         self.resolver = resolver if resolver is not None else CallerResolver()
         self.resolver.start()
         self._callers: dict[str, PendingCaller] = {}
+        self.budgets: Any = None  # hm_agent.budgets.BudgetTracker when the daemon runs
 
     def reload(self, config: Any) -> None:
         self.config = config
@@ -193,8 +213,11 @@ class MeterAddon:
         flow.metadata[_PLAIN_HEADERS_KEY] = self._strip_our_headers(flow)
         # Only a body of known length (HTTP/2 may have none, and an HTTP/1
         # upstream would then need the connection closed to end it), and never
-        # one that inject_stream_usage may rewrite in the request hook.
-        if req.method == "POST" and "content-length" in req.headers and self._streamable(req):
+        # one that inject_stream_usage may rewrite in the request hook. While a
+        # block budget is spent, LLM request bodies are read whole first: the
+        # request hook must see the model before anything reaches the provider.
+        if (req.method == "POST" and "content-length" in req.headers and self._streamable(req)
+                and not self._blocks_active()):
             body = _RequestBody()
             flow.metadata[_BODY_KEY] = body
             req.stream = body
@@ -211,6 +234,13 @@ class MeterAddon:
             return False
         may_inject = getattr(self.config, "inject_stream_usage", True) and route.dialect == "openai"
         return not (may_inject and req.path.partition("?")[0].endswith("completions"))
+
+    def _blocks_active(self) -> bool:
+        blocks = self.budgets.blocks if self.budgets is not None else ()
+        if not blocks:
+            return False
+        now = time.time()
+        return any(rule.active(now) for rule in blocks)
 
     @staticmethod
     def _strip_our_headers(flow: Any) -> dict[str, str]:
@@ -249,6 +279,11 @@ class MeterAddon:
             return
         if tap is not None:
             caller = self._callers.get(flow.client_conn.id) if self.attribution.enabled else None
+            # A body already streamed upstream is a call in flight: it finishes.
+            if streamed is None and self.budgets is not None and self.budgets.blocks and _refused(
+                flow, tap.info, self.budgets, lambda: self._attribution_now(caller, header_project, header_tags)
+            ):
+                return
             call = flow.metadata[_TAP_KEY] = _Call(tap, req.timestamp_start or time.time(), caller,
                                                    header_project, header_tags)
             if getattr(self.config, "inject_stream_usage", True):
@@ -271,6 +306,15 @@ class MeterAddon:
             call.injected = True
         except Exception:
             log.exception("could not add include_usage to a streamed call; it is proxied as sent")
+
+    def _attribution_now(self, pending: PendingCaller | None, header_project: str | None,
+                         header_tags: str | None) -> tuple[str | None, tuple[str, ...]]:
+        """(project, tag terms) as far as known now, for a project/tag-scoped block (never waits)."""
+        from .budgets import tag_terms
+
+        found = attribute(self.attribution, pending.caller if pending is not None else None,
+                          header_project, header_tags)
+        return found.project, tag_terms(found.tags)
 
     def responseheaders(self, flow: Any) -> None:
         call: _Call | None = flow.metadata.get(_TAP_KEY)

@@ -74,6 +74,23 @@ sync_tags = true
 # project = "acme"
 # tags = {{ team = "ml" }}
 
+# Budgets (docs/budgets.md): spend per local day, week or month, alerts at
+# thresholds (percent of limit_usd), and optionally a block at 100%.
+# [[budgets]]
+# name = "monthly"
+# period = "month"                    # day | week | month
+# limit_usd = 100
+# scope = {{ provider = "openai" }}     # optional: provider, model
+# thresholds = [50, 80, 100]
+# action = "notify"                   # notify | block
+#
+# [[alerts.webhooks]]
+# url = "https://hooks.slack.com/services/..."
+
+[metrics]
+# Prometheus metrics at http://127.0.0.1:9464/metrics (docs/metrics.md); loopback only.
+# listen = "127.0.0.1:9464"
+
 [cloud]
 # Cloud sync is off until you run: halton-meter cloud connect
 enabled = false
@@ -90,6 +107,9 @@ _KNOWN: dict[str, set[str]] = {
     "cloud": {"enabled", "base_url", "workspace_id", "workspace_slug", "sync_bodies", "proxy"},
     "attribution": {"enabled", "rules", "sync_project", "sync_repo", "sync_branch", "sync_program",
                     "sync_os_user", "sync_tags"},
+    "budgets": set(),  # [[budgets]] entries: checked by hm_agent.budgets
+    "alerts": {"webhooks"},
+    "metrics": {"listen"},
 }
 
 
@@ -130,6 +150,11 @@ class Config:
     """The whole [cloud] table as parsed, for keys the cloud worker adds."""
     attribution: dict[str, Any] = field(default_factory=dict)
     """The validated [attribution] table (hm_agent.attribution.settings_from_config reads it)."""
+    budgets: list[Any] = field(default_factory=list)
+    """[[budgets]] as hm_agent.budgets.Budget (docs/budgets.md)."""
+    alert_webhooks: list[str] = field(default_factory=list)
+    metrics_listen: str | None = None
+    """[metrics] listen: "127.0.0.1:9464" serves Prometheus /metrics there (docs/metrics.md)."""
     warnings: list[str] = field(default_factory=list)
     """Unknown keys and other non-fatal findings, one line each."""
 
@@ -167,6 +192,8 @@ def parse_config(text: str, path: Path) -> Config:
             cfg.warnings.append(
                 f"{where.at(section, None)}: unknown section [{section}] (ignored){_did_you_mean(section, _KNOWN)}"
             )
+            continue
+        if section == "budgets":
             continue
         if not isinstance(value, dict):
             errors.append(f"{where.at(section, None)}: `{section}` must be a table like [{section}]")
@@ -264,6 +291,21 @@ def parse_config(text: str, path: Path) -> Config:
         cfg.attribution = _parse_attribution(table("attribution"), path, where)
     except ConfigError as exc:
         errors.append(str(exc))
+
+    from .budgets import BudgetConfigError, parse_budgets, parse_webhooks
+
+    try:
+        cfg.budgets = parse_budgets(data.get("budgets"), where.at("budgets", None))
+    except BudgetConfigError as exc:
+        errors.append(str(exc))
+    try:
+        cfg.alert_webhooks = parse_webhooks(data.get("alerts"), where.at("alerts", None))
+    except BudgetConfigError as exc:
+        errors.append(str(exc))
+    try:
+        cfg.metrics_listen = _loopback_listen(table("metrics"), "metrics", where)
+    except ConfigError as exc:
+        errors.append(str(exc))
     _raise_all(errors, path)
     return cfg
 
@@ -315,6 +357,20 @@ def _did_you_mean(name: str, known: Any) -> str:
 
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def _loopback_listen(table: dict[str, Any], section: str, where: _Locator) -> str | None:
+    """``listen = "127.0.0.1:PORT"``: loopback only (nothing here is meant for the network)."""
+    listen = _get(table, section, "listen", str, "", where).strip()
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{where.at(section, 'listen')}: {section}.listen must be a loopback address like "
+            f"\"127.0.0.1:9464\", not {listen!r} (scrape it from elsewhere through an SSH tunnel or an agent)"
+        )
+    return listen
 
 
 def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, where: _Locator) -> Any:

@@ -64,6 +64,7 @@ class DaemonContext:
         self.store: Store = Store(hp.db)  # shared, lock-protected; for quick reads on the loop
         self.writer: Any = None
         self.proxy: Any = None
+        self.outputs: Any = None  # hm_agent.outputs.Outputs: budgets, alerts, metrics
         self.supervisor: Any = None
         self.problems: list[str] = []
         self._config_mtime = _mtime(hp.config)
@@ -84,6 +85,8 @@ class DaemonContext:
                     self._drained = self.writer.stop_outcome()
                 else:
                     self._drained = {"written": 0, "unwritten": 0, "spilled_to": None, "lost": 0}
+                if self.outputs is not None:
+                    self.outputs.stop()
             return self._drained
 
     def request_stop(self) -> None:
@@ -110,6 +113,8 @@ class DaemonContext:
         self.config = config
         if self.proxy is not None:
             self.proxy.addon.reload(config)
+        if self.outputs is not None:
+            self.outputs.reload(config)
         if (old.listen_host, old.listen_port, old.ssl_verify_upstream_trusted_ca) != (
             config.listen_host, config.listen_port, config.ssl_verify_upstream_trusted_ca,
         ):
@@ -162,6 +167,7 @@ class DaemonContext:
             "cloud": cloud_status(self.config, components),
             "components": components,
             "config_warnings": list(self.config.warnings),
+            **({"budgets": self.outputs.budgets()} if self.outputs is not None else {}),
         }
 
 
@@ -354,12 +360,18 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
     writer = RowWriter(hp.db, config.pricing_overrides, spill_paths=spills)
     writer.start()
     ctx.writer = writer
+    from .outputs import Outputs
+
+    ctx.outputs = Outputs(hp, config, machine_id)
+    writer.after_write.append(ctx.outputs.poll)
     proxy = ProxyThread(config, hp.mitm_confdir, writer)
+    proxy.addon.budgets = ctx.outputs.tracker
     ctx.proxy = proxy
     try:
         host, port = proxy.start()
     except ProxyStartError as exc:
         writer.stop()
+        ctx.outputs.stop()
         return fail(str(exc))
     try:
         from .cabundle import write_ca_bundle

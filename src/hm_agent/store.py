@@ -70,6 +70,19 @@ CREATE TABLE IF NOT EXISTS cloud_state (
     last_reconcile_at TEXT,
     last_error TEXT
 );
+CREATE TABLE IF NOT EXISTS budget_alerts (
+    budget TEXT NOT NULL,
+    period TEXT NOT NULL,
+    threshold INTEGER NOT NULL,
+    fired_at TEXT NOT NULL,
+    alert_json TEXT NOT NULL,
+    delivered_at TEXT,
+    PRIMARY KEY (budget, period, threshold)
+);
+CREATE TABLE IF NOT EXISTS budget_snoozes (
+    budget TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
 """
 
 # In-place upgrades, oldest first: (user_version after the step, SQL). A database
@@ -387,6 +400,83 @@ class Store:
             )
             cur.row_factory = sqlite3.Row
             return cur.fetchall()
+
+    # -- row feed and budgets (hm_agent.rowfeed, hm_agent.budgets) ------------
+
+    def feed_columns(self) -> tuple[str, ...]:
+        """The requests columns listeners get (all but row_json and synced_at)."""
+        cols = getattr(self, "_feed_columns", None)
+        if cols is None:
+            info = self._query("PRAGMA table_info(requests)")
+            cols = tuple(r[1] for r in info if r[1] not in ("row_json", "synced_at"))
+            self._feed_columns = cols
+        return cols
+
+    def max_rowid(self) -> int:
+        return int(self._query("SELECT coalesce(max(rowid), 0) FROM requests")[0][0])
+
+    def rows_after(self, rowid: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """``(rowid, row)`` of rows inserted after ``rowid``, in insertion order."""
+        cols = self.feed_columns()
+        found = self._query(
+            f"SELECT rowid, {', '.join(cols)} FROM requests WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (int(rowid), int(limit)),
+        )
+        return [(r[0], dict(zip(cols, r[1:], strict=True))) for r in found]
+
+    def budget_rows(self, first_day: str, last_day: str, start_ts: str, end_ts: str,
+                    upto_rowid: int | None = None) -> list[dict[str, Any]]:
+        """Rows whose ts is in [start_ts, end_ts) (and rowid <= upto_rowid when given)."""
+        cols = self.feed_columns()
+        sql = (f"SELECT {', '.join(cols)} FROM requests WHERE day BETWEEN ? AND ? AND ts >= ? AND ts < ?")
+        params: list[Any] = [first_day, last_day, start_ts, end_ts]
+        if upto_rowid is not None:
+            sql += " AND rowid <= ?"
+            params.append(int(upto_rowid))
+        return [dict(zip(cols, r, strict=True)) for r in self._query(sql, params)]
+
+    def _query_optional(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A query on a table a read-only store of an older daemon may not have yet."""
+        try:
+            return self._query(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+
+    def fired_thresholds(self, budget: str, period: str) -> set[int]:
+        return {int(r[0]) for r in self._query_optional(
+            "SELECT threshold FROM budget_alerts WHERE budget = ? AND period = ?", (budget, period))}
+
+    def record_budget_alert(self, alert: Any) -> bool:
+        """Remember that a threshold fired; False if it had already (then it is not sent again)."""
+        import json
+        from dataclasses import asdict
+
+        return self._write(
+            "INSERT OR IGNORE INTO budget_alerts (budget, period, threshold, fired_at, alert_json)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(alert.budget, alert.period, alert.threshold, alert.fired_at, json.dumps(asdict(alert)))],
+        ) == 1
+
+    def mark_alert_delivered(self, budget: str, period: str, threshold: int, at: str) -> None:
+        self._write("UPDATE budget_alerts SET delivered_at = ? WHERE budget = ? AND period = ? AND threshold = ?",
+                    [(at, budget, period, threshold)])
+
+    def undelivered_alerts(self, since: str) -> list[str]:
+        """alert_json of alerts fired since ``since`` whose delivery never finished (a crash)."""
+        return [r[0] for r in self._query_optional(
+            "SELECT alert_json FROM budget_alerts WHERE delivered_at IS NULL AND fired_at >= ? ORDER BY fired_at",
+            (since,))]
+
+    def budget_snoozes(self) -> dict[str, float]:
+        return {r[0]: float(r[1]) for r in self._query_optional("SELECT budget, until FROM budget_snoozes")}
+
+    def set_budget_snooze(self, budget: str, until: float | None) -> None:
+        if until is None:
+            self._write("DELETE FROM budget_snoozes WHERE budget = ?", [(budget,)])
+        else:
+            self._write("INSERT OR REPLACE INTO budget_snoozes (budget, until) VALUES (?, ?)", [(budget, until)])
 
     def integrity_check(self) -> str:
         return str(self._query("PRAGMA integrity_check")[0][0])

@@ -36,6 +36,8 @@ TICK_ENV = "HALTON_METER_TICK_SECONDS"
 COMPONENT_SOURCES: list[tuple[str, str]] = [
     ("hm_agent.cloudworker", "make_component"),
     ("hm_agent.cloudworker", "make_pairing_component"),
+    ("hm_agent.outputs", "make_component"),
+    ("hm_agent.metrics", "make_component"),
 ]
 
 

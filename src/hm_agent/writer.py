@@ -100,6 +100,8 @@ class RowWriter:
         self.spilled_to: Path | None = None
         self._gave_up = False
         self._stop_result: bool | None = None
+        # Called on this thread after each committed batch (hm_agent.rowfeed.RowFeed.poll).
+        self.after_write: list[Any] = []
 
     # -- proxy side ---------------------------------------------------------
 
@@ -292,6 +294,11 @@ class RowWriter:
             return
         self.written += len(rows)
         self._done(len(rows))
+        for hook in self.after_write:
+            try:
+                hook()
+            except Exception:
+                log.exception("after-write hook failed")
 
     def _retrying(self, write: Any, stopping: bool) -> bool:
         """Run ``write`` until it succeeds; False if it was given up at shutdown.

@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("hm_cli.envcmd", "env"),
     "doctor": ("hm_cli.doctor", "doctor"),
     "report": ("hm_cli.report", "report"),
+    "budget": ("hm_cli.budget", "budget"),
     "cloud": ("hm_cli.cloud", "cloud"),
 }
 
@@ -33,6 +34,7 @@ _SUMMARIES = {
     "env": "Print the environment that points programs at the proxy.",
     "doctor": "Check everything that can go wrong, and say how to fix it.",
     "report": "Spend and tokens from the local database.",
+    "budget": "Budgets: spend per period, alerts, blocks (list, status, snooze).",
     "cloud": "Pair with a Halton Meter Cloud workspace and sync.",
 }
 

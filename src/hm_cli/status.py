@@ -26,8 +26,10 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
     problems = [reason]
     warnings: list[str] = []
     host, port, cloud_enabled = "127.0.0.1", 8090, False
+    budgets: list[Any] = []
     try:
         cfg = load_config(hp)
+        budgets = cfg.budgets
         host, port, cloud_enabled = cfg.listen_host, cfg.listen_port, cfg.cloud_enabled
         warnings = list(cfg.warnings)
     except ConfigError as exc:
@@ -73,7 +75,20 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
         else _offline_cloud(hp.home),
         "components": {},
         "config_warnings": warnings,
+        "budgets": _offline_budgets(hp.db, budgets, problems),
     }
+
+
+def _offline_budgets(db: Path, budgets: list[Any], problems: list[str]) -> list[dict[str, Any]]:
+    if not budgets:
+        return []
+    from hm_agent.budgets import offline_views
+
+    try:
+        return offline_views(db, budgets)
+    except Exception as exc:  # a broken db is reported once above; keep status alive
+        problems.append(f"cannot count budget spend: {exc}")
+        return []
 
 
 def _offline_cloud(home: Path) -> dict[str, Any]:
@@ -157,6 +172,8 @@ def render(st: dict[str, Any]) -> None:
 
         line += " " + _dim(clean(f"({explain_paused(str(reason))})"))
     echo(line)
+    for b in st.get("budgets") or []:
+        render_budget(b)
     for name, comp in (st.get("components") or {}).items():
         if comp.get("state") == "crashed":
             echo(f"{_dot(False)} {clean(name)} worker crashed: {clean(comp.get('error'))} "
@@ -165,6 +182,21 @@ def render(st: dict[str, Any]) -> None:
         echo(f"  {click.style('!', fg='red')} {clean(problem)}")
     for warning in st.get("config_warnings") or []:
         echo(f"  {click.style('!', fg='yellow')} {clean(warning)}")
+
+
+def render_budget(b: dict[str, Any]) -> None:
+    """One line per budget: spend of the period against the limit, and what fired."""
+    state = ""
+    if b.get("blocking"):
+        state = " " + click.style("BLOCKING", fg="red")
+    elif b.get("snoozed_until"):
+        state = " " + _dim(f"(block snoozed until {b['snoozed_until']})")
+    elif b.get("fired"):
+        state = " " + click.style(f"alerted at {max(b['fired'])}%", fg="yellow")
+    unknown = f", {b['unpriced_calls']} unknown price" if b.get("unpriced_calls") else ""
+    facts = _dim(f"({b['period']} {b['period_key']}{unknown})")
+    click.echo(f"  budget       {b['name']} ${b['spend_usd']} of ${b['limit_usd']} = {b['percent']:.1f}%"
+               f"{state} {facts}")
 
 
 @click.command()
