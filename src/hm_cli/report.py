@@ -140,21 +140,30 @@ class _Keys:
         return None if value is None else str(value)
 
 
-def build_report(home: Any, from_day: str, to_day: str, by: str,
-                 where: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
+def read_rows(home: Any, from_day: str, to_day: str) -> list[Any]:
+    """The report columns of the rows of [from_day, to_day]; a bad database fails in one line."""
     from hm_agent.home import paths
     from hm_agent.store import Store, StoreError, unreadable
 
     hp = paths(home)
-    rows: list[Any] = []
-    if hp.db.exists():
-        try:
-            with Store(hp.db, readonly=True) as store:
-                rows = store.report_rows(from_day, to_day)
-        except StoreError as exc:
-            fail(str(exc))
-        except Exception as exc:  # sqlite3.Error and friends: one line with the fix, no traceback
-            fail(unreadable(hp.db, exc))
+    if not hp.db.exists():
+        return []
+    try:
+        with Store(hp.db, readonly=True) as store:
+            return store.report_rows(from_day, to_day)
+    except StoreError as exc:
+        fail(str(exc))
+    except Exception as exc:  # sqlite3.Error and friends: one line with the fix, no traceback
+        fail(unreadable(hp.db, exc))
+
+
+def build_report(home: Any, from_day: str, to_day: str, by: str,
+                 where: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
+    from hm_agent.home import paths
+    from hm_agent.store import unreadable
+
+    hp = paths(home)
+    rows = read_rows(home, from_day, to_day)
     groups: dict[str | None, Group] = {}
     total = Group("total")
     keys = _Keys()
@@ -244,8 +253,11 @@ def render_csv(rep: dict[str, Any]) -> str:
               help="Only rows where KEY (a --by dimension) is VALUE; repeatable; KEY= means not set.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/daemon.md).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV, one line per group.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "focus"]), default=None,
+              help="Output format; focus = a FOCUS 1.2 cost CSV, one line per UTC day, provider, model "
+                   "and project (docs/metrics.md).")
 def report(since: str | None, from_: str | None, to: str | None, by: str, where: tuple[str, ...],
-           as_json: bool, as_csv: bool) -> None:
+           as_json: bool, as_csv: bool, fmt: str | None) -> None:
     """Spend and tokens from the local database; works with the daemon stopped.
 
     Calls with an unknown price are shown as "unknown price", never $0.
@@ -257,12 +269,19 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
       halton-meter report --from 2026-11-01 --to 2026-11-24 --by day --csv > spend.csv
       halton-meter report --by project
       halton-meter report --by branch --where project=acme --where tag:team=ml
+      halton-meter report --since 30d --format focus > focus.csv
     """
     from hm_agent.home import home_dir
 
-    if as_json and as_csv:
-        fail("choose one of --json and --csv")
+    if as_json + as_csv + (fmt is not None) > 1:
+        fail("choose one of --json, --csv and --format")
+    as_json, as_csv = as_json or fmt == "json", as_csv or fmt == "csv"
     from_day, to_day = resolve_range(since, from_, to)
+    if fmt == "focus":
+        from .focus import focus_csv
+
+        click.echo(focus_csv(home_dir(), from_day, to_day, parse_where(where)), nl=False)
+        return
     rep = build_report(home_dir(), from_day, to_day, check_dimension(by, "--by"), parse_where(where))
     if as_json:
         click.echo(json.dumps(rep, indent=2))
