@@ -341,6 +341,14 @@ def test_totals_and_dashboard_never_overflow_on_legal_data(cloud: CloudServer) -
     assert device.totals("2026-09-01", "2026-09-30") == [
         {"date": "2026-09-09", "rows": 10_000, "cost_usd": "10000000000"}
     ]
+    by_model = device.http.get(
+        "/v1/requests/totals",
+        params={"from_date": "2026-09-01", "to_date": "2026-09-30", "group_by": "model"},
+    )
+    assert by_model.status_code == 200, by_model.text
+    assert by_model.json()["groups"] == [
+        {"key": "gpt-4o-mini", "rows": 10_000, "cost_usd": "10000000000"}
+    ]
     session = cloud.login_session("ingest@example.com", PASSWORD)
     page = session.get("/ingest/", params={"from_date": "2026-09-01", "to_date": "2026-09-30"})
     assert page.status_code == 200

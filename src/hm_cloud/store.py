@@ -769,7 +769,11 @@ def machine_group_totals(
     with engine.connect() as conn:
         key = _dimension(conn.dialect.name, group)
         rows = conn.execute(
-            select(key.label("key"), func.count(), func.sum(usage_rows.c.cost_nanos))
+            select(
+                key.label("key"),
+                func.count().label("rows"),
+                *exact_sum(usage_rows.c.cost_nanos, "nanos"),
+            )
             .where(
                 usage_rows.c.workspace_id == workspace_id,
                 usage_rows.c.machine_id == machine_id,
@@ -778,7 +782,10 @@ def machine_group_totals(
             .group_by(key)
             .order_by(key)
         ).all()
-    return [{"key": r[0], "rows": int(r[1]), "cost_usd": format_nanos(r[2])} for r in rows]
+    return [
+        {"key": r.key, "rows": int(r.rows), "cost_usd": format_nanos(joined_sum(r, "nanos"))}
+        for r in rows
+    ]
 
 
 def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:
