@@ -7,8 +7,9 @@ body, in its own process. Each client thread keeps one connection alive and
 sends POST /v1/chat/completions; for the daemon the host is configured as an
 LLM API, so every request is intercepted, tapped and written to SQLite (the
 worst case). Prints p50/p99 latency and req/s per mode, the daemon's overhead
-over bare mitmdump, the same run with db.sqlite write-locked by another
-process for 2 s, the daemon's RSS, `halton-meter status` wall time, and all
+over bare mitmdump, the daemon with attribution on vs off (a second daemon
+with ``[attribution] enabled = false``, interleaved), the same run with
+db.sqlite write-locked by another process for 2 s, the daemon's RSS, `halton-meter status` wall time, and all
 figures as one JSON line. The LAST line is the headline: the daemon against
 bare mitmdump (p50 difference, req/s and proxy CPU per request ratios).
 """
@@ -147,7 +148,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="hm-bench-"))
     procs: list[subprocess.Popen[str]] = []
-    daemon = None
+    daemon = daemon_off = None
     try:
         ca = make_ca(tmp / "ca")
         upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM_SCRIPT, str(ROOT), str(tmp / "ca")],
@@ -176,13 +177,19 @@ def main() -> None:
         daemon = start_daemon(home, "asyncio", upstream_ca=ca.ca_path,
                               extra_config=capture_host_config([f"localhost:{up_port}"]), tick_seconds=15)
         d_ctx = ssl.create_default_context(cafile=str(daemon.ca_cert_path))
+        # the same daemon with [attribution] enabled = false: what finding the caller costs
+        daemon_off = start_daemon(tmp / "home-noattr", "asyncio", upstream_ca=ca.ca_path, tick_seconds=15,
+                                  extra_config=capture_host_config([f"localhost:{up_port}"])
+                                  + "[attribution]\nenabled = false\n")
+        off_ctx = ssl.create_default_context(cafile=str(daemon_off.ca_cert_path))
 
         modes = {
             "direct": (None, direct_ctx),
             "mitmdump": (f"http://127.0.0.1:{mitm_port}", md_ctx),
             "daemon": (daemon.proxy_url, d_ctx),
+            "daemon_noattr": (daemon_off.proxy_url, off_ctx),
         }
-        proxy_pids = {"direct": None, "mitmdump": md.pid, "daemon": daemon.pid}
+        proxy_pids = {"direct": None, "mitmdump": md.pid, "daemon": daemon.pid, "daemon_noattr": daemon_off.pid}
         cpu_used = dict.fromkeys(modes, 0.0)
         for proxy, ctx in modes.values():
             run_load(url, args.warmup, c, proxy, ctx)
@@ -195,7 +202,8 @@ def main() -> None:
                 before = cpu_seconds(proxy_pids[name])
                 parts[name].append(run_load(url, per_round, c, proxy, ctx, keep=True))
                 cpu_used[name] += cpu_seconds(proxy_pids[name]) - before
-        labels = {"direct": "direct", "mitmdump": "bare mitmdump", "daemon": "daemon (metering)"}
+        labels = {"direct": "direct", "mitmdump": "bare mitmdump", "daemon": "daemon (metering)",
+                  "daemon_noattr": "daemon, attribution off"}
         for name in modes:
             results[name] = merge(parts[name])
             results[name]["proxy_cpu_ms_per_req"] = cpu_used[name] * 1000 / results[name]["n"]
@@ -203,6 +211,9 @@ def main() -> None:
             print(fmt(labels[name], results[name]) + cpu_note)
         md.terminate()
         md.wait(10)
+        attribution = daemon.status().get("attribution") or {}
+        stop_or_kill(daemon_off)
+        daemon_off = None
         n = per_round * rounds
         expected = args.warmup // c * c + n
         written = daemon.wait_rows(expected, timeout=30)
@@ -251,13 +262,20 @@ def main() -> None:
         print(f"daemon RSS after {expected + locked_n} metered requests: {rss:.1f} MiB")
         print(f"`halton-meter status` wall time (median of 10): {status_ms:.0f} ms (aim < 150 ms); "
               f"a bare `python -c pass` in the same run: {python_ms:.0f} ms")
+        off = results["daemon_noattr"]
+        print(f"attribution on vs off (same run, interleaved): p50 {d['p50_ms'] - off['p50_ms']:+.3f} ms "
+              f"(limit +0.2 ms), req/s x{d['rps'] / off['rps']:.3f}, CPU/request "
+              f"{d['proxy_cpu_ms_per_req'] - off['proxy_cpu_ms_per_req']:+.3f} ms; connections resolved "
+              f"{attribution.get('resolved')}, unresolved {attribution.get('unresolved')}, "
+              f"slowest resolution {attribution.get('slowest_ms')} ms (on the resolver thread, never the proxy's)")
         print(json.dumps({k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()}))
         print(f"daemon vs bare mitmdump: p50 {d['p50_ms'] - m['p50_ms']:+.2f} ms, req/s x{d['rps'] / m['rps']:.2f}, "
               f"CPU/request x{d['proxy_cpu_ms_per_req'] / m['proxy_cpu_ms_per_req']:.2f}"
               "   (aim: p50 <= +0.3 ms, req/s >= x0.95)")
     finally:
-        if daemon is not None:
-            stop_or_kill(daemon)
+        for running in (daemon, daemon_off):
+            if running is not None:
+                stop_or_kill(running)
         for p in procs:
             if p.poll() is None:
                 if p.stdin:
