@@ -274,7 +274,7 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
     from hm_agent.home import home_dir
 
     if as_json + as_csv + (fmt is not None) > 1:
-        fail("choose one of --json, --csv and --format")
+        fail("choose one of --json and --csv (or one --format)")
     as_json, as_csv = as_json or fmt == "json", as_csv or fmt == "csv"
     from_day, to_day = resolve_range(since, from_, to)
     if fmt == "focus":
