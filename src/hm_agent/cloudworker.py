@@ -33,6 +33,7 @@ from hm_proto import (
     BatchQuarantined,
     BatchRetryScheduled,
     BatchSplit,
+    CancelAcknowledged,
     CodeIssued,
     Denied,
     Expired,
@@ -52,6 +53,7 @@ from hm_proto import (
     Wait,
     WhoAmI,
     parse_whoami,
+    receive_cancel,
     receive_revoke,
     revoke_request,
     whoami_request,
@@ -103,10 +105,15 @@ class PairingJob:
     workspace_name: str | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope | None = None
+    client: PairingClient | None = None  # the protocol state: its device code cancels at the backend
+    saving: bool = False  # approved: the files are being written (shielded; cancel comes too late)
+    finished: anyio.Event = field(default_factory=anyio.Event)  # the pairing component is done with it
 
     def cancel(self) -> None:
-        if self.active:
+        if self.active and not self.saving:
             self.move("cancelled")
+        if self.client is not None:
+            self.client.cancel()
         if self.scope is not None:
             self.scope.cancel()
 
@@ -173,17 +180,21 @@ class PairingComponent:
         # A `cloud connect` that replaces an abandoned one is served by this
         # same run, so it never waits for the next supervisor tick.
         while (job := SERVICE.job) is not None and job.active:
-            with anyio.CancelScope() as scope:
-                job.scope = scope
-                await self._pair(ctx, job)
-            if job.active:
-                job.move("cancelled")
+            try:
+                with anyio.CancelScope() as scope:
+                    job.scope = scope
+                    await self._pair(ctx, job)
+                if job.active:
+                    job.move("cancelled")
+            finally:
+                job.finished.set()
 
     async def _pair(self, ctx: Any, job: PairingJob) -> None:
         pairing = PairingClient(
             ctx.machine_id, hostname(), os_name(), __version__, job.workspace,
             entropy=secrets.token_bytes,
         )
+        job.client = pairing
 
         def on_code(event: CodeIssued) -> None:
             job.code = event
@@ -202,6 +213,7 @@ class PairingComponent:
             try:
                 # Shielded: once approved, the files are written whole even if
                 # the user presses Ctrl-C at this very moment.
+                job.saving = True
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_save_approved, ctx, job, outcome)
             except (CloudLinkError, OSError) as exc:
@@ -525,7 +537,7 @@ async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             f"To pair again, run `halton-meter cloud disconnect` first"
         )
     if SERVICE.job is not None and SERVICE.job.active:
-        SERVICE.job.cancel()  # a newer connect replaces an abandoned one
+        await cancel_job(ctx, SERVICE.job)  # a newer connect replaces an abandoned one
     base_url = str(args.get("base_url") or ctx.config.cloud_base_url).rstrip("/")
     from hm_proto_client import parse_base_url
 
@@ -572,9 +584,43 @@ async def _connect_wait(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 @command("cloud.connect.cancel")
 async def _connect_cancel(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     job = SERVICE.job
-    if job is not None:
-        job.cancel()
-    return {"state": job.state if job else "idle"}
+    if job is None:
+        return {"state": "idle"}
+    return await cancel_job(ctx, job)
+
+
+async def cancel_job(ctx: Any, job: PairingJob) -> dict[str, Any]:
+    """Stop a pairing here and at the backend, so its code can no longer be approved.
+
+    Waits (up to 5 s) for the pairing component to let go of the job: an
+    approval that arrived first is saved whole, and the answer then says
+    ``approved`` (the Ctrl-C came too late). Otherwise the backend is told
+    (``POST /v1/pairing/cancel``); ``backend`` says whether that worked.
+    """
+    job.cancel()
+    if job.scope is not None and not job.finished.is_set():
+        with anyio.move_on_after(5):
+            await job.finished.wait()
+    reply: dict[str, Any] = {"state": job.state, "backend": None,
+                             "workspace_slug": job.workspace_slug, "workspace_name": job.workspace_name}
+    request = job.client.cancel_request() if job.client is not None and job.state == "cancelled" else None
+    if request is None:
+        return reply
+    try:
+        with anyio.fail_after(REVOKE_TIMEOUT + 1):
+            async with cloud_client(ctx.config, job.base_url, REVOKE_TIMEOUT) as client:
+                outcome = receive_cancel(await client.send(request))
+    except (CloudClientError, TimeoutError, OSError) as exc:
+        reply["backend"] = f"not told: {exc}"
+        return reply
+    if isinstance(outcome, CancelAcknowledged):
+        reply["backend"] = "cancelled"
+    elif isinstance(outcome, RetryLater):
+        reply["backend"] = f"not told: {outcome.reason}"
+    else:
+        reply["backend"] = f"not told: {outcome.status} {outcome.detail or outcome.error}".strip()
+    log.info("pairing cancelled (backend: %s)", reply["backend"])
+    return reply
 
 
 @command("cloud.status")

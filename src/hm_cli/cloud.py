@@ -134,14 +134,28 @@ def _wait_call() -> dict[str, Any]:
 
 
 def _cancel_pairing() -> None:
-    """Ctrl-C: tell the daemon to stop polling; it has written nothing yet."""
+    """Ctrl-C: the daemon stops polling and tells the backend, so the code cannot be approved."""
     from hm_agent.control import ControlError, DaemonNotRunning, control_call
 
     try:
-        control_call(_home(), "cloud.connect.cancel", timeout=5.0)
+        with spinner("Cancelling the pairing…"):
+            reply = control_call(_home(), "cloud.connect.cancel", timeout=20.0)
     except (DaemonNotRunning, ControlError, OSError):
-        pass
-    console.print("Cancelled: nothing was written. Run `halton-meter cloud connect` again to pair.")
+        reply = {}
+    if reply.get("state") == "approved":
+        name = reply.get("workspace_name") or reply.get("workspace_slug")
+        bullet(f"Too late to cancel: this machine was already paired with workspace [bold]{safe(name)}[/]. "
+               f"Undo it with `halton-meter cloud disconnect`.", colour="yellow")
+        sys.exit(0)
+    backend = str(reply.get("backend") or "")
+    if backend.startswith("not told"):
+        console.print(safe(
+            f"Cancelled here, but the backend was {backend}: the code stays valid until it expires "
+            f"(10 minutes); if someone approves it, revoke the machine on the workspace's devices page. "
+            f"Run `halton-meter cloud connect` again to pair.", 1000))
+        return
+    console.print("Cancelled: nothing was written, and the code can no longer be approved. "
+                  "Run `halton-meter cloud connect` again to pair.")
 
 
 def _configured_base_url() -> str:

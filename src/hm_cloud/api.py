@@ -177,6 +177,12 @@ async def _poll_outcome(
         )
     if status == "denied":
         raise ApiError(400, "access_denied", "The pairing request was denied in the browser")
+    if status == "cancelled":
+        raise ApiError(
+            400,
+            "expired_token",
+            "This pairing was cancelled on the machine: run `halton-meter cloud connect` again",
+        )
     if status == "consumed":
         raise ApiError(
             400,
@@ -246,6 +252,16 @@ async def pairing_poll(request: Request) -> Response:
         ended = time.time()
         with anyio.CancelScope(shield=True):  # record even if the client went away
             await state.db(store.record_poll, code_hash, ended, ended - started, interval)
+
+
+async def pairing_cancel(request: Request) -> Response:
+    """The machine gave up waiting (Ctrl-C): the code cannot be approved any more."""
+    state = cloud(request)
+    body = await _json_object(request)
+    code_hash = hash_token(field(body, "device_code", str))
+    known = await state.db(store.cancel_pairing, code_hash, time.time())
+    state.waiters.notify(code_hash)
+    return json_response({"cancelled": known})
 
 
 async def pairing_revoke(request: Request) -> Response:
@@ -355,6 +371,7 @@ async def healthz(request: Request) -> Response:
 routes = [
     Route("/v1/pairing/start", pairing_start, methods=["POST"]),
     Route("/v1/pairing/poll", pairing_poll, methods=["POST"]),
+    Route("/v1/pairing/cancel", pairing_cancel, methods=["POST"]),
     Route("/v1/pairing/revoke", pairing_revoke, methods=["POST"]),
     Route("/v1/requests/batch", requests_batch, methods=["POST"]),
     Route("/v1/requests/totals", requests_totals, methods=["GET"]),

@@ -61,6 +61,29 @@ CODE_NOT_FOUND = (
     "Code not found — it may have expired (codes last 10 minutes). "
     "Run `halton-meter cloud connect` again for a fresh code."
 )
+CODE_CANCELLED = (
+    "This pairing was cancelled on the machine (Ctrl-C in `halton-meter cloud connect`), "
+    "so it cannot be approved. Run `halton-meter cloud connect` again for a fresh code."
+)
+
+
+async def _missing_code(
+    request: Request, code: str | None, ctx: dict[str, Any], as_json: bool = False
+) -> Response:
+    """The page (or JSON error) for a code that is not pending: cancelled, or not found."""
+    state = cloud(request)
+    if code and await state.db(store.cancelled_pairing, code, time.time()):
+        if as_json:
+            raise ApiError(410, "pairing_cancelled", CODE_CANCELLED)
+        return render(
+            request,
+            "connect_missing.html",
+            {**ctx, "heading": "Pairing cancelled", "message": CODE_CANCELLED},
+            status=410,
+        )
+    if as_json:
+        raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
+    return render(request, "connect_missing.html", {**ctx, "message": CODE_NOT_FOUND}, status=404)
 MAX_RANGE_DAYS = 366
 
 
@@ -357,12 +380,7 @@ async def connect(request: Request) -> Response:
     pairing = await state.db(store.pending_pairing, code, time.time()) if code else None
     if pairing is None:
         state.limiter.miss(keys)
-        return render(
-            request,
-            "connect_missing.html",
-            {**ctx, "message": CODE_NOT_FOUND, "typed": typed},
-            status=404,
-        )
+        return await _missing_code(request, code, {**ctx, "typed": typed})
     hint = pairing["workspace_hint"]
     selected = hint if any(w.slug == hint for w in mine) else (mine[0].slug if mine else None)
     return render(
@@ -424,13 +442,8 @@ async def approve(request: Request) -> Response:
     pairing = await state.db(store.pending_pairing, code, now) if code else None
     if pairing is None:
         state.limiter.miss(keys)
-        if as_json:
-            raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
-        return render(
-            request,
-            "connect_missing.html",
-            {"message": CODE_NOT_FOUND, "typed": form["user_code"], "user_email": email},
-            status=404,
+        return await _missing_code(
+            request, code, {"typed": form["user_code"], "user_email": email}, as_json
         )
     ws = await state.db(store.member_workspace, user_id, form["workspace"])
     if ws is None:
@@ -456,15 +469,8 @@ async def approve(request: Request) -> Response:
         done = await state.db(
             store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now
         )
-    if not done:
-        if as_json:
-            raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
-        return render(
-            request,
-            "connect_missing.html",
-            {"message": CODE_NOT_FOUND, "user_email": email},
-            status=404,
-        )
+    if not done:  # cancelled (or expired) while the page was open
+        return await _missing_code(request, code, {"user_email": email}, as_json)
     state.waiters.notify(code_hash)
     if as_json:
         return Response(

@@ -401,6 +401,53 @@ def deny_pairing(engine: Engine, device_code_hash: str, now: float) -> bool:
     return done.rowcount == 1
 
 
+def cancel_pairing(engine: Engine, device_code_hash: str, now: float) -> bool:
+    """The machine gave up (Ctrl-C): the code can no longer be approved; False if unknown.
+
+    A token minted for the code is revoked with its device: the machine that
+    cancelled does not hold it (it would not have cancelled), so the device
+    would show as active and never sync.
+    """
+    with write_transaction(engine) as conn:
+        req = conn.execute(
+            select(pairings.c.status, pairings.c.device_id).where(
+                pairings.c.device_code_hash == device_code_hash
+            )
+        ).first()
+        if req is None:
+            return False
+        if req.status in ("approved", "consumed") and req.device_id is not None:
+            conn.execute(
+                update(tokens)
+                .where(tokens.c.device_id == req.device_id, tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == req.device_id, devices.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        conn.execute(
+            update(pairings)
+            .where(pairings.c.device_code_hash == device_code_hash)
+            .values(status="cancelled", token_plain=None)
+        )
+    return True
+
+
+def cancelled_pairing(engine: Engine, user_code: str, now: float) -> bool:
+    """True if the live code ``user_code`` was cancelled by its machine (the page says so)."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(pairings.c.device_code_hash).where(
+                pairings.c.user_code == user_code,
+                pairings.c.expires_at > now,
+                pairings.c.status == "cancelled",
+            )
+        ).first()
+    return found is not None
+
+
 def collect_token(engine: Engine, device_code_hash: str) -> tuple[str, Workspace, str] | None:
     """Hand out the minted token exactly once, wiping the stored copy."""
     with write_transaction(engine) as conn:

@@ -45,7 +45,9 @@ from ._http import Headers, Request, Response, TransportFailure
 from ._outcomes import CallFailed, RetryLater, Unauthorised
 from ._pairing import (
     Approved,
+    CancelAcknowledged,
     Cancelled,
+    CancelOutcome,
     CodeIssued,
     Denied,
     Expired,
@@ -58,6 +60,7 @@ from ._pairing import (
     RetryScheduled,
     SlowDown,
     StartEvent,
+    receive_cancel,
 )
 from ._reconcile import DayTotal, ReconcileOutcome, Reconciler, ReconcileResult
 from ._retry import (
@@ -134,6 +137,8 @@ __all__ = [
     "retry_after",
     # pairing
     "Approved",
+    "CancelAcknowledged",
+    "CancelOutcome",
     "Cancelled",
     "CodeIssued",
     "Denied",
@@ -202,6 +207,7 @@ __all__ = [
     "days_between",
     "is_valid_date",
     "parse_whoami",
+    "receive_cancel",
     "receive_revoke",
     "revoke_request",
     "validate_date",

@@ -29,11 +29,12 @@ from typing import TypeVar
 from ._codes import Entropy, format_user_code, looks_like_token, normalize_user_code
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._http import JSON_HEADERS, Request, Response, TransportFailure, json_body
-from ._outcomes import describe
+from ._outcomes import CallFailed, RetryLater, Unauthorised, classify_failure, describe
 from ._retry import BackoffPolicy, is_retryable, is_retryable_status, retry_after
 
 START_PATH = "/v1/pairing/start"
 POLL_PATH = "/v1/pairing/poll"
+CANCEL_PATH = "/v1/pairing/cancel"
 
 SLOW_DOWN_STEP = 5.0  # RFC 8628 §3.5: add 5 s for this and every later poll
 DEFAULT_INTERVAL = 5.0  # RFC 8628 §3.2: when the server sends no interval
@@ -489,7 +490,42 @@ class PairingClient:
     # -- cancel -----------------------------------------------------------------
 
     def cancel(self) -> PairingState:
-        """Stop for good: no more requests. A no-op once pairing is over."""
+        """Stop for good: no more polls. A no-op once pairing is over."""
         if not self.is_done:
             self._finish(_Move.CANCEL, Cancelled())
         return self.state
+
+    def cancel_request(self) -> Request | None:
+        """After :meth:`cancel`: the ``POST /v1/pairing/cancel`` that tells the backend.
+
+        None when there is nothing to tell: pairing was not cancelled, or no
+        code was ever issued (nobody saw one to approve). After this request
+        the backend refuses to approve the code (the page says it was
+        cancelled) and revokes a token it minted for it that never reached
+        us. Send it once; read the answer with :func:`receive_cancel`.
+        """
+        if self.state is not PairingState.CANCELLED or not self._device_code:
+            return None
+        return Request("POST", CANCEL_PATH, JSON_HEADERS, json_body({"device_code": self._device_code}))
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAcknowledged:
+    """The backend will not let the code be approved. ``known``: it still knew the code."""
+
+    known: bool
+
+
+CancelOutcome = CancelAcknowledged | RetryLater | CallFailed
+
+
+def receive_cancel(answer: Response | TransportFailure) -> CancelOutcome:
+    """The backend's answer to :meth:`PairingClient.cancel_request`."""
+    if isinstance(answer, Response) and answer.status == 200:
+        data = answer.json()
+        known = isinstance(data, dict) and data.get("cancelled") is True
+        return CancelAcknowledged(known=known)
+    outcome = classify_failure(answer)
+    if isinstance(outcome, Unauthorised):  # no token is involved: a 401 is a refusal like any other
+        return CallFailed(401, "unauthorised", outcome.detail)
+    return outcome
