@@ -230,3 +230,25 @@ def test_importing_hm_proto_does_not_import_zstandard() -> None:
         [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=40), max_rows=st.integers(1, 12),
+       slack=st.integers(0, 700))
+def test_build_splits_exactly_where_fit_says(sizes: list[int], max_rows: int, slack: int) -> None:
+    """build() checks the joined body's length instead of summing sizes first: same batches as fit()."""
+    from hm_proto._batch import ENVELOPE_BYTES
+
+    rows = [(f"r{i}", b'"' + b"x" * (size - 2) + b'"' if size > 1 else b"1") for i, size in enumerate(sizes)]
+    builder = BatchBuilder(None, max_rows=max_rows, max_bytes=ENVELOPE_BYTES + max(sizes) + slack)
+    expected, start = [], 0
+    while start < len(rows):
+        end = builder.fit(rows, start)
+        expected.append(tuple(r[0] for r in rows[start:end]))
+        start = end
+    batches = builder.build(rows, seeded())
+    assert [b.row_ids for b in batches] == expected
+    for batch in batches:
+        assert len(batch.body) == batch.raw_size <= builder.max_bytes
+        doc = json.loads(batch.body)
+        assert doc["batch_id"] == batch.batch_id and len(doc["rows"]) == len(batch)
