@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -171,3 +172,27 @@ def test_resolver_finds_a_real_client_and_its_environment(tmp_path: Path) -> Non
     assert (caller.repo, caller.branch, caller.env_project, caller.env_tags) == ("billing", "dev", "env-proj", {"a": "b"})
     assert caller.program is not None and caller.program.startswith("python3")
     assert resolver.resolve(("127.0.0.1", 1), local).unresolved == "gone"
+
+
+def test_sync_switches_leave_fields_out_of_the_uploaded_row_only() -> None:
+    from hm_agent.attribution import PendingCaller
+    from hm_agent.capture.tap import CapturedUsage
+    from hm_agent.writer import CapturedCall, build_row
+
+    usage = CapturedUsage(provider="openai", model="gpt-4o", host="api.openai.com",
+                          endpoint="/v1/chat/completions", status=200, stream=False, input_tokens=10,
+                          output_tokens=2)
+    pending = PendingCaller(("127.0.0.1", 1), ("127.0.0.1", 2))
+    pending.set(Caller(pid=1, program="curl", os_user="ana", cwd="/w", repo="widgets", branch="secret-branch"))
+    settings = settings_from_config({"sync_branch": False, "sync_os_user": False})
+    call = CapturedCall(id="00000000-0000-4000-8000-000000000001", ts="2026-11-24T10:00:00.000Z", usage=usage,
+                        latency_ms=5, ttfb_ms=None, caller=pending, header_tags="team=ml", attribution=settings)
+    stored = build_row(call, [])
+    assert (stored.project, stored.branch, stored.os_user, stored.tags) == (
+        "widgets", "secret-branch", "ana", '{"team":"ml"}')  # the local report has everything
+    sent = json.loads(stored.row_json)
+    assert (sent["project"], sent["branch"], sent["os_user"], sent["tags"]) == ("widgets", None, None, {"team": "ml"})
+    assert "secret-branch" not in stored.row_json.decode()
+    # a caller still resolving when the row is built: waited for, bounded
+    slow = PendingCaller(("127.0.0.1", 1), ("127.0.0.1", 2))
+    assert slow.wait(0.01).unresolved == "timeout"

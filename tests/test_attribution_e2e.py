@@ -242,3 +242,53 @@ def test_report_splits_by_project_and_filters(rig: Rig) -> None:
     assert {"ml", "payments", "growth"} <= {g["tag:team"] for g in json.loads(out.stdout)["groups"]}
     table = rig.daemon.cli("report", "--by", "project")
     assert table.returncode == 0 and "widgets" in table.stdout and "gadgets" in table.stdout
+
+
+def test_the_split_reaches_the_cloud_dashboard(rig: Rig, browser: Any, tmp_path: Path) -> None:
+    """Runs last: every row above goes through `cloud connect` and sync; the cloud agrees with the report."""
+    from decimal import Decimal
+
+    import httpx
+    from playwright.sync_api import expect
+
+    from tests.support.cloudserver import running_cloud
+
+    from .test_cloud_e2e import finish_connect, start_connect, token_of
+
+    local = json.loads(rig.daemon.cli("report", "--by", "project", "--json").stdout)["groups"]
+    want = {g["project"]: (g["calls"], Decimal(g["cost_usd"] or 0)) for g in local}
+    with running_cloud(tmp_path / "cloud") as cloud:
+        cloud.create_user("lead@example.com", "attribution-pass-1", "acme")
+        proc, code, _url = start_connect(rig.daemon, cloud)
+        session = cloud.login_session("lead@example.com", "attribution-pass-1")
+        assert cloud.approve(code, "acme", session).status_code == 200
+        finish_connect(proc)
+        headers = {"Authorization": f"Bearer {token_of(rig.daemon)}"}
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        params = {"from_date": today, "to_date": today, "group_by": "project"}
+
+        def cloud_split() -> dict[Any, tuple[int, Decimal]]:
+            answer = httpx.get(f"{cloud.base_url}/v1/requests/totals", params=params, headers=headers, timeout=10)
+            assert answer.status_code == 200, answer.text
+            return {g["key"]: (g["rows"], Decimal(g["cost_usd"])) for g in answer.json()["groups"]}
+
+        deadline = time.monotonic() + 30
+        while cloud_split() != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cloud_split() == want
+        context = browser.new_context(viewport={"width": 1200, "height": 1400})
+        try:
+            page = context.new_page()
+            page.goto(f"{cloud.app_url}/login")
+            page.get_by_label("Email").fill("lead@example.com")
+            page.get_by_label("Password").fill("attribution-pass-1")
+            page.get_by_role("button", name="Sign in").click()
+            page.goto(f"{cloud.app_url}/acme/?from_date={today}&to_date={today}")
+            split = page.locator("section", has=page.get_by_role("heading", name="By project"))
+            for project, (calls, _cost) in want.items():
+                expect(split.get_by_role("row", name=project or "(none)")).to_contain_text(str(calls))
+            members = page.locator("section", has=page.get_by_role("heading", name="By member"))
+            expect(members).to_contain_text(f"{ME}@")
+            page.screenshot(path=str(tmp_path / "dashboard-by-project.png"), full_page=True)
+        finally:
+            context.close()

@@ -550,6 +550,8 @@ async def dashboard(request: Request) -> Response:
         for name, dim in (("day", "day"), ("split", slicing.group), ("member", "member"),
                           ("machine", "machine"), ("model", "model"), ("provider", "provider"))
     }
+    for name in ("split", "member"):  # biggest spend first, like `halton-meter report`
+        groups[name].sort(key=lambda g: (-g["nanos"], -g["rows"], g["label"]))
     base = f"/{ws.slug}/?"
     keep = {"from_date": from_date, "to_date": to_date}
     for g in groups["split"]:
