@@ -91,6 +91,11 @@ sync_tags = true
 # Prometheus metrics at http://127.0.0.1:9464/metrics (docs/metrics.md); loopback only.
 # listen = "127.0.0.1:9464"
 
+[otel]
+# OpenTelemetry GenAI metrics over OTLP/HTTP (pip install 'halton-meter[otel]'):
+# endpoint = "http://127.0.0.1:4318/v1/metrics"
+# interval_s = 60
+
 [cloud]
 # Cloud sync is off until you run: halton-meter cloud connect
 enabled = false
@@ -110,6 +115,7 @@ _KNOWN: dict[str, set[str]] = {
     "budgets": set(),  # [[budgets]] entries: checked by hm_agent.budgets
     "alerts": {"webhooks"},
     "metrics": {"listen"},
+    "otel": {"endpoint", "interval_s", "timeout_s", "headers"},
 }
 
 
@@ -154,6 +160,8 @@ class Config:
     """[[budgets]] as hm_agent.budgets.Budget (docs/budgets.md)."""
     alert_webhooks: list[str] = field(default_factory=list)
     metrics_listen: str | None = None
+    otel: dict[str, Any] | None = None
+    """[otel]: endpoint, interval_s, timeout_s, headers when an endpoint is set (hm_agent.otel)."""
     """[metrics] listen: "127.0.0.1:9464" serves Prometheus /metrics there (docs/metrics.md)."""
     warnings: list[str] = field(default_factory=list)
     """Unknown keys and other non-fatal findings, one line each."""
@@ -305,6 +313,12 @@ def parse_config(text: str, path: Path) -> Config:
     try:
         cfg.metrics_listen = _loopback_listen(table("metrics"), "metrics", where)
     except ConfigError as exc:
+        errors.append(str(exc))
+    from .otel import OtelConfigError, parse_otel
+
+    try:
+        cfg.otel = parse_otel(data.get("otel"), where.at("otel", None))
+    except OtelConfigError as exc:
         errors.append(str(exc))
     _raise_all(errors, path)
     return cfg

@@ -38,6 +38,7 @@ COMPONENT_SOURCES: list[tuple[str, str]] = [
     ("hm_agent.cloudworker", "make_pairing_component"),
     ("hm_agent.outputs", "make_component"),
     ("hm_agent.metrics", "make_component"),
+    ("hm_agent.otel", "make_component"),
 ]
 
 
