@@ -318,6 +318,23 @@ class Store:
     def count_quarantined(self) -> int:
         return int(self._query("SELECT count(*) FROM sync_quarantine")[0][0])
 
+    def unpriced_rows(self, limit: int = 100_000) -> list[sqlite3.Row]:
+        """Rows with tokens but no cost (unknown model when priced): what `report --reprice` retries."""
+        with self._lock:
+            cur = self._conn.execute(
+                "SELECT id, provider, model, host, endpoint, status, stream, input_tokens, output_tokens, "
+                "cache_read_tokens, cache_write_tokens, reasoning_tokens, flags, row_json, synced_at "
+                "FROM requests WHERE cost_usd IS NULL AND price_version != 'unpriced' "
+                "AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) LIMIT ?", (limit,))
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+
+    def set_prices(self, updates: Sequence[tuple[str, str, str, bytes, str]]) -> int:
+        """(cost_usd, price_version, flags, row_json, id) for rows whose cost was unknown."""
+        return self._write(
+            "UPDATE requests SET cost_usd = ?, price_version = ?, flags = ?, row_json = ? "
+            "WHERE id = ? AND cost_usd IS NULL", updates)
+
     def mark_unsynced(self, ids: Sequence[str]) -> int:
         """Queue rows for upload again (reconcile found the cloud lacks them)."""
         return self._write("UPDATE requests SET synced_at = NULL WHERE id = ?", [(i,) for i in ids])

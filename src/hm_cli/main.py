@@ -22,6 +22,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("hm_cli.doctor", "doctor"),
     "report": ("hm_cli.report", "report"),
     "budget": ("hm_cli.budget", "budget"),
+    "prices": ("hm_cli.prices", "prices"),
     "cloud": ("hm_cli.cloud", "cloud"),
 }
 
@@ -35,6 +36,7 @@ _SUMMARIES = {
     "doctor": "Check everything that can go wrong, and say how to fix it.",
     "report": "Spend and tokens from the local database.",
     "budget": "Budgets: spend per period, alerts, blocks (list, status, snooze).",
+    "prices": "Price data in use; fetch genai-prices' newest (prices update).",
     "cloud": "Pair with a Halton Meter Cloud workspace and sync.",
 }
 

@@ -256,8 +256,10 @@ def render_csv(rep: dict[str, Any]) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "focus"]), default=None,
               help="Output format; focus = a FOCUS 1.2 cost CSV, one line per UTC day, provider, model "
                    "and project (docs/metrics.md).")
+@click.option("--reprice", is_flag=True,
+              help="First price rows whose cost is unknown with the price data in use (see `prices update`).")
 def report(since: str | None, from_: str | None, to: str | None, by: str, where: tuple[str, ...],
-           as_json: bool, as_csv: bool, fmt: str | None) -> None:
+           as_json: bool, as_csv: bool, fmt: str | None, reprice: bool) -> None:
     """Spend and tokens from the local database; works with the daemon stopped.
 
     Calls with an unknown price are shown as "unknown price", never $0.
@@ -270,6 +272,7 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
       halton-meter report --by project
       halton-meter report --by branch --where project=acme --where tag:team=ml
       halton-meter report --since 30d --format focus > focus.csv
+      halton-meter report --reprice     # after `halton-meter prices update`
     """
     from hm_agent.home import home_dir
 
@@ -277,6 +280,8 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
         fail("choose one of --json and --csv (or one --format)")
     as_json, as_csv = as_json or fmt == "json", as_csv or fmt == "csv"
     from_day, to_day = resolve_range(since, from_, to)
+    if reprice:
+        _reprice(home_dir())
     if fmt == "focus":
         from .focus import focus_csv
 
@@ -289,3 +294,23 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
         click.echo(render_csv(rep), nl=False)
     else:
         render_table(rep)
+
+
+def _reprice(home: Any) -> None:
+    """report --reprice: unknown costs priced with the current price data (one line on stderr)."""
+    from hm_agent.config import ConfigError, load_config
+    from hm_agent.home import paths
+    from hm_agent.prices import reprice_unknown
+
+    hp = paths(home)
+    if not hp.db.exists():
+        return
+    try:
+        overrides = load_config(hp).pricing_overrides
+    except ConfigError as exc:
+        fail(str(exc))
+    done = reprice_unknown(hp, overrides)
+    note = (f"; {done.synced} of them were already synced and keep an unknown cost in the cloud"
+            if done.synced else "")
+    click.echo(f"Repriced {done.repriced} rows with {done.price_version or 'the current price data'}; "
+               f"{done.still_unknown} still unknown{note}.", err=True)

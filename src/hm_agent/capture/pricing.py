@@ -6,8 +6,10 @@ lazily on first use because it pulls in pydantic.
 Result of `price`: `(cost_usd, price_version)`.
 - cost_usd: a decimal string, or None when the price is unknown.
 - price_version: "genai-prices-0.0.61" when genai-prices was asked (also when
-  it did not know the model), "override" for a config override, "unpriced"
-  when there was nothing to price (an error response, usage not reported).
+  it did not know the model), "genai-prices-0.0.61+data-YYYY-MM-DD-<hash>"
+  with data from `halton-meter prices update` (hm_agent/prices.py),
+  "override" for a config override, "unpriced" when there was nothing to
+  price (an error response, usage not reported).
 
 `flags_after_pricing` says which flags pricing adds to the row
 ("unknown_model": there were tokens, but no price for the model).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -30,21 +33,72 @@ _lock = threading.Lock()
 _genai: Any = None
 _known_providers: frozenset[str] = frozenset()
 _version = "genai-prices"
+_data_stamp: float | None = None  # mtime of <home>/prices/current when last loaded
+_next_check = 0.0
+CHECK_EVERY_S = 2.0
 
 
 def _load() -> Any:
-    global _genai, _known_providers, _version
+    global _genai
     if _genai is None:
         with _lock:
             if _genai is None:
                 import genai_prices
-                from genai_prices import data_snapshot
 
-                snapshot = data_snapshot.get_snapshot()
-                _known_providers = frozenset(p.id for p in snapshot.providers)
-                _version = f"genai-prices-{genai_prices.__version__}"
+                _use_data(genai_prices)
                 _genai = genai_prices
+    else:
+        _maybe_reload()
     return _genai
+
+
+def _use_data(genai_prices: Any) -> None:
+    """The data `halton-meter prices update` stored in the home, else the bundled data."""
+    global _known_providers, _version, _data_stamp, _next_check
+    from genai_prices import data_snapshot
+
+    from ..home import paths
+    from ..prices import PricesError, current_mtime, load_current
+
+    hp = paths()
+    _data_stamp = current_mtime(hp)
+    _next_check = time.monotonic() + CHECK_EVERY_S
+    stored = None
+    try:
+        stored = load_current(hp)
+    except PricesError as exc:
+        log.warning("stored price data unusable (%s); using the data bundled with genai-prices", exc)
+    base = f"genai-prices-{genai_prices.__version__}"
+    if stored is not None:
+        label, providers = stored
+        data_snapshot.set_custom_snapshot(data_snapshot.DataSnapshot(providers, from_auto_update=True))
+        _version = f"{base}+{label}"
+    else:
+        data_snapshot.set_custom_snapshot(None)
+        _version = base
+    _known_providers = frozenset(p.id for p in data_snapshot.get_snapshot().providers)
+
+
+def _maybe_reload() -> None:
+    """Pick up a `prices update` made while this process runs (a stat every few seconds)."""
+    global _next_check
+    now = time.monotonic()
+    if now < _next_check:
+        return
+    from ..home import paths
+    from ..prices import current_mtime
+
+    _next_check = now + CHECK_EVERY_S
+    if current_mtime(paths()) != _data_stamp:
+        with _lock:
+            _use_data(_genai)
+
+
+def reload_data() -> None:
+    """Use the newest stored price data now (the CLI, after an update)."""
+    with _lock:
+        if _genai is not None:
+            _use_data(_genai)
 
 
 def price_version() -> str:
