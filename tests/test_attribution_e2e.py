@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -97,28 +96,13 @@ class Rig:
         return self.next_row(before)
 
     def rows(self) -> list[dict[str, Any]]:
-        db = self.daemon.db_path
-        if not db.exists():
-            return []
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            conn.row_factory = sqlite3.Row
-            try:
-                return [dict(r) for r in conn.execute("SELECT * FROM requests")]
-            except sqlite3.OperationalError:
-                return []
-
-    def ids(self) -> set[str]:
-        return {r["id"] for r in self.rows()}
+        return self.daemon.rows()
 
     def next_row(self, before: set[str], timeout: float = 15) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            new = [r for r in self.rows() if r["id"] not in before]
-            if new:
-                assert len(new) == 1, new
-                return new[0]
-            time.sleep(0.05)
-        raise AssertionError("the daemon wrote no row for the call")
+        return self.daemon.next_row(before, timeout)
+
+    def ids(self) -> set[str]:
+        return self.daemon.row_ids()
 
 
 def who(row: dict[str, Any]) -> tuple[Any, ...]:

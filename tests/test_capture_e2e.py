@@ -7,7 +7,6 @@ One daemon and one fake upstream serve the whole module.
 from __future__ import annotations
 
 import json
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -62,28 +61,13 @@ class Rig:
                                    http_client=self.http(), max_retries=0)
 
     def rows(self) -> list[dict[str, Any]]:
-        db = self.home / "db.sqlite"
-        if not db.exists():
-            return []
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            conn.row_factory = sqlite3.Row
-            try:
-                return [dict(r) for r in conn.execute("SELECT * FROM requests")]
-            except sqlite3.OperationalError:
-                return []
+        return self.daemon.rows()
 
     def next_row(self, before: set[str], timeout: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            new = [r for r in self.rows() if r["id"] not in before]
-            if new:
-                assert len(new) == 1, new
-                return new[0]
-            time.sleep(0.02)
-        raise AssertionError("the daemon wrote no row for the call")
+        return self.daemon.next_row(before, timeout)
 
     def ids(self) -> set[str]:
-        return {r["id"] for r in self.rows()}
+        return self.daemon.row_ids()
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,33 @@ class Daemon:
             time.sleep(0.05)
         return count
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row of db.sqlite as a dict ([] before the first one)."""
+        import sqlite3
+
+        if not self.db_path.exists():
+            return []
+        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5) as conn:
+            conn.row_factory = sqlite3.Row
+            try:
+                return [dict(r) for r in conn.execute("SELECT * FROM requests")]
+            except sqlite3.OperationalError:
+                return []
+
+    def row_ids(self) -> set[str]:
+        return {r["id"] for r in self.rows()}
+
+    def next_row(self, before: set[str], timeout: float = 10) -> dict[str, Any]:
+        """The one row written since ``before`` (ids); fails if none comes or more than one does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = [r for r in self.rows() if r["id"] not in before]
+            if new:
+                assert len(new) == 1, new
+                return new[0]
+            time.sleep(0.02)
+        raise AssertionError("the daemon wrote no row for the call")
+
     def stop(self) -> subprocess.CompletedProcess[str]:
         return self.cli("stop")
 
