@@ -68,7 +68,7 @@ def test_worktree_and_detached_head_read_from_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("exe", "argv", "name"), [
     ("/usr/bin/curl", ["curl", "-s", "https://x"], "curl"),
-    ("/usr/bin/python3.11", ["python3", "/home/u/agents/run.py", "--fast"], "python3.11 run.py"),
+    ("/usr/bin/python3.11", ["python3", "/home/me/agents/run.py", "--fast"], "python3.11 run.py"),
     ("/usr/bin/python3.11", ["python", "-u", "-X", "dev", "-m", "mypkg.cli"], "python3.11 -m mypkg.cli"),
     ("/usr/bin/python3.11", ["python", "-c", "print(1)"], "python3.11"),
     ("/opt/node/bin/node", ["node", "--require", "x.js", "server.js"], "node server.js"),
@@ -79,10 +79,10 @@ def test_program_names(exe: str | None, argv: list[str], name: str) -> None:
 
 
 def test_glob_rules() -> None:
-    rule = glob_regex("~/work/acme/**", "/home/u")
-    assert rule.match("/home/u/work/acme") and rule.match("/home/u/work/acme/svc/x")
-    assert not rule.match("/home/u/work/acmecorp")
-    one = glob_regex("/src/*/api", "/home/u")
+    rule = glob_regex("~/work/acme/**", "/home/me")
+    assert rule.match("/home/me/work/acme") and rule.match("/home/me/work/acme/svc/x")
+    assert not rule.match("/home/me/work/acmecorp")
+    one = glob_regex("/src/*/api", "/home/me")
     assert one.match("/src/shop/api") and not one.match("/src/a/b/api")
 
 
