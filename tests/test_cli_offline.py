@@ -141,9 +141,9 @@ def home_with_rows(tmp_path: Path) -> Path:
 def test_report_with_daemon_stopped(home_with_rows: Path) -> None:
     res = cli(home_with_rows, "report")
     assert res.returncode == 0, res.stderr
-    assert "gpt-4o" in res.stdout and "$0.750000" in res.stdout
+    assert "gpt-4o" in res.stdout and "$0.75" in res.stdout
     assert "unknown price" in res.stdout
-    assert "2 call(s) have an unknown price" in res.stdout and "not counted as $0" in res.stdout
+    assert "1 call(s) have an unknown price" in res.stdout and "not counted as $0" in res.stdout
     assert "1 call(s) carried no token counts" in res.stdout
 
 
@@ -171,7 +171,7 @@ def test_report_date_range_excludes_other_days(home_with_rows: Path) -> None:
         (["--from", "11/01/2026"], "--from must be a date"),
         (["--since", "7d", "--from", "2026-11-01"], "either --since or --from/--to"),
         (["--from", "2026-11-05", "--to", "2026-11-01"], "is after --to"),
-        (["--json", "--csv"], "one of --json and --csv"),
+        (["--json", "--csv"], "one of --json, --csv and --html"),
     ],
 )
 def test_report_bad_options(tmp_path: Path, args: list[str], expected: str) -> None:

@@ -121,7 +121,8 @@ def test_sign_up_approve_see_and_revoke_a_device(
     expect(models.get_by_role("row", name=re.compile("mystery-model"))).to_contain_text(
         "unknown price"
     )
-    expect(page.locator("svg.chart rect")).to_have_count(16)
+    expect(page.locator(".hm-chart svg g.bar")).to_have_count(16)
+    expect(page.locator(".hm-chart svg g.bar rect")).to_have_count(2)  # two priced days, one model each
     screenshot(page, tmp_path, "dashboard-phone")
 
     page.get_by_role("link", name="Devices").click()
@@ -178,3 +179,46 @@ def test_signup_errors_are_shown_on_the_form(cloud: CloudServer, page: Page) -> 
     expect(page.get_by_role("alert")).to_contain_text("Choose a workspace name")
     sign_up(page, cloud, "team@example.com", "another")
     expect(page.get_by_role("alert")).to_contain_text("already exists: sign in instead")
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_dashboard_shows_errors_and_missing_usage_apart(
+    cloud: CloudServer, browser: Browser, tmp_path: Path, width: int
+) -> None:
+    slug = f"apart-{width}"
+    email = f"{slug}@example.com"
+    cloud.create_user(email, PASSWORD, slug)
+    token = cloud.pair(email, PASSWORD, slug, hostname=f"{slug}-box")["token"]
+    api = httpx.Client(base_url=cloud.base_url, headers={"Authorization": f"Bearer {token}"})
+    rows = [
+        sample_row(ts="2026-11-23T09:00:00Z", cost_usd="0.42", model="gpt-4o"),
+        sample_row(ts="2026-11-24T09:00:00Z", cost_usd="1.10", model="claude-sonnet-4", provider="anthropic"),
+        sample_row(ts="2026-11-24T10:00:00Z", cost_usd=None, model="mystery-model"),
+        sample_row(ts="2026-11-24T11:00:00Z", cost_usd=None, input_tokens=None, output_tokens=None),
+        sample_row(ts="2026-11-25T11:00:00Z", cost_usd=None, status=401, input_tokens=None, output_tokens=None),
+    ]
+    assert api.post("/v1/requests/batch", json=batch_body(rows)).status_code == 200
+    api.close()
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(f"{cloud.app_url}/login")
+        page.get_by_label("Email").fill(email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.goto(f"{cloud.app_url}/{slug}/?from_date=2026-11-20&to_date=2026-11-26")
+        totals = page.locator(".totals")
+        expect(totals).to_contain_text("Unknown price1 call")
+        expect(totals).to_contain_text("No usage reported1 call")
+        expect(totals).to_contain_text("Errors1 call")
+        expect(totals).to_contain_text("$1.52")
+        models = page.get_by_role("table", name="Spend by model")
+        expect(models.get_by_role("row", name=re.compile("gpt-4o-mini"))).to_contain_text(
+            "$0.00 + 1 without usage"
+        )
+        expect(page.locator(".hm-chart svg g.bar")).to_have_count(7)
+        expect(page.locator(".hm-legend li")).to_have_count(2)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        screenshot(page, tmp_path, f"dashboard-apart-{width}")
+    finally:
+        context.close()

@@ -11,7 +11,7 @@ import zstandard
 from hm_cloud.bodies import decode_body
 from hm_cloud.security import GuessLimiter, SessionCodec, csrf_ok, hash_password, verify_password
 from hm_cloud.store import format_nanos
-from hm_cloud.views import cost_bars, cost_cell, money, relative_time
+from hm_cloud.views import cost_cell, cost_chart, money, relative_time
 from hm_proto.server import ApiError
 
 LIMIT = 1024
@@ -84,11 +84,15 @@ def test_money_and_unknown_prices() -> None:
 
 
 def test_chart_has_a_bar_per_day() -> None:
-    bars = cost_bars(
-        [{"key": "2026-11-02", "rows": 1, "nanos": 5, "unknown": 0}], "2026-11-01", "2026-11-03"
-    )
-    assert [b.day for b in bars] == ["2026-11-01", "2026-11-02", "2026-11-03"]
-    assert bars[0].height == 0 and bars[1].height > 0
+    chart = cost_chart({"gpt-4o": {"2026-11-02": 5_000_000}}, "2026-11-01", "2026-11-03", "model")
+    assert chart.count('<g class="bar">') == 3
+    assert "<title>2026-11-02 · gpt-4o: $0.0050</title>" in chart
+    assert "<title>2026-11-01: $0</title>" in chart
+
+
+def test_cost_cell_says_apart_what_has_no_price() -> None:
+    group = {"rows": 6, "nanos": 1_100_000_000, "unknown": 1, "no_usage": 2, "errors": 1}
+    assert cost_cell(group) == "$1.10 + 1 at unknown price + 2 without usage"
 
 
 @pytest.mark.anyio

@@ -78,3 +78,28 @@ def fmt_duration(seconds: float) -> str:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def has_display() -> bool:
+    """False on a Linux machine without X11 or Wayland (a server, CI, ssh)."""
+    import os
+
+    return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def open_browser(url: str) -> bool:
+    """Open ``url`` in a browser without ever blocking a headless machine; False when there is none."""
+    if not has_display():
+        return False
+    import threading
+
+    def _open() -> None:
+        try:
+            import webbrowser
+
+            webbrowser.open(url, new=2)
+        except Exception:
+            pass
+
+    threading.Thread(target=_open, daemon=True).start()
+    return True

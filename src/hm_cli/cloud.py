@@ -168,26 +168,10 @@ def _configured_base_url() -> str:
 
 
 def _open_browser(url: str) -> None:
-    """Open the approval page without ever blocking a headless machine."""
-    import os
-    import threading
+    from hm_cli._ui import open_browser
 
-    headless = sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    )
-    if headless:
+    if not open_browser(url):
         console.print("  (no display found: open the URL above in any browser)")
-        return
-
-    def _open() -> None:
-        try:
-            import webbrowser
-
-            webbrowser.open(url, new=2)
-        except Exception:
-            pass
-
-    threading.Thread(target=_open, daemon=True).start()
 
 
 @cloud.command("whoami", short_help="Which workspace and machine this token belongs to.")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -32,19 +34,26 @@ class Group:
     usage_missing_calls: int = 0
     errors: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKEN_COLUMNS, 0))
+    per_day: dict[str, Decimal] = field(default_factory=dict)
+    """Known cost per day (for the sparkline and the charts; not in --json/--csv)."""
 
     def add(self, row: Any) -> None:
+        """Count a row. An unpriced call is exactly one of: an error (HTTP 4xx/5xx or no
+        answer: no usage, not spend), a call without token counts (usage_missing), or a
+        model the price list does not know (unknown price)."""
         self.calls += 1
-        if row["cost_usd"] is None:
-            self.unknown_price_calls += 1
-        else:
+        error = row["status"] >= 400 or row["status"] == 0
+        if error:
+            self.errors += 1
+        if row["cost_usd"] is not None:
             self.cost += Decimal(row["cost_usd"])
             self.priced_calls += 1
-        flags = (row["flags"] or "").split()
-        if "usage_missing" in flags:
-            self.usage_missing_calls += 1
-        if row["status"] >= 400 or row["status"] == 0:
-            self.errors += 1
+            self.per_day[row["day"]] = self.per_day.get(row["day"], Decimal(0)) + Decimal(row["cost_usd"])
+        elif not error:
+            if "usage_missing" in (row["flags"] or "").split():
+                self.usage_missing_calls += 1
+            else:
+                self.unknown_price_calls += 1
         for col in _TOKEN_COLUMNS:
             if row[col] is not None:
                 self.tokens[col] += int(row[col])
@@ -140,6 +149,48 @@ class _Keys:
         return None if value is None else str(value)
 
 
+@dataclass
+class Spend:
+    """A report's groups and totals, plus what only the terminal and HTML views show."""
+
+    from_date: str
+    to_date: str
+    by: str
+    where: list[tuple[str, str | None]]
+    groups: list[Group]
+    total: Group
+    previous: Group | None
+    """The same filter over the period of the same length just before (None: not compared)."""
+    previous_range: tuple[str, str] | None
+
+    def days(self) -> list[str]:
+        start, end = date.fromisoformat(self.from_date), date.fromisoformat(self.to_date)
+        return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+    def report(self) -> dict[str, Any]:
+        """The --json shape (docs/daemon.md)."""
+        return {
+            "from_date": self.from_date,
+            "to_date": self.to_date,
+            "by": self.by,
+            "where": {dim: value for dim, value in self.where},
+            "groups": [g.to_dict(self.by) for g in self.groups],
+            "total": self.total.to_dict(self.by) | {self.by: None},
+        }
+
+
+MAX_COMPARED_DAYS = 366
+"""Longer ranges (e.g. --from 1970-01-01) are not compared with a previous period."""
+
+
+def _previous_range(from_day: str, to_day: str) -> tuple[str, str] | None:
+    start, end = date.fromisoformat(from_day), date.fromisoformat(to_day)
+    span = (end - start).days + 1
+    if span > MAX_COMPARED_DAYS:
+        return None
+    return (start - timedelta(days=span)).isoformat(), (start - timedelta(days=1)).isoformat()
+
+
 def read_rows(home: Any, from_day: str, to_day: str) -> list[Any]:
     """The report columns of the rows of [from_day, to_day]; a bad database fails in one line."""
     from hm_agent.home import paths
@@ -157,79 +208,190 @@ def read_rows(home: Any, from_day: str, to_day: str) -> list[Any]:
         fail(unreadable(hp.db, exc))
 
 
-def build_report(home: Any, from_day: str, to_day: str, by: str,
-                 where: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
-    from hm_agent.home import paths
-    from hm_agent.store import unreadable
+def collect(home: Any, from_day: str, to_day: str, by: str,
+            where: list[tuple[str, str | None]] | None = None, *, compare: bool = True) -> Spend:
+    previous_range = _previous_range(from_day, to_day) if compare else None
+    rows = read_rows(home, previous_range[0] if previous_range else from_day, to_day)
+    return aggregate(rows, from_day, to_day, by, where, previous_range, source=home)
 
-    hp = paths(home)
-    rows = read_rows(home, from_day, to_day)
+
+def aggregate(rows: list[Any], from_day: str, to_day: str, by: str,
+              where: list[tuple[str, str | None]] | None = None,
+              previous_range: tuple[str, str] | None = None, *, source: Any = None) -> Spend:
+    """Group rows by one dimension; rows before from_day count towards the previous period.
+
+    A damaged value (text where a number belongs) fails with one line naming the
+    database of the home ``source``."""
     groups: dict[str | None, Group] = {}
     total = Group("total")
+    previous = Group("previous") if previous_range else None
     keys = _Keys()
     try:
         for row in rows:
             if where and any(keys.get(row, dim) != value for dim, value in where):
                 continue
+            if row["day"] < from_day:
+                if previous is not None and row["day"] >= previous_range[0]:  # type: ignore[index]
+                    previous.add(row)
+                continue
+            if row["day"] > to_day:
+                continue
             key = keys.get(row, by)
             groups.setdefault(key, Group(key)).add(row)
             total.add(row)
     except Exception as exc:  # a damaged value (text where a number belongs): one line, no traceback
-        fail(unreadable(hp.db, exc))
+        from hm_agent.home import paths
+        from hm_agent.store import unreadable
+
+        fail(unreadable(paths(source).db, exc))
     ordered = sorted(groups.values(),
                      key=lambda g: (g.key or "" if by == "day" else (-g.cost, -g.calls, g.key or "")))
+    return Spend(from_day, to_day, by, list(where or []), ordered, total, previous, previous_range)
+
+
+def build_report(home: Any, from_day: str, to_day: str, by: str,
+                 where: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
+    """The --json shape (no previous-period comparison)."""
+    return collect(home, from_day, to_day, by, where, compare=False).report()
+
+
+def _money(value: str | None, unpriced: int) -> str:
+    from hm_charts import format_usd
+
+    if value is None:
+        return "unknown price" if unpriced else "$0"
+    return format_usd(Decimal(value)) + (" + unknown" if unpriced else "")
+
+
+def _label(key: str | None) -> str:
+    """A group's name as shown in the terminal (outside text: control characters removed)."""
+    return clean(NONE_LABEL if key is None else key, 120)
+
+
+def _change(now: Decimal, before: Decimal) -> str:
+    if before == 0:
+        return "new" if now else "no change"
+    pct = (now - before) / before * 100
+    if abs(pct) < Decimal("0.5"):
+        return "no change"
+    return f"{'+' if pct > 0 else '−'}{abs(pct):.0f}%"
+
+
+def comparison_line(spend: Spend) -> str | None:
+    """'previous 7 days (2026-11-15 → 2026-11-21): $1.20, 40 calls → now +25%, +10%'."""
+    prev, rng = spend.previous, spend.previous_range
+    if prev is None or rng is None:
+        return None
+    days = len(spend.days())
+    span = f"previous {days} day{'s' if days != 1 else ''} ({rng[0]} → {rng[1]})"
+    if not prev.calls:
+        return f"{span}: no calls recorded"
+    from hm_charts import format_usd
+
+    return (f"{span}: {format_usd(prev.cost)}, {prev.calls:,} call{'s' if prev.calls != 1 else ''}; "
+            f"now {_change(spend.total.cost, prev.cost)} in cost, {_change(Decimal(spend.total.calls), Decimal(prev.calls))} in calls")
+
+
+# Columns of the terminal table, most important first: at a narrow width the
+# last ones are left out whole, so the key and the cost are never cut.
+_OPTIONAL = ("cache write", "cache read", "output", "input", "per day")
+
+
+def _cells(spend: Spend, g: Group, days: list[str], spark_cells: int) -> dict[str, str]:
+    from hm_charts import hbar, sparkline
+
+    values = [g.per_day.get(d, Decimal(0)) for d in days]
+    if spend.by == "day":
+        peak = max((x.cost for x in spend.groups), default=Decimal(0))
+        trend = hbar(g.cost, peak, 12) if g is not spend.total else ""
+    else:
+        trend = sparkline(values, spark_cells)
+    d = g.to_dict(spend.by)
     return {
-        "from_date": from_day,
-        "to_date": to_day,
-        "by": by,
-        "where": {dim: value for dim, value in where or []},
-        "groups": [g.to_dict(by) for g in ordered],
-        "total": total.to_dict(by) | {by: None},
+        "calls": f"{g.calls:,}",
+        "errors": f"{g.errors:,}" if g.errors else "",
+        "input": f"{g.tokens['input_tokens']:,}",
+        "output": f"{g.tokens['output_tokens']:,}",
+        "cache read": f"{g.tokens['cache_read_tokens']:,}",
+        "cache write": f"{g.tokens['cache_write_tokens']:,}",
+        "cost (USD)": _money(d["cost_usd"], g.unknown_price_calls + g.usage_missing_calls),
+        "per day": trend,
     }
 
 
-def _money(value: str | None, unknown: int) -> str:
-    if value is None:
-        return "unknown price" if unknown else "$0"
-    amount = Decimal(value)
-    text = f"${amount:,.6f}" if amount < 1 else f"${amount:,.2f}"
-    return text + (" + unknown" if unknown else "")
+def _header(name: str, by: str) -> str:
+    return ("spend" if by == "day" else "per day") if name == "per day" else name
 
 
-def render_table(rep: dict[str, Any]) -> None:
+def render_table(spend: Spend, width: int | None = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
-    by = rep["by"]
-    where = "".join(f", {k} = {NONE_LABEL if v is None else v}" for k, v in rep.get("where", {}).items())
-    table = Table(title=safe(f"LLM spend {rep['from_date']} → {rep['to_date']} by {by}{where}"),
-                  title_justify="left")
-    table.add_column(by)
-    for col in ("calls", "input", "output", "cache read", "cache write"):
-        table.add_column(col, justify="right")
-    table.add_column("cost (USD)", justify="right")
-    for g in [*rep["groups"], rep["total"]]:
-        is_total = g is rep["total"]
-        table.add_row(
-            "[bold]total[/bold]" if is_total else safe(NONE_LABEL if g[by] is None else g[by], 120),
-            f"{g['calls']:,}", f"{g['input_tokens']:,}", f"{g['output_tokens']:,}",
-            f"{g['cache_read_tokens']:,}", f"{g['cache_write_tokens']:,}",
-            _money(g["cost_usd"], g["unknown_price_calls"]),
-            end_section=not is_total and g is rep["groups"][-1],
-        )
-    if not rep["groups"]:
-        out.print(f"No LLM calls recorded between {rep['from_date']} and {rep['to_date']}. "
+    if width is not None:
+        out.width = width
+    by = spend.by
+    if not spend.groups:
+        out.print(f"No LLM calls recorded between {spend.from_date} and {spend.to_date}. "
                   f"Send some through the proxy (eval \"$(halton-meter env)\") and check `halton-meter status`.")
         return
+    days = spend.days()
+    columns = ["calls", "errors", "input", "output", "cache read", "cache write", "cost (USD)", "per day"]
+    if not spend.total.errors:
+        columns.remove("errors")
+    if by != "day" and len(days) < 2:
+        columns.remove("per day")
+    key_width = max(len(by), 5, *(len(_label(g.key)) for g in spend.groups))
+
+    def layout(cells: int) -> tuple[list[tuple[Group, str, dict[str, str]]], dict[str, str], int]:
+        rows = [(g, _label(g.key), _cells(spend, g, days, cells)) for g in spend.groups]
+        total_cells = _cells(spend, spend.total, days, cells)
+        widths = {name: max(len(_header(name, by)), len(total_cells[name]), *(len(c[name]) for _, _, c in rows))
+                  for name in total_cells}
+        # rich's default box: 1 + (content + 3) per column
+        return rows, total_cells, 1 + key_width + 3 + sum(widths[c] + 3 for c in columns)
+
+    spark_cells = min(len(days), 14)
+    rows, total_cells, needed = layout(spark_cells)
+    for name in _OPTIONAL:
+        if needed <= out.width:
+            break
+        if name == "per day" and by != "day" and spark_cells > 7:
+            spark_cells = 7  # a week's worth of cells before giving the column up
+            rows, total_cells, needed = layout(spark_cells)
+            if needed <= out.width:
+                break
+        if name in columns:
+            columns.remove(name)
+            rows, total_cells, needed = layout(spark_cells)
+    where = "".join(f", {k} = {_label(v)}" for k, v in spend.where)
+    table = Table(title=safe(f"LLM spend {spend.from_date} → {spend.to_date} by {by}{where}"),
+                  title_justify="left")
+    table.add_column(by, no_wrap=needed <= out.width, overflow="fold")  # folded, never cut with "…"
+    for name in columns:
+        table.add_column(_header(name, by), justify="left" if name == "per day" else "right", no_wrap=True)
+    for g, label, cells in rows:
+        table.add_row(escape(label), *(cells[c] for c in columns),
+                      end_section=g is spend.groups[-1])
+    table.add_row("[bold]total[/bold]", *(total_cells[c] for c in columns))
     out.print(table)
-    total = rep["total"]
-    if total["unknown_price_calls"]:
-        out.print(f"[yellow]![/yellow] {total['unknown_price_calls']} call(s) have an unknown price (a model the "
+    line = comparison_line(spend)
+    if line:
+        out.print(escape(line))
+    total = spend.total
+    if total.unknown_price_calls:
+        out.print(f"[yellow]![/yellow] {total.unknown_price_calls} call(s) have an unknown price (a model the "
                   f"price library does not know): not counted as $0. Add a {safe('[[pricing.override]]')} in config.toml.")
-    if total["usage_missing_calls"]:
-        out.print(f"[yellow]![/yellow] {total['usage_missing_calls']} call(s) carried no token counts (usage_missing): "
-                  f"e.g. an OpenAI stream without stream_options.include_usage, or an error response. "
+    if total.usage_missing_calls:
+        out.print(f"[yellow]![/yellow] {total.usage_missing_calls} call(s) carried no token counts (usage_missing): "
+                  f"e.g. an OpenAI stream without stream_options.include_usage. "
                   f"Their tokens and cost are not in the totals.")
+    if total.errors:
+        out.print(f"[yellow]![/yellow] {total.errors} call(s) were errors (HTTP 4xx/5xx or no answer, e.g. a wrong "
+                  f"API key or model name): counted as errors, not as spend or unknown price.")
+    hidden = [c for c in ("input", "output", "cache read", "cache write") if c not in columns]
+    if hidden:
+        out.print(f"[dim]({', '.join(hidden)} left out at {out.width} columns: see --json, --csv or --html)[/dim]")
 
 
 def render_csv(rep: dict[str, Any]) -> str:
@@ -241,6 +403,9 @@ def render_csv(rep: dict[str, Any]) -> str:
     for g in groups:  # outside strings (models, hosts…) without terminal control characters
         writer.writerow({k: clean(v, 10_000) if isinstance(v, str) else v for k, v in g.items()})
     return buf.getvalue()
+
+
+DEFAULT_HTML = "halton-meter-report.html"
 
 
 @click.command()
@@ -258,8 +423,10 @@ def render_csv(rep: dict[str, Any]) -> str:
                    "and project (docs/metrics.md).")
 @click.option("--reprice", is_flag=True,
               help="First price rows whose cost is unknown with the price data in use (see `prices update`).")
+@click.option("--html", "html_file", is_flag=False, flag_value=DEFAULT_HTML, default=None, metavar="[FILE]",
+              help=f"A self-contained HTML page with charts (default file {DEFAULT_HTML}; - for stdout).")
 def report(since: str | None, from_: str | None, to: str | None, by: str, where: tuple[str, ...],
-           as_json: bool, as_csv: bool, fmt: str | None, reprice: bool) -> None:
+           as_json: bool, as_csv: bool, fmt: str | None, reprice: bool, html_file: str | None) -> None:
     """Spend and tokens from the local database; works with the daemon stopped.
 
     Calls with an unknown price are shown as "unknown price", never $0.
@@ -273,11 +440,12 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
       halton-meter report --by branch --where project=acme --where tag:team=ml
       halton-meter report --since 30d --format focus > focus.csv
       halton-meter report --reprice     # after `halton-meter prices update`
+      halton-meter report --since 30d --html spend.html
     """
     from hm_agent.home import home_dir
 
-    if as_json + as_csv + (fmt is not None) > 1:
-        fail("choose one of --json and --csv (or one --format)")
+    if as_json + as_csv + (fmt is not None) + (html_file is not None) > 1:
+        fail("choose one of --json, --csv and --html (or one --format)")
     as_json, as_csv = as_json or fmt == "json", as_csv or fmt == "csv"
     from_day, to_day = resolve_range(since, from_, to)
     if reprice:
@@ -287,13 +455,89 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
 
         click.echo(focus_csv(home_dir(), from_day, to_day, parse_where(where)), nl=False)
         return
-    rep = build_report(home_dir(), from_day, to_day, check_dimension(by, "--by"), parse_where(where))
-    if as_json:
-        click.echo(json.dumps(rep, indent=2))
-    elif as_csv:
-        click.echo(render_csv(rep), nl=False)
-    else:
-        render_table(rep)
+    dim, filters = check_dimension(by, "--by"), parse_where(where)
+    if as_json or as_csv:
+        rep = build_report(home_dir(), from_day, to_day, dim, filters)
+        click.echo(json.dumps(rep, indent=2) if as_json else render_csv(rep), nl=as_json)
+        return
+    if html_file is not None:
+        write_html_report(home_dir(), from_day, to_day, dim, filters, html_file)
+        return
+    with _reading():
+        spend = collect(home_dir(), from_day, to_day, dim, filters)
+    render_table(spend)
+
+
+def html_page(home: Any, from_day: str, to_day: str, by: str, where: list[tuple[str, str | None]]) -> str:
+    from .report_html import render_html
+
+    previous_range = _previous_range(from_day, to_day)
+    with _reading():
+        rows = read_rows(home, previous_range[0] if previous_range else from_day, to_day)
+    spend = aggregate(rows, from_day, to_day, by, where, previous_range, source=home)
+    import socket
+
+    return render_html(rows, spend, machine=socket.gethostname() or "this machine")
+
+
+def write_html_report(home: Any, from_day: str, to_day: str, by: str, where: list[tuple[str, str | None]],
+                      target: str) -> None:
+    page = html_page(home, from_day, to_day, by, where)
+    if target == "-":
+        click.echo(page, nl=False)
+        return
+    from pathlib import Path
+
+    path = Path(target).expanduser()
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}. Pick another file: --html PATH")
+    console().print(f"[green]●[/green] wrote {path.resolve()} ({len(page.encode()):,} bytes); open it in a browser")
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """A spinner on stderr while a big database is read (only on a terminal)."""
+    err = console(stderr=True)
+    if not err.is_terminal:
+        yield
+        return
+    with err.status("Reading the database…", spinner="dots"):
+        yield
+
+
+@click.command()
+@click.option("--since", default=None, help="How far back: 24h, 7d, 30d (default), 4w.")
+@click.option("--from", "from_", default=None, metavar="DATE", help="First day (YYYY-MM-DD, UTC).")
+@click.option("--to", default=None, metavar="DATE", help="Last day (YYYY-MM-DD, UTC; default today).")
+@click.option("--no-browser", is_flag=True, help="Write the page and print its path; do not open a browser.")
+def dashboard(since: str | None, from_: str | None, to: str | None, no_browser: bool) -> None:
+    """Open the local spend as a web page: charts and tables, no server, no network.
+
+    Writes `report --html` to a private temporary file and opens it in the
+    browser when there is a display; otherwise prints where it is.
+
+    \b
+    Example:
+      halton-meter dashboard --since 30d
+    """
+    import os
+    import tempfile
+
+    from hm_agent.home import home_dir
+
+    from ._ui import open_browser
+
+    from_day, to_day = resolve_range(since or (None if from_ or to else "30d"), from_, to)
+    page = html_page(home_dir(), from_day, to_day, "model", [])
+    fd, name = tempfile.mkstemp(prefix="halton-meter-dashboard-", suffix=".html")  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    out = console()
+    out.print(f"[green]●[/green] wrote {name}")
+    if no_browser or not open_browser(f"file://{name}"):
+        out.print(f"  Open it in a browser: file://{name}")
 
 
 def _reprice(home: Any) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import anyio.to_thread
 import orjson
+from markupsafe import Markup
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -560,12 +561,10 @@ async def dashboard(request: Request) -> Response:
         g["href"] = base + urlencode(keep | slicing.params(member=g["key"] or views.NONE_VALUE))
     chips = [(text, base + urlencode(keep | params)) for text, params in slicing.chips()]
     total = {
-        "rows": sum(g["rows"] for g in groups["day"]),
-        "nanos": sum(g["nanos"] for g in groups["day"]),
-        "unknown": sum(g["unknown"] for g in groups["day"]),
-        "input_tokens": sum(g["input_tokens"] for g in groups["day"]),
-        "output_tokens": sum(g["output_tokens"] for g in groups["day"]),
+        name: sum(g[name] for g in groups["day"])
+        for name in ("rows", "nanos", "unknown", "no_usage", "errors", "input_tokens", "output_tokens")
     }
+    per_model = await state.db(store.spend_per_day, ws.id, from_date, to_date, "model", slicing.filters)
     return render(
         request,
         "dashboard.html",
@@ -583,9 +582,7 @@ async def dashboard(request: Request) -> Response:
             "chips": chips,
             "hidden_filters": {k: v for k, v in slicing.params().items() if k not in ("group", "tag_key")},
             "total": total,
-            "bars": views.cost_bars(groups["day"], from_date, to_date),
-            "chart_width": views.CHART_WIDTH,
-            "chart_height": views.CHART_HEIGHT,
+            "chart": Markup(views.cost_chart(per_model, from_date, to_date, "model")),
         },
     )
 
@@ -651,6 +648,13 @@ _FAVICON = (
 )
 
 
+async def charts_css(request: Request) -> Response:
+    """The chart styles of hm_charts (the same file the local HTML report inlines)."""
+    from hm_charts import CSS
+
+    return Response(CSS, 200, {"Cache-Control": "public, max-age=3600"}, media_type="text/css")
+
+
 async def favicon(request: Request) -> Response:
     """Browsers ask for /favicon.ico on every page: answer instead of logging a 404."""
     return Response(
@@ -680,6 +684,7 @@ routes = [
     Route("/connect", connect, methods=["GET"]),
     Route("/connect/done", connect_done, methods=["GET"]),
     Route("/favicon.ico", favicon, methods=["GET"]),
+    Route("/charts.css", charts_css, methods=["GET"]),
     Route("/v1/pairing/approve", approve, methods=["POST"]),
     Route("/{workspace:slug}/", dashboard, methods=["GET"]),
     Route("/{workspace:slug}/settings/devices", devices_page, methods=["GET"]),

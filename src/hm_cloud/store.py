@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, cast, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, case, cast, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
@@ -713,6 +713,20 @@ ATTRIBUTION_GROUPS = ("project", "repo", "branch", "program", "os_user", "member
 GROUPS = ("day", "provider", "model", "machine", *ATTRIBUTION_GROUPS)
 
 
+def _outcome_columns() -> tuple[Any, Any, Any]:
+    """Counts of the three kinds of unpriced row, apart (docs/cloud.md):
+    errors (HTTP 4xx/5xx or no answer: not spend), rows without usage
+    (usage_missing: no token counts) and rows whose model has no price."""
+    c = usage_rows.c
+    error = or_(c.status >= 400, c.status == 0)
+    no_tokens = and_(c.input_tokens.is_(None), c.output_tokens.is_(None))
+    errors = func.sum(case((error, 1), else_=0))
+    no_usage = func.sum(case((and_(~error, c.cost_nanos.is_(None), no_tokens), 1), else_=0))
+    unknown = func.sum(case((and_(~error, c.cost_nanos.is_(None), ~no_tokens), 1), else_=0))
+    return errors, no_usage, unknown
+
+
+
 def valid_dimension(dim: str) -> bool:
     from hm_proto.server import tag_problem
 
@@ -745,14 +759,15 @@ def spend_breakdown(
     engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str,
     filters: dict[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows, tokens, known cost and unknown-price rows, grouped by one dimension.
+    """Rows, tokens, known cost and the unpriced rows by kind (unknown price, no
+    usage, errors: see _outcome_columns), grouped by one dimension.
 
     ``group`` is one of GROUPS or ``tag:KEY``; machine groups by machine id
     and shows the device's current hostname, member by ``os_user@machine``
     shown as ``os_user@hostname``. ``filters`` keeps only rows whose
     dimension equals the value (None: the dimension is not set).
     """
-    unknown = func.sum(func.coalesce(usage_rows.c.cost_nanos * 0, 1))
+    errors, no_usage, unknown = _outcome_columns()
     with engine.connect() as conn:
         dialect = conn.dialect.name
         key = _dimension(dialect, group)
@@ -762,6 +777,8 @@ def spend_breakdown(
                 func.count().label("rows"),
                 *exact_sum(usage_rows.c.cost_nanos, "nanos"),
                 unknown.label("unknown"),
+                no_usage.label("no_usage"),
+                errors.label("errors"),
                 *exact_sum(usage_rows.c.input_tokens, "input_tokens"),
                 *exact_sum(usage_rows.c.output_tokens, "output_tokens"),
             )
@@ -774,16 +791,7 @@ def spend_breakdown(
             .order_by(key)
         )
         rows = conn.execute(_filtered(query, dialect, filters)).all()
-        hostnames: dict[str, str] = {}
-        if group in ("machine", "member"):
-            hostnames = {
-                str(r[0]): str(r[1])
-                for r in conn.execute(
-                    select(devices.c.machine_id, devices.c.hostname).where(
-                        devices.c.workspace_id == workspace_id
-                    )
-                ).all()
-            }
+        hostnames = _hostnames(conn, workspace_id) if group in ("machine", "member") else {}
     return [
         {
             "key": None if r.key is None else str(r.key),
@@ -791,6 +799,8 @@ def spend_breakdown(
             "rows": int(r.rows),
             "nanos": joined_sum(r, "nanos"),
             "unknown": int(r.unknown or 0),
+            "no_usage": int(r.no_usage or 0),
+            "errors": int(r.errors or 0),
             "input_tokens": joined_sum(r, "input_tokens"),
             "output_tokens": joined_sum(r, "output_tokens"),
         }
@@ -833,6 +843,45 @@ def machine_group_totals(
         {"key": r.key, "rows": int(r.rows), "cost_usd": format_nanos(joined_sum(r, "nanos"))}
         for r in rows
     ]
+
+
+def _hostnames(conn: Connection, workspace_id: str) -> dict[str, str]:
+    return {
+        str(r[0]): str(r[1])
+        for r in conn.execute(
+            select(devices.c.machine_id, devices.c.hostname).where(
+                devices.c.workspace_id == workspace_id
+            )
+        ).all()
+    }
+
+
+def spend_per_day(
+    engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str,
+    filters: dict[str, str | None] | None = None,
+) -> dict[str, dict[str, int]]:
+    """Known cost in nanos per series (a dimension's labels) and day: {label: {day: nanos}}."""
+    with engine.connect() as conn:
+        dialect = conn.dialect.name
+        key = _dimension(dialect, group)
+        query = (
+            select(key.label("key"), usage_rows.c.day, *exact_sum(usage_rows.c.cost_nanos, "nanos"))
+            .where(
+                usage_rows.c.workspace_id == workspace_id,
+                usage_rows.c.day >= from_date,
+                usage_rows.c.day <= to_date,
+                usage_rows.c.cost_nanos.is_not(None),
+            )
+            .group_by(key, usage_rows.c.day)
+        )
+        rows = conn.execute(_filtered(query, dialect, filters)).all()
+        hostnames = _hostnames(conn, workspace_id) if group in ("machine", "member") else {}
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        label = _label(group, r.key, hostnames)
+        days = out.setdefault(label, {})
+        days[str(r.day)] = days.get(str(r.day), 0) + joined_sum(r, "nanos")
+    return out
 
 
 def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,13 +21,19 @@ def money(nanos: int) -> str:
 
 
 def cost_cell(group: dict[str, Any]) -> str:
-    """Known cost, and how many rows had no price: never shown as $0."""
-    if group["rows"] and group["unknown"] == group["rows"]:
+    """Known cost, then the rows with no price by kind: never shown as $0.
+
+    Errors (HTTP 4xx/5xx, no usage) are not spend: they have their own column.
+    """
+    unknown, no_usage = group.get("unknown", 0), group.get("no_usage", 0)
+    if group["rows"] and unknown == group["rows"]:
         return "unknown price"
-    text = money(group["nanos"])
-    if group["unknown"]:
-        text += f" + {group['unknown']} at unknown price"
-    return text
+    parts = [money(group["nanos"])]
+    if unknown:
+        parts.append(f"{unknown} at unknown price")
+    if no_usage:
+        parts.append(f"{no_usage} without usage")
+    return " + ".join(parts)
 
 
 def timestamp(epoch: float | None) -> str:
@@ -51,47 +56,22 @@ def relative_time(then: float | None, now: float) -> str:
     return f"{days} day ago" if days == 1 else f"{days} days ago"
 
 
-@dataclass(frozen=True)
-class Bar:
-    x: float
-    y: float
-    width: float
-    height: float
-    day: str
-    label: str
-
-
-CHART_WIDTH = 600
-CHART_HEIGHT = 180
-
-
 def day_range(from_date: str, to_date: str) -> list[str]:
     start, end = date.fromisoformat(from_date), date.fromisoformat(to_date)
     return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
-def cost_bars(per_day: list[dict[str, Any]], from_date: str, to_date: str) -> list[Bar]:
-    """One bar per day of the range (days without rows are empty bars)."""
-    by_day = {g["key"]: g for g in per_day}
+def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: str, by: str) -> str:
+    """The stacked cost-per-day chart (hm_charts, the same code as the local report)."""
+    from hm_charts import stacked_bars, top_series
+
     days = day_range(from_date, to_date)
-    peak = max((g["nanos"] for g in per_day), default=0) or 1
-    slot = CHART_WIDTH / max(1, len(days))
-    bars = []
-    for i, day in enumerate(days):
-        group = by_day.get(day, {"rows": 0, "nanos": 0, "unknown": 0})
-        height = (CHART_HEIGHT - 10) * group["nanos"] / peak
-        label = f"{day}: {cost_cell(group)} ({group['rows']} calls)"
-        bars.append(
-            Bar(
-                x=round(i * slot + slot * 0.1, 2),
-                y=round(CHART_HEIGHT - height, 2),
-                width=round(max(slot * 0.8, 0.5), 2),
-                height=round(height, 2),
-                day=day,
-                label=label,
-            )
-        )
-    return bars
+    values = {
+        label: [Decimal(per_day.get(d, 0)) / NANOS for d in days]
+        for label, per_day in per_series.items()
+        if any(per_day.values())
+    }
+    return stacked_bars(days, top_series(values), title=f"Cost per day by {by}", id_prefix="cost")
 
 
 # -- group and filter by attribution ----------------------------------------------------
