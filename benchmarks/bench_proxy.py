@@ -8,7 +8,10 @@ sends POST /v1/chat/completions; for the daemon the host is configured as an
 LLM API, so every request is intercepted, tapped and written to SQLite (the
 worst case). Prints p50/p99 latency and req/s per mode, the daemon's overhead
 over bare mitmdump, the daemon with attribution on vs off (a second daemon
-with ``[attribution] enabled = false``, interleaved), the same run with
+with ``[attribution] enabled = false``, interleaved), the daemon with
+budgets and Prometheus metrics on vs off (a third daemon with three
+``[[budgets]]`` and ``[metrics] listen``, scraped every 0.5 s during its
+rounds, interleaved), the same run with
 db.sqlite write-locked by another process for 2 s, the daemon's RSS, `halton-meter status` wall time, and all
 figures as one JSON line. The LAST line is the headline: the daemon against
 bare mitmdump (p50 difference, req/s and proxy CPU per request ratios).
@@ -137,6 +140,64 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+BUDGETS = """
+[[budgets]]
+name = "monthly"
+limit_usd = 1000000
+
+[[budgets]]
+name = "daily-gpt4o"
+period = "day"
+limit_usd = 1000000
+scope = { model = "gpt-4o" }
+action = "block"
+
+[[budgets]]
+name = "weekly-other"
+period = "week"
+limit_usd = 5
+scope = { provider = "anthropic" }
+"""
+
+
+class Scraper:
+    """GETs /metrics every 0.5 s on its own thread while started (what Prometheus would do, faster)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.scrapes = 0
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while not self._stop.wait(0.5):
+            t0 = time.perf_counter()
+            try:
+                with opener.open(self.url, timeout=10) as response:
+                    response.read()
+            except OSError:
+                continue  # not serving yet: the next tick
+            self.times.append((time.perf_counter() - t0) * 1000)
+            self.scrapes += 1
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+    def median_ms(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=5000)
@@ -148,7 +209,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="hm-bench-"))
     procs: list[subprocess.Popen[str]] = []
-    daemon = daemon_off = None
+    daemon = daemon_off = daemon_budgets = None
     try:
         ca = make_ca(tmp / "ca")
         upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM_SCRIPT, str(ROOT), str(tmp / "ca")],
@@ -182,14 +243,23 @@ def main() -> None:
                                   extra_config=capture_host_config([f"localhost:{up_port}"])
                                   + "[attribution]\nenabled = false\n")
         off_ctx = ssl.create_default_context(cafile=str(daemon_off.ca_cert_path))
+        # the daemon with budgets and /metrics on: what counting spend and serving metrics cost
+        metrics_port = free_port()
+        daemon_budgets = start_daemon(tmp / "home-budgets", "asyncio", upstream_ca=ca.ca_path, tick_seconds=15,
+                                      extra_config=capture_host_config([f"localhost:{up_port}"]) + BUDGETS
+                                      + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+        budgets_ctx = ssl.create_default_context(cafile=str(daemon_budgets.ca_cert_path))
+        scraper = Scraper(f"http://127.0.0.1:{metrics_port}/metrics")
 
         modes = {
             "direct": (None, direct_ctx),
             "mitmdump": (f"http://127.0.0.1:{mitm_port}", md_ctx),
             "daemon": (daemon.proxy_url, d_ctx),
             "daemon_noattr": (daemon_off.proxy_url, off_ctx),
+            "daemon_budgets": (daemon_budgets.proxy_url, budgets_ctx),
         }
-        proxy_pids = {"direct": None, "mitmdump": md.pid, "daemon": daemon.pid, "daemon_noattr": daemon_off.pid}
+        proxy_pids = {"direct": None, "mitmdump": md.pid, "daemon": daemon.pid, "daemon_noattr": daemon_off.pid,
+                      "daemon_budgets": daemon_budgets.pid}
         cpu_used = dict.fromkeys(modes, 0.0)
         for proxy, ctx in modes.values():
             run_load(url, args.warmup, c, proxy, ctx)
@@ -200,10 +270,14 @@ def main() -> None:
         for _ in range(rounds):
             for name, (proxy, ctx) in modes.items():
                 before = cpu_seconds(proxy_pids[name])
+                if name == "daemon_budgets":
+                    scraper.start()
                 parts[name].append(run_load(url, per_round, c, proxy, ctx, keep=True))
+                if name == "daemon_budgets":
+                    scraper.stop()
                 cpu_used[name] += cpu_seconds(proxy_pids[name]) - before
         labels = {"direct": "direct", "mitmdump": "bare mitmdump", "daemon": "daemon (metering)",
-                  "daemon_noattr": "daemon, attribution off"}
+                  "daemon_noattr": "daemon, attribution off", "daemon_budgets": "daemon + budgets + /metrics"}
         for name in modes:
             results[name] = merge(parts[name])
             results[name]["proxy_cpu_ms_per_req"] = cpu_used[name] * 1000 / results[name]["n"]
@@ -214,6 +288,9 @@ def main() -> None:
         attribution = daemon.status().get("attribution") or {}
         stop_or_kill(daemon_off)
         daemon_off = None
+        budget_view = (daemon_budgets.status().get("budgets") or [{}])[0]
+        stop_or_kill(daemon_budgets)
+        daemon_budgets = None
         n = per_round * rounds
         expected = args.warmup // c * c + n
         written = daemon.wait_rows(expected, timeout=30)
@@ -268,12 +345,18 @@ def main() -> None:
               f"{d['proxy_cpu_ms_per_req'] - off['proxy_cpu_ms_per_req']:+.3f} ms; connections resolved "
               f"{attribution.get('resolved')}, unresolved {attribution.get('unresolved')}, "
               f"slowest resolution {attribution.get('slowest_ms')} ms (on the resolver thread, never the proxy's)")
+        on = results["daemon_budgets"]
+        print(f"budgets + metrics on vs off (same run, interleaved): p50 {on['p50_ms'] - d['p50_ms']:+.3f} ms, "
+              f"p99 {on['p99_ms'] - d['p99_ms']:+.3f} ms, req/s x{on['rps'] / d['rps']:.3f}, CPU/request "
+              f"{on['proxy_cpu_ms_per_req'] - d['proxy_cpu_ms_per_req']:+.3f} ms; {scraper.scrapes} scrapes of "
+              f"/metrics (median {scraper.median_ms():.1f} ms); budget {budget_view.get('name')} counted "
+              f"{budget_view.get('priced_calls')} calls")
         print(json.dumps({k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()}))
         print(f"daemon vs bare mitmdump: p50 {d['p50_ms'] - m['p50_ms']:+.2f} ms, req/s x{d['rps'] / m['rps']:.2f}, "
               f"CPU/request x{d['proxy_cpu_ms_per_req'] / m['proxy_cpu_ms_per_req']:.2f}"
               "   (aim: p50 <= +0.3 ms, req/s >= x0.95)")
     finally:
-        for running in (daemon, daemon_off):
+        for running in (daemon, daemon_off, daemon_budgets):
             if running is not None:
                 stop_or_kill(running)
         for p in procs:
