@@ -217,7 +217,7 @@ class MeterAddon:
         # block budget is spent, LLM request bodies are read whole first: the
         # request hook must see the model before anything reaches the provider.
         if (req.method == "POST" and "content-length" in req.headers and self._streamable(req)
-                and not self._blocks_active()):
+                and not self._blocks_active(req)):
             body = _RequestBody()
             flow.metadata[_BODY_KEY] = body
             req.stream = body
@@ -235,12 +235,21 @@ class MeterAddon:
         may_inject = getattr(self.config, "inject_stream_usage", True) and route.dialect == "openai"
         return not (may_inject and req.path.partition("?")[0].endswith("completions"))
 
-    def _blocks_active(self) -> bool:
+    def _blocks_active(self, req: Any) -> bool:
+        """A spent block budget may cover a call to this host (its model is not known yet)."""
         blocks = self.budgets.blocks if self.budgets is not None else ()
         if not blocks:
             return False
+        from .capture import route_for
+
+        try:
+            route = route_for(host_key(req.host, req.port), self.config)
+        except Exception:
+            return True
+        provider = route.provider.lower() if route is not None else ""
         now = time.time()
-        return any(rule.active(now) for rule in blocks)
+        return any(rule.active(now) and all(v.lower() == provider for k, v in rule.scope if k == "provider")
+                   for rule in blocks)
 
     @staticmethod
     def _strip_our_headers(flow: Any) -> dict[str, str]:
