@@ -300,26 +300,21 @@ def parse_config(text: str, path: Path) -> Config:
     except ConfigError as exc:
         errors.append(str(exc))
 
-    from .budgets import BudgetConfigError, parse_budgets, parse_webhooks
+    from .budgets import parse_budgets, parse_webhooks
+    from .otel import parse_otel
 
-    try:
-        cfg.budgets = parse_budgets(data.get("budgets"), where.at("budgets", None))
-    except BudgetConfigError as exc:
-        errors.append(str(exc))
-    try:
-        cfg.alert_webhooks = parse_webhooks(data.get("alerts"), where.at("alerts", None))
-    except BudgetConfigError as exc:
-        errors.append(str(exc))
-    try:
-        cfg.metrics_listen = _loopback_listen(table("metrics"), "metrics", where)
-    except ConfigError as exc:
-        errors.append(str(exc))
-    from .otel import OtelConfigError, parse_otel
+    def checked(parse: Any, default: Any) -> Any:
+        """A section's own parser; its error (a ValueError) joins the others."""
+        try:
+            return parse()
+        except (ConfigError, ValueError) as exc:  # BudgetConfigError, OtelConfigError are ValueErrors
+            errors.append(str(exc))
+            return default
 
-    try:
-        cfg.otel = parse_otel(data.get("otel"), where.at("otel", None))
-    except OtelConfigError as exc:
-        errors.append(str(exc))
+    cfg.budgets = checked(lambda: parse_budgets(data.get("budgets"), where.at("budgets", None)), [])
+    cfg.alert_webhooks = checked(lambda: parse_webhooks(data.get("alerts"), where.at("alerts", None)), [])
+    cfg.metrics_listen = checked(lambda: _loopback_listen(table("metrics"), "metrics", where), None)
+    cfg.otel = checked(lambda: parse_otel(data.get("otel"), where.at("otel", None)), None)
     _raise_all(errors, path)
     return cfg
 

@@ -35,6 +35,14 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "none"
 
 
+def unknown_price(row: dict[str, Any]) -> bool:
+    """As ``report`` counts ``unknown_price_calls``: an unpriced call that is neither an error
+    (no usage, not spend) nor a call without token counts (``usage_missing``)."""
+    status = int(row["status"])
+    return (row["cost_usd"] is None and 0 < status < 400
+            and "usage_missing" not in str(row.get("flags") or "").split())
+
+
 class _Histogram:
     __slots__ = ("buckets", "count", "total")
 
@@ -91,7 +99,8 @@ class MetricsListener:
                         self.tokens[tkey] = self.tokens.get(tkey, 0) + int(value)
                 pair = (provider, model)
                 if row["cost_usd"] is None:
-                    self.unpriced[pair] = self.unpriced.get(pair, 0) + 1
+                    if unknown_price(row):
+                        self.unpriced[pair] = self.unpriced.get(pair, 0) + 1
                 else:
                     self.cost[pair] = self.cost.get(pair, Decimal(0)) + Decimal(row["cost_usd"])
                 hist = self.duration.get(provider)
