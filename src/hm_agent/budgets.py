@@ -291,7 +291,8 @@ def percent(spend: Decimal, limit: Decimal) -> float:
 
 
 def money(value: Decimal) -> str:
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:,.4f}"
+    """$1,234.50; amounts under a cent keep 4 decimals ($0.0042)."""
+    return f"${value:,.2f}" if value >= Decimal("0.01") or value == 0 else f"${value:,.4f}"
 
 
 def parse_duration(text: str) -> float:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ._ui import console, fail
+from ._ui import console, fail, safe
 
 
 def _config(home: Path) -> Any:
@@ -46,14 +46,16 @@ def _state(view: dict[str, Any]) -> str:
     if view["blocking"]:
         return "[red]BLOCKING[/red]"
     if view["snoozed_until"]:
-        return f"snoozed until {_local(view['snoozed_until'])}"
+        return f"snoozed to {_local(view['snoozed_until'])}"
+    if view["percent"] >= 100:
+        return "[red]over limit[/red]"
     if view["fired"]:
-        return f"[yellow]alerted at {max(view['fired'])}%[/yellow]"
+        return f"[yellow]alerted {max(view['fired'])}%[/yellow]"
     return "[green]ok[/green]"
 
 
 def _local(utc_text: str) -> str:
-    return datetime.fromisoformat(utc_text.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+    return datetime.fromisoformat(utc_text.replace("Z", "+00:00")).astimezone().strftime("%H:%M")
 
 
 def _money(text: str) -> str:
@@ -63,7 +65,7 @@ def _money(text: str) -> str:
 
 
 def _scope(scope: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in scope.items()) or "all"
+    return safe(", ".join(f"{k}={v}" for k, v in scope.items()) or "all")
 
 
 @click.group()
@@ -94,9 +96,11 @@ def list_(as_json: bool) -> None:
         click.echo(f"No budgets. Add one to {cfg.path}, e.g.:\n\n[[budgets]]\nname = \"monthly\"\n"
                    f"period = \"month\"\nlimit_usd = 100\n\n(docs/budgets.md has more examples.)")
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="Budgets", title_justify="left")
+    table = Table(title="Budgets", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     for col in ("name", "scope", "period", "limit", "thresholds", "action"):
         table.add_column(col, justify="right" if col == "limit" else "left")
     for r in rows:
@@ -118,20 +122,23 @@ def status(as_json: bool) -> None:
     if not views:
         click.echo("No budgets configured (see `halton-meter budget list`).")
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"Budgets (from the {source})", title_justify="left")
-    for col in ("name", "period", "spend", "limit", "used", "unknown price", "state"):
-        table.add_column(col, justify="right" if col in ("spend", "limit", "used", "unknown price") else "left")
+    table = Table(title=f"Budgets (from the {source})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for col in ("name", "period", "spend", "limit", "used", "unpriced", "state"):
+        table.add_column(col, justify="right" if col in ("spend", "limit", "used", "unpriced") else "left",
+                         no_wrap=True)
     for v in views:
         table.add_row(v["name"], str(v["period_key"]), _money(v["spend_usd"]), _money(v["limit_usd"]),
-                      f"{v['percent']:.1f}%", f"{v['unpriced_calls']} calls" if v["unpriced_calls"] else "-",
+                      f"{v['percent']:.1f}%", str(v["unpriced_calls"]) if v["unpriced_calls"] else "-",
                       _state(v))
     out = console()
     out.print(table)
     if any(v["unpriced_calls"] for v in views):
-        out.print("[yellow]![/yellow] calls with an unknown price are not in the spend (never counted as $0); "
-                  "price them with [[pricing.override]] in config.toml.")
+        out.print("[yellow]![/yellow] unpriced: calls whose price is unknown, not in the spend (never counted "
+                  f"as $0); price them with {safe('[[pricing.override]]')} in config.toml.")
 
 
 @budget.command("snooze")

@@ -191,12 +191,18 @@ def render_budget(b: dict[str, Any]) -> None:
         state = " " + click.style("BLOCKING", fg="red")
     elif b.get("snoozed_until"):
         state = " " + _dim(f"(block snoozed until {b['snoozed_until']})")
+    elif b.get("percent", 0) >= 100:
+        state = " " + click.style("over limit", fg="red")
     elif b.get("fired"):
         state = " " + click.style(f"alerted at {max(b['fired'])}%", fg="yellow")
-    unknown = f", {b['unpriced_calls']} unknown price" if b.get("unpriced_calls") else ""
+    from decimal import Decimal
+
+    from hm_agent.budgets import money
+
+    unknown = f", {b['unpriced_calls']} unpriced" if b.get("unpriced_calls") else ""
     facts = _dim(f"({b['period']} {b['period_key']}{unknown})")
-    click.echo(f"  budget       {b['name']} ${b['spend_usd']} of ${b['limit_usd']} = {b['percent']:.1f}%"
-               f"{state} {facts}")
+    click.echo(f"  budget       {b['name']} {money(Decimal(b['spend_usd']))} of {money(Decimal(b['limit_usd']))}"
+               f" = {b['percent']:.1f}%{state} {facts}")
 
 
 @click.command()
