@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,14 +147,16 @@ def test_config_rules_are_checked_with_a_clear_line(tmp_path: Path) -> None:
         parse_config('[attribution]\nenabled = "yes"\n', tmp_path / "c")
 
 
-def test_resolver_finds_a_real_client_and_its_environment(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["proc", "psutil"])
+def test_resolver_finds_a_real_client_and_its_environment(tmp_path: Path, backend: str) -> None:
+    """Linux reads /proc (and sock_diag); macOS and others use psutil, exercised here on Linux too."""
     repo = tmp_path / "proj"
     (repo / ".git").mkdir(parents=True)
     (repo / ".git" / "HEAD").write_text("ref: refs/heads/dev\n")
     (repo / ".git" / "config").write_text('[remote "origin"]\n\turl = https://h/x/billing.git\n')
-    resolver = CallerResolver()
-    if not resolver.supported:
-        pytest.skip("caller resolution is implemented for Linux")
+    resolver = CallerResolver(backend=backend)
+    if backend == "proc" and not sys.platform.startswith("linux"):
+        pytest.skip("the /proc backend is Linux's")
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen()
@@ -196,3 +200,23 @@ def test_sync_switches_leave_fields_out_of_the_uploaded_row_only() -> None:
     # a caller still resolving when the row is built: waited for, bounded
     slow = PendingCaller(("127.0.0.1", 1), ("127.0.0.1", 2))
     assert slow.wait(0.01).unresolved == "timeout"
+
+
+def test_a_fifo_in_a_hostile_repository_never_blocks(tmp_path: Path) -> None:
+    repo = tmp_path / "evil"
+    (repo / ".git").mkdir(parents=True)
+    os.mkfifo(repo / ".git" / "HEAD")
+    os.mkfifo(repo / ".git" / "config")
+    assert GitReader().read(str(repo)) == ("evil", None)
+
+
+def test_a_storm_of_connections_is_bounded_not_queued_forever() -> None:
+    from hm_agent.attribution import MAX_BACKLOG
+
+    resolver = CallerResolver()
+    resolver._thread = object()  # type: ignore[assignment]  # a resolver that never takes anything
+    queued = [resolver.open(("127.0.0.1", 1000 + i), ("127.0.0.1", 1)) for i in range(MAX_BACKLOG)]
+    assert all(p.caller is None for p in queued)
+    late = resolver.open(("127.0.0.1", 9), ("127.0.0.1", 1))
+    assert late.caller is not None and late.caller.unresolved == "busy"
+    assert resolver.stats["unresolved"] == {"busy": 1}

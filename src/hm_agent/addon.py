@@ -169,6 +169,7 @@ class MeterAddon:
     def attribution_health(self) -> dict[str, Any]:
         """``status --json`` "attribution": on/off, connections resolved and not (by reason)."""
         return {"enabled": self.attribution.enabled, "supported": self.resolver.supported,
+                "backend": self.resolver.backend,
                 **self.resolver.stats}
 
     # -- connections: who is calling (resolved off this thread) --------------------

@@ -47,6 +47,7 @@ _MAX_ENVIRON = 1 << 20
 _MAX_GIT_FILE = 256 << 10
 _MAX_DEPTH = 64
 _PID_CACHE = 512
+MAX_BACKLOG = 256  # connections waiting for the resolver; past it new ones are "busy" (unattributed)
 _REPO_CACHE = 256
 
 
@@ -182,12 +183,22 @@ def attribute(settings: Settings, caller: Caller | None, header_project: str | N
 # -- git -------------------------------------------------------------------------
 
 
-def _read_small(path: Path, limit: int = _MAX_GIT_FILE) -> str | None:
+def _read_small(path: Path | str, limit: int = _MAX_GIT_FILE) -> str | None:
+    """At most ``limit`` bytes of a regular file (a FIFO or device in a hostile repo never blocks)."""
+    import stat
+
     try:
-        with open(path, "rb") as fh:
-            return fh.read(limit).decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _clean_name(value: str | None) -> str | None:
@@ -448,10 +459,18 @@ class _Process:
 class CallerResolver:
     """Resolves connections to callers on its own thread; the proxy thread only enqueues."""
 
-    def __init__(self, proc: str = "/proc") -> None:
+    def __init__(self, proc: str = "/proc", backend: str | None = None) -> None:
         self.proc = proc
-        self.supported = sys.platform.startswith("linux") and os.path.isdir(f"{proc}/net")
-        self.uid = os.getuid()
+        if backend is None:
+            backend = "proc" if sys.platform.startswith("linux") and os.path.isdir(f"{proc}/net") else "psutil"
+        if backend == "psutil":
+            try:
+                import psutil  # noqa: F401
+            except ImportError:
+                backend = "none"
+        self.backend = backend
+        self.supported = backend != "none"
+        self.uid = os.getuid() if hasattr(os, "getuid") else -1
         self._queue: queue.SimpleQueue[PendingCaller | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._processes: OrderedDict[int, _Process] = OrderedDict()
@@ -476,6 +495,10 @@ class CallerResolver:
         pending = PendingCaller(peer, local)
         if self._thread is None:
             pending.set(UNSUPPORTED)
+        elif self._queue.qsize() >= MAX_BACKLOG:  # a storm of new connections: stay bounded
+            pending.set(Caller(unresolved="busy"))
+            why = self.stats["unresolved"]
+            why["busy"] = why.get("busy", 0) + 1
         else:
             self._queue.put(pending)
         return pending
@@ -504,6 +527,8 @@ class CallerResolver:
     # -- one connection ------------------------------------------------------------
 
     def resolve(self, peer: tuple[str, int], local: tuple[str, int]) -> Caller:
+        if self.backend == "psutil":
+            return self._resolve_psutil(peer, local)
         owner = socket_owner(peer, local, self.proc)
         if owner is None:
             return Caller(unresolved="gone")
@@ -525,6 +550,70 @@ class CallerResolver:
             pid=pid, program=info.program, os_user=self._user(uid), cwd=cwd, repo=repo, branch=branch,
             env_project=info.env_project, env_tags=info.env_tags,
         )
+
+    def _resolve_psutil(self, peer: tuple[str, int], local: tuple[str, int]) -> Caller:
+        """macOS and others: the user's own processes' TCP connections (no root needed for them).
+
+        A client of another user is not among them: it is reported "gone" (as a
+        caller that exited), with the same null fields.
+        """
+        import psutil
+
+        def owns(proc: Any) -> bool:
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except (psutil.Error, OSError):
+                return False
+            return any(c.laddr and c.raddr and (c.laddr[0], c.laddr[1]) == peer
+                       and (c.raddr[0], c.raddr[1]) == local for c in conns)
+
+        me = os.getpid()
+        found = None
+        for pid in reversed(self._recent):
+            try:
+                if owns(psutil.Process(pid)):
+                    found = psutil.Process(pid)
+                    break
+            except psutil.Error:
+                continue
+        if found is None:
+            candidates = []
+            for proc in psutil.process_iter(["pid", "uids"]):
+                uids = proc.info.get("uids")
+                if proc.pid != me and (uids is None or uids.real == self.uid):
+                    candidates.append(proc)
+            found = next((p for p in sorted(candidates, key=lambda p: -p.pid) if owns(p)), None)
+        if found is None:
+            return Caller(unresolved="gone")
+        pid = self._remember(found.pid)
+        try:
+            with found.oneshot():
+                start = int(found.create_time() * 1000)
+                known = self._processes.get(pid)
+                if known is None or known.start != start:
+                    try:
+                        env = found.environ()
+                    except (psutil.Error, OSError):
+                        env = {}
+                    project = env.get(PROJECT_ENV.decode(), "").strip() or None
+                    tags, _ = parse_tags(env.get(TAGS_ENV.decode(), ""))
+                    known = _Process(start, program_name(found.exe() or None, found.cmdline()),
+                                     project if project and name_problem(project) is None else None, tags)
+                    self._cache_process(pid, known)
+                cwd = found.cwd()
+                user = found.username()
+        except (psutil.Error, OSError):
+            return Caller(unresolved="gone")
+        repo, branch = self.git.read(cwd) if cwd else (None, None)
+        return Caller(pid=pid, program=known.program, os_user=_clean_name(user.rsplit("\\", 1)[-1]),
+                      cwd=cwd, repo=repo, branch=branch, env_project=known.env_project,
+                      env_tags=known.env_tags)
+
+    def _cache_process(self, pid: int, info: _Process) -> None:
+        self._processes[pid] = info
+        self._processes.move_to_end(pid)
+        if len(self._processes) > _PID_CACHE:
+            self._processes.popitem(last=False)
 
     def _user(self, uid: int) -> str | None:
         if uid not in self._users:
@@ -555,9 +644,7 @@ class CallerResolver:
             argv = []
         env_project, env_tags = _env_overrides(pid, self.proc)
         info = _Process(start, program_name(exe, argv), env_project, env_tags)
-        self._processes[pid] = info
-        if len(self._processes) > _PID_CACHE:
-            self._processes.popitem(last=False)
+        self._cache_process(pid, info)
         return info
 
     def _pid_of(self, inode: int) -> int | None:

@@ -264,9 +264,12 @@ class RowWriter:
 
     def _write(self, batch: list[CapturedCall], stopping: bool) -> None:
         rows: list[StoredRow] = []
+        # One wait budget per batch, not per row: a lagging resolver costs a batch at most
+        # CALLER_WAIT_S, and the rows it had no answer for are stored unattributed.
+        deadline = time.monotonic() + CALLER_WAIT_S
         for call in batch:
             try:
-                rows.append(build_row(call, self.pricing_overrides))
+                rows.append(build_row(call, self.pricing_overrides, max(0.0, deadline - time.monotonic())))
             except Exception as exc:  # a bug must not cost the other rows of the batch
                 log.exception("could not build the row of call %s", call.id)
                 self._keep_bad(_unbuildable_row(call), exc, stopping)
@@ -379,7 +382,7 @@ def _unbuildable_row(call: CapturedCall) -> StoredRow:
     )
 
 
-def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
+def build_row(call: CapturedCall, overrides: list[dict[str, Any]], caller_wait_s: float = CALLER_WAIT_S) -> StoredRow:
     """Price a captured call and shape it as the stored row and the api.md Row."""
     usage = call.usage
     from .capture import pricing
@@ -395,7 +398,7 @@ def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
     except Exception:
         log.exception("pricing flags failed for model %r", getattr(usage, "model", "?"))
         flags = set(getattr(usage, "flags", ()) or ())
-    attr = _attribution(call)
+    attr = _attribution(call, caller_wait_s)
     flags.update(attr.flags)
     synced = call.attribution.sync if call.attribution is not None else frozenset()
     tags_json = json.dumps(attr.tags, separators=(",", ":"), ensure_ascii=False) if attr.tags else None
@@ -441,11 +444,11 @@ def build_row(call: CapturedCall, overrides: list[dict[str, Any]]) -> StoredRow:
     )
 
 
-def _attribution(call: CapturedCall) -> Attributed:
+def _attribution(call: CapturedCall, wait_s: float) -> Attributed:
     if call.attribution is None:
         return Attributed()
     try:
-        caller = call.caller.wait(CALLER_WAIT_S) if call.caller is not None else None
+        caller = call.caller.wait(wait_s) if call.caller is not None else None
         return attribute(call.attribution, caller, call.header_project, call.header_tags)
     except Exception:  # attribution must never cost a row
         log.exception("attribution failed; the row is stored unattributed")
