@@ -16,17 +16,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hm_proto import (
+    RECONCILE_EVERY,
+    RECONCILE_RETRY,
     BackoffPolicy,
     BatchAccepted,
     BatchBuilder,
     BatchQuarantined,
     BatchRetryScheduled,
     BatchSplit,
+    CallFailed,
     Idle,
     LocalProtocolError,
     NeedRows,
     Paused,
+    ReconcileResult,
+    RemoteProtocolError,
     Response,
+    RetryLater,
     SendBatch,
     StateChanged,
     SyncEvent,
@@ -35,6 +41,7 @@ from hm_proto import (
     TransportFailure,
     Wait,
     parse_retry_after,
+    state_without_driver,
 )
 from hm_proto._retry import MAX_RETRY_AFTER, uniform
 from hm_proto._sync import DEGRADED_WINDOW, FLUSH_INTERVAL, SERVER_ERROR_ATTEMPTS
@@ -259,15 +266,92 @@ def test_disable_forgets_the_token() -> None:
     assert isinstance(s.next_action(0.0), Idle)
 
 
-def test_a_restart_restores_a_persisted_pause_and_history() -> None:
-    s = session(paused_reason="paused_unauthorised", last_sync_at=5.0, last_reconcile_at=3.0)
+def test_a_restart_restores_a_persisted_pause_history_and_counters() -> None:
+    s = session(
+        paused_reason="paused_unauthorised", last_sync_at=5.0, last_reconcile_at=3.0,
+        quarantined_rows=4,
+    )
     status = s.snapshot()
     assert (status.state, status.paused_reason) == (SyncState.PAUSED, "paused_unauthorised")
     assert (status.last_sync_at, status.last_reconcile_at) == (5.0, 3.0)
-    s.note_reconcile(9.0)
-    assert s.snapshot().last_reconcile_at == 9.0
+    assert status.quarantined_rows == 4  # not reset by a restart
     with pytest.raises(LocalProtocolError):
         session(paused_reason="bored")
+
+
+def test_resume_after_a_401_is_allowed_and_the_server_decides_again() -> None:
+    s = session(paused_reason="paused_unauthorised")
+    s.resume(0.0)
+    assert s.state is SyncState.ACTIVE and s.paused_reason is None
+    assert isinstance(s.next_action(0.0), NeedRows)
+    sent = send(s, make_rows(1), 0.0)
+    assert sent.batch.row_ids
+    events = s.receive(error(401, "unauthorized"), 1.0)
+    assert Paused("paused_unauthorised") in events and s.state is SyncState.PAUSED
+
+
+# -- reconcile schedule -----------------------------------------------------------
+
+
+def totals(days: dict[str, int]) -> Response:
+    body = {"days": [{"date": d, "rows": n, "cost_usd": None} for d, n in days.items()]}
+    return Response(200, (), json.dumps(body).encode())
+
+
+def test_reconcile_is_due_at_pairing_then_daily_and_on_demand() -> None:
+    s = session()
+    assert s.reconcile_due(0.0)  # at pairing
+    send_totals = s.start_reconcile("2026-11-29", 0.0)
+    assert (send_totals.from_date, send_totals.to_date) == ("2026-10-31", "2026-11-29")
+    assert send_totals.request.target.startswith("/v1/requests/totals?")
+    assert not s.reconcile_due(0.0)  # one at a time
+    with pytest.raises(LocalProtocolError, match="already in flight"):
+        s.start_reconcile("2026-11-29", 0.0)
+    outcome = s.receive_reconcile(totals({"2026-11-29": 2}), {"2026-11-29": (2, None)}, 10.0)
+    assert isinstance(outcome, ReconcileResult) and outcome.in_sync
+    assert s.snapshot().last_reconcile_at == 10.0
+    assert s.reconcile_at == 10.0 + RECONCILE_EVERY
+    assert not s.reconcile_due(10.0 + RECONCILE_EVERY - 1)
+    assert s.reconcile_due(10.0 + RECONCILE_EVERY)
+    s.request_reconcile()  # cloud sync --reconcile
+    assert s.reconcile_due(11.0)
+
+
+def test_a_restart_keeps_the_daily_rhythm_and_a_pause_stops_reconciles() -> None:
+    s = session(last_reconcile_at=-100.0)
+    assert not s.reconcile_due(0.0) and s.reconcile_due(RECONCILE_EVERY - 100.0)
+    s.pause()
+    assert not s.reconcile_due(RECONCILE_EVERY)
+    with pytest.raises(LocalProtocolError):
+        s.start_reconcile("2026-11-29", RECONCILE_EVERY)
+
+
+def test_reconcile_failures_retry_later_and_days_to_resend_poke_the_upload_loop() -> None:
+    s = session()
+    s.nothing_to_send(0.0)  # resting for the flush interval
+    s.start_reconcile("2026-11-29", 0.0)
+    late = error(503, "unavailable", (("Retry-After", "900"),))
+    assert isinstance(s.receive_reconcile(late, {}, 0.0), RetryLater)
+    assert s.reconcile_at == 900.0
+    s.start_reconcile("2026-11-29", 900.0)
+    refused = s.receive_reconcile(error(404, "not_found"), {}, 900.0)
+    assert isinstance(refused, CallFailed) and s.reconcile_at == 900.0 + RECONCILE_RETRY
+    assert "reconcile: 404" in (s.snapshot().last_error or "")
+    s.start_reconcile("2026-11-29", 2000.0)
+    with pytest.raises(RemoteProtocolError):
+        s.receive_reconcile(Response(200, (), b"[]"), {}, 2000.0)
+    assert s.reconcile_at == 2000.0 + RECONCILE_RETRY and not s.reconcile_due(2000.0)
+    s.nothing_to_send(2000.0)
+    s.start_reconcile("2026-11-29", 2001.0)
+    short = s.receive_reconcile(totals({"2026-11-29": 1}), {"2026-11-29": (3, None)}, 2001.0)
+    assert isinstance(short, ReconcileResult) and short.days_to_resend == ("2026-11-29",)
+    assert isinstance(s.next_action(2001.0), NeedRows)  # no flush rest before re-sending
+
+
+def test_the_status_of_a_sync_nobody_drives() -> None:
+    assert state_without_driver(False, None) is SyncState.NOT_CONFIGURED
+    assert state_without_driver(True, "user") is SyncState.PAUSED
+    assert state_without_driver(True, None) is SyncState.DEGRADED
 
 
 # -- retries -------------------------------------------------------------------

@@ -11,6 +11,16 @@ the session owns every decision. The loop (see docs/sync.md)::
     Wait(until)     -> sleep until `until` (or until new rows / a user command)
     Idle()          -> nothing to do until an input (resume, configure, ...)
 
+Reconcile runs beside it, on the session's schedule (at pairing, every
+``reconcile_every`` seconds after a success, ``RECONCILE_RETRY`` after a
+failure, and at once after ``request_reconcile()``)::
+
+    if session.reconcile_due(now):
+        send = session.start_reconcile(today, now)      # today: the driver's UTC date
+        local = store.totals_by_day(send.from_date, send.to_date)
+        outcome = session.receive_reconcile(answer_to(send.request), local, now)
+        ReconcileResult -> store.mark_unsynced(rows of outcome.days_to_resend)
+
 Ack-then-commit: rows become synced in the store only when the driver sees
 ``BatchAccepted`` for them, which only a 200 with a batch answer produces. A
 crash between send and ack re-sends the rows; the server de-duplicates by
@@ -20,16 +30,19 @@ rows of its own: a retry, split or bisection re-reads the oldest unsynced rows.
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, TypeGuard
 
 from ._batch import Batch, BatchBuilder, RowTooLarge, StoredRow
 from ._codes import Entropy
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._http import Request, Response, TransportFailure
-from ._outcomes import describe
+from ._outcomes import CallFailed, RetryLater, describe
+from ._reconcile import DEFAULT_DAYS, DayTotal, ReconcileOutcome, Reconciler, ReconcileResult
 from ._retry import RETRYABLE_STATUSES, BackoffPolicy, retry_after
 
 # -- states -------------------------------------------------------------------
@@ -47,6 +60,18 @@ class SyncState(StrEnum):
 PAUSED_BY_USER = "user"
 PAUSED_UNAUTHORISED = "paused_unauthorised"
 PAUSED_REASONS = (PAUSED_BY_USER, PAUSED_UNAUTHORISED)
+
+def state_without_driver(paired: bool, paused_reason: str | None) -> SyncState:
+    """The status of a sync nobody drives (the daemon is down): what the stored state tells.
+
+    NOT-CONFIGURED when not paired, PAUSED with a stored pause, else DEGRADED:
+    rows accumulate and nothing uploads them.
+    """
+    if not paired:
+        return SyncState.NOT_CONFIGURED
+    if paused_reason is not None:
+        return SyncState.PAUSED
+    return SyncState.DEGRADED
 
 
 class _Trigger(Enum):
@@ -124,6 +149,10 @@ DEGRADED_WINDOW = 300.0
 DEGRADED_AFTER_FAILURES = 3
 #: Backlog samples closer than this are coalesced (bounds memory).
 _SAMPLE_SPACING = 1.0
+#: Reconcile this often after a successful one (seconds)...
+RECONCILE_EVERY = 24 * 3600.0
+#: ...and this long after one that failed (or later, if Retry-After says so).
+RECONCILE_RETRY = 600.0
 
 
 # -- what the driver is asked to do -------------------------------------------
@@ -219,6 +248,15 @@ class StateChanged:
     state: SyncState
 
 
+@dataclass(frozen=True, slots=True)
+class SendReconcile:
+    """Send ``request`` (GET totals) and compare with the local totals of these days."""
+
+    request: Request
+    from_date: str
+    to_date: str
+
+
 SyncEvent = (
     SendBatch
     | BatchAccepted
@@ -300,8 +338,15 @@ class SyncSession:
         last_error: str | None = None,
         last_reconcile_at: float | None = None,
         quarantined_rows: int = 0,
+        reconcile_every: float = RECONCILE_EVERY,
+        reconcile_days: int = DEFAULT_DAYS,
     ) -> None:
-        """Restore from the ``cloud_state`` row: a token and a persisted pause."""
+        """Restore from what the driver stored: a token, a pause, the counters.
+
+        Times are on the caller's monotonic clock (convert stored wall times
+        by their age). Without ``last_reconcile_at`` the first reconcile is
+        due at once.
+        """
         if paused_reason is not None and paused_reason not in PAUSED_REASONS:
             raise LocalProtocolError(f"paused_reason must be one of {PAUSED_REASONS}")
         self._entropy = entropy
@@ -325,11 +370,19 @@ class SyncSession:
         self._quarantined_rows = quarantined_rows
         self._unsynced_rows: int | None = None
         self._samples: deque[tuple[float, int]] = deque()
+        if quarantined_rows < 0:
+            raise LocalProtocolError("quarantined_rows cannot be negative")
+        self._reconcile_every = reconcile_every
+        self._reconcile_days = reconcile_days
+        self._reconciler: Reconciler | None = None
+        self._reconcile_at = -math.inf
         if token is not None:
             self.configure(token)
             if paused_reason is not None:
                 self._move(_Trigger.PAUSE)
                 self._paused_reason = paused_reason
+        if last_reconcile_at is not None:
+            self._reconcile_at = last_reconcile_at + reconcile_every
 
     # -- state plumbing ----------------------------------------------------------
 
@@ -385,6 +438,7 @@ class SyncSession:
         self._consecutive_failures = 0
         self._server_error_streak = 0
         self._retry_floor = None
+        self._reconcile_at = -math.inf  # a new pairing: reconcile at once
         if self._phase is not _F:
             self._step(_Step.RESET)
 
@@ -397,6 +451,7 @@ class SyncSession:
         self._move(_Trigger.DISABLE)
         self._token = None
         self._paused_reason = None
+        self._reconciler = None
 
     def pause(self) -> None:
         """``cloud pause``: stop sending after the request in flight, if any."""
@@ -439,8 +494,68 @@ class SyncSession:
         self._evaluate_health(now, events)
         return events
 
-    def note_reconcile(self, now: float) -> None:
-        self._last_reconcile_at = now
+    # -- reconcile ---------------------------------------------------------------
+
+    def request_reconcile(self) -> None:
+        """``cloud sync --reconcile``: the next reconcile is due at once."""
+        self._reconcile_at = -math.inf
+
+    @property
+    def reconcile_at(self) -> float:
+        """When the next reconcile is due (``-inf``: at once)."""
+        return self._reconcile_at
+
+    def reconcile_due(self, now: float) -> bool:
+        """True when the driver should call ``start_reconcile`` now."""
+        return self._state in _RUNNING and self._reconciler is None and now >= self._reconcile_at
+
+    def start_reconcile(self, today: str, now: float) -> SendReconcile:
+        """The totals request for the ``reconcile_days`` days ending ``today`` (UTC date)."""
+        if self._state not in _RUNNING:
+            raise LocalProtocolError(f"cannot reconcile while {self._state.value}")
+        if self._reconciler is not None:
+            raise LocalProtocolError("a reconcile is already in flight; feed its answer first")
+        reconciler = Reconciler.last_days(today, self._reconcile_days)
+        assert self._token is not None
+        self._reconciler = reconciler
+        return SendReconcile(
+            reconciler.totals_request(self._token), reconciler.from_date, reconciler.to_date
+        )
+
+    def receive_reconcile(
+        self,
+        answer: Response | TransportFailure,
+        local_totals: Mapping[str, DayTotal],
+        now: float,
+    ) -> ReconcileOutcome:
+        """Compare and schedule the next reconcile; re-send ``days_to_resend`` at once.
+
+        After a ReconcileResult with days to re-send, the driver marks those
+        days' rows unsynced; the upload loop is already poked. A malformed
+        answer raises RemoteProtocolError (the next try is scheduled first).
+        """
+        if self._reconciler is None:
+            raise LocalProtocolError("receive_reconcile() without a reconcile in flight")
+        reconciler, self._reconciler = self._reconciler, None
+        try:
+            outcome = reconciler.receive_totals(answer, local_totals)
+        except ProtocolError:
+            self._reconcile_at = now + RECONCILE_RETRY
+            raise
+        if isinstance(outcome, ReconcileResult):
+            self._last_reconcile_at = now
+            self._reconcile_at = now + self._reconcile_every
+            if outcome.days_to_resend and self._state in _RUNNING:
+                self.sync_now(now)
+        elif isinstance(outcome, RetryLater):
+            self._reconcile_at = now + max(RECONCILE_RETRY, outcome.retry_after or 0.0)
+        else:  # Unauthorised: the next batch pauses on its own 401; CallFailed
+            self._reconcile_at = now + RECONCILE_RETRY
+        if isinstance(outcome, CallFailed):
+            self._last_error = (
+                f"reconcile: {outcome.status} {outcome.error}: {outcome.detail or 'no detail'}"
+            )
+        return outcome
 
     # -- the upload loop ---------------------------------------------------------
 
