@@ -239,8 +239,13 @@ def test_the_pairing_page_story(backend: str, cloud: CloudServer, ca: CertAuthor
         revoked = wait_for(lambda: (s := cloud_status(d))["state"] == "PAUSED" and s, what="PAUSED after 401")
         assert revoked["paused_reason"] == "paused_unauthorised"
         assert revoked["unsynced_rows"] == 1
+        # Resuming is allowed (SyncSession's rule: the server decides); the revoked token
+        # gets 401 again and the worker pauses again.
         resumed = d.cli("cloud", "resume")
-        assert resumed.returncode == 1 and "cloud connect" in resumed.stderr
+        assert resumed.returncode == 0 and "cloud connect" in resumed.stdout, resumed.stdout
+        d.cli("cloud", "sync")
+        again = wait_for(lambda: (s := cloud_status(d))["state"] == "PAUSED" and s, what="PAUSED again")
+        assert again["paused_reason"] == "paused_unauthorised"
 
         # cloud connect again fixes it; the device entry is replaced, not duplicated.
         proc, code, url = start_connect(d, cloud)

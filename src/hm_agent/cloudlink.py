@@ -55,6 +55,19 @@ def iso_from(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def monotonic_from_iso(ts: str | None, now_mono: float, now_wall: float) -> float | None:
+    """A stored wall-clock time on the monotonic clock: now, minus its age."""
+    wall = parse_iso(ts)
+    return None if wall is None else now_mono - (now_wall - wall)
+
+
+def iso_from_monotonic(at: float | None, now_mono: float, now_wall: float) -> str | None:
+    """A monotonic time (SyncSession's) as a wall-clock ISO string, by its distance from now."""
+    if at is None or at != at or at in (float("inf"), float("-inf")):
+        return None
+    return iso_from(now_wall - (now_mono - at))
+
+
 def hostname() -> str:
     return socket.gethostname()
 

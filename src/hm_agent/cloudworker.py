@@ -5,12 +5,15 @@ Two supervisor components and the ``cloud.*`` control commands live here:
 - ``cloud-pairing`` runs while a ``cloud connect`` is in progress: it drives
   a ``PairingClient`` over the async client, and on approval writes the
   pairing files (``cloudlink.save_pairing``) and wakes the supervisor;
-- ``cloud`` (the worker) runs while ``[cloud] enabled = true`` and the sync is
-  not paused: it drives a ``SyncSession`` — reads the oldest unsynced rows,
-  sends a batch, and marks rows synced only when the backend's 200 names the
-  batch (ack-then-commit) — plus a daily reconcile.
+- ``cloud`` (the worker) runs while ``[cloud] enabled = true``: it drives a
+  ``SyncSession`` — reads the oldest unsynced rows, sends a batch, and marks
+  rows synced only when the backend's 200 names the batch (ack-then-commit) —
+  plus the reconcile the session schedules.
 
-All decisions are hm_proto's; this module only moves bytes, rows and time.
+All decisions are hm_proto's, pause, resume and the reconcile schedule
+included; this module only moves bytes, rows and time, and stores and
+restores the session's state. The session runs on ``time.monotonic()``;
+stored times are wall-clock ISO strings, converted by their age.
 The cloud is reached directly (``AsyncCloudClient`` ignores HTTPS_PROXY), so
 sync traffic never passes through — nor is captured by — our own proxy.
 """
@@ -28,11 +31,14 @@ from typing import Any
 import anyio
 
 from hm_proto import (
+    PAUSED_BY_USER,
+    PAUSED_REASONS,
     Approved,
     BatchAccepted,
     BatchQuarantined,
     BatchRetryScheduled,
     BatchSplit,
+    CallFailed,
     CancelAcknowledged,
     CodeIssued,
     Denied,
@@ -42,11 +48,11 @@ from hm_proto import (
     PairingClient,
     Paused,
     ProtocolError,
-    Reconciler,
     ReconcileResult,
     RetryLater,
     Revoked,
     SendBatch,
+    SyncEvent,
     SyncSession,
     SyncState,
     Unauthorised,
@@ -64,10 +70,10 @@ from . import __version__
 from .cloudlink import (
     CloudLinkError,
     hostname,
-    iso_from,
+    iso_from_monotonic,
     load_credentials,
+    monotonic_from_iso,
     os_name,
-    parse_iso,
     save_pairing,
     utc_now_iso,
     wipe_pairing,
@@ -76,8 +82,6 @@ from .control import CommandRefused, command
 
 log = logging.getLogger("hm_agent.cloud")
 
-RECONCILE_EVERY = 24 * 3600.0
-RECONCILE_RETRY = 600.0
 BACKLOG_REFRESH = 5.0  # how often an idle worker re-counts unsynced rows
 # Seconds for one request to the backend; HALTON_METER_CLOUD_TIMEOUT overrides it
 # (fault tests use a short one to provoke client timeouts).
@@ -151,13 +155,6 @@ class CloudService:
     def __init__(self) -> None:
         self.job: PairingJob | None = None
         self.worker: CloudWorker | None = None
-        self.paused_by_user: bool | None = None  # None: not read from the store yet
-
-    def is_paused(self, store: Any) -> bool:
-        if self.paused_by_user is None:
-            state = store.get_cloud_state() or {}
-            self.paused_by_user = bool(state.get("paused"))
-        return self.paused_by_user
 
 
 SERVICE = CloudService()
@@ -221,7 +218,6 @@ class PairingComponent:
                 return
             job.workspace_slug = outcome.workspace_slug
             job.workspace_name = outcome.workspace_name
-            SERVICE.paused_by_user = False
             if SERVICE.worker is not None:
                 SERVICE.worker.reload()
             job.move("approved")
@@ -261,24 +257,13 @@ class CloudWorker:
         self._poke = anyio.Event()
         self._reload = False
         self._waiters: list[SyncWaiter] = []
-        self._reconcile_due_at: float = 0.0
-        self._reconcile_requested = False
         self._last_reconcile: dict[str, Any] | None = None
 
     # -- supervisor protocol --------------------------------------------------------
 
     def should_run(self, config: Any, home: Any) -> bool:
-        if not config.cloud_enabled:
-            return False
-        from .store import Store
-
-        if SERVICE.paused_by_user is None:
-            try:
-                with Store(home / "db.sqlite") as store:
-                    SERVICE.is_paused(store)
-            except Exception:
-                return True  # let run() report the problem
-        return not SERVICE.paused_by_user
+        # Paused or not: a paused SyncSession sends nothing, and resumes itself.
+        return bool(config.cloud_enabled)
 
     def health(self) -> dict[str, Any]:
         return self.status_dict()
@@ -310,28 +295,24 @@ class CloudWorker:
             waiter.finish(self.error or "the cloud worker is starting; try again in a few seconds")
             return waiter
         try:
-            self.session.sync_now(time.time())
+            self.session.sync_now(time.monotonic())
         except LocalProtocolError as exc:
             waiter.finish(str(exc))
             return waiter
         if reconcile:
-            self._reconcile_requested = True
+            self.session.request_reconcile()
         self._waiters.append(waiter)
         self.poke()
         return waiter
 
     def status_dict(self) -> dict[str, Any]:
-        if self.session is None:
-            state = "PAUSED" if SERVICE.paused_by_user else "DEGRADED" if self.error else "ACTIVE"
-            return {
-                "state": state,
-                "paused_reason": "user" if SERVICE.paused_by_user else None,
-                "last_error": self.error,
-            }
+        """The session's status, with its monotonic times as wall-clock ISO strings."""
+        if self.session is None:  # starting, or the credentials cannot be used (nothing uploads)
+            return {"state": SyncState.DEGRADED.value, "last_error": self.error} if self.error else {}
         snap = self.session.snapshot().to_dict()
+        now_mono, now_wall = time.monotonic(), time.time()
         for key in ("last_sync_at", "last_reconcile_at", "next_attempt_at"):
-            snap[key] = iso_from(snap[key])
-        snap["state"] = SyncState(snap["state"]).value
+            snap[key] = iso_from_monotonic(snap[key], now_mono, now_wall)
         if self.error and not snap.get("last_error"):
             snap["last_error"] = self.error
         snap["base_url"] = self.base_url
@@ -350,18 +331,19 @@ class CloudWorker:
             return None
         self.error = None
         state = await anyio.to_thread.run_sync(ctx.store.get_cloud_state) or {}
+        quarantined = await anyio.to_thread.run_sync(ctx.store.count_quarantined)
         self.base_url = creds.base_url or ctx.config.cloud_base_url
         self.workspace_slug = state.get("workspace_slug") or creds.workspace_slug
-        last_reconcile = parse_iso(state.get("last_reconcile_at"))
-        self._reconcile_due_at = 0.0 if last_reconcile is None else last_reconcile + RECONCILE_EVERY
-        reason = state.get("paused_reason") if state.get("paused") else None
+        now_mono, now_wall = time.monotonic(), time.time()
+        reason = (state.get("paused_reason") or PAUSED_BY_USER) if state.get("paused") else None
         return SyncSession(
             secrets.token_bytes,
             token=creds.token,
-            paused_reason=reason if reason in ("user", "paused_unauthorised") else None,
-            last_sync_at=parse_iso(state.get("last_sync_at")),
+            paused_reason=reason if reason in PAUSED_REASONS else None,
+            last_sync_at=monotonic_from_iso(state.get("last_sync_at"), now_mono, now_wall),
             last_error=state.get("last_error"),
-            last_reconcile_at=last_reconcile,
+            last_reconcile_at=monotonic_from_iso(state.get("last_reconcile_at"), now_mono, now_wall),
+            quarantined_rows=quarantined,
         )
 
     async def _run(self, ctx: Any) -> None:
@@ -383,11 +365,9 @@ class CloudWorker:
 
     async def _turn(self, ctx: Any, client: AsyncCloudClient, session: SyncSession) -> None:
         store = ctx.store
-        now = time.time()
-        if session.state in (SyncState.ACTIVE, SyncState.DEGRADED) and (
-            self._reconcile_requested or now >= self._reconcile_due_at
-        ):
-            await self._reconcile(ctx, client, session)
+        now = time.monotonic()
+        if session.reconcile_due(now):
+            await self._reconcile(ctx, client, session, now)
         backlog = await anyio.to_thread.run_sync(store.count_unsynced)
         session.note_backlog(backlog, now)
         action = session.next_action(now)
@@ -400,14 +380,14 @@ class CloudWorker:
             for event in session.start_batch(rows, now):
                 if isinstance(event, SendBatch):
                     answer = await client.send(event.request)
-                    answered_events = session.receive(answer, time.time())
+                    answered_events = session.receive(answer, time.monotonic())
                     for answered in answered_events:
                         await self._handle(ctx, answered)
                     if (self._waiters and session.state in (SyncState.ACTIVE, SyncState.DEGRADED)
                             and any(isinstance(e, BatchAccepted) for e in answered_events)):
                         # A `cloud sync` is waiting: look for more rows now, not after
                         # the flush rest (a `cloud sync` that uploaded rows took 5 s longer).
-                        session.sync_now(time.time())
+                        session.sync_now(time.monotonic())
                 else:
                     await self._handle(ctx, event)
             return
@@ -425,7 +405,7 @@ class CloudWorker:
                 waiter.reconcile = self._last_reconcile
             waiter.finish(error)
 
-    async def _handle(self, ctx: Any, event: Any) -> None:
+    async def _handle(self, ctx: Any, event: SyncEvent) -> None:
         store = ctx.store
         if isinstance(event, BatchAccepted):
             at = utc_now_iso()
@@ -448,11 +428,12 @@ class CloudWorker:
             log.warning("batch %s refused whole (%s); retrying in batches of %d",
                         event.batch_id, event.status, event.next_row_limit)
         elif isinstance(event, BatchRetryScheduled):
-            log.warning("upload failed (%s); retry %d at %s", event.reason, event.attempt, iso_from(event.at))
+            at_iso = iso_from_monotonic(event.at, time.monotonic(), time.time())
+            log.warning("upload failed (%s); retry %d at %s", event.reason, event.attempt, at_iso)
             await anyio.to_thread.run_sync(lambda: store.set_cloud_state(last_error=event.reason))
             for waiter in self._waiters:
                 waiter.batches.append({"status": None, "reason": event.reason})
-            self._finish_waiters(f"{event.reason}; the worker retries at {iso_from(event.at)}")
+            self._finish_waiters(f"{event.reason}; the worker retries at {at_iso}")
         elif isinstance(event, Paused):
             log.error("sync paused: %s", event.reason)
             reason = event.reason
@@ -464,19 +445,18 @@ class CloudWorker:
                 "the backend answered 401: the token was revoked. Re-run `halton-meter cloud connect`."
             )
 
-    async def _reconcile(self, ctx: Any, client: AsyncCloudClient, session: SyncSession) -> None:
+    async def _reconcile(
+        self, ctx: Any, client: AsyncCloudClient, session: SyncSession, now: float
+    ) -> None:
+        """One reconcile, when the session says it is due; it schedules the next."""
         store = ctx.store
-        self._reconcile_requested = False
-        today = datetime.now(UTC).strftime("%Y-%m-%d")
-        reconciler = Reconciler.last_days(today)
-        assert session.token is not None
-        answer = await client.send(reconciler.totals_request(session.token))
-        local = await anyio.to_thread.run_sync(store.totals_by_day, reconciler.from_date, reconciler.to_date)
+        send = session.start_reconcile(datetime.now(UTC).strftime("%Y-%m-%d"), now)
+        answer = await client.send(send.request)
+        local = await anyio.to_thread.run_sync(store.totals_by_day, send.from_date, send.to_date)
         try:
-            outcome = reconciler.receive_totals(answer, local)
+            outcome = session.receive_reconcile(answer, local, time.monotonic())
         except ProtocolError as exc:
             log.error("reconcile failed: %s", exc)
-            self._reconcile_due_at = time.time() + RECONCILE_RETRY
             self._last_reconcile = {"error": str(exc)}
             return
         if isinstance(outcome, ReconcileResult):
@@ -484,11 +464,9 @@ class CloudWorker:
             if outcome.days_to_resend:
                 rows = await anyio.to_thread.run_sync(store.rows_for_days, outcome.days_to_resend)
                 resent = await anyio.to_thread.run_sync(store.mark_unsynced, [r[0] for r in rows])
-            now = time.time()
-            session.note_reconcile(now)
-            at = iso_from(now)
+                log.info("reconcile: re-sending %d rows of %s", resent, ", ".join(outcome.days_to_resend))
+            at = utc_now_iso()
             await anyio.to_thread.run_sync(lambda: store.set_cloud_state(last_reconcile_at=at))
-            self._reconcile_due_at = now + RECONCILE_EVERY
             self._last_reconcile = {
                 "from_date": outcome.from_date,
                 "to_date": outcome.to_date,
@@ -496,18 +474,11 @@ class CloudWorker:
                 "resent_rows": resent,
                 "cloud_extra_days": list(outcome.cloud_extra_days),
             }
-            if outcome.days_to_resend:
-                log.info("reconcile: re-sending %d rows of %s", resent, ", ".join(outcome.days_to_resend))
-                session.sync_now(now)
-        elif isinstance(outcome, Unauthorised):
-            self._reconcile_due_at = time.time() + RECONCILE_RETRY  # the next batch will pause on 401
-        elif isinstance(outcome, RetryLater):
-            self._reconcile_due_at = time.time() + max(RECONCILE_RETRY, outcome.retry_after or 0)
-        else:  # CallFailed: the backend refused the totals request
+        elif isinstance(outcome, CallFailed):
             error = f"GET /v1/requests/totals answered {outcome.status} {outcome.error}: {outcome.detail or 'no detail'}"
             log.error("reconcile failed: %s", error)
-            self._reconcile_due_at = time.time() + RECONCILE_RETRY
             self._last_reconcile = {"error": error}
+        # Unauthorised and RetryLater: the session scheduled the next try.
 
 
 def make_component() -> CloudWorker:
@@ -634,8 +605,8 @@ def daemon_cloud_status(ctx: Any) -> dict[str, Any]:
 
     snap = base_status(ctx.config, ctx.store)
     worker = SERVICE.worker
-    if snap["state"] != "NOT-CONFIGURED" and "hint" not in snap and worker is not None and (
-        worker.session is not None and not SERVICE.paused_by_user
+    if snap["state"] != SyncState.NOT_CONFIGURED and "hint" not in snap and worker is not None and (
+        worker.session is not None
     ):
         live = worker.status_dict()
         for key in ("state", "paused_reason", "last_sync_at", "last_error", "last_reconcile_at",
@@ -643,7 +614,7 @@ def daemon_cloud_status(ctx: Any) -> dict[str, Any]:
             if key in live:
                 snap[key] = live[key]
         snap["last_reconcile"] = live.get("last_reconcile")
-    elif snap["state"] != "NOT-CONFIGURED" and worker is not None and worker.error:
+    elif snap["state"] != SyncState.NOT_CONFIGURED and worker is not None and worker.error:
         snap["last_error"] = worker.error
     snap["daemon_running"] = True
     return snap
@@ -655,8 +626,6 @@ async def _worker(ctx: Any, wait: float = 10.0) -> CloudWorker:
     ctx.wake()
     with anyio.move_on_after(wait):
         while SERVICE.worker is None or SERVICE.worker.session is None:
-            if SERVICE.paused_by_user:
-                raise CommandRefused("sync is paused: run `halton-meter cloud resume` first")
             if SERVICE.worker is not None and SERVICE.worker.error:
                 raise CommandRefused(SERVICE.worker.error)
             await anyio.sleep(0.05)
@@ -676,31 +645,47 @@ async def _cloud_sync(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"batches": waiter.batches, "error": waiter.error, "reconcile": waiter.reconcile}
 
 
+def _live_session() -> SyncSession | None:
+    worker = SERVICE.worker
+    return worker.session if worker is not None else None
+
+
 @command("cloud.pause")
 async def _cloud_pause(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if not ctx.config.cloud_enabled:
         raise CommandRefused("this machine is not paired (NOT-CONFIGURED), so there is nothing to pause: pair it with `halton-meter cloud connect`")
-    await anyio.to_thread.run_sync(lambda: ctx.store.set_cloud_state(paused=1, paused_reason="user"))
-    SERVICE.paused_by_user = True
+    session = _live_session()
+    reason = PAUSED_BY_USER
+    if session is not None:
+        try:
+            session.pause()
+        except LocalProtocolError as exc:
+            raise CommandRefused(str(exc)) from None
+        reason = session.paused_reason or PAUSED_BY_USER
+    # Stored for restarts; without a live session (credentials unreadable) the next one restores it.
+    await anyio.to_thread.run_sync(lambda: ctx.store.set_cloud_state(paused=1, paused_reason=reason))
     ctx.wake()
-    return {"state": "PAUSED", "paused_reason": "user"}
+    return {"state": SyncState.PAUSED.value, "paused_reason": reason}
 
 
 @command("cloud.resume")
 async def _cloud_resume(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """After `cloud pause` or a 401 alike: the server decides whether the token still works."""
     if not ctx.config.cloud_enabled:
         raise CommandRefused("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
     state = await anyio.to_thread.run_sync(ctx.store.get_cloud_state) or {}
-    if state.get("paused_reason") == "paused_unauthorised":
-        return {"state": "PAUSED", "paused_reason": "paused_unauthorised"}
+    was = state.get("paused_reason") if state.get("paused") else None
+    session = _live_session()
+    if session is not None:
+        was = session.paused_reason or was
+        if session.state is SyncState.PAUSED:
+            session.resume(time.monotonic())
     await anyio.to_thread.run_sync(lambda: ctx.store.set_cloud_state(paused=0, paused_reason=None))
-    SERVICE.paused_by_user = False
-    worker = SERVICE.worker
-    if worker is not None and worker.session is not None and worker.session.state is SyncState.PAUSED:
-        worker.session.resume(time.time())
-        worker.poke()
+    if SERVICE.worker is not None:
+        SERVICE.worker.poke()
     ctx.wake()
-    return {"state": "ACTIVE", "paused_reason": None}
+    now_state = session.state.value if session is not None else SyncState.ACTIVE.value
+    return {"state": now_state, "paused_reason": None, "resumed_from": was}
 
 
 @command("cloud.whoami")
@@ -733,7 +718,6 @@ async def _cloud_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 @command("cloud.disconnect")
 async def _cloud_disconnect(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     reply = await revoke_and_wipe(ctx.home, ctx.store, ctx.config)
-    SERVICE.paused_by_user = None
     if SERVICE.worker is not None:
         SERVICE.worker.reload()
     ctx.reload_config_if_changed()

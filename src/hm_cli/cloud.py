@@ -278,15 +278,18 @@ def pause() -> None:
 
 @cloud.command("resume")
 def resume() -> None:
-    """Resume uploading after `cloud pause`.
+    """Resume uploading after `cloud pause`, or after a 401 (the backend decides again).
 
     \b
     Example:
       halton-meter cloud resume
     """
     reply = _call("cloud.resume")
-    if reply.get("paused_reason") == "paused_unauthorised":
-        fail("the token was revoked, so resuming cannot help. Re-run `halton-meter cloud connect`.")
+    if reply.get("resumed_from") == "paused_unauthorised":
+        bullet("Sync resumed. The backend refused this machine's token before: if it was "
+               "revoked, the next upload pauses again; then run `halton-meter cloud connect`.",
+               colour="yellow")
+        return
     bullet("Sync resumed; the worker starts within 15 s.", ok=True)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from itertools import accumulate
 from operator import itemgetter
 from typing import Any, Literal
@@ -114,6 +115,10 @@ def _join(rows: Sequence[StoredRow], batch_id: str) -> bytes:
     return b",".join(parts)
 
 
+def _zstd_available() -> bool:
+    return find_spec("zstandard") is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One upload: ``body`` is what goes on the wire (compressed if encoded)."""
@@ -147,11 +152,20 @@ class BatchBuilder:
 
     def __init__(
         self,
-        encoding: ContentEncoding = DEFAULT_ENCODING,
+        encoding: ContentEncoding | Literal["auto"] = "auto",
         *,
         max_rows: int = MAX_BATCH_ROWS,
         max_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
+        """``encoding="auto"``: zstd when ``zstandard`` is installed (the ``[zstd]``
+        extra), else gzip (stdlib). An explicit ``"zstd"`` without it is an error."""
+        if encoding == "auto":
+            encoding = DEFAULT_ENCODING if _zstd_available() else "gzip"
+        elif encoding == "zstd" and not _zstd_available():
+            raise LocalProtocolError(
+                "zstd bodies need the zstandard package: pip install "
+                "'halton-meter-proto[zstd]', or use encoding='gzip'"
+            )
         if encoding not in (None, "gzip", "zstd"):
             raise LocalProtocolError(
                 f"unknown content encoding {encoding!r}: use None, 'gzip' or 'zstd'"

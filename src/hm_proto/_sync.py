@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, TypeGuard
@@ -588,9 +588,7 @@ class SyncSession:
         self._step(_Step.NOTHING)
         self._wake_at = now + self._flush_interval
 
-    def start_batch(
-        self, rows: list[StoredRow] | tuple[StoredRow, ...], now: float
-    ) -> list[SyncEvent]:
+    def start_batch(self, rows: Sequence[StoredRow], now: float) -> list[SyncEvent]:
         """Build the next batch from the oldest unsynced rows (as NeedRows asked).
 
         Returns a ``SendBatch`` to send, preceded by ``BatchQuarantined`` for

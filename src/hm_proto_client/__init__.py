@@ -4,7 +4,8 @@
 (blocking sockets, thread-safe) take an hm_proto ``Request`` and give back a
 ``Response`` or a ``TransportFailure``, ready to feed to the state machine
 that made the request. ``run_pairing_async`` / ``run_pairing`` drive a
-``PairingClient`` to its end. They connect straight to the base URL (or
+``PairingClient`` to its end; ``run_sync_async`` / ``run_sync`` drive a
+``SyncSession`` against a ``RowStore`` (``SQLiteRowStore`` is a ready one). They connect straight to the base URL (or
 through an explicit ``proxy`` with CONNECT), never through HTTPS_PROXY.
 
 The blocking client is generated from the async source by
@@ -21,6 +22,7 @@ from ._async.pairing import (
     PairingResult,
     run_pairing_async,
 )
+from ._async.sync_loop import OnSyncEvent, run_sync_async, utc_today
 from ._base import (
     DEFAULT_TIMEOUT,
     BadBaseUrl,
@@ -31,8 +33,10 @@ from ._base import (
     parse_base_url,
     parse_proxy_url,
 )
+from ._store import RowStore, SQLiteRowStore
 from ._sync.client import SyncCloudClient
 from ._sync.pairing import run_pairing
+from ._sync.sync_loop import run_sync
 
 __all__ = [
     "DEFAULT_START_ATTEMPTS",
@@ -44,11 +48,17 @@ __all__ = [
     "OnCode",
     "OnEvent",
     "PairingFailed",
+    "OnSyncEvent",
     "PairingResult",
+    "RowStore",
+    "SQLiteRowStore",
     "SyncCloudClient",
     "make_ssl_context",
     "parse_base_url",
     "parse_proxy_url",
     "run_pairing",
     "run_pairing_async",
+    "run_sync",
+    "run_sync_async",
+    "utc_today",
 ]

@@ -1,0 +1,107 @@
+"""The examples, each run against a real halton-meter-cloud (docs: proto/README.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.cloudserver import CloudServer, running_cloud
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+PASSWORD = "correct-horse-1"
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[CloudServer]:
+    with running_cloud(tmp_path / "cloud") as server:
+        server.create_user("erin@example.com", PASSWORD, "acme")
+        yield server
+
+
+def cloud_rows(cloud: CloudServer, token: str) -> int:
+    """Rows the cloud holds for this token's machine, from the totals of every recent day."""
+    today = datetime.now(UTC).date()
+    answer = httpx.get(
+        f"{cloud.base_url}/v1/requests/totals",
+        params={"from_date": str(today - timedelta(days=2)), "to_date": str(today + timedelta(days=1))},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    return sum(day["rows"] for day in answer.json()["days"])
+
+
+def run_paired(command: list[str], cloud: CloudServer, cwd: Path, timeout: float = 90,
+               env: dict[str, str] | None = None) -> str:
+    """Run an example that prints a pairing code; approve it in the cloud; return its output."""
+    session = cloud.login_session("erin@example.com", PASSWORD)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=cwd, env=env)
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Pairing code:" in line:
+                code = line.split("Pairing code:")[1].strip()
+                assert cloud.approve(code, "acme", session).status_code == 200
+                break
+        rest, errors = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0, errors
+    return "".join(lines) + rest
+
+
+def trio_program_survives_a_backend_restart(python: str, tmp_path: Path,
+                                            env: dict[str, str] | None = None) -> None:
+    """Example 2 (trio): pair and upload 3 rows; then, with the backend down, 2 more
+    rows wait, retry with backoff, and arrive once the backend is back on its port."""
+    db_url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
+    command = [python, str(EXAMPLES / "trio_sync.py"), "--workspace", "acme"]
+    with running_cloud(tmp_path / "first", db_url=db_url) as cloud:
+        cloud.create_user("erin@example.com", PASSWORD, "acme")
+        out = run_paired([*command, "--base-url", cloud.base_url, "--rows", "3"], cloud, tmp_path,
+                         env=env)
+        assert "● Paired with workspace acme" in out and "3 rows in the cloud, 0 waiting" in out
+        base_url = cloud.base_url
+    token = (tmp_path / "meter-token").read_text().strip()
+    assert oct((tmp_path / "meter-token").stat().st_mode & 0o777) == "0o600"
+    process = subprocess.Popen([*command, "--base-url", base_url, "--rows", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path, env=env)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "retrying" in line:  # the backend is down: the rows wait, nothing is lost
+                break
+        port = base_url.rsplit(":", 1)[1]
+        with running_cloud(tmp_path / "second", db_url=db_url, extra_args=("--port", port)) as back:
+            rest, errors = process.communicate(timeout=120)
+            assert process.returncode == 0, errors
+            assert "5 rows in the cloud, 0 waiting" in rest
+            assert cloud_rows(back, token) == 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without PYTHONPATH: the program imports what its interpreter has."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+@pytest.mark.slow
+def test_trio_program_pairs_uploads_and_survives_a_backend_restart(tmp_path: Path) -> None:
+    trio_program_survives_a_backend_restart(sys.executable, tmp_path)
