@@ -51,7 +51,7 @@ def run_paired(command: list[str], cloud: CloudServer, cwd: Path, timeout: float
         for line in process.stdout:
             lines.append(line)
             if "Pairing code:" in line:
-                code = line.split("Pairing code:")[1].strip()
+                code = line.split("Pairing code:")[1].split()[0]
                 assert cloud.approve(code, "acme", session).status_code == 200
                 break
         rest, errors = process.communicate(timeout=timeout)
