@@ -1,9 +1,10 @@
 """Embed hm_proto in your own code with nothing but the blocking cloud client.
 
 Pairs this process with a Halton Meter Cloud workspace, asks who it is,
-uploads three demo usage rows, reconciles the last 7 days and revokes the
-token. Every protocol decision is hm_proto's; this file only moves bytes,
-reads the clock and sleeps::
+uploads three demo usage rows with ``SyncSession`` (ack-then-commit,
+backoff), reconciles through the session and revokes the token. Every
+protocol decision is hm_proto's; this file only moves bytes and rows, reads
+the clock and sleeps::
 
     python examples/embed_sync.py --base-url http://127.0.0.1:8787
 
@@ -20,20 +21,22 @@ import socket
 import sys
 import time
 import uuid
-from decimal import Decimal
 
 from hm_proto import (
     Approved,
-    BatchBuilder,
+    BatchAccepted,
+    BatchQuarantined,
+    BatchRetryScheduled,
     CodeIssued,
+    NeedRows,
     PairingClient,
     ProtocolError,
-    Reconciler,
     ReconcileResult,
-    Response,
-    RetryScheduled,
     Revoked,
+    SendBatch,
+    SyncSession,
     UsageRow,
+    Wait,
     WhoAmI,
     parse_whoami,
     receive_revoke,
@@ -41,41 +44,69 @@ from hm_proto import (
     whoami_request,
 )
 from hm_proto import __version__ as agent_version
-from hm_proto_client import CloudClientError, SyncCloudClient
+from hm_proto_client import CloudClientError, SQLiteRowStore, SyncCloudClient, run_pairing
 
 
-def pair(client: SyncCloudClient, machine_id: str, workspace: str | None) -> Approved:
+def show_code(code: CodeIssued) -> None:
+    print(f"● Pairing code: {code.user_code}", flush=True)
+    print(f"● Approve at: {code.verification_uri_complete}", flush=True)
+
+
+def pair(client: SyncCloudClient, workspace: str | None) -> Approved:
     pairing = PairingClient(
-        machine_id, socket.gethostname(), platform.system(), agent_version, workspace
+        str(uuid.uuid4()), socket.gethostname(), platform.system(), agent_version, workspace,
+        entropy=secrets.token_bytes,
     )
-    for _attempt in range(5):  # ask for a code; retry a few times while the cloud is unreachable
-        event = pairing.receive_start(client.send(pairing.start_request()), time.monotonic())
-        if not isinstance(event, RetryScheduled):
-            break
-        print(f"  cloud not reachable ({event.reason}); retrying", file=sys.stderr)
-        time.sleep(max(0.0, event.retry_at - time.monotonic()))
-    if isinstance(event, RetryScheduled):
-        raise SystemExit(f"cannot reach the cloud ({event.reason}): check --base-url and the network")
-    if not isinstance(event, CodeIssued):
-        raise SystemExit(f"pairing refused: {event}")
-    print(f"● Pairing code: {event.user_code}", flush=True)
-    print(f"● Approve at: {event.verification_uri_complete}", flush=True)
     try:
-        while not pairing.is_done:
-            request = pairing.next_poll(time.monotonic())
-            if request is None:  # not due yet: sleep until hm_proto says so
-                deadline = pairing.next_deadline()
-                if deadline is not None:
-                    time.sleep(max(0.0, deadline - time.monotonic()))
-                continue
-            answer = client.send(request, timeout=pairing.poll_timeout)
-            pairing.receive_poll(answer, time.monotonic())
+        outcome = run_pairing(client, pairing, show_code)  # gives up after 5 failed starts
     except KeyboardInterrupt:
-        pairing.cancel()
         raise SystemExit("cancelled") from None
-    if not isinstance(pairing.outcome, Approved):
-        raise SystemExit(f"not paired: {pairing.outcome}; run again for a fresh code")
-    return pairing.outcome
+    if not isinstance(outcome, Approved):
+        raise SystemExit(f"not paired: {type(outcome).__name__}; run again for a fresh code")
+    return outcome
+
+
+def upload(client: SyncCloudClient, session: SyncSession, store: SQLiteRowStore) -> None:
+    """The SyncSession driver loop (docs/sync.md), until the store is drained."""
+    while store.count_unsynced():
+        now = time.monotonic()
+        session.note_backlog(store.count_unsynced(), now)
+        action = session.next_action(now)
+        if isinstance(action, Wait):
+            time.sleep(max(0.0, action.until - now))
+            continue
+        if not isinstance(action, NeedRows):  # Idle: paused by a 401
+            raise SystemExit(f"sync stopped: {session.snapshot().paused_reason}")
+        for event in session.start_batch(store.unsynced(action.limit), now):
+            events = [event]
+            if isinstance(event, SendBatch):
+                events = session.receive(client.send(event.request), time.monotonic())
+            for answered in events:
+                if isinstance(answered, BatchAccepted):
+                    store.mark_synced(answered.row_ids)  # ack-then-commit
+                    print(f"● POST /v1/requests/batch → 200 OK ({answered.accepted} rows accepted)",
+                          flush=True)
+                elif isinstance(answered, BatchQuarantined):
+                    store.quarantine(answered.row_ids, answered.detail)
+                    print(f"  {len(answered.row_ids)} row(s) refused: {answered.detail}")
+                elif isinstance(answered, BatchRetryScheduled):
+                    print(f"  upload failed ({answered.reason}); retrying", flush=True)
+
+
+def reconcile(client: SyncCloudClient, session: SyncSession, store: SQLiteRowStore) -> None:
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    session.request_reconcile()
+    send = session.start_reconcile(today, time.monotonic())
+    local = store.totals_by_day(send.from_date, send.to_date)
+    result = session.receive_reconcile(client.send(send.request), local, time.monotonic())
+    if isinstance(result, ReconcileResult):
+        store.resend_days(result.days_to_resend)
+        print(
+            f"● Reconcile {result.from_date}..{result.to_date}: "
+            f"{'in sync' if result.in_sync else f're-send {list(result.days_to_resend)}'}"
+        )
+    else:
+        print(f"● Reconcile: {result}")
 
 
 def demo_rows(day: str) -> list[UsageRow]:
@@ -119,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(client: SyncCloudClient, workspace: str | None, keep_token: bool) -> int:
     print(f"⠇ Requesting pairing code from {client.base_url}…", flush=True)
-    approved = pair(client, str(uuid.uuid4()), workspace)
+    approved = pair(client, workspace)
     token = approved.token
     print(f"● Paired with workspace {approved.workspace_slug}", flush=True)
 
@@ -131,28 +162,12 @@ def run(client: SyncCloudClient, workspace: str | None, keep_token: bool) -> int
         f"● Workspace: {who.workspace_slug}\n● Machine id: {who.machine_id}\n● Hostname: {who.hostname}"
     )
 
-    today = dt.datetime.now(dt.UTC).date().isoformat()
-    rows = demo_rows(today)
-    for batch in BatchBuilder().build(
-        [(row.id, row.to_json()) for row in rows], secrets.token_bytes
-    ):
-        answer = client.send(batch.to_request(token))
-        shown = answer.body.decode(errors="replace") if isinstance(answer, Response) else answer
-        status = answer.status if isinstance(answer, Response) else "failed"
-        print(f"● POST /v1/requests/batch → {status} {shown}", flush=True)
-
-    reconciler = Reconciler.last_days(today, 7)
-    local_cost = sum((Decimal(row.cost_usd or 0) for row in rows), Decimal(0))
-    result = reconciler.receive_totals(
-        client.send(reconciler.totals_request(token)), {today: (len(rows), str(local_cost))}
-    )
-    if isinstance(result, ReconcileResult):
-        print(
-            f"● Reconcile {result.from_date}..{result.to_date}: "
-            f"{'in sync' if result.in_sync else f're-send {list(result.days_to_resend)}'}"
-        )
-    else:
-        print(f"● Reconcile: {result}")
+    store = SQLiteRowStore()  # in memory: a real program keeps a file
+    for row in demo_rows(dt.datetime.now(dt.UTC).date().isoformat()):
+        store.add(row)
+    session = SyncSession(secrets.token_bytes, token=token)
+    upload(client, session, store)
+    reconcile(client, session, store)
 
     if not keep_token:
         print(f"● Revoking token at {client.base_url}…", flush=True)
