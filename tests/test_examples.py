@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
+import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.support.cloudserver import CloudServer, running_cloud
+from tests.support.fake_providers import FakeProviders
+from tests.support.tls import CertAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -37,6 +45,15 @@ def cloud_rows(cloud: CloudServer, token: str) -> int:
     )
     assert answer.status_code == 200, answer.text
     return sum(day["rows"] for day in answer.json()["days"])
+
+
+def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_paired(command: list[str], cloud: CloudServer, cwd: Path, timeout: float = 90,
@@ -105,3 +122,52 @@ def clean_env() -> dict[str, str]:
 @pytest.mark.slow
 def test_trio_program_pairs_uploads_and_survives_a_backend_restart(tmp_path: Path) -> None:
     trio_program_survives_a_backend_restart(sys.executable, tmp_path)
+
+
+@pytest.mark.slow
+def test_mitmproxy_addon_meters_a_call_and_syncs_it(cloud: CloudServer, ca: CertAuthority,
+                                                    tmp_path: Path) -> None:
+    """Example 1: someone else's mitmdump with examples/mitmproxy_addon.py meters an
+    official-SDK call through it and uploads the row with SyncSession (ack-then-commit)."""
+    import openai
+
+    port = free_port()
+    hm_dir = tmp_path / "hm"
+    command = [
+        str(Path(sys.executable).parent / "mitmdump"), "-s", str(EXAMPLES / "mitmproxy_addon.py"),
+        "--listen-host", "127.0.0.1", "--listen-port", str(port),
+        "--set", f"confdir={tmp_path / 'mitm'}", "--set", f"ssl_verify_upstream_trusted_ca={ca.ca_path}",
+        "--set", f"hm_base_url={cloud.base_url}", "--set", "hm_workspace=acme",
+        "--set", f"hm_dir={hm_dir}",
+    ]
+    session = cloud.login_session("erin@example.com", PASSWORD)
+    out_path = tmp_path / "mitmdump.out"
+    with open(out_path, "w") as out, FakeProviders(ca) as providers:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            code = wait_for(lambda: re.search(r"Pairing code: (\S+)", out_path.read_text()),
+                            what="the addon's pairing code", timeout=60).group(1)
+            assert cloud.approve(code, "acme", session).status_code == 200
+            wait_for(lambda: "Paired with workspace acme" in out_path.read_text(), what="paired")
+            proxy = f"http://127.0.0.1:{port}"
+            mitm_ca = tmp_path / "mitm" / "mitmproxy-ca-cert.pem"
+            with httpx.Client(proxy=proxy, verify=ssl.create_default_context(cafile=str(mitm_ca))) as http_client:
+                client = openai.OpenAI(api_key="sk-test-not-a-real-key",
+                                       base_url=f"{providers.base_url}/v1", http_client=http_client)
+                reply = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            assert reply.usage is not None
+            wait_for(lambda: "uploaded 1 row(s)" in out_path.read_text(), what="the row uploaded",
+                     timeout=60)
+            token = (hm_dir / "token").read_text().strip()
+            assert cloud_rows(cloud, token) == 1
+            with sqlite3.connect(hm_dir / "rows.sqlite") as db:
+                (row_json, synced), = db.execute("SELECT row_json, synced FROM usage_rows")
+            assert synced == 1 and b"sk-test" not in row_json and b'"input_tokens":' in row_json
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
