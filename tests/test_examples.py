@@ -171,3 +171,59 @@ def test_mitmproxy_addon_meters_a_call_and_syncs_it(cloud: CloudServer, ca: Cert
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+
+
+@pytest.mark.slow
+def test_asyncio_gateway_meters_calls_and_survives_a_backend_restart(ca: CertAuthority,
+                                                                     tmp_path: Path) -> None:
+    """Example 2 (asyncio): the ASGI gateway under uvicorn forwards official-SDK calls,
+    pairs, uploads with SyncSession, and delivers a row made while the backend was down."""
+    import openai
+
+    db_url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
+    port = free_port()
+    out_path = tmp_path / "gateway.out"
+    with running_cloud(tmp_path / "first", db_url=db_url) as cloud, FakeProviders(ca) as providers:
+        cloud.create_user("erin@example.com", PASSWORD, "acme")
+        env = {**os.environ, "HM_BASE_URL": cloud.base_url, "HM_WORKSPACE": "acme",
+               "HM_DIR": str(tmp_path / "hm"), "UPSTREAM_URL": providers.base_url,
+               "UPSTREAM_CAFILE": str(ca.ca_path), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "uvicorn", "asyncio_gateway:app", "--app-dir",
+                   str(EXAMPLES), "--host", "127.0.0.1", "--port", str(port)]
+        with open(out_path, "w") as out:
+            gateway = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            output = out_path.read_text
+            code = wait_for(lambda: re.search(r"Pairing code: (\S+)", output()),
+                            what="the gateway's pairing code", timeout=60).group(1)
+            session = cloud.login_session("erin@example.com", PASSWORD)
+            assert cloud.approve(code, "acme", session).status_code == 200
+            wait_for(lambda: "Paired with workspace acme" in output(), what="paired")
+            client = openai.OpenAI(api_key="sk-test-key", base_url=f"http://127.0.0.1:{port}/v1")
+
+            def call() -> None:
+                reply = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                assert reply.usage is not None and reply.usage.prompt_tokens > 0
+
+            call()
+            wait_for(lambda: "uploaded 1 row(s)" in output(), what="the first row", timeout=60)
+            token = (tmp_path / "hm" / "token").read_text().strip()
+            cloud.stop()  # the backend goes down...
+            call()  # ...calls are still metered...
+            wait_for(lambda: "retrying" in output(), what="a retry", timeout=60)
+            port_of_cloud = cloud.base_url.rsplit(":", 1)[1]
+            with running_cloud(tmp_path / "second", db_url=db_url,
+                               extra_args=("--port", port_of_cloud)) as back:
+                # ...and uploaded once it is back.
+                wait_for(lambda: output().count("uploaded 1 row(s)") == 2, what="the second row",
+                         timeout=90)
+                assert cloud_rows(back, token) == 2
+            assert "sk-test-key" not in (tmp_path / "hm" / "rows.sqlite").read_bytes().decode("latin-1")
+        finally:
+            gateway.terminate()
+            try:
+                gateway.wait(10)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+                gateway.wait(10)
