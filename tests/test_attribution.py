@@ -220,3 +220,23 @@ def test_a_storm_of_connections_is_bounded_not_queued_forever() -> None:
     late = resolver.open(("127.0.0.1", 9), ("127.0.0.1", 1))
     assert late.caller is not None and late.caller.unresolved == "busy"
     assert resolver.stats["unresolved"] == {"busy": 1}
+
+
+def test_another_users_client_is_never_looked_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The socket's owner uid (from the kernel's table) differs: null fields at once, no process scan."""
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    (proc / "net" / "tcp").write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        f"   0: 0100007F:1F90 0100007F:D2E4 01 00000000:00000000 00:00000000 00000000 {os.getuid() + 4242}"
+        "        0 67890 1 0000000000000000 20 4 30 10 -1\n"
+    )
+    resolver = CallerResolver(proc=str(proc), backend="proc")
+
+    def no_scan(inode: int) -> None:
+        raise AssertionError("looked into another user's processes")
+
+    monkeypatch.setattr(resolver, "_pid_of", no_scan)
+    caller = resolver.resolve(("127.0.0.1", 8080), ("127.0.0.1", 53988))
+    assert caller == Caller(unresolved="other_user")
+    assert resolver.resolve(("127.0.0.1", 8081), ("127.0.0.1", 53988)).unresolved == "gone"
