@@ -1,4 +1,4 @@
-"""Small in-process pieces of hm_cloud: bounded decompression, the guess limiter, formatting."""
+"""Small pieces of hm_cloud: bounded decompression, the guess limits, formatting."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from sqlalchemy import text
 
 from hm_cloud.bodies import decode_body
-from hm_cloud.security import GuessLimiter, SessionCodec, csrf_ok, hash_password, verify_password
+from hm_cloud.db import init_schema, make_engine
+from hm_cloud.limits import Limit, Refusal, Reservation, release, reserve
+from hm_cloud.security import SessionCodec, csrf_ok, hash_password, verify_password
 from hm_cloud.store import format_nanos
 from hm_cloud.views import cost_cell, cost_chart, money, relative_time
 from hm_proto.server import ApiError
@@ -45,15 +48,27 @@ def test_truncated_and_unknown_encodings() -> None:
     assert decode_body(b"plain", None) == b"plain"
 
 
-def test_guess_limiter_window() -> None:
-    limiter = GuessLimiter(limit=3, window=600)
-    keys = ["user:1", "addr:127.0.0.1"]
-    for t in (0, 1, 2):
-        assert limiter.retry_after(keys, now=t) is None
-        limiter.miss(keys, now=t)
-    assert limiter.retry_after(keys, now=3) == 598
-    assert limiter.retry_after(["user:2"], now=3) is None
-    assert limiter.retry_after(keys, now=600.5) is None  # the first miss aged out
+def test_limits_count_in_the_database_with_a_sliding_window(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'limits.sqlite'}")
+    init_schema(engine)
+    per_user, per_addr = Limit("u", 3, 600.0), Limit("a", 5, 600.0)
+    attempts = [(per_user, "1"), (per_addr, "127.0.0.1")]
+    held = [reserve(engine, attempts, now=t) for t in (0, 1, 2)]
+    assert all(isinstance(r, Reservation) for r in held)
+    refused = reserve(engine, attempts, now=3)
+    assert refused == Refusal(per_user, 597)  # the slot of t=0 frees at t=600
+    assert isinstance(reserve(engine, [(per_user, "2")], now=3), Reservation)
+    release(engine, held[0])  # e.g. the right password: it does not count
+    assert isinstance(reserve(engine, attempts, now=4), Reservation)
+    assert isinstance(reserve(engine, attempts, now=5), Refusal)
+    # A refused attempt counts against none of its limits: the address still has 2 of 5 free.
+    for expected in (Reservation, Reservation, Refusal):
+        assert isinstance(reserve(engine, [(per_addr, "127.0.0.1")], now=5), expected)
+    assert isinstance(reserve(engine, attempts, now=601.5), Reservation)  # t=1 aged out
+    with engine.connect() as conn:  # keys are hashes: no email or address is stored
+        keys = conn.execute(text("SELECT key FROM limiter_slots")).scalars().all()
+    assert keys and not any("127.0.0.1" in k for k in keys)
+    engine.dispose()
 
 
 def test_sessions_and_passwords() -> None:

@@ -33,6 +33,7 @@ from .bodies import (
     parse_object,
     read_limited,
 )
+from .limits import PAIRING_STARTS_PER_ADDRESS, Refusal
 from .state import (
     CODE_TTL_SECONDS,
     LONG_POLL_DEFAULT_SECONDS,
@@ -88,12 +89,11 @@ async def authed_device(request: Request) -> store.AuthedDevice:
 
 async def pairing_start(request: Request) -> Response:
     state = cloud(request)
-    keys = [f"start:{client_address(request)}"]
-    wait = state.start_limiter.retry_after(keys)
-    if wait is not None:
+    counted = await state.reserve([(PAIRING_STARTS_PER_ADDRESS, client_address(request))])
+    if isinstance(counted, Refusal):
+        wait = counted.retry_after
         detail = f"Too many pairing codes requested from this address: wait {wait} seconds and try again"
         return json_response({"error": "rate_limited", "detail": detail}, 429, {"Retry-After": str(wait)})
-    state.start_limiter.miss(keys)
     body = await _json_object(request)
     machine_id = field(body, "machine_id", str)
     if not is_uuid(machine_id):

@@ -159,6 +159,21 @@ usage_rows = Table(
     Index("usage_rows_workspace_day", "workspace_id", "day"),
 )
 
+# One row per counted attempt of a guess or rate limit (hm_cloud.limits): every
+# server process sharing the database sees the same counts, and a restart keeps
+# them. ``key`` is the limit's name and a hash of what it limits (an account,
+# a client address), never the email or address itself. A new table: made by
+# create_all on every start, so an older database gains it without a step.
+limiter_slots = Table(
+    "limiter_slots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("limiter_slots_key_at", "key", "at"),
+    Index("limiter_slots_at", "at"),
+)
+
 ATTRIBUTION_COLUMNS = ("project", "repo", "branch", "program", "os_user", "tags")
 
 

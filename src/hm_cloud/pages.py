@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-import anyio.to_thread
 import orjson
 from markupsafe import Markup
 from starlette.convertors import Convertor, register_url_convertor
@@ -30,6 +29,16 @@ from hm_proto.server import (
 
 from . import store, views
 from .bodies import MAX_SMALL_BODY_BYTES, parse_object, read_limited
+from .limits import (
+    CODE_GUESSES_PER_ACCOUNT,
+    CODE_GUESSES_PER_ADDRESS,
+    LOGINS_PER_ACCOUNT,
+    LOGINS_PER_ADDRESS,
+    SIGNUPS_PER_ADDRESS,
+    GateBusy,
+    Refusal,
+    Reservation,
+)
 from .security import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
@@ -86,6 +95,10 @@ async def _missing_code(
         raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
     return render(request, "connect_missing.html", {**ctx, "message": CODE_NOT_FOUND}, status=404)
 MAX_RANGE_DAYS = 366
+SIGNUP_REFUSED = (
+    "This email or workspace name cannot be used: if you already have an account, "
+    "sign in instead; otherwise choose another workspace name."
+)
 
 
 # -- session plumbing ----------------------------------------------------------------
@@ -256,21 +269,26 @@ async def signup(request: Request) -> Response:
         error = "Choose a password of at least 8 characters."
     elif len(slug) < 2 or slug in RESERVED_SLUGS:
         error = "Choose a workspace name of at least two letters or digits (not a reserved word)."
-    if error is None:
-        pw_hash = await anyio.to_thread.run_sync(hash_password, password)
-        try:
-            user_id, ws = await cloud(request).db(
-                store.create_user, email, pw_hash, slug, ws_name, time.time()
-            )
-        except store.SignupError as exc:
-            error = str(exc).capitalize() + "."
+    page = {"next": nxt, "form": {"email": email, "workspace": ws_name}}
     if error is not None:
-        return render(
-            request,
-            "signup.html",
-            {"next": nxt, "error": error, "form": {"email": email, "workspace": ws_name}},
-            status=400,
-        )
+        return render(request, "signup.html", {**page, "error": error}, status=400)
+    state = cloud(request)
+    address = client_address(request)
+    try:
+        async with state.password_gate.admit(address):
+            counted = await state.reserve([(SIGNUPS_PER_ADDRESS, address)])
+            if isinstance(counted, Refusal):
+                message = f"Too many sign-ups from this address: wait {counted.retry_after} seconds and try again."
+                return _refused(request, "signup.html", {**page, "error": message}, 429, counted.retry_after)
+            pw_hash = await state.password_gate.hash(hash_password, password)
+    except GateBusy as busy:
+        return _refused(request, "signup.html", {**page, "error": _busy_message(busy)}, *_busy_status(busy))
+    try:
+        user_id, ws = await state.db(store.create_user, email, pw_hash, slug, ws_name, time.time())
+    except store.SignupError:
+        # One answer for a known email and a taken workspace name: the page
+        # does not say which (docs/security.md, "Sign-up").
+        return render(request, "signup.html", {**page, "error": SIGNUP_REFUSED}, status=400)
     await _sign_in(request, user_id)
     return redirect(request, _safe_next(nxt, f"/{ws.slug}/"))
 
@@ -296,32 +314,46 @@ async def login(request: Request) -> Response:
         return _csrf_failed(request)
     email = form.get("email", "").strip().lower()
     state = cloud(request)
-    keys = [f"login:{email}"]
-    wait = state.login_limiter.retry_after(keys)
-    if wait is not None:
-        message = f"Too many wrong passwords for {email}: wait {wait} seconds and try again."
-        response = render(
-            request,
-            "login.html",
-            {"next": nxt, "approving": _code_in_next(nxt), "error": message, "form": {"email": email}},
-            status=429,
-        )
-        response.headers["Retry-After"] = str(wait)
-        return response
-    found = await state.db(store.find_user, email)
-    ok = await anyio.to_thread.run_sync(
-        verify_password, found[1] if found else None, form.get("password", "")
-    )
+    address = client_address(request)
+    page = {"next": nxt, "approving": _code_in_next(nxt), "form": {"email": email}}
+    try:
+        async with state.password_gate.admit(address):
+            # Counted before argon2 runs: concurrent guesses cannot pass the limit.
+            counted = await state.reserve([(LOGINS_PER_ACCOUNT, email), (LOGINS_PER_ADDRESS, address)])
+            if isinstance(counted, Refusal):
+                who = f"for {email}" if counted.limit is LOGINS_PER_ACCOUNT else "from this address"
+                message = f"Too many wrong passwords {who}: wait {counted.retry_after} seconds and try again."
+                return _refused(request, "login.html", {**page, "error": message}, 429, counted.retry_after)
+            found = await state.db(store.find_user, email)
+            ok = await state.password_gate.hash(
+                verify_password, found[1] if found else None, form.get("password", "")
+            )
+    except GateBusy as busy:
+        return _refused(request, "login.html", {**page, "error": _busy_message(busy)}, *_busy_status(busy))
     if not ok or found is None:
-        state.login_limiter.miss(keys)
-        return render(
-            request,
-            "login.html",
-            {"next": nxt, "approving": _code_in_next(nxt), "error": "Wrong email or password.", "form": {"email": email}},
-            status=400,
-        )
+        return render(request, "login.html", {**page, "error": "Wrong email or password."}, status=400)
+    await state.release(counted)  # the right password is not a guess
     await _sign_in(request, found[0])
     return redirect(request, _safe_next(nxt, "/"))
+
+
+def _busy_message(busy: GateBusy) -> str:
+    if busy.per_address:
+        return "Too many sign-ins in progress from this address: wait a few seconds and try again."
+    return "The server is busy checking passwords: wait a few seconds and try again."
+
+
+def _busy_status(busy: GateBusy) -> tuple[int, int]:
+    """(status, Retry-After seconds) for a refusal of the password gate."""
+    return (429, 2) if busy.per_address else (503, 5)
+
+
+def _refused(
+    request: Request, template: str, context: dict[str, Any], status: int, retry_after: int
+) -> Response:
+    response = render(request, template, context, status=status)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 async def logout(request: Request) -> Response:
@@ -341,8 +373,11 @@ async def logout(request: Request) -> Response:
 # -- connect and approve ---------------------------------------------------------
 
 
-def _guess_keys(request: Request, user_id: int) -> list[str]:
-    return [f"user:{user_id}", f"addr:{client_address(request)}"]
+async def _count_code_guess(request: Request, user_id: int) -> Reservation | Refusal:
+    """Count a pairing-code guess (per account and per address) before the code is looked up."""
+    return await cloud(request).reserve(
+        [(CODE_GUESSES_PER_ACCOUNT, str(user_id)), (CODE_GUESSES_PER_ADDRESS, client_address(request))]
+    )
 
 
 def _rate_limited_page(request: Request, retry_after: int, as_json: bool) -> Response:
@@ -373,15 +408,14 @@ async def connect(request: Request) -> Response:
     typed = request.query_params.get("code")
     if typed is None:
         return render(request, "connect_enter.html", ctx)
-    keys = _guess_keys(request, user_id)
-    wait = state.limiter.retry_after(keys)
-    if wait is not None:
-        return _rate_limited_page(request, wait, as_json=False)
+    counted = await _count_code_guess(request, user_id)
+    if isinstance(counted, Refusal):
+        return _rate_limited_page(request, counted.retry_after, as_json=False)
     code = normalize_user_code(typed)
     pairing = await state.db(store.pending_pairing, code, time.time()) if code else None
     if pairing is None:
-        state.limiter.miss(keys)
         return await _missing_code(request, code, {**ctx, "typed": typed})
+    await state.release(counted)  # a live code is not a wrong guess
     hint = pairing["workspace_hint"]
     selected = hint if any(w.slug == hint for w in mine) else (mine[0].slug if mine else None)
     return render(
@@ -421,10 +455,6 @@ async def approve(request: Request) -> Response:
             )
         return _csrf_failed(request)
     user_id, email = user
-    keys = _guess_keys(request, user_id)
-    wait = state.limiter.retry_after(keys)
-    if wait is not None:
-        return _rate_limited_page(request, wait, as_json)
     for name in ("user_code", "workspace"):
         if not form.get(name):
             if as_json:
@@ -438,14 +468,18 @@ async def approve(request: Request) -> Response:
                 },
                 status=422,
             )
+    # Counted before the code is looked up: concurrent guesses cannot pass the limit.
+    counted = await _count_code_guess(request, user_id)
+    if isinstance(counted, Refusal):
+        return _rate_limited_page(request, counted.retry_after, as_json)
     code = normalize_user_code(form["user_code"])
     now = time.time()
     pairing = await state.db(store.pending_pairing, code, now) if code else None
     if pairing is None:
-        state.limiter.miss(keys)
         return await _missing_code(
             request, code, {"typed": form["user_code"], "user_email": email}, as_json
         )
+    await state.release(counted)  # a live code is not a wrong guess
     ws = await state.db(store.member_workspace, user_id, form["workspace"])
     if ws is None:
         if as_json:

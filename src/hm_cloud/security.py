@@ -1,12 +1,10 @@
-"""Passwords, signed session cookies, CSRF tokens and the pairing-guess limiter."""
+"""Passwords, signed session cookies and CSRF tokens (the limits are in limits.py)."""
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -84,43 +82,3 @@ class SessionCodec:
 
 def csrf_ok(session: Session, presented: object) -> bool:
     return isinstance(presented, str) and hmac.compare_digest(session.csrf, presented)
-
-
-@dataclass
-class GuessLimiter:
-    """Counts wrong pairing codes per key (an account, a client address).
-
-    In-process: each server process keeps its own counts, which for a
-    multi-process deployment multiplies the allowance by the process count.
-    """
-
-    limit: int = 10
-    window: float = 600.0
-    _misses: dict[str, deque[float]] = field(default_factory=dict)
-
-    def _trim(self, key: str, now: float) -> deque[float]:
-        q = self._misses.get(key) or deque()
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        if q:
-            self._misses[key] = q
-        else:
-            self._misses.pop(key, None)  # forget keys with no recent misses
-        return q
-
-    def retry_after(self, keys: list[str], now: float | None = None) -> int | None:
-        """Seconds until a guess is allowed again, or None if allowed now."""
-        now = time.monotonic() if now is None else now
-        waits = []
-        for key in keys:
-            q = self._trim(key, now)
-            if len(q) >= self.limit:
-                waits.append(q[0] + self.window - now)
-        return max(1, int(max(waits)) + 1) if waits else None
-
-    def miss(self, keys: list[str], now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        for key in keys:
-            q = self._trim(key, now)
-            q.append(now)
-            self._misses[key] = q

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -11,7 +12,9 @@ import anyio.to_thread
 from sqlalchemy import Engine
 from starlette.requests import Request
 
-from .security import GuessLimiter, SessionCodec
+from . import limits
+from .limits import Limit, PasswordGate, Refusal, Reservation
+from .security import SessionCodec
 from .waiters import PairingWaiters
 
 T = TypeVar("T")
@@ -32,17 +35,22 @@ class CloudState:
     engine: Engine
     app_url: str
     sessions: SessionCodec
-    limiter: GuessLimiter = field(default_factory=GuessLimiter)  # wrong pairing codes
-    # Wrong passwords, per account email (not per address: one office, one NAT).
-    login_limiter: GuessLimiter = field(default_factory=GuessLimiter)
-    # Pairing starts per client address: /v1/pairing/start needs no account, so
-    # bound the rows a single address can make (generous: one office, one NAT).
-    start_limiter: GuessLimiter = field(default_factory=lambda: GuessLimiter(limit=300, window=600.0))
+    # Guess and rate limits are counted in the database (limits.reserve); only
+    # the bound on concurrent password hashing is per process.
+    password_gate: PasswordGate = field(default_factory=PasswordGate)
     waiters: PairingWaiters = field(default_factory=PairingWaiters)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store function in a worker thread: the event loop never waits on the DB."""
         return await anyio.to_thread.run_sync(functools.partial(fn, self.engine, *args, **kwargs))
+
+    async def reserve(self, attempts: Sequence[tuple[Limit, str]]) -> Reservation | Refusal:
+        """Count an attempt against ``attempts`` before checking it (see limits.reserve)."""
+        return await self.db(limits.reserve, attempts, time.time())
+
+    async def release(self, reservation: Reservation) -> None:
+        """The attempt was not a wrong guess: un-count it."""
+        await self.db(limits.release, reservation)
 
 
 def cloud(request: Request) -> CloudState:
