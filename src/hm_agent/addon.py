@@ -29,6 +29,10 @@ from .writer import CapturedCall, RowWriter
 
 log = logging.getLogger("hm_agent.addon")
 
+# `halton-meter doctor --probe` fetches https://PROBE_HOST/ with the user's environment:
+# only a program that went through this proxy (and trusts its CA) gets PROBE_BODY back.
+PROBE_HOST = "probe.halton-meter.invalid"
+PROBE_BODY = b"halton-meter probe ok\n"
 _TAP_KEY = "hm_call"
 _HEADERS_KEY = "hm_attribution_headers"
 _PLAIN_HEADERS_KEY = "hm_request_headers"
@@ -198,6 +202,9 @@ class MeterAddon:
     # -- TLS: decrypt only LLM API hosts ------------------------------------------
 
     def tls_clienthello(self, data: Any) -> None:
+        if data.client_hello.sni == PROBE_HOST:
+            data.establish_server_tls_first = False  # answered here: there is no upstream
+            return
         if self.config.intercept_other_hosts:
             return
         address = data.context.server.address
@@ -267,10 +274,25 @@ class MeterAddon:
             flow.metadata[_HEADERS_KEY] = (header_project, header_tags)  # a WebSocket upgrade keeps them
         return headers
 
+    # -- doctor --probe: the daemon answers a reserved name itself ----------------
+
+    def http_connect(self, flow: Any) -> None:
+        if flow.request.host == PROBE_HOST:
+            from mitmproxy import http
+
+            now = time.time()
+            flow.response = http.Response(flow.request.data.http_version, 200, b"Connection established",
+                                          http.Headers(), b"", None, now, now)
+
     def request(self, flow: Any) -> None:
         from .capture import open_call
 
         req = flow.request
+        if req.host == PROBE_HOST:
+            from mitmproxy import http
+
+            flow.response = http.Response.make(200, PROBE_BODY, {"content-type": "text/plain"})
+            return
         path, _, query = req.path.partition("?")
         headers = flow.metadata.pop(_PLAIN_HEADERS_KEY, None)
         if headers is None:

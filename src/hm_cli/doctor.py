@@ -54,7 +54,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def run_checks(home: Path) -> list[Check]:
+def run_checks(home: Path, probe: bool = False) -> list[Check]:
     from hm_agent.config import ConfigError, load_config
     from hm_agent.control import ControlError, DaemonNotRunning, control_call
     from hm_agent.home import HomeError, paths, read_machine_id
@@ -137,6 +137,14 @@ def run_checks(home: Path) -> list[Check]:
         f"HTTPS_PROXY={env_proxy}" if env_proxy else "HTTPS_PROXY is not set here",
         "" if env_proxy == expected else 'eval "$(halton-meter env)"',
     ))
+    from .probe import client_checks, probe_checks
+
+    checks.extend(client_checks(home, cfg.capture_hosts if cfg else []))
+    if probe:
+        if running and listening:
+            checks.extend(probe_checks())
+        else:
+            checks.append(Check("probe", None, "skipped (the daemon is not running)"))
     return checks
 
 
@@ -156,25 +164,32 @@ def _proxy_roundtrip(host: str, port: int) -> Check:
 
 
 @click.command()
-def doctor() -> None:
+@click.option("--probe", is_flag=True,
+              help="Also have Python, curl and Node (those found) make a request with this shell's "
+                   "environment, and say which would bypass the meter.")
+def doctor(probe: bool) -> None:
     """Check the daemon, port, CA files and permissions, and a request through the proxy.
 
     Each failed check says how to fix it. Exit code 0 when all pass.
 
     \b
-    Example:
+    Examples:
       halton-meter doctor
+      halton-meter doctor --probe
     """
 
     from hm_agent.home import home_dir
 
     out = console()
-    checks = run_checks(home_dir())
+    if probe:
+        click.echo("Probing the clients on this machine…", err=True)
+    checks = run_checks(home_dir(), probe)
     for c in checks:
         mark = "[green]✓[/green]" if c.ok else ("[dim]-[/dim]" if c.ok is None else "[red]✗[/red]")
         # escape: `[proxy] listen_port` is text, not rich markup
         out.print(f"{mark} {c.name:<14} {safe(c.detail)}")
         if c.ok is False and c.fix:
             out.print(f"  {'':<14} [bold]fix:[/bold] {safe(c.fix)}")
-    failed = [c for c in checks if c.ok is False and c.name != "this shell"]
+    # What this shell does is advice; a probe the user asked for counts.
+    failed = [c for c in checks if c.ok is False and c.name not in ("this shell", "node", "loopback hosts")]
     raise SystemExit(1 if failed else 0)

@@ -1,0 +1,169 @@
+"""The per-client table of docs/clients.md, for Python clients and curl: each one
+runs in its own process inside `eval "$(halton-meter env)"`, as a user runs it,
+against the fake upstreams (a loopback capture host, so NO_PROXY must leave it
+out), and must leave exactly one row with the exact tokens; aiohttp's default
+session is the known bypass (trust_env=False) and leaves none.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .support.daemon import HALTON_METER, Daemon, capture_host_config, running_daemon
+from .support.fake_providers import FakeProviders
+from .support.tls import make_ca
+from .test_capture_parsers import EXPECTED
+
+pytestmark = pytest.mark.slow
+
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+CHAT = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+
+# client -> (program run with BASE set to the fake upstream's URL, the fixture it is answered with)
+CLIENTS: dict[str, tuple[str, str]] = {
+    "openai": ("""
+        import openai
+        c = openai.OpenAI(api_key="sk-proj-pySECRET0123456789", base_url=BASE + "/v1", max_retries=0)
+        print(c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]).usage)
+    """, "openai_chat.json"),
+    "openai-stream-no-include-usage": ("""
+        import openai
+        c = openai.OpenAI(api_key="sk-proj-pySECRET0123456789", base_url=BASE + "/v1", max_retries=0)
+        chunks = list(c.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                messages=[{"role": "user", "content": "hi"}]))
+        assert all(ch.usage is None for ch in chunks), "the client saw a usage it did not ask for"
+    """, "openai_chat_stream.sse"),
+    "anthropic": ("""
+        import anthropic
+        c = anthropic.Anthropic(api_key="sk-ant-api03-pySECRET0123456789", base_url=BASE, max_retries=0)
+        with c.messages.stream(model="claude-opus-4-1", max_tokens=1024,
+                               messages=[{"role": "user", "content": "hi"}]) as s:
+            print(s.get_final_message().usage)
+    """, "anthropic_messages_stream.sse"),
+    "google-genai": ("""
+        from google import genai
+        from google.genai import types
+        c = genai.Client(api_key="AIzaSyPySECRET0123456789", http_options=types.HttpOptions(base_url=BASE))
+        print(c.models.generate_content(model="gemini-2.5-flash", contents="hi").usage_metadata)
+    """, "gemini_generate.json"),
+    "litellm": ("""
+        import litellm
+        r = litellm.completion(model="openai/gpt-4o", api_base=BASE + "/v1", api_key="sk-proj-pySECRET0123456789",
+                               messages=[{"role": "user", "content": "hi"}])
+        print(r.usage)
+    """, "openai_chat.json"),
+    "requests": (f"""
+        import requests
+        r = requests.post(BASE + "/v1/chat/completions", data='{CHAT}', timeout=20,
+                          headers={{"Authorization": "Bearer sk-proj-pySECRET0123456789",
+                                   "Content-Type": "application/json"}})
+        r.raise_for_status()
+    """, "openai_chat.json"),
+    "httpx": (f"""
+        import httpx
+        r = httpx.post(BASE + "/v1/chat/completions", content='{CHAT}', timeout=20,
+                       headers={{"Authorization": "Bearer sk-proj-pySECRET0123456789",
+                                "Content-Type": "application/json"}})
+        r.raise_for_status()
+    """, "openai_chat.json"),
+    "aiohttp-trust-env": (f"""
+        import asyncio, aiohttp, ssl, os
+        async def main():
+            ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+            async with aiohttp.ClientSession(trust_env=True) as s:
+                async with s.post(BASE + "/v1/chat/completions", data='{CHAT}', ssl=ctx,
+                                  headers={{"Authorization": "Bearer sk-proj-pySECRET0123456789"}}) as r:
+                    r.raise_for_status(); await r.read()
+        asyncio.run(main())
+    """, "openai_chat.json"),
+}
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, FakeProviders]]:
+    tmp = tmp_path_factory.mktemp("clients")
+    ca = make_ca(tmp / "ca")
+    with FakeProviders(ca) as upstream, running_daemon(
+        tmp / "home", upstream_ca=ca.ca_path, extra_config=capture_host_config([f"localhost:{upstream.port}"]),
+    ) as daemon:
+        yield daemon, upstream
+
+
+def rows(daemon: Daemon) -> list[dict[str, Any]]:
+    if not daemon.db_path.exists():
+        return []
+    with sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True, timeout=5) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY ts")]
+
+
+def in_env_shell(daemon: Daemon, command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `command` in a bash that evaluated `halton-meter env`, from a clean shell."""
+    shell = {k: v for k, v in daemon.env.items()
+             if k.lower() not in ("ssl_cert_file", "requests_ca_bundle", "curl_ca_bundle", "node_extra_ca_certs",
+                                  "no_proxy", "https_proxy", "http_proxy")}
+    shell.update(env or {})
+    script = f'eval "$({" ".join(HALTON_METER)} env --shell bash)" && exec "$@"'
+    return subprocess.run(["bash", "-c", script, "bash", *command], env=shell, capture_output=True, text=True,
+                          timeout=120)
+
+
+def one_new_row(daemon: Daemon, before: int) -> dict[str, Any]:
+    assert daemon.wait_rows(before + 1, timeout=15) >= before + 1
+    time.sleep(0.3)
+    got = rows(daemon)[before:]
+    assert len(got) == 1, got
+    return got[0]
+
+
+@pytest.mark.parametrize("name", list(CLIENTS))
+def test_client_is_metered_exactly(rig: tuple[Daemon, FakeProviders], name: str) -> None:
+    daemon, upstream = rig
+    program, fixture = CLIENTS[name]
+    before = len(rows(daemon))
+    code = f"BASE = {upstream.base_url!r}\n" + textwrap.dedent(program)
+    res = in_env_shell(daemon, [sys.executable, "-c", code])
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = one_new_row(daemon, before)
+    spec = EXPECTED[fixture]
+    assert {t: row[t] for t in TOKENS} == {t: spec[t] for t in TOKENS}
+    assert row["model"] == spec["model"] and row["status"] == 200 and row["flags"] == ""
+
+
+def test_curl_is_metered_exactly(rig: tuple[Daemon, FakeProviders]) -> None:
+    daemon, upstream = rig
+    before = len(rows(daemon))
+    res = in_env_shell(daemon, ["curl", "-sS", "--fail", "-H", "Authorization: Bearer sk-proj-pySECRET0123456789",
+                                "-H", "Content-Type: application/json", "-d", CHAT,
+                                f"{upstream.base_url}/v1/chat/completions"])
+    assert res.returncode == 0, res.stderr
+    row = one_new_row(daemon, before)
+    assert row["input_tokens"] == EXPECTED["openai_chat.json"]["input_tokens"]
+
+
+def test_aiohttp_default_session_bypasses_the_meter(rig: tuple[Daemon, FakeProviders]) -> None:
+    """aiohttp ignores HTTPS_PROXY unless trust_env=True: it goes straight to the host (documented in
+    docs/clients.md; `doctor --probe` names it)."""
+    daemon, upstream = rig
+    before = len(rows(daemon))
+    code = f"BASE = {upstream.base_url!r}\n" + textwrap.dedent(f"""
+        import asyncio, aiohttp, ssl
+        async def main():
+            ctx = ssl.create_default_context(cafile={str(upstream.ca.ca_path)!r})
+            async with aiohttp.ClientSession() as s:
+                async with s.post(BASE + "/v1/chat/completions", data='{CHAT}', ssl=ctx) as r:
+                    r.raise_for_status(); await r.read()
+        asyncio.run(main())
+    """)
+    res = in_env_shell(daemon, [sys.executable, "-c", code])
+    assert res.returncode == 0, res.stderr[-2000:]  # it reached upstream directly...
+    time.sleep(1.0)
+    assert len(rows(daemon)) == before  # ...and the meter never saw it
