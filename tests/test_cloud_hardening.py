@@ -183,3 +183,43 @@ def test_form_values_with_nul_are_400_not_500(cloud: CloudServer) -> None:
     )
     assert answer.status_code == 400
     assert "control characters" in answer.text
+
+
+# -- item 10: a request that fails CSRF never sets or overwrites the session cookie -----
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/login", {"email": "carol@example.com", "password": "attacker-pass"}),
+        ("/signup", {"email": "new@example.com", "password": "attacker-pass", "workspace": "w"}),
+        ("/logout", {}),
+        ("/v1/pairing/approve", {"user_code": "ABCD-EFGH", "workspace": "carol"}),
+    ],
+)
+def test_a_cross_site_post_does_not_sign_the_victim_out(
+    cloud: CloudServer, path: str, form: dict[str, str]
+) -> None:
+    victim = cloud.login_session("carol@example.com", PASSWORD)
+    # The forged post arrives without the victim's SameSite=Lax cookie, so the
+    # server sees a brand-new anonymous session and no valid CSRF token.
+    forged = httpx.post(f"{cloud.base_url}{path}", data=form, headers={"Origin": "https://evil.example"})
+    assert forged.status_code in (303, 403), forged.status_code
+    assert "set-cookie" not in forged.headers
+    # Even with a cookie, a wrong token changes nothing.
+    attacker = cloud.client()
+    attacker.get("/login")
+    wrong = attacker.post(path, data={**form, "csrf_token": "0" * 48})
+    assert "set-cookie" not in wrong.headers
+    assert victim.get("/carol/").status_code == 200  # still signed in
+
+
+def test_a_refused_or_limited_post_sets_no_cookie_either(cloud: CloudServer) -> None:
+    oversized = httpx.post(f"{cloud.base_url}/login", data={"email": "x" * 20_000})
+    assert oversized.status_code == 413 and "set-cookie" not in oversized.headers
+    garbled = httpx.post(
+        f"{cloud.base_url}/login",
+        content=b"email=\xff\xfe",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert garbled.status_code == 400 and "set-cookie" not in garbled.headers

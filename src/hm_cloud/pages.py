@@ -114,8 +114,14 @@ def session_of(request: Request) -> Session:
 
 
 def _with_cookie(request: Request, response: Response) -> Response:
+    """Set the session cookie when a GET starts a session, or a checked form changed it.
+
+    Never on any other POST: a cross-site form post arrives without the
+    victim's (SameSite=Lax) cookie, so its anonymous session would overwrite
+    theirs and sign them out.
+    """
     session = session_of(request)
-    if session.fresh:
+    if session.changed or (session.fresh and request.method in ("GET", "HEAD")):
         response.set_cookie(
             SESSION_COOKIE,
             cloud(request).sessions.dump(session),
@@ -134,7 +140,7 @@ async def _sign_in(request: Request, user_id: int | None) -> None:
     session.user_id = user_id
     session.epoch = 0 if user_id is None else await cloud(request).db(store.session_epoch, user_id)
     session.csrf = secrets.token_bytes(24).hex()
-    session.fresh = True
+    session.changed = True
 
 
 def render(

@@ -35,7 +35,8 @@ class Session:
 
     user_id: int | None
     csrf: str
-    fresh: bool = False  # True when no valid cookie came in: the response must set one
+    fresh: bool = False  # True when no valid cookie came in: a GET's response sets one
+    changed: bool = False  # signed in or out by this request (CSRF checked): the response sets it
     epoch: int = 0  # the user's session epoch at sign-in; signing out bumps it (all cookies die)
 
 
