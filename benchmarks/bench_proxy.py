@@ -55,9 +55,23 @@ with LocalTLSServer(ca) as srv:
     sys.stdin.read()
 """
 
+# An upstream that offers HTTP/2 by ALPN (the test fakes), for the both-legs-HTTP/2 mode.
+UPSTREAM_H2_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from tests.support.fake_providers import FakeProviders
+from tests.support.tls import CertAuthority
+d = Path(sys.argv[2])
+ca = CertAuthority(d / "ca.pem", d / "server-chain.pem", d / "server-key.pem")
+with FakeProviders(ca, http2=True) as srv:
+    print(srv.port, flush=True)
+    sys.stdin.read()
+"""
+
 
 def run_load(url: str, n: int, concurrency: int, proxy: str | None, verify: ssl.SSLContext,
-             keep: bool = False) -> dict[str, Any]:
+             keep: bool = False, http2: bool = False) -> dict[str, Any]:
     latencies: list[float] = []
     lock = threading.Lock()
     errors = [0]
@@ -65,7 +79,7 @@ def run_load(url: str, n: int, concurrency: int, proxy: str | None, verify: ssl.
 
     def worker() -> None:
         mine: list[float] = []
-        with httpx.Client(proxy=proxy, verify=verify, timeout=30, trust_env=False) as client:
+        with httpx.Client(proxy=proxy, verify=verify, timeout=30, trust_env=False, http2=http2) as client:
             for _ in range(per_thread):
                 t0 = time.perf_counter()
                 r = client.post(url, json=BODY)
@@ -218,6 +232,12 @@ def main() -> None:
         assert upstream.stdout is not None
         up_port = int(upstream.stdout.readline())
         url = f"https://localhost:{up_port}/v1/chat/completions"
+        upstream_h2 = subprocess.Popen([sys.executable, "-c", UPSTREAM_H2_SCRIPT, str(ROOT), str(tmp / "ca")],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(upstream_h2)
+        assert upstream_h2.stdout is not None
+        h2_port = int(upstream_h2.stdout.readline())
+        url_h2 = f"https://localhost:{h2_port}/v1/chat/completions"
         print(f"{n} requests, {c} concurrent keep-alive connections, upstream https://localhost:{up_port} (own process)\n")
         results: dict[str, dict[str, float]] = {}
         direct_ctx = ssl.create_default_context(cafile=str(ca.ca_path))
@@ -235,8 +255,8 @@ def main() -> None:
 
         # the daemon, metering every request (the host is configured as an LLM API)
         home = tmp / "home"
-        daemon = start_daemon(home, "asyncio", upstream_ca=ca.ca_path,
-                              extra_config=capture_host_config([f"localhost:{up_port}"]), tick_seconds=15)
+        daemon = start_daemon(home, "asyncio", upstream_ca=ca.ca_path, tick_seconds=15,
+                              extra_config=capture_host_config([f"localhost:{up_port}", f"localhost:{h2_port}"]))
         d_ctx = ssl.create_default_context(cafile=str(daemon.ca_cert_path))
         # the same daemon with [attribution] enabled = false: what finding the caller costs
         daemon_off = start_daemon(tmp / "home-noattr", "asyncio", upstream_ca=ca.ca_path, tick_seconds=15,
@@ -257,12 +277,18 @@ def main() -> None:
             "daemon": (daemon.proxy_url, d_ctx),
             "daemon_noattr": (daemon_off.proxy_url, off_ctx),
             "daemon_budgets": (daemon_budgets.proxy_url, budgets_ctx),
+            # HTTP/2 on both legs: an h2 client through the daemon to an upstream that offers h2,
+            # against HTTP/1.1 on both legs to that same upstream
+            "daemon_h1_h2up": (daemon.proxy_url, d_ctx),
+            "daemon_h2": (daemon.proxy_url, d_ctx),
         }
+        mode_url = {"daemon_h1_h2up": url_h2, "daemon_h2": url_h2}
+        mode_h2 = {"daemon_h2"}
         proxy_pids = {"direct": None, "mitmdump": md.pid, "daemon": daemon.pid, "daemon_noattr": daemon_off.pid,
-                      "daemon_budgets": daemon_budgets.pid}
+                      "daemon_budgets": daemon_budgets.pid, "daemon_h1_h2up": daemon.pid, "daemon_h2": daemon.pid}
         cpu_used = dict.fromkeys(modes, 0.0)
-        for proxy, ctx in modes.values():
-            run_load(url, args.warmup, c, proxy, ctx)
+        for name, (proxy, ctx) in modes.items():
+            run_load(mode_url.get(name, url), args.warmup, c, proxy, ctx, http2=name in mode_h2)
         # Interleaved rounds: load from other processes on the machine hits every mode alike.
         rounds = max(1, args.rounds)
         per_round = max(c, n // rounds // c * c)
@@ -272,12 +298,14 @@ def main() -> None:
                 before = cpu_seconds(proxy_pids[name])
                 if name == "daemon_budgets":
                     scraper.start()
-                parts[name].append(run_load(url, per_round, c, proxy, ctx, keep=True))
+                parts[name].append(run_load(mode_url.get(name, url), per_round, c, proxy, ctx, keep=True,
+                                            http2=name in mode_h2))
                 if name == "daemon_budgets":
                     scraper.stop()
                 cpu_used[name] += cpu_seconds(proxy_pids[name]) - before
         labels = {"direct": "direct", "mitmdump": "bare mitmdump", "daemon": "daemon (metering)",
-                  "daemon_noattr": "daemon, attribution off", "daemon_budgets": "daemon + budgets + /metrics"}
+                  "daemon_noattr": "daemon, attribution off", "daemon_budgets": "daemon + budgets + /metrics",
+                  "daemon_h1_h2up": "daemon, HTTP/1.1 both legs", "daemon_h2": "daemon, HTTP/2 both legs"}
         for name in modes:
             results[name] = merge(parts[name])
             results[name]["proxy_cpu_ms_per_req"] = cpu_used[name] * 1000 / results[name]["n"]
@@ -292,7 +320,7 @@ def main() -> None:
         stop_or_kill(daemon_budgets)
         daemon_budgets = None
         n = per_round * rounds
-        expected = args.warmup // c * c + n
+        expected = (args.warmup // c * c + n) * 3  # daemon, daemon_h1_h2up and daemon_h2 share one daemon
         written = daemon.wait_rows(expected, timeout=30)
 
         # 4. the daemon while another process holds the database write lock for 2 s
@@ -351,6 +379,10 @@ def main() -> None:
               f"{on['proxy_cpu_ms_per_req'] - d['proxy_cpu_ms_per_req']:+.3f} ms; {scraper.scrapes} scrapes of "
               f"/metrics (median {scraper.median_ms():.1f} ms); budget {budget_view.get('name')} counted "
               f"{budget_view.get('priced_calls')} calls")
+        h2, h1 = results["daemon_h2"], results["daemon_h1_h2up"]
+        print(f"HTTP/2 on both legs vs HTTP/1.1 (same daemon and upstream, interleaved): p50 "
+              f"{h2['p50_ms'] - h1['p50_ms']:+.3f} ms, p99 {h2['p99_ms'] - h1['p99_ms']:+.3f} ms, "
+              f"req/s x{h2['rps'] / h1['rps']:.3f}")
         print(json.dumps({k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()}))
         print(f"daemon vs bare mitmdump: p50 {d['p50_ms'] - m['p50_ms']:+.2f} ms, req/s x{d['rps'] / m['rps']:.2f}, "
               f"CPU/request x{d['proxy_cpu_ms_per_req'] / m['proxy_cpu_ms_per_req']:.2f}"

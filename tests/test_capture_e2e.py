@@ -311,10 +311,8 @@ def test_a_retried_call_is_two_rows(rig: Rig) -> None:
 @pytest.mark.parametrize("name", ["openai_chat_stream.sse", "anthropic_messages_stream.sse",
                                   "gemini_stream.sse", "openai_chat.json"])
 def test_http2_capable_client_and_upstream(rig: Rig, name: str) -> None:
-    """Both ends offer h2 by ALPN. With the daemon's lazy connection strategy
-    mitmproxy 11 answers the client in HTTP/1.1 before it has seen upstream,
-    and then speaks HTTP/1.1 upstream too; with `eager` both legs are HTTP/2.
-    Either way the tap sees the same bytes: the row must be exact."""
+    """Both ends offer h2 by ALPN: with mitmproxy's eager connection strategy
+    (the daemon's) both legs are HTTP/2, and the row is exact."""
     spec = EXPECTED[name]
     rig.upstream_h2.encoding = "gzip"
     before = rig.ids()
@@ -323,11 +321,12 @@ def test_http2_capable_client_and_upstream(rig: Rig, name: str) -> None:
         "POST", f"{rig.upstream_h2.base_url}{path}", json=spec["request"],
         headers={"authorization": f"Bearer {OPENAI_KEY}"},
     ) as response:
-        assert response.http_version in ("HTTP/1.1", "HTTP/2")
+        assert response.http_version == "HTTP/2"
         assert response.status_code == 200
         response.read()
     check_row(rig.next_row(before), name)
     assert rig.upstream_h2.seen[-1].fixture == AS_RECORDED.get(name, name)
+    assert rig.upstream_h2.seen[-1].headers.get(":method") == "POST"  # an HTTP/2 request upstream
 
 
 def test_client_disconnect_mid_stream_is_incomplete(rig: Rig) -> None:
