@@ -126,7 +126,11 @@ def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> 
 
 
 def token_of(d: Daemon) -> str:
-    return str(json.loads((d.home / "cloud-credentials.json").read_text())["token"])
+    """The sync token: stored only encrypted (db.sqlite), its key in cloud.key."""
+    from hm_agent.cloudlink import load_credentials
+    from hm_agent.home import paths
+
+    return load_credentials(paths(d.home)).token
 
 
 def cloud_totals(cloud: CloudServer, token: str) -> int:
@@ -177,6 +181,7 @@ def test_the_pairing_page_story(backend: str, cloud: CloudServer, ca: CertAuthor
         assert state[0] == "acme-co"
         assert Fernet(key.read_bytes()).decrypt(state[3]).decode() == token
         assert token.encode() not in state[3]
+        assert token.encode() not in creds.read_bytes()  # the token is kept only encrypted
         machine_id = json.loads((home / "machine.json").read_text())["machine_id"]
         assert state[1] == machine_id
 

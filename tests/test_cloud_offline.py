@@ -71,3 +71,37 @@ def test_disconnect_with_the_backend_unreachable_still_wipes_and_says_how_to_rev
     assert json.loads(run_cli(home, "cloud", "status", "--json").stdout)["state"] == "NOT-CONFIGURED"
     again = run_cli(home, "cloud", "disconnect")
     assert again.returncode == 0 and "not paired" in again.stdout
+
+
+def test_the_token_is_stored_only_encrypted_with_its_key_alone_in_cloud_key(tmp_path: Path) -> None:
+    """No file of the home holds the token in the clear; db.sqlite and the credentials file travel safely."""
+    home = tmp_path / "home"
+    token = paired_home(home)
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    hp = ensure_home(home)
+    assert load_credentials(hp).token == token
+    (home / "cloud.key").unlink()
+    with pytest.raises(CloudLinkError, match="cloud.key is missing: run `halton-meter cloud connect`"):
+        load_credentials(hp)
+
+
+def test_a_credentials_file_from_before_keeps_working_and_loses_its_clear_token(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    token = paired_home(home)
+    creds = home / "cloud-credentials.json"
+    data = json.loads(creds.read_text())
+    creds.write_text(json.dumps({**data, "token": token}))  # the 0.2.0 layout
+    creds.chmod(0o600)
+    hp = ensure_home(home)
+    with Store(home / "db.sqlite") as store:
+        saved = (store.get_cloud_state() or {})["api_key_ciphertext"]
+        store.set_cloud_state(api_key_ciphertext=None)
+    # Without a working encrypted copy the clear one is the only one: used, and left alone.
+    assert load_credentials(hp).token == token and "token" in json.loads(creds.read_text())
+    with Store(home / "db.sqlite") as store:
+        store.set_cloud_state(api_key_ciphertext=saved)
+    assert load_credentials(hp).token == token
+    assert "token" not in json.loads(creds.read_text()) and creds.stat().st_mode & 0o777 == 0o600
+    assert load_credentials(hp).token == token

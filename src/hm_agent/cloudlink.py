@@ -1,13 +1,24 @@
 """The local half of a cloud pairing: the files that say this machine is paired.
 
+The sync token is stored once, encrypted: Fernet ciphertext in the
+``cloud_state`` row of db.sqlite, with its key alone in ``cloud.key`` (0600).
+What that protects against, and what not (docs/cloud-sync.md, "Where the
+token is"): db.sqlite and cloud-credentials.json are the files that travel
+(a copy for a bug report, a synced folder, a backup of the database alone);
+neither holds a usable token. Someone who can read the whole home (the same
+user, root) reads the key too: against them only the file modes and the
+revocation on the devices page help.
+
 Writing happens in one order, so a crash at any point leaves no half state
 that the daemon would act on (config.toml is written last, and only
 ``[cloud] enabled = true`` there makes the worker run):
 
-1. ``cloud-credentials.json`` — the raw ``hm_sync_…`` token (0600, atomic);
-2. ``cloud.key`` — a fresh Fernet key (0600, atomic);
-3. the ``cloud_state`` row in db.sqlite — the token encrypted with that key
+1. ``cloud.key`` — a fresh Fernet key (0600, atomic);
+2. the ``cloud_state`` row in db.sqlite — the token encrypted with that key
    (``api_key_ciphertext``), workspace, machine id, hostname, paired_at;
+3. ``cloud-credentials.json`` — where the token is valid: base URL,
+   workspace, machine id (0600, atomic; no token since 0.2.1: an older file
+   that still holds one is rewritten without it on first use);
 4. ``config.toml`` ``[cloud]`` — ``enabled = true``, ``base_url``, ``workspace_id``
    (rewritten with tomlkit so the user's comments survive).
 
@@ -103,15 +114,6 @@ def save_pairing(
 
     if not looks_like_token(token):
         raise CloudLinkError("the backend returned a token with a bad checksum; run `halton-meter cloud connect` again")
-    creds = {
-        "token": token,
-        "base_url": base_url,
-        "workspace_id": workspace_id,
-        "workspace_slug": workspace_slug,
-        "machine_id": machine_id,
-        "created_at": utc_now_iso(),
-    }
-    write_secret(hp.cloud_credentials, (json.dumps(creds, indent=2) + "\n").encode())
     key = Fernet.generate_key()
     write_secret(hp.cloud_key, key)
     store.set_cloud_state(
@@ -128,37 +130,77 @@ def save_pairing(
         last_reconcile_at=None,
         last_error=None,
     )
+    _write_credentials(hp, {
+        "base_url": base_url,
+        "workspace_id": workspace_id,
+        "workspace_slug": workspace_slug,
+        "machine_id": machine_id,
+        "created_at": utc_now_iso(),
+    })
     update_cloud_config(hp, enabled=True, base_url=base_url, workspace_id=workspace_id)
 
 
-def load_credentials(hp: HomePaths) -> Credentials:
-    """The token and where it is valid; CloudLinkError says what to do if unusable."""
+def _write_credentials(hp: HomePaths, data: dict[str, Any]) -> None:
+    write_secret(hp.cloud_credentials, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _again(what: str) -> CloudLinkError:
+    return CloudLinkError(f"{what}: run `halton-meter cloud connect` to pair again")
+
+
+def load_credentials(hp: HomePaths, store: Store | None = None) -> Credentials:
+    """The token (decrypted) and where it is valid; CloudLinkError says what to do if unusable."""
     try:
         raw = read_secret(hp.cloud_credentials)
     except FileNotFoundError:
-        raise CloudLinkError(
-            f"{hp.cloud_credentials} is missing: run `halton-meter cloud connect` to pair again"
-        ) from None
+        raise _again(f"{hp.cloud_credentials} is missing") from None
     except InsecureSecretFile as exc:
         raise CloudLinkError(str(exc)) from None
     try:
         data: Any = json.loads(raw)
-        token = str(data["token"])
-        creds = Credentials(
-            token=token,
-            base_url=str(data.get("base_url") or ""),
-            workspace_id=str(data.get("workspace_id") or ""),
-            workspace_slug=str(data.get("workspace_slug") or ""),
-        )
-    except (ValueError, KeyError, TypeError):
-        raise CloudLinkError(
-            f"{hp.cloud_credentials} is not valid JSON with a token: run `halton-meter cloud connect` again"
-        ) from None
-    if not looks_like_token(creds.token):
-        raise CloudLinkError(
-            f"{hp.cloud_credentials} holds no valid hm_sync_ token: run `halton-meter cloud connect` again"
-        )
-    return creds
+        if not isinstance(data, dict):
+            raise TypeError
+        meta = {k: str(data.get(k) or "") for k in ("base_url", "workspace_id", "workspace_slug")}
+    except (ValueError, TypeError):
+        raise _again(f"{hp.cloud_credentials} is not valid JSON") from None
+    legacy = data.get("token")  # written in the clear before 0.2.1
+    try:
+        token = _decrypt_token(hp, store)
+    except CloudLinkError:
+        if not isinstance(legacy, str) or not looks_like_token(legacy):
+            raise
+        return Credentials(token=legacy, **meta)  # the only copy: left where it is
+    if not looks_like_token(token):
+        raise _again("the stored token has a bad checksum")
+    if "token" in data and legacy == token:  # the encrypted copy works: keep only that one
+        _write_credentials(hp, {k: v for k, v in data.items() if k != "token"})
+    return Credentials(token=token, **meta)
+
+
+def _decrypt_token(hp: HomePaths, store: Store | None) -> str:
+    from cryptography.fernet import Fernet, InvalidToken
+
+    try:
+        key = read_secret(hp.cloud_key)
+    except FileNotFoundError:
+        raise _again(f"{hp.cloud_key} is missing") from None
+    except InsecureSecretFile as exc:
+        raise CloudLinkError(str(exc)) from None
+    try:
+        if store is not None:
+            state = store.get_cloud_state() or {}
+        else:
+            with Store(hp.db, readonly=True) as reader:
+                state = reader.get_cloud_state() or {}
+    except Exception as exc:  # StoreError, sqlite3.Error
+        raise CloudLinkError(f"cannot read the token from {hp.db}: {exc}") from None
+    ciphertext = state.get("api_key_ciphertext")
+    if not ciphertext:
+        raise _again(f"no token in {hp.db}")
+    try:
+        return Fernet(key.strip()).decrypt(bytes(ciphertext)).decode()
+    except (InvalidToken, ValueError, TypeError):
+        raise _again(f"the token in {hp.db} does not decrypt with {hp.cloud_key}") from None
 
 
 def wipe_pairing(hp: HomePaths, store: Store | None) -> None:

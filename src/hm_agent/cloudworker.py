@@ -324,7 +324,7 @@ class CloudWorker:
 
     async def _load(self, ctx: Any) -> SyncSession | None:
         try:
-            creds = await anyio.to_thread.run_sync(load_credentials, ctx.home)
+            creds = await anyio.to_thread.run_sync(load_credentials, ctx.home, ctx.store)
         except CloudLinkError as exc:
             self.error = str(exc)
             log.error("cloud worker cannot start: %s", exc)
@@ -693,7 +693,7 @@ async def _cloud_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if not ctx.config.cloud_enabled:
         raise CommandRefused("this machine is not paired (NOT-CONFIGURED): run `halton-meter cloud connect`")
     try:
-        creds = await anyio.to_thread.run_sync(load_credentials, ctx.home)
+        creds = await anyio.to_thread.run_sync(load_credentials, ctx.home, ctx.store)
     except CloudLinkError as exc:
         raise CommandRefused(str(exc)) from None
     base_url = creds.base_url or ctx.config.cloud_base_url
@@ -728,7 +728,7 @@ async def _cloud_disconnect(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 async def revoke_and_wipe(hp: Any, store: Any, config: Any) -> dict[str, Any]:
     """`cloud disconnect`: revoke at the backend (best effort), then wipe locally, always."""
     try:
-        creds = await anyio.to_thread.run_sync(load_credentials, hp)
+        creds = await anyio.to_thread.run_sync(load_credentials, hp, store)
     except CloudLinkError:
         creds = None
     state = (await anyio.to_thread.run_sync(store.get_cloud_state) or {}) if store is not None else {}
