@@ -408,3 +408,46 @@ def test_the_client_sends_nothing_to_a_socket_it_does_not_own(tmp_path: Any) -> 
         stop.set()
         thread.join(5)
         server.close()
+
+
+# -- rows the daemon builds are rows the backend takes (api.md bounds) -------------------------
+
+
+def test_cost_is_cut_to_twelve_decimals() -> None:
+    from hm_agent.writer import _cost_12
+
+    assert _cost_12("0.000000123456789012345") == "0.000000123457"
+    assert _cost_12("1.5") == "1.5" and _cost_12("0") == "0"
+
+
+def test_rows_built_from_hostile_upstream_values_pass_the_backends_validation() -> None:
+    """Whatever the upstream said (status, names, durations), the uploaded Row is within api.md's bounds."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hm_agent.writer import build_row
+    from hm_proto.server import parse_row
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        status=st.integers(0, 1000),
+        model=st.text(max_size=2000),
+        endpoint=st.text(max_size=700),
+        latency=st.integers(0, 10**12),
+        tokens=st.one_of(st.none(), st.integers(0, 10**12)),
+    )
+    def check(status: int, model: str, endpoint: str, latency: int, tokens: int | None) -> None:
+        from hm_agent.capture.tap import CapturedUsage
+        from hm_agent.writer import CapturedCall
+
+        usage = CapturedUsage(provider="openai", model=model, host="h", endpoint=endpoint, status=status,
+                              stream=False, input_tokens=tokens, output_tokens=tokens)
+        call = CapturedCall(id="00000000-0000-4000-8000-000000000001", ts="2026-11-29T10:00:00.000Z",
+                            usage=usage, latency_ms=latency, ttfb_ms=latency)
+        stored = build_row(call, [])
+        row = parse_row(json.loads(stored.row_json))
+        assert 100 <= row.status <= 599
+        if not 100 <= status <= 599:
+            assert ("no_response" if status == 0 else "bad_status") in stored.flags.split()
+
+    check()

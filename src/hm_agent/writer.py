@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -406,23 +407,28 @@ def build_row(call: CapturedCall, overrides: list[dict[str, Any]], caller_wait_s
         log.warning("model %r priced at %s for one call; cost recorded as unknown", usage.model, cost)
         cost = None
         flags.add("implausible_usage")
+    # Within api.md's bounds, so the backend takes every row this builds.
+    status = int(usage.status)
+    if not MIN_STATUS <= status <= MAX_STATUS:
+        flags.add("no_response" if status == 0 else "bad_status")
+        status = 502  # what the client got from the proxy when the upstream gave no usable answer
     row = UsageRow(
         id=call.id,
         ts=call.ts,
-        provider=usage.provider,
-        model=usage.model,
-        endpoint=usage.endpoint,
-        status=usage.status,
+        provider=_text(usage.provider),
+        model=_text(usage.model),
+        endpoint=_text(usage.endpoint),
+        status=status,
         stream=bool(usage.stream),
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         reasoning_tokens=usage.reasoning_tokens,
-        cost_usd=cost,
-        price_version=price_version,
-        latency_ms=max(0, int(call.latency_ms)),
-        ttfb_ms=None if call.ttfb_ms is None else max(0, int(call.ttfb_ms)),
+        cost_usd=None if cost is None else _cost_12(cost),
+        price_version=_text(price_version),
+        latency_ms=_duration(call.latency_ms),
+        ttfb_ms=None if call.ttfb_ms is None else _duration(call.ttfb_ms),
         # The row that is uploaded carries only what [attribution] sync_* allows.
         project=attr.project if "project" in synced else None,
         repo=attr.repo if "repo" in synced else None,
@@ -453,6 +459,33 @@ def _attribution(call: CapturedCall, wait_s: float) -> Attributed:
     except Exception:  # attribution must never cost a row
         log.exception("attribution failed; the row is stored unattributed")
         return Attributed(flags=("unattributed",))
+
+
+# api.md "Bounds of a Row": text fields, status, durations, cost decimals.
+MAX_TEXT = 512
+MIN_STATUS, MAX_STATUS = 100, 599
+MAX_DURATION_MS = 86_400_000
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_TWELVE_PLACES = Decimal("1e-12")
+
+
+def _text(value: object) -> str:
+    """An upstream's string as the contract allows it: no control characters, at most 512 characters."""
+    return _CONTROL.sub("", str(value))[:MAX_TEXT]
+
+
+def _duration(ms: int) -> int:
+    return min(max(0, int(ms)), MAX_DURATION_MS)
+
+
+def _cost_12(cost: str) -> str:
+    """At most 12 decimal places (a millionth of a millionth of a dollar), rounded half-even."""
+    amount = Decimal(cost)
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -12:
+        return cost
+    text = format(amount.quantize(_TWELVE_PLACES, rounding=ROUND_HALF_EVEN), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _plausible_cost(cost: str) -> bool:
