@@ -197,7 +197,8 @@ def test_a_path_rule_wins_over_the_repository_name(rig: Rig) -> None:
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to create and run as a second OS user")
 def test_a_client_of_another_os_user_gets_null_fields(rig: Rig) -> None:
-    if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
+    created = subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0
+    if created:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER], check=True)
     shared = Path(f"/tmp/hm-attr-{os.getpid()}")  # tmp_path's parents are 0700: the other user needs a way in
     shared.mkdir(mode=0o755, exist_ok=True)
@@ -208,6 +209,8 @@ def test_a_client_of_another_os_user_gets_null_fields(rig: Rig) -> None:
         row = rig.curl(shared, user=OTHER_USER, ca=ca)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+        if created:
+            subprocess.run(["userdel", OTHER_USER], capture_output=True)
     assert (row["project"], row["repo"], row["branch"], row["program"], row["os_user"], row["tags"]) == (
         None, None, None, None, None, None)
     assert "unattributed" in row["flags"].split()
