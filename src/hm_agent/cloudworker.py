@@ -50,6 +50,7 @@ from hm_proto import (
     ProtocolError,
     ReconcileResult,
     RetryLater,
+    RetryScheduled,
     Revoked,
     SendBatch,
     SyncEvent,
@@ -112,6 +113,7 @@ class PairingJob:
     client: PairingClient | None = None  # the protocol state: its device code cancels at the backend
     saving: bool = False  # approved: the files are being written (shielded; cancel comes too late)
     finished: anyio.Event = field(default_factory=anyio.Event)  # the pairing component is done with it
+    retries: list[dict[str, Any]] = field(default_factory=list)  # failed start attempts, as they happen
 
     def cancel(self) -> None:
         if self.active and not self.saving:
@@ -125,6 +127,14 @@ class PairingJob:
         self.state = state
         if error is not None:
             self.error = error
+        self._signal()
+
+    def note_retry(self, attempt: int, attempts: int, reason: str, delay: float) -> None:
+        """A start attempt failed and another follows: `cloud connect` shows it at once."""
+        self.retries.append({"attempt": attempt + 1, "of": attempts, "in_s": round(delay, 1), "reason": reason})
+        self._signal()
+
+    def _signal(self) -> None:
         changed, self.changed = self.changed, anyio.Event()
         changed.set()
 
@@ -197,9 +207,14 @@ class PairingComponent:
             job.code = event
             job.move("pending")
 
+        def on_retry(attempt: int, attempts: int, event: RetryScheduled, delay: float) -> None:
+            log.info("pairing with %s: attempt %d/%d failed (%s); retrying in %.1f s",
+                     job.base_url, attempt, attempts, event.reason, delay)
+            job.note_retry(attempt, attempts, event.reason, delay)
+
         try:
             async with cloud_client(ctx.config, job.base_url) as client:
-                outcome = await run_pairing_async(client, pairing, on_code)
+                outcome = await run_pairing_async(client, pairing, on_code, on_retry=on_retry)
         except PairingFailed as exc:
             job.move("failed", str(exc))
             return
@@ -519,8 +534,23 @@ async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     job = PairingJob(base_url=base_url, workspace=args.get("workspace") or None)
     SERVICE.job = job
     ctx.wake()
-    with anyio.move_on_after(35):
-        while job.state == "starting":
+    return await _code_or_progress(job, 0, bool(args.get("progress")), time.monotonic() + 35)
+
+
+@command("cloud.connect.next")
+async def _connect_next(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """After `cloud.connect.start` answered a retry: wait for the next one, or the code."""
+    job = SERVICE.job
+    if job is None:
+        raise CommandRefused("no pairing in progress: run `halton-meter cloud connect`")
+    seen = int(args.get("seen") or 0)
+    return await _code_or_progress(job, seen, True, time.monotonic() + 35)
+
+
+async def _code_or_progress(job: PairingJob, seen: int, progress: bool, deadline: float) -> dict[str, Any]:
+    """The code once there is one; with ``progress``, each failed attempt as it happens."""
+    with anyio.move_on_after(max(deadline - time.monotonic(), 0)):
+        while job.state == "starting" and not (progress and len(job.retries) > seen):
             await job.changed.wait()
     if job.state == "pending" and job.code is not None:
         return {
@@ -530,9 +560,11 @@ async def _connect_start(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             "verification_uri_complete": job.code.verification_uri_complete,
             "expires_in": round(job.code.expires_at - anyio.current_time()),
         }
+    if job.state == "starting" and progress and len(job.retries) > seen:
+        return {"state": "starting", "retries": job.retries[seen:], "seen": len(job.retries)}
     if job.state == "starting":
         job.cancel()
-        raise CommandRefused(f"no pairing code from {base_url} within 35 s: check the URL and your network")
+        raise CommandRefused(f"no pairing code from {job.base_url} within 35 s: check the URL and your network")
     raise CommandRefused(job.error or f"pairing {job.state}")
 
 

@@ -91,11 +91,18 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     _require_daemon()
     try:
         with spinner(f"Requesting pairing code from {safe(_host(base_url or _configured_base_url()))}…"):
-            started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace)
+            started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace,
+                            progress=True)
+            while started["state"] == "starting":  # a failed attempt, shown as it happens
+                for retry in started.get("retries") or []:
+                    console.print(f"  attempt {retry['attempt']}/{retry['of']}, retrying in "
+                                  f"{float(retry['in_s']):.0f} s: {safe(retry['reason'])}")
+                started = _call("cloud.connect.next", timeout=40.0, seen=started["seen"])
         code = started["user_code"]
         url = started["verification_uri_complete"]
         bullet(f"Pairing code: [bold]{safe(code)}[/]")
         bullet(f"Approve at: {safe(url)}")
+        bullet(_valid_for(started.get("expires_in")))
         if not no_browser:
             _open_browser(url)
         with spinner("Waiting for approval… (Ctrl-C to cancel)"):
@@ -118,6 +125,20 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     if state == "denied":
         fail("the pairing was denied in the browser. Run `halton-meter cloud connect` again if that was a mistake.")
     fail(str(reply.get("error") or f"pairing failed ({state}). Run `halton-meter cloud connect` again."))
+
+
+def _valid_for(expires_in: object, now: float | None = None) -> str:
+    """'The code is valid for 10 minutes, until 14:32.' (local time)."""
+    import time
+
+    try:
+        seconds = max(0, int(float(expires_in)))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = 600
+    until = time.strftime("%H:%M", time.localtime((now if now is not None else time.time()) + seconds))
+    minutes = round(seconds / 60)
+    span = f"{minutes} minute{'s' if minutes != 1 else ''}" if seconds >= 60 else f"{seconds} s"
+    return f"The code is valid for {span}, until {until}."
 
 
 def _wait_call() -> dict[str, Any]:
@@ -240,8 +261,10 @@ def sync(reconcile: bool, as_json: bool) -> None:
       halton-meter cloud sync --reconcile
     """
     _require_daemon()
-    with spinner("Uploading unsynced rows…"):
+    if as_json:
         reply = _call("cloud.sync", timeout=600.0, reconcile=reconcile)
+    else:
+        reply = _sync_with_progress(reconcile)
     if as_json:
         click.echo(json.dumps(reply, indent=2))
         return
@@ -261,6 +284,48 @@ def sync(reconcile: bool, as_json: bool) -> None:
                     f"{len(rec.get('resent_days', []))} day(s) re-sent, {rec.get('resent_rows', 0)} rows"))
     if reply.get("error"):
         fail(reply["error"])
+
+
+def _unsynced() -> int | None:
+    from hm_agent.control import ControlError, DaemonNotRunning, control_call
+
+    try:
+        value = control_call(_home(), "cloud.status", timeout=5.0).get("unsynced_rows")
+    except (ControlError, DaemonNotRunning, OSError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def _sync_with_progress(reconcile: bool) -> dict[str, Any]:
+    """`cloud.sync` in a thread while the backlog is watched: a bar on a terminal, plain
+    lines otherwise (rows uploaded, rows/s, time left)."""
+    import threading
+    import time
+
+    from hm_cli.cloud_ui import SyncProgress
+
+    total = _unsynced() or 0
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.update(_call("cloud.sync", timeout=600.0, reconcile=reconcile))
+        except BaseException as exc:  # SystemExit from fail(): re-raised on this thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    with SyncProgress(total, reconcile) as progress:
+        while worker.is_alive():
+            worker.join(0.5)
+            if worker.is_alive():
+                left = _unsynced()
+                if left is not None:
+                    progress.update(left, time.monotonic())
+    if failure:
+        raise failure[0]
+    return result
 
 
 @cloud.command("pause")

@@ -10,7 +10,9 @@ then they tunnel through it with CONNECT (``hm_proto.TunnelHandshake``).
 
 from __future__ import annotations
 
+import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,14 +28,51 @@ def remaining(deadline: float, now: float) -> float:
     return left
 
 
+_TLS_FAILED = "TLS with "
+_NO_SUCH_HOST = "no such host: "
+
+
 def connect_failure(base_url: object, exc: BaseException) -> str:
-    """One line for a failed connect: TLS problems named as such, wherever they hide."""
-    cause: BaseException | None = exc
-    while cause is not None:
+    """One line for a failed connect: TLS problems, unknown host names and refusals named
+    as such, wherever they hide (causes, contexts, exception groups; :func:`lasting`
+    recognises the first two)."""
+    causes = list(_causes(exc))
+    for cause in causes:
         if isinstance(cause, ssl.SSLError):
-            return f"TLS with {base_url} failed: {cause}"
-        cause = cause.__cause__ or cause.__context__
+            return f"{_TLS_FAILED}{base_url} failed: {cause}"
+    for cause in causes:
+        if isinstance(cause, socket.gaierror) and cause.errno in _NXDOMAIN:
+            return f"{_NO_SUCH_HOST}{base_url} ({cause.strerror or cause})"
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return f"cannot connect to {base_url}: connection refused (nothing listens there)"
     return f"cannot connect to {base_url}: {exc or type(exc).__name__}"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        cause = todo.pop(0)
+        if id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        yield cause
+        if isinstance(cause, BaseExceptionGroup):
+            todo.extend(cause.exceptions)
+        todo.extend(c for c in (cause.__cause__, cause.__context__) if c is not None)
+
+
+# getaddrinfo's "this name does not exist" (not EAI_AGAIN, a resolver that may come back).
+_NXDOMAIN = {getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)}
+
+
+def lasting(answer: object) -> bool:
+    """A failure that trying again will not heal: a TLS mismatch (e.g. https:// to an
+    http server) or a host name that does not exist. Pairing gives up at once on these."""
+    from hm_proto import TransportFailure
+
+    return isinstance(answer, TransportFailure) and answer.detail.startswith((_TLS_FAILED, _NO_SUCH_HOST))
 
 
 class CloudClientError(Exception):
