@@ -60,7 +60,7 @@ def run_checks(home: Path, probe: bool = False) -> list[Check]:
     from hm_agent.home import HomeError, paths, read_machine_id
 
     hp = paths(home)
-    checks: list[Check] = []
+    checks: list[Check] = [_python()]
     if not hp.home.is_dir():
         checks.append(Check("home", False, f"{hp.home} does not exist", "run `halton-meter start` to create it"))
         return checks
@@ -146,6 +146,17 @@ def run_checks(home: Path, probe: bool = False) -> list[Check]:
         else:
             checks.append(Check("probe", None, "skipped (the daemon is not running)"))
     return checks
+
+
+def _python() -> Check:
+    """The Python this install runs on (the package needs 3.11: mitmproxy 11.0.2)."""
+    import platform
+    import sys
+
+    version = platform.python_version()
+    ok = sys.version_info[:2] == (3, 11)
+    return Check("python", ok, f"{version} ({sys.executable})",
+                 "" if ok else "reinstall on Python 3.11: uv tool install . (README)")
 
 
 def _proxy_roundtrip(host: str, port: int) -> Check:

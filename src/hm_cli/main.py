@@ -24,6 +24,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("hm_cli.report", "dashboard"),
     "budget": ("hm_cli.budget", "budget"),
     "prices": ("hm_cli.prices", "prices"),
+    "service": ("hm_cli.service", "service"),
+    "completion": ("hm_cli.completion", "completion"),
     "cloud": ("hm_cli.cloud", "cloud"),
 }
 
@@ -39,6 +41,8 @@ _SUMMARIES = {
     "dashboard": "Open the local spend as a web page (charts, no server).",
     "budget": "Budgets: spend per period, alerts, blocks (list, status, snooze).",
     "prices": "Price data in use; fetch genai-prices' newest (prices update).",
+    "service": "Run the daemon at login (systemd user unit / launchd agent).",
+    "completion": "Print the shell completion script (bash, zsh, fish).",
     "cloud": "Pair with a Halton Meter Cloud workspace and sync.",
 }
 
