@@ -64,7 +64,21 @@ def _host(url: str) -> str:
     return urlsplit(url).netloc or url
 
 
-@click.group("cloud")
+class _WholeHelpGroup(click.Group):
+    """`cloud --help` lists each command's whole first sentence (wrapped), never cut with "…"."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group("cloud", cls=_WholeHelpGroup)
 def cloud() -> None:
     """Pair this machine with a Halton Meter Cloud workspace and sync its rows.
 
