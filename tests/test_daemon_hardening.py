@@ -451,3 +451,12 @@ def test_rows_built_from_hostile_upstream_values_pass_the_backends_validation() 
             assert ("no_response" if status == 0 else "bad_status") in stored.flags.split()
 
     check()
+
+
+def test_duration_arguments_of_commands_are_bounded() -> None:
+    """`cloud.connect.wait` with wait=inf must not hold a control-socket slot for good."""
+    from hm_agent.control import seconds_arg
+
+    assert seconds_arg({"wait": 5}, "wait", 25.0, 60.0) == 5.0
+    for bad in (float("inf"), float("nan"), 1e308, -1, True, "10", None):
+        assert seconds_arg({"wait": bad}, "wait", 25.0, 60.0) == 25.0

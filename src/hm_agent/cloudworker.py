@@ -79,7 +79,7 @@ from .cloudlink import (
     utc_now_iso,
     wipe_pairing,
 )
-from .control import CommandRefused, command
+from .control import CommandRefused, command, seconds_arg
 
 log = logging.getLogger("hm_agent.cloud")
 
@@ -573,7 +573,7 @@ async def _connect_wait(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     job = SERVICE.job
     if job is None:
         raise CommandRefused("no pairing in progress: run `halton-meter cloud connect`")
-    with anyio.move_on_after(float(args.get("wait") or 25.0)):
+    with anyio.move_on_after(seconds_arg(args, "wait", 25.0, 60.0)):
         while job.active:
             await job.changed.wait()
     return {
@@ -670,7 +670,7 @@ async def _worker(ctx: Any, wait: float = 10.0) -> CloudWorker:
 async def _cloud_sync(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     worker = await _worker(ctx)
     waiter = worker.request_sync(bool(args.get("reconcile")))
-    with anyio.move_on_after(float(args.get("timeout") or 550.0)):
+    with anyio.move_on_after(seconds_arg(args, "timeout", 550.0, 600.0)):
         await waiter.done.wait()
     if not waiter.done.is_set():
         waiter.error = "still uploading; check progress with `halton-meter cloud status`"

@@ -253,6 +253,18 @@ async def _read_and_dispatch(stream: Any, ctx: Any) -> dict[str, Any] | None:
     return await dispatch(line, ctx)
 
 
+def seconds_arg(args: dict[str, Any], name: str, default: float, most: float) -> float:
+    """A duration argument of a command, as a number of seconds in 0..``most`` (else ``default``).
+
+    A client that asks to wait forever (``inf``, ``nan``, ``1e308``) would hold
+    one of the MAX_CONNECTIONS slots for good.
+    """
+    value = args.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
+        return default
+    return float(value)
+
+
 def _error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
 

@@ -35,7 +35,7 @@ from .home import (
     paths,
     write_atomic,
 )
-from .store import Store, StoreError
+from .store import Store, StoreError, unreadable
 
 log = logging.getLogger("hm_agent.daemon")
 
@@ -135,7 +135,7 @@ class DaemonContext:
             rows_today = self.store.count_rows(utc_today())
         except Exception as exc:
             rows_today = None
-            problems.append(f"cannot read the database: {exc}")
+            problems.append(unreadable(self.home.db, exc))
         return {
             "version": self.version,
             "home": str(self.home.home),
