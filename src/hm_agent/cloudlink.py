@@ -33,6 +33,7 @@ import platform
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hm_proto import looks_like_token
@@ -148,14 +149,18 @@ def _again(what: str) -> CloudLinkError:
     return CloudLinkError(f"{what}: run `halton-meter cloud connect` to pair again")
 
 
-def load_credentials(hp: HomePaths, store: Store | None = None) -> Credentials:
-    """The token (decrypted) and where it is valid; CloudLinkError says what to do if unusable."""
+def _read_pairing_file(path: Path) -> bytes:
     try:
-        raw = read_secret(hp.cloud_credentials)
+        return read_secret(path)
     except FileNotFoundError:
-        raise _again(f"{hp.cloud_credentials} is missing") from None
+        raise _again(f"{path} is missing") from None
     except InsecureSecretFile as exc:
         raise CloudLinkError(str(exc)) from None
+
+
+def load_credentials(hp: HomePaths, store: Store | None = None) -> Credentials:
+    """The token (decrypted) and where it is valid; CloudLinkError says what to do if unusable."""
+    raw = _read_pairing_file(hp.cloud_credentials)
     try:
         data: Any = json.loads(raw)
         if not isinstance(data, dict):
@@ -180,12 +185,7 @@ def load_credentials(hp: HomePaths, store: Store | None = None) -> Credentials:
 def _decrypt_token(hp: HomePaths, store: Store | None) -> str:
     from cryptography.fernet import Fernet, InvalidToken
 
-    try:
-        key = read_secret(hp.cloud_key)
-    except FileNotFoundError:
-        raise _again(f"{hp.cloud_key} is missing") from None
-    except InsecureSecretFile as exc:
-        raise CloudLinkError(str(exc)) from None
+    key = _read_pairing_file(hp.cloud_key)
     try:
         if store is not None:
             state = store.get_cloud_state() or {}
