@@ -215,6 +215,8 @@ def test_a_client_of_another_os_user_gets_null_fields(rig: Rig) -> None:
         None, None, None, None, None, None)
     assert "unattributed" in row["flags"].split()
     assert row["status"] == 200
+    # answered from the socket's owner alone (the kernel's table), no process of that user was read
+    assert rig.daemon.status()["attribution"]["unresolved"].get("other_user", 0) >= 1
 
 
 def test_report_splits_by_project_and_filters(rig: Rig) -> None:
