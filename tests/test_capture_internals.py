@@ -189,3 +189,17 @@ def test_streamed_request_body_is_kept_up_to_its_bound() -> None:
     for _ in range(3):
         assert big(b"x" * (MAX_REQUEST_BODY // 2)) == b"x" * (MAX_REQUEST_BODY // 2)  # passed on whole
     assert big.body() == b"" and big.chunks == []
+
+
+def test_ratelimit_headers_are_normalised_and_bounded() -> None:
+    from hm_agent.capture.ratelimits import ratelimits
+
+    got = ratelimits({"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-tokens": "29000",
+                      "anthropic-ratelimit-output-tokens-reset": "2026-11-29T14:00:01Z",
+                      "x-ratelimit-limit-evil": "1\x1b[31m", "retry-after": "3", "content-type": "x"})
+    assert got == {"requests": {"limit": "500"}, "tokens": {"remaining": "29000"},
+                   "output-tokens": {"reset": "2026-11-29T14:00:01Z"}, "retry-after": {"reset": "3"}}
+    many = {f"x-ratelimit-limit-kind{i}": "1" for i in range(50)}
+    assert len(ratelimits(many) or {}) == 8
+    assert ratelimits({"content-type": "application/json"}) is None
+    assert ratelimits({"x-ratelimit-limit-requests": "9" * 200}) is None

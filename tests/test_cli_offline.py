@@ -38,7 +38,7 @@ def test_status_with_daemon_down(tmp_path: Path) -> None:
     assert "NOT-CONFIGURED" in res.stdout
     st = json.loads(cli(home, "status", "--json").stdout)
     assert set(st) == {"version", "home", "daemon", "proxy", "rows", "ca_cert", "machine_id", "cloud",
-                       "components", "config_warnings", "budgets"}
+                       "components", "config_warnings", "budgets", "ratelimits"}
     assert st["daemon"]["running"] is False and st["proxy"]["bound"] is False
     assert st["proxy"]["port"] == 8090 and st["cloud"]["state"] == "NOT-CONFIGURED"
     assert not home.exists(), "status must not create the home"

@@ -167,3 +167,28 @@ def test_aiohttp_default_session_bypasses_the_meter(rig: tuple[Daemon, FakeProvi
     assert res.returncode == 0, res.stderr[-2000:]  # it reached upstream directly...
     time.sleep(1.0)
     assert len(rows(daemon)) == before  # ...and the meter never saw it
+
+
+def test_rate_limit_headers_in_status_and_report_limits(rig: tuple[Daemon, FakeProviders]) -> None:
+    import json
+
+    daemon, upstream = rig
+    before = len(rows(daemon))
+    code = f"BASE = {upstream.base_url!r}\n" + textwrap.dedent(CLIENTS["httpx"][0]) + textwrap.dedent("""
+        import anthropic
+        anthropic.Anthropic(api_key="sk-ant-api03-pySECRET0123456789", base_url=BASE, max_retries=0).messages.create(
+            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    """)
+    assert in_env_shell(daemon, [sys.executable, "-c", code]).returncode == 0
+    assert daemon.wait_rows(before + 2, timeout=15) >= before + 2
+    time.sleep(0.3)
+    limits = {(e["host"], e["model"]): e["limits"] for e in json.loads(daemon.cli("report", "--limits", "--json").stdout)}
+    host = f"localhost:{upstream.port}"
+    assert limits[(host, "gpt-4o-2024-08-06")]["requests"] == {"limit": "5000", "remaining": "4999", "reset": "12ms"}
+    assert limits[(host, "gpt-4o-2024-08-06")]["tokens"]["remaining"] == "798877"
+    assert limits[(host, "claude-sonnet-4-5-20250929")]["input-tokens"]["limit"] == "2000000"
+    text = daemon.cli("report", "--limits").stdout
+    assert "requests 4999/5000 (reset 12ms), tokens 798877/800000 (reset 84ms)" in text
+    status = daemon.cli("status")
+    assert "rate limit" in status.stdout and "input-tokens 1995000/2000000" in status.stdout
+    assert json.loads(daemon.cli("status", "--json").stdout)["ratelimits"]

@@ -83,6 +83,13 @@ CREATE TABLE IF NOT EXISTS budget_snoozes (
     budget TEXT PRIMARY KEY,
     until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ratelimits (
+    host TEXT NOT NULL,
+    model TEXT NOT NULL,
+    at TEXT NOT NULL,
+    limits TEXT NOT NULL,
+    PRIMARY KEY (host, model)
+);
 """
 
 # In-place upgrades, oldest first: (user_version after the step, SQL). A database
@@ -317,6 +324,18 @@ class Store:
 
     def count_quarantined(self) -> int:
         return int(self._query("SELECT count(*) FROM sync_quarantine")[0][0])
+
+    def note_ratelimits(self, seen: Sequence[tuple[str, str, str, str]]) -> int:
+        """(host, model, ts, limits JSON): keep the latest rate-limit state per host and model."""
+        return self._write(
+            "INSERT INTO ratelimits (host, model, at, limits) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(host, model) DO UPDATE SET at = excluded.at, limits = excluded.limits "
+            "WHERE excluded.at >= ratelimits.at", seen)
+
+    def latest_ratelimits(self) -> list[tuple[str, str, str, str]]:
+        """(host, model, at, limits JSON), most recent first."""
+        return [tuple(r) for r in self._query_optional(
+            "SELECT host, model, at, limits FROM ratelimits ORDER BY at DESC LIMIT 200")]
 
     def unpriced_rows(self, limit: int = 100_000) -> list[sqlite3.Row]:
         """Rows with tokens but no cost (unknown model when priced): what `report --reprice` retries."""

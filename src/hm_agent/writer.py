@@ -275,6 +275,18 @@ class RowWriter:
                 log.exception("could not build the row of call %s", call.id)
                 self._keep_bad(_unbuildable_row(call), exc, stopping)
         self._insert(rows, stopping)
+        self._note_ratelimits(batch)
+
+    def _note_ratelimits(self, batch: list[CapturedCall]) -> None:
+        """The latest rate-limit headers per host and model (status, report --limits); never fails a batch."""
+        seen = [(c.usage.host, c.usage.model, c.ts, c.usage.ratelimits) for c in batch
+                if getattr(c.usage, "ratelimits", None)]
+        if not seen or self._gave_up:
+            return
+        try:
+            self._store.note_ratelimits(seen)
+        except Exception as exc:
+            log.warning("could not record rate-limit headers: %s", exc)
 
     def _insert(self, rows: list[StoredRow], stopping: bool) -> None:
         """Write rows; a row the database refuses is isolated and quarantined, never the batch."""

@@ -421,12 +421,15 @@ DEFAULT_HTML = "halton-meter-report.html"
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "focus"]), default=None,
               help="Output format; focus = a FOCUS 1.2 cost CSV, one line per UTC day, provider, model "
                    "and project (docs/metrics.md).")
+@click.option("--limits", "limits", is_flag=True,
+              help="Show the latest rate-limit headers per host and model instead of spend.")
 @click.option("--reprice", is_flag=True,
               help="First price rows whose cost is unknown with the price data in use (see `prices update`).")
 @click.option("--html", "html_file", is_flag=False, flag_value=DEFAULT_HTML, default=None, metavar="[FILE]",
               help=f"A self-contained HTML page with charts (default file {DEFAULT_HTML}; - for stdout).")
 def report(since: str | None, from_: str | None, to: str | None, by: str, where: tuple[str, ...],
-           as_json: bool, as_csv: bool, fmt: str | None, reprice: bool, html_file: str | None) -> None:
+           as_json: bool, as_csv: bool, fmt: str | None, limits: bool, reprice: bool,
+           html_file: str | None) -> None:
     """Spend and tokens from the local database; works with the daemon stopped.
 
     Calls with an unknown price are shown as "unknown price", never $0.
@@ -440,6 +443,7 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
       halton-meter report --by branch --where project=acme --where tag:team=ml
       halton-meter report --since 30d --format focus > focus.csv
       halton-meter report --reprice     # after `halton-meter prices update`
+      halton-meter report --limits      # latest x-ratelimit-* / anthropic-ratelimit-* per host and model
       halton-meter report --since 30d --html spend.html
     """
     from hm_agent.home import home_dir
@@ -447,6 +451,9 @@ def report(since: str | None, from_: str | None, to: str | None, by: str, where:
     if as_json + as_csv + (fmt is not None) + (html_file is not None) > 1:
         fail("choose one of --json, --csv and --html (or one --format)")
     as_json, as_csv = as_json or fmt == "json", as_csv or fmt == "csv"
+    if limits:
+        _limits(home_dir(), as_json)
+        return
     from_day, to_day = resolve_range(since, from_, to)
     if reprice:
         _reprice(home_dir())
@@ -558,3 +565,22 @@ def _reprice(home: Any) -> None:
             if done.synced else "")
     click.echo(f"Repriced {done.repriced} rows with {done.price_version or 'the current price data'}; "
                f"{done.still_unknown} still unknown{note}.", err=True)
+
+
+def _limits(home: Any, as_json: bool) -> None:
+    """report --limits: the latest rate-limit state each host and model announced."""
+    from hm_agent.home import paths
+
+    from .limits import describe, read_limits
+
+    entries = read_limits(paths(home).db)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("No rate-limit headers seen yet (providers send them with each answer).")
+        return
+    width = min(60, max(len(f"{e['host']} {e['model']}") for e in entries))
+    for e in entries:
+        name = clean(f"{e['host']} {e['model']}", 60)
+        click.echo(f"{name:<{width}}  {clean(describe(e), 400)}  ({clean(e['at'], 40)})")

@@ -174,6 +174,14 @@ def render(st: dict[str, Any]) -> None:
     echo(line)
     for b in st.get("budgets") or []:
         render_budget(b)
+    from .limits import describe
+
+    shown = st.get("ratelimits") or []
+    for entry in shown[:5]:
+        echo(f"  rate limit   {clean(entry['host'])} {clean(entry['model'])}: {clean(describe(entry))} "
+             + _dim(clean(f"(at {entry['at']})")))
+    if len(shown) > 5:
+        echo("  rate limit   " + _dim(f"… {len(shown) - 5} more: halton-meter report --limits"))
     for name, comp in (st.get("components") or {}).items():
         if comp.get("state") == "crashed":
             echo(f"{_dot(False)} {clean(name)} worker crashed: {clean(comp.get('error'))} "
@@ -220,6 +228,11 @@ def status(as_json: bool) -> None:
     from hm_agent.home import home_dir
 
     st = collect_status(home_dir())
+    from hm_agent.home import paths
+
+    from .limits import read_limits
+
+    st["ratelimits"] = read_limits(paths(home_dir()).db, limit=20)
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
     else:

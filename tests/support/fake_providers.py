@@ -94,6 +94,18 @@ class Seen:
     held_until_released: bool = False
 
 
+# What each provider says about its rate limits on every answer (OpenAI's and Anthropic's real names).
+RATE_LIMIT_HEADERS = {
+    "openai": [("x-ratelimit-limit-requests", "5000"), ("x-ratelimit-remaining-requests", "4999"),
+               ("x-ratelimit-reset-requests", "12ms"), ("x-ratelimit-limit-tokens", "800000"),
+               ("x-ratelimit-remaining-tokens", "798877"), ("x-ratelimit-reset-tokens", "84ms")],
+    "anthropic": [("anthropic-ratelimit-requests-limit", "4000"), ("anthropic-ratelimit-requests-remaining", "3999"),
+                  ("anthropic-ratelimit-requests-reset", "2026-11-29T14:00:01Z"),
+                  ("anthropic-ratelimit-input-tokens-limit", "2000000"),
+                  ("anthropic-ratelimit-input-tokens-remaining", "1995000"),
+                  ("anthropic-ratelimit-input-tokens-reset", "2026-11-29T14:00:01Z")],
+}
+
 ERROR_BODIES = {
     "openai": {"error": {"message": "Rate limit reached", "type": "requests", "param": None,
                          "code": "rate_limit_exceeded"}},
@@ -202,6 +214,7 @@ def make_reply(providers: FakeProviders, target: str, headers: dict[str, str], r
         doc["model"] = model
         data = json.dumps(doc).encode()
     extra = [("content-encoding", encoding)] if encoding else []
+    extra += RATE_LIMIT_HEADERS.get(dialect, [])
     encoder = _Encoder(encoding)
     if fixture.endswith(".sse") or fixture == "gemini_stream.json":
         events = sse_events(data) if fixture.endswith(".sse") else gemini_array_chunks(data)

@@ -6,6 +6,7 @@ inside becomes a flag on the row ("unparsed"), never a broken flow.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from .bounded import BoundedBuffer
 from .decoding import ChunkDecoder, DecodeError, decoder_for
 from .dialects import READERS, DialectReader, loads
+from .ratelimits import ratelimits
 from .sse import SseSplitter
 from .usage import Tokens, implausible
 
@@ -49,6 +51,9 @@ class CapturedUsage:
     input_audio_tokens: int | None = None
     output_audio_tokens: int | None = None
     cache_audio_read_tokens: int | None = None
+    # The response's rate-limit headers as compact JSON (capture/ratelimits.py), for
+    # `status` and `report --limits`; None when it sent none.
+    ratelimits: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,7 @@ class CallTap:
     __slots__ = (
         "info", "status", "_reader", "_decoder", "_sse", "_body", "_mode",
         "_unparsed", "_finished", "_result", "_bytes_in", "_decoded_any", "_needs_terminal",
+        "_ratelimits",
     )
 
     def __init__(self, info: CallInfo) -> None:
@@ -89,6 +95,7 @@ class CallTap:
         self._result: CapturedUsage | None = None
         self._bytes_in = 0
         self._decoded_any = False
+        self._ratelimits: str | None = None
 
     # -- the seam -------------------------------------------------------
     def response_headers(self, status: int, headers: Mapping[str, str]) -> None:
@@ -124,6 +131,8 @@ class CallTap:
     def _response_headers(self, status: int, headers: Mapping[str, str]) -> None:
         self.status = int(status)
         lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+        limits = ratelimits(lowered)
+        self._ratelimits = json.dumps(limits, separators=(",", ":"), sort_keys=True) if limits else None
         if not 200 <= self.status < 300:
             self._mode = "ignore"  # errors: a row with the status, no tokens
             return
@@ -224,4 +233,5 @@ class CallTap:
             input_audio_tokens=tokens.input_audio_tokens,
             output_audio_tokens=tokens.output_audio_tokens,
             cache_audio_read_tokens=tokens.cache_audio_read_tokens,
+            ratelimits=self._ratelimits,
         )
