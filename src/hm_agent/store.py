@@ -92,11 +92,115 @@ CREATE TABLE IF NOT EXISTS ratelimits (
 );
 """
 
-# In-place upgrades, oldest first: (user_version after the step, SQL). A database
+ATTRIBUTION_COLUMNS = ("project", "repo", "branch", "program", "os_user", "tags")
+"""Columns added by version 2; ``tags`` is a JSON object (text) or NULL."""
+
+# -- local rollups (version 3): what `report` reads instead of every row ---------
+#
+# request_rollups holds, per day and distinct (provider, model, host, attribution)
+# values, the sums `report` needs; a trigger keeps it in the same transaction as
+# every insert into requests, so it can never disagree with the rows. Costs are
+# summed exactly in integers: whole dollars, decimals 1-6 and 7-12 apart (no sum
+# can overflow), plus the most decimals seen (a Decimal sum of the rows has that
+# many places). A row these sums cannot hold exactly (a cost with more than 12
+# decimals, text where a number belongs, a count past api.md's bounds: a damaged
+# database) adds nothing but a count in ``unexact``; `report` then reads the rows
+# of its range, as before.
+ROLLUP_DIMENSIONS = ("provider", "model", "host", *ATTRIBUTION_COLUMNS)
+ROLLUP_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+ROLLUP_SUMS = ("calls", "priced_calls", "error_calls", "usage_missing_calls", "unknown_price_calls",
+               *ROLLUP_TOKENS, "cost_whole", "cost_micro", "cost_pico", "unexact")
+_MAX_TOKENS = 10**12  # api.md's bound on a token count
+
+
+def _rollup_values(r: str) -> dict[str, str]:
+    """SQL for one row's contribution to its rollup; ``r`` names the row (NEW, requests)."""
+    cost = f"{r}.cost_usd"
+    dot = f"instr({cost} || '.', '.')"  # position of the decimal point, or past the end
+    frac = f"substr({cost}, {dot} + 1)"
+    exact_cost = (
+        f"(typeof({cost}) = 'text' AND {cost} GLOB '[0-9]*' AND {cost} NOT GLOB '*[^0-9.]*'"
+        f" AND {cost} NOT GLOB '*.*.*' AND {dot} <= 8 AND length({frac}) <= 12)"
+    )
+    digits = f"substr({frac} || '000000000000', 1, 12)"
+    error = f"(typeof({r}.status) = 'integer' AND ({r}.status >= 400 OR {r}.status = 0))"
+    missing = f"((' ' || coalesce({r}.flags, '') || ' ') GLOB '* usage_missing *')"
+    exact_tokens = {t: f"(typeof({r}.{t}) = 'integer' AND {r}.{t} BETWEEN 0 AND {_MAX_TOKENS})"
+                    for t in ROLLUP_TOKENS}
+    unexact = " + ".join(
+        [f"({cost} IS NOT NULL AND NOT {exact_cost})", f"(typeof({r}.status) != 'integer')"]
+        + [f"({r}.{t} IS NOT NULL AND NOT {ok})" for t, ok in exact_tokens.items()]
+        + [f"(typeof({r}.{d}) NOT IN ('text', 'null'))" for d in ROLLUP_DIMENSIONS]
+        # Python's split() cuts flags at any whitespace: other characters go the slow way.
+        + [f"(coalesce({r}.flags, '') GLOB '*[^ A-Za-z0-9_:.=-]*')"]
+    )
+    return {
+        "day": f"{r}.day",
+        # One text per distinct combination (quote() keeps NULL apart from 'NULL').
+        "k": " || ',' || ".join(f"quote({r}.{d})" for d in ROLLUP_DIMENSIONS),
+        **{d: f"{r}.{d}" for d in ROLLUP_DIMENSIONS},
+        # As hm_cli.report.Group.add: an unpriced call is an error, a call without usage,
+        # or a model without a price, exactly one of them.
+        "calls": "1",
+        "priced_calls": f"({cost} IS NOT NULL)",
+        "error_calls": error,
+        "usage_missing_calls": f"({cost} IS NULL AND NOT {error} AND {missing})",
+        "unknown_price_calls": f"({cost} IS NULL AND NOT {error} AND NOT {missing})",
+        **{t: f"(CASE WHEN {ok} THEN {r}.{t} ELSE 0 END)" for t, ok in exact_tokens.items()},
+        "cost_whole": f"(CASE WHEN {exact_cost} THEN CAST(substr({cost}, 1, {dot} - 1) AS INTEGER) ELSE 0 END)",
+        "cost_micro": f"(CASE WHEN {exact_cost} THEN CAST(substr({digits}, 1, 6) AS INTEGER) ELSE 0 END)",
+        "cost_pico": f"(CASE WHEN {exact_cost} THEN CAST(substr({digits}, 7, 6) AS INTEGER) ELSE 0 END)",
+        "cost_decimals": f"(CASE WHEN {exact_cost} THEN length({frac}) ELSE 0 END)",
+        "unexact": f"({unexact})",
+    }
+
+
+def _rollup_statements() -> tuple[str, ...]:
+    def upsert(values: dict[str, str]) -> str:
+        updates = ", ".join(
+            [f"{c} = {c} + excluded.{c}" for c in ROLLUP_SUMS]
+            + ["cost_decimals = max(cost_decimals, excluded.cost_decimals)"]
+        )
+        return (f"INSERT INTO request_rollups ({', '.join(values)}) VALUES ({', '.join(values.values())})"
+                f" ON CONFLICT (day, k) DO UPDATE SET {updates}")
+
+    new = _rollup_values("NEW")
+    # An update (report --reprice) takes the old row out and puts the new one in. A
+    # rollup keeps the most decimals it ever saw: a cost that loses places leaves it
+    # padding the sum with zeros (same value).
+    old = {c: f"-({sql})" if c in ROLLUP_SUMS else "0" if c == "cost_decimals" else sql
+           for c, sql in _rollup_values("OLD").items()}
+    each = _rollup_values("requests")
+    per_row = ", ".join(f"{sql} AS {name}" for name, sql in each.items() if name != "k")
+    # Grouped by the columns themselves (NULLs group together; k is made once a group).
+    grouped = ", ".join(
+        _rollup_values("r")["k"] if c == "k" else f"sum({c})" if c in ROLLUP_SUMS
+        else "max(cost_decimals)" if c == "cost_decimals" else c
+        for c in new
+    )
+    watched = ", ".join(["day", "status", "flags", "cost_usd", *ROLLUP_TOKENS, *ROLLUP_DIMENSIONS])
+    return (
+        "CREATE TABLE request_rollups (day TEXT NOT NULL, k TEXT NOT NULL, "
+        + ", ".join(ROLLUP_DIMENSIONS)
+        + ", " + ", ".join(f"{c} INTEGER NOT NULL" for c in ROLLUP_SUMS)
+        + ", cost_decimals INTEGER NOT NULL, PRIMARY KEY (day, k)) WITHOUT ROWID",
+        # The rows already there, in one grouped pass (each contribution is bounded: no
+        # sum can overflow below ~9 million rows of the maximum in one day and group).
+        f"INSERT INTO request_rollups ({', '.join(new)}) SELECT {grouped} FROM (SELECT {per_row} FROM requests)"
+        f" AS r GROUP BY day, {', '.join(ROLLUP_DIMENSIONS)}",
+        f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests BEGIN {upsert(new)}; END",
+        f"CREATE TRIGGER requests_rollup_update AFTER UPDATE OF {watched} ON requests"
+        f" BEGIN {upsert(old)}; {upsert(new)}; END",
+        f"CREATE TRIGGER requests_rollup_delete AFTER DELETE ON requests BEGIN {upsert(old)}; END",
+    )
+
+
+# In-place upgrades, oldest first: (user_version after the step, SQL:
+# statements separated by ';', or a tuple of statements). A database
 # is brought to the last version at open (read-write), one transaction per step;
 # the _SCHEMA above is version 1 and never changes (new tables may be added to it
 # with IF NOT EXISTS, new columns only here). Append steps; never edit old ones.
-MIGRATIONS: tuple[tuple[int, str], ...] = (
+MIGRATIONS: tuple[tuple[int, str | tuple[str, ...]], ...] = (
     (2, """
 ALTER TABLE requests ADD COLUMN project TEXT;
 ALTER TABLE requests ADD COLUMN repo TEXT;
@@ -105,11 +209,9 @@ ALTER TABLE requests ADD COLUMN program TEXT;
 ALTER TABLE requests ADD COLUMN os_user TEXT;
 ALTER TABLE requests ADD COLUMN tags TEXT;
 """),
+    (3, _rollup_statements()),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
-
-ATTRIBUTION_COLUMNS = ("project", "repo", "branch", "program", "os_user", "tags")
-"""Columns added by version 2; ``tags`` is a JSON object (text) or NULL."""
 
 CLOUD_STATE_FIELDS = (
     "workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname",
@@ -206,7 +308,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                     f"{SCHEMA_VERSION}): upgrade halton-meter, or move the file away to start a new one."
                 )
             if found < version:
-                for statement in script.split(";"):
+                for statement in (script.split(";") if isinstance(script, str) else script):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version}")
@@ -270,9 +372,8 @@ class Store:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                before = conn.total_changes
-                conn.executemany(_INSERT, [r.values() for r in rows])
-                added = conn.total_changes - before
+                # rowcount, not total_changes: the rollup trigger's writes are not rows added.
+                added = conn.executemany(_INSERT, [r.values() for r in rows]).rowcount
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -285,9 +386,7 @@ class Store:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                before = conn.total_changes
-                conn.executemany(sql, params)
-                changed = conn.total_changes - before
+                changed = conn.executemany(sql, params).rowcount
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -436,6 +535,36 @@ class Store:
             )
             cur.row_factory = sqlite3.Row
             return cur.fetchall()
+
+    def report_rollups(self, from_day: str, to_day: str, group_by: Sequence[str] = (),
+                       equal: Sequence[tuple[str, str | None]] = ()) -> list[tuple[Any, ...]] | None:
+        """Rollups of days in [from_day, to_day] whose ``equal`` columns have those values
+        (None: NULL), summed per distinct ``group_by`` values: tuples of the group_by values,
+        then ROLLUP_SUMS, then cost_decimals. None when ``report`` must read the rows
+        instead: a database not upgraded yet, or a row the sums cannot hold exactly."""
+        if self.version < 3:
+            return None
+        known = ("day", *ROLLUP_DIMENSIONS)
+        if any(c not in known for c in group_by) or any(c not in known for c, _ in equal):
+            raise ValueError(f"rollups are grouped and filtered only by {', '.join(known)}")
+        where = "".join(f" AND {c} IS NULL" if v is None else f" AND {c} = ?" for c, v in equal)
+        params = [from_day, to_day, *(v for _, v in equal if v is not None)]
+        columns = ", ".join([*group_by, *(f"sum({c})" for c in ROLLUP_SUMS), "max(cost_decimals)"])
+        grouping = f" GROUP BY {', '.join(group_by)}" if group_by else ""
+        try:
+            found = self._query(
+                f"SELECT {columns} FROM request_rollups WHERE day BETWEEN ? AND ?{where}{grouping}", params
+            )
+        except sqlite3.OperationalError as exc:
+            if "overflow" in str(exc):
+                return None
+            raise
+        found = [r for r in found if r[len(group_by)]]  # no rollup at all (NULL), or emptied by updates
+        unexact = len(group_by) + ROLLUP_SUMS.index("unexact")
+        for roll in found:
+            if roll[unexact] or not all(type(v) is int for v in roll[len(group_by):]):
+                return None
+        return found
 
     # -- row feed and budgets (hm_agent.rowfeed, hm_agent.budgets) ------------
 

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -106,12 +106,13 @@ def resolve_range(since: str | None, from_: str | None, to: str | None) -> tuple
 
 def check_dimension(value: str, option: str) -> str:
     """A --by/--where dimension: one of GROUPINGS or ``tag:KEY``; fails with the list otherwise."""
-    from hm_proto import tag_problem
-
     if value in GROUPINGS:
         return value
-    if value.startswith("tag:") and tag_problem(value[4:], "") is None:
-        return value
+    if value.startswith("tag:"):
+        from hm_proto import tag_problem  # not on a plain report's path: it costs start-up time
+
+        if tag_problem(value[4:], "") is None:
+            return value
     fail(f"cannot group or filter by {value!r}: use one of {', '.join(GROUPINGS)} or tag:KEY (e.g. tag:team)")
 
 
@@ -147,6 +148,14 @@ class _Keys:
             return None if value is None else str(value)
         value = row[_COLUMN.get(dim, dim)]
         return None if value is None else str(value)
+
+    def getter(self, columns: tuple[str, ...], dim: str) -> Callable[[tuple[Any, ...]], str | None]:
+        """get() for rows that are tuples of ``columns``."""
+        if dim.startswith("tag:"):
+            at, name = columns.index("tags"), dim[4:]
+            return lambda row: self.get({"tags": row[at]}, f"tag:{name}")
+        at = columns.index(_COLUMN.get(dim, dim))
+        return lambda row: None if row[at] is None else str(row[at])
 
 
 @dataclass
@@ -209,10 +218,110 @@ def read_rows(home: Any, from_day: str, to_day: str) -> list[Any]:
 
 
 def collect(home: Any, from_day: str, to_day: str, by: str,
-            where: list[tuple[str, str | None]] | None = None, *, compare: bool = True) -> Spend:
+            where: list[tuple[str, str | None]] | None = None, *, compare: bool = True,
+            rollups: bool = True) -> Spend:
+    """The report of [from_day, to_day]: from the local rollups when they hold the range
+    exactly, else from every row (``rollups=False`` forces that: bench_report.py compares)."""
     previous_range = _previous_range(from_day, to_day) if compare else None
-    rows = read_rows(home, previous_range[0] if previous_range else from_day, to_day)
+    first = previous_range[0] if previous_range else from_day
+    if rollups:
+        spend = _from_rollups(home, first, from_day, to_day, by, list(where or []), previous_range)
+        if spend is not None:
+            return spend
+    rows = read_rows(home, first, to_day)
     return aggregate(rows, from_day, to_day, by, where, previous_range, source=home)
+
+
+def _cost(whole: int, micro: int, pico: int, places: int) -> Decimal:
+    """What a Decimal sum of the rows gives: the exact value, with the places of its longest cost."""
+    exact = Decimal(whole) + Decimal(micro).scaleb(-6) + Decimal(pico).scaleb(-12)
+    return exact.quantize(Decimal(1).scaleb(-places))
+
+
+class _Sums:
+    """Integer sums of rollups (ROLLUP_SUMS, then the most decimals), per group and per day."""
+
+    def __init__(self) -> None:
+        self.sums: list[int] = []
+        self.per_day: dict[str, list[int]] = {}
+
+    @staticmethod
+    def _merge(acc: list[int], values: tuple[int, ...]) -> None:
+        if not acc:
+            acc.extend(values)
+            return
+        for i, v in enumerate(values[:-1]):
+            acc[i] += v
+        acc[-1] = max(acc[-1], values[-1])
+
+    def add(self, day: str, values: tuple[int, ...]) -> None:
+        self._merge(self.sums, values)
+        self._merge(self.per_day.setdefault(day, []), values)
+
+    def group(self, key: str | None) -> Group:
+        from hm_agent.store import ROLLUP_SUMS
+
+        group = Group(key)
+        if not self.sums:
+            return group
+        named = dict(zip((*ROLLUP_SUMS, "places"), self.sums, strict=True))
+        group.calls, group.priced_calls, group.errors = named["calls"], named["priced_calls"], named["error_calls"]
+        group.usage_missing_calls, group.unknown_price_calls = named["usage_missing_calls"], named["unknown_price_calls"]
+        group.tokens = {col: named[col] for col in _TOKEN_COLUMNS}
+        if group.priced_calls:
+            group.cost = _cost(named["cost_whole"], named["cost_micro"], named["cost_pico"], named["places"])
+        cost_at = (*(ROLLUP_SUMS.index(c) for c in ("priced_calls", "cost_whole", "cost_micro", "cost_pico")), -1)
+        for day, sums in self.per_day.items():
+            priced, whole, micro, pico, places = (sums[i] for i in cost_at)
+            if priced:
+                group.per_day[day] = _cost(whole, micro, pico, places)
+        return group
+
+
+def _from_rollups(home: Any, first: str, from_day: str, to_day: str, by: str,
+                  where: list[tuple[str, str | None]], previous_range: tuple[str, str] | None) -> Spend | None:
+    """The Spend aggregate() would make, from the store's rollups (hm_agent.store), or None:
+    then the rows must be read (a database not upgraded yet, a value the sums cannot hold)."""
+    from hm_agent.home import paths
+    from hm_agent.store import Store, StoreError, unreadable
+
+    def column(dim: str) -> str:
+        return "tags" if dim.startswith("tag:") else _COLUMN.get(dim, dim)
+
+    equal = [(column(dim), value) for dim, value in where if not dim.startswith("tag:")]
+    tagged = [(dim, value) for dim, value in where if dim.startswith("tag:")]
+    group_by = tuple(dict.fromkeys(["day", column(by), *(["tags"] if tagged else [])]))
+    hp = paths(home)
+    if not hp.db.exists():
+        return None
+    try:
+        with Store(hp.db, readonly=True) as store:
+            rolled = store.report_rollups(first, to_day, group_by, equal)
+    except StoreError as exc:
+        fail(str(exc))
+    except Exception as exc:  # sqlite3.Error and friends: one line with the fix, no traceback
+        fail(unreadable(hp.db, exc))
+    if rolled is None:
+        return None
+    keys = _Keys()
+    at = {c: i for i, c in enumerate(group_by)}
+    key_of = keys.getter(group_by, by)
+    tests = [(keys.getter(group_by, dim), value) for dim, value in tagged]
+    groups: dict[str | None, _Sums] = {}
+    total, previous = _Sums(), _Sums()
+    for roll in rolled:
+        if tests and any(get(roll) != value for get, value in tests):
+            continue
+        day, values = roll[at["day"]], roll[len(group_by):]
+        if day < from_day:
+            previous.add(day, values)
+            continue
+        groups.setdefault(key_of(roll), _Sums()).add(day, values)
+        total.add(day, values)
+    ordered = sorted((sums.group(key) for key, sums in groups.items()),
+                     key=lambda g: (g.key or "" if by == "day" else (-g.cost, -g.calls, g.key or "")))
+    return Spend(from_day, to_day, by, where, ordered, total.group("total"),
+                 previous.group("previous") if previous_range else None, previous_range)
 
 
 def aggregate(rows: list[Any], from_day: str, to_day: str, by: str,
@@ -250,9 +359,9 @@ def aggregate(rows: list[Any], from_day: str, to_day: str, by: str,
 
 
 def build_report(home: Any, from_day: str, to_day: str, by: str,
-                 where: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
+                 where: list[tuple[str, str | None]] | None = None, *, rollups: bool = True) -> dict[str, Any]:
     """The --json shape (no previous-period comparison)."""
-    return collect(home, from_day, to_day, by, where, compare=False).report()
+    return collect(home, from_day, to_day, by, where, compare=False, rollups=rollups).report()
 
 
 def _money(value: str | None, unpriced: int) -> str:
