@@ -44,6 +44,8 @@ CSS = """\
 .hm-chart { margin: 0; background: #fff; border: 1px solid #d9dde5; border-radius: 8px; padding: 8px; }
 .hm-chart svg { display: block; width: 100%; height: auto; }
 .hm-chart .grid { stroke: #e6e9ef; } .hm-chart .axis { stroke: #9aa3b2; }
+.hm-chart .budget line { stroke: #c0392b; stroke-width: 1.5; stroke-dasharray: 6 4; }
+.hm-chart .budget text { fill: #c0392b; }
 .hm-chart text { font: 15px system-ui, sans-serif; fill: #5b6475; }
 .hm-chart figcaption { font-weight: 600; margin: 0 0 4px; }
 .hm-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; list-style: none; margin: 6px 0 0; padding: 0;
@@ -118,8 +120,11 @@ def stacked_bars(
     height: int = 220,
     empty_text: str = "No spend in this range.",
     id_prefix: str = "hm",
+    line: tuple[Number, str] | None = None,
 ) -> str:
     """A stacked bar chart (one bar per category, one layer per series) as a <figure>.
+
+    ``line`` = (value, label) draws a dashed horizontal line (a budget per category).
 
     Dollar ticks on the y axis, the first and last category under the x axis, an
     SVG <title> tooltip on every segment and on every bar (its total), a legend
@@ -129,7 +134,8 @@ def stacked_bars(
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum((Decimal(str(s.values[i])) for s in series), Decimal(0)) for i in range(len(categories))]
     peak = max(totals, default=Decimal(0))
-    ticks = dollar_ticks(peak)
+    line_value = Decimal(str(line[0])) if line is not None else None
+    ticks = dollar_ticks(max(peak, line_value or Decimal(0)))
     scale_top = ticks[-1]
     label = escape(title)
     out = [
@@ -165,6 +171,11 @@ def stacked_bars(
                 f"<title>{escape(category)} · {escape(s.name)}: {format_usd(value)}</title></rect>"
             )
         out.append("</g>")
+    if line is not None and line_value is not None and line_value > 0:
+        y = top + plot_h - float(line_value / scale_top) * plot_h
+        out.append(f'<g class="budget"><title>{escape(line[1])}</title>'
+                   f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text x="{width - right - 4}" y="{y - 4:.1f}" text-anchor="end">{escape(line[1])}</text></g>')
     if categories:
         out.append(f'<text x="{left}" y="{height - 6}">{escape(categories[0])}</text>')
         if len(categories) > 1:

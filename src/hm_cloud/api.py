@@ -290,7 +290,12 @@ async def requests_batch(request: Request) -> Response:
     # Decompressing, validating and storing are CPU and disk work: all of it
     # runs in a worker thread so long-polls on the event loop stay prompt.
     accepted, duplicates = await cloud(request).db(_ingest_body, device, raw, encoding, time.time())
-    return json_response({"accepted": accepted, "duplicates": duplicates})
+    response = json_response({"accepted": accepted, "duplicates": duplicates})
+    if accepted:
+        from .budgets import after_ingest
+
+        await after_ingest(request, response, device.workspace.id, device.workspace.slug)
+    return response
 
 
 def _ingest_body(

@@ -174,6 +174,34 @@ limiter_slots = Table(
     Index("limiter_slots_at", "at"),
 )
 
+# Workspace budgets (hm_cloud.budgets; docs/budgets.md). New tables: create_all
+# adds them to an existing database, no migration step needed.
+workspace_budgets = Table(
+    "workspace_budgets",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("scope_kind", String(16), nullable=False),  # workspace | machine | member | project
+    Column("scope_value", String(200), nullable=True),
+    Column("period", String(8), nullable=False),  # day | week | month (UTC)
+    Column("limit_nanos", BigInteger, nullable=False),
+    Column("thresholds", String(100), nullable=False),  # "50,80,100"
+    Column("webhook_url", String(2000), nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("workspace_id", "name", name="workspace_budgets_name"),
+)
+
+workspace_budget_alerts = Table(
+    "workspace_budget_alerts",
+    metadata,
+    Column("budget_id", String(36), primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("threshold", Integer, primary_key=True),
+    Column("fired_at", Float, nullable=False),
+    Column("spend_nanos", BigInteger, nullable=False),
+)
+
 ATTRIBUTION_COLUMNS = ("project", "repo", "branch", "program", "os_user", "tags")
 
 

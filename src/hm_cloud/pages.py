@@ -605,6 +605,9 @@ async def dashboard(request: Request) -> Response:
         for name in ("rows", "nanos", "unknown", "no_usage", "errors", "input_tokens", "output_tokens")
     }
     per_model = await state.db(store.spend_per_day, ws.id, from_date, to_date, "model", slicing.filters)
+    from .budgets import chart_line
+
+    line = None if slicing.filters else await state.db(chart_line, ws.id)
     return render(
         request,
         "dashboard.html",
@@ -622,7 +625,7 @@ async def dashboard(request: Request) -> Response:
             "chips": chips,
             "hidden_filters": {k: v for k, v in slicing.params().items() if k not in ("group", "tag_key")},
             "total": total,
-            "chart": Markup(views.cost_chart(per_model, from_date, to_date, "model")),
+            "chart": Markup(views.cost_chart(per_model, from_date, to_date, "model", line)),
         },
     )
 

@@ -62,8 +62,10 @@ def day_range(from_date: str, to_date: str) -> list[str]:
     return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
-def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: str, by: str) -> str:
-    """The stacked cost-per-day chart (hm_charts, the same code as the local report)."""
+def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: str, by: str,
+               line: tuple[Decimal, str] | None = None) -> str:
+    """The stacked cost-per-day chart (hm_charts, the same code as the local report);
+    ``line``: a workspace budget per day, drawn dashed."""
     from hm_charts import stacked_bars, top_series
 
     days = day_range(from_date, to_date)
@@ -72,7 +74,7 @@ def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: s
         for label, per_day in per_series.items()
         if any(per_day.values())
     }
-    return stacked_bars(days, top_series(values), title=f"Cost per day by {by}", id_prefix="cost")
+    return stacked_bars(days, top_series(values), title=f"Cost per day by {by}", id_prefix="cost", line=line)
 
 
 # -- group and filter by attribution ----------------------------------------------------
