@@ -48,6 +48,20 @@ CLIENTS: dict[str, tuple[str, str]] = {
                                messages=[{"role": "user", "content": "hi"}]) as s:
             print(s.get_final_message().usage)
     """, "anthropic_messages_stream.sse"),
+    "anthropic-bearer": ("""
+        import anthropic
+        # Newer SDKs and Claude Code (OAuth) send the key as Authorization: Bearer
+        c = anthropic.Anthropic(auth_token="sk-ant-oat01-pySECRET0123456789", base_url=BASE, max_retries=0)
+        print(c.messages.create(model="claude-sonnet-4-5", max_tokens=1024,
+                                messages=[{"role": "user", "content": "hi"}]).usage)
+    """, "anthropic_messages.json"),
+    "google-genai-v1": ("""
+        from google import genai
+        from google.genai import types
+        c = genai.Client(api_key="AIzaSyPySECRET0123456789",
+                         http_options=types.HttpOptions(base_url=BASE, api_version="v1"))
+        print(c.models.generate_content(model="gemini-2.5-flash", contents="hi").usage_metadata)
+    """, "gemini_generate.json"),
     "google-genai": ("""
         from google import genai
         from google.genai import types
@@ -136,6 +150,8 @@ def test_client_is_metered_exactly(rig: tuple[Daemon, FakeProviders], name: str)
     spec = EXPECTED[fixture]
     assert {t: row[t] for t in TOKENS} == {t: spec[t] for t in TOKENS}
     assert row["model"] == spec["model"] and row["status"] == 200 and row["flags"] == ""
+    if name == "google-genai-v1":  # google-genai 3 calls /v1/models/…; 2.x does with api_version="v1"
+        assert row["endpoint"] == "/v1/models/gemini-2.5-flash:generateContent"
 
 
 def test_curl_is_metered_exactly(rig: tuple[Daemon, FakeProviders]) -> None:
@@ -192,3 +208,13 @@ def test_rate_limit_headers_in_status_and_report_limits(rig: tuple[Daemon, FakeP
     status = daemon.cli("status")
     assert "rate limit" in status.stdout and "input-tokens 1995000/2000000" in status.stdout
     assert json.loads(daemon.cli("status", "--json").stdout)["ratelimits"]
+
+
+def test_no_key_is_written_anywhere(rig: tuple[Daemon, FakeProviders]) -> None:
+    daemon, upstream = rig
+    code = f"BASE = {upstream.base_url!r}\n" + textwrap.dedent(CLIENTS["anthropic-bearer"][0])
+    assert in_env_shell(daemon, [sys.executable, "-c", code]).returncode == 0
+    time.sleep(0.5)
+    assert any(s.headers.get("authorization", "").startswith("Bearer sk-ant-oat01-") for s in upstream.seen)
+    leaked = [p for p in daemon.home.rglob("*") if p.is_file() and b"pySECRET" in p.read_bytes()]
+    assert not leaked
