@@ -460,3 +460,34 @@ def test_duration_arguments_of_commands_are_bounded() -> None:
     assert seconds_arg({"wait": 5}, "wait", 25.0, 60.0) == 5.0
     for bad in (float("inf"), float("nan"), 1e308, -1, True, "10", None):
         assert seconds_arg({"wait": bad}, "wait", 25.0, 60.0) == 25.0
+
+
+def test_a_home_owned_by_another_user_is_refused(tmp_path: Any) -> None:
+    """Its owner could read the rows and plant a socket: start says so, in one line."""
+    from tests.support.daemon import daemon_env, run_cli
+
+    if os.getuid() != 0:
+        pytest.skip("making a directory owned by another user needs root (CI runs as root)")
+    home = tmp_path / "theirs"
+    home.mkdir(mode=0o700)
+    os.chown(home, 65534, 65534)
+    done = run_cli(home, "start", env=daemon_env(home))
+    assert done.returncode == 1 and "belongs to uid 65534" in done.stderr and "Traceback" not in done.stderr
+    assert not (home / "db.sqlite").exists()
+
+
+def test_an_open_home_is_made_private_and_the_daemon_creates_private_files(
+        tmp_path: Any, ca: CertAuthority, upstream: LocalTLSServer) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o777)
+    extra = capture_host_config([f"localhost:{upstream.port}"])
+    with running_daemon(home, upstream_ca=ca.ca_path, extra_config=extra) as d:
+        assert chat(d, upstream).status_code == 200
+        assert d.wait_rows(1) == 1
+    assert home.stat().st_mode & 0o777 == 0o700
+    exposed = [p for p in home.rglob("*") if p.is_file() and p.stat().st_mode & 0o077
+               and p.name not in ("machine.json", "config.toml", "mitmproxy-ca-cert.pem", "mitmproxy-ca-cert.cer",
+                                  "mitmproxy-ca-cert.p12", "mitmproxy-dhparam.pem")
+               and not p.name.startswith(("ca-bundle", "upstream-ca", "node-"))]
+    assert exposed == []

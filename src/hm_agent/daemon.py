@@ -335,6 +335,9 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
             log.error("%s", message)
         return 1
 
+    # Whatever this process creates without an explicit mode (a rotated log,
+    # mitmproxy's files) is the user's alone.
+    os.umask(0o077)
     try:
         hp, config, machine_id = prepare(home)
     except (HomeError, ConfigError) as exc:

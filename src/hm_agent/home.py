@@ -205,7 +205,19 @@ def ensure_home(home: Path | None = None) -> HomePaths:
     try:
         os.chmod(hp.home, 0o700)
     except OSError:
-        pass  # not ours to change (e.g. a shared mount): the access check above passed
+        pass  # e.g. a mount that ignores modes: checked below
+    st = os.stat(hp.home)
+    if st.st_uid != _uid():
+        # Its owner could read the database and plant a control socket or a config.
+        raise HomeError(
+            f"{hp.home} belongs to uid {st.st_uid}, not to you (uid {_uid()}): its owner could read "
+            f"your rows and impersonate the daemon. Use a home of your own: set {HOME_ENV}."
+        )
+    if st.st_mode & 0o022:
+        raise HomeError(
+            f"{hp.home} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}) and could "
+            f"not be made private: chmod 700 {hp.home}, or set {HOME_ENV} to a private directory."
+        )
     return hp
 
 
