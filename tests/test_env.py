@@ -16,7 +16,7 @@ from tests.support.daemon import HALTON_METER, config_text, daemon_env, free_por
 from tests.support.tls import make_ca
 
 NODE_PRELOAD = Path(__file__).parents[1] / "src" / "hm_agent" / "node-proxy.cjs"
-CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
 
 
 def _home(tmp_path: Path, extra_config: str = "") -> tuple[Path, int]:

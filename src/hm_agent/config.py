@@ -21,7 +21,7 @@ from .home import HomePaths, paths, write_atomic
 DEFAULT_BASE_URL = "https://api.haltonmeter.com"
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 DEFAULT_LISTEN_PORT = 8090
-DIALECTS = ("openai", "anthropic", "gemini")
+DIALECTS = ("openai", "anthropic", "gemini", "bedrock")
 
 DEFAULT_CONFIG_TEXT = f'''\
 # Halton Meter configuration. Lines starting with # are comments.
@@ -45,7 +45,7 @@ intercept_other_hosts = false
 inject_stream_usage = true
 # api.openai.com, api.anthropic.com and generativelanguage.googleapis.com are
 # captured by default. Add OpenAI-compatible gateways like this
-# (dialect: openai, anthropic or gemini; a host may include :port):
+# (dialect: openai, anthropic, gemini or bedrock; a host may include :port):
 # [[capture.hosts]]
 # host = "llm.internal.example:8443"
 # dialect = "openai"

@@ -36,6 +36,8 @@ _OPENAI_ENDINGS = (
 )
 _GEMINI_METHOD = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
 _AZURE_DEPLOYMENT = re.compile(r"/deployments/([^/]+)/")
+_BEDROCK_METHOD = re.compile(r"/model/(.+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
+_BEDROCK_STREAMS = ("converse-stream", "invoke-with-response-stream")
 
 
 def _openai_kind(path: str) -> str | None:
@@ -48,6 +50,9 @@ def _openai_kind(path: str) -> str | None:
 def _endpoint_dialect(preferred: str, path: str) -> tuple[str, str] | None:
     """(dialect, kind) for a metered endpoint, trying the host's dialect first
     (Gemini and DeepSeek also serve other dialects on the same host)."""
+    if preferred == "bedrock":  # a Bedrock host speaks nothing else
+        bedrock = _BEDROCK_METHOD.search(path)
+        return ("bedrock", bedrock.group(2)) if bedrock else None
     gemini = _GEMINI_METHOD.search(path)
     candidates = {
         "openai": ("openai", _openai_kind(path)),
@@ -71,7 +76,7 @@ def _call_info(
     if found is None:
         return None
     dialect, kind = found
-    request = loads(request_body) if request_body and dialect != "gemini" else None
+    request = loads(request_body) if request_body and dialect not in ("gemini", "bedrock") else None
     request = request if isinstance(request, dict) else {}
     model = request.get("model")
     model = model if isinstance(model, str) and model else None
@@ -80,6 +85,10 @@ def _call_info(
         match = _GEMINI_METHOD.search(unquote(clean))
         model = match.group(1) if match else None
         stream = kind == "streamGenerateContent"
+    elif dialect == "bedrock":
+        match = _BEDROCK_METHOD.search(clean)
+        model = unquote(match.group(1))[:300] if match else None
+        stream = kind in _BEDROCK_STREAMS
     elif model is None:
         deployment = _AZURE_DEPLOYMENT.search(clean)  # Azure: model is in the path
         model = unquote(deployment.group(1)) if deployment else None

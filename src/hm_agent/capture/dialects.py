@@ -16,7 +16,7 @@ import orjson
 
 from .bounded import BoundedBuffer, first_string_for_key, last_object_for_key
 from .sse import SseEvent
-from .usage import AnthropicUsage, Tokens, gemini_tokens, openai_tokens
+from .usage import AnthropicUsage, Tokens, bedrock_tokens, gemini_tokens, openai_tokens
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
@@ -235,8 +235,63 @@ class GeminiReader(DialectReader):
         self.model = self.model or first_string_for_key(buf.tail(), "modelVersion")
 
 
+class BedrockReader(DialectReader):
+    """AWS Bedrock runtime: Converse (`usage` in the JSON body), ConverseStream (the
+    `metadata` event of the event stream), InvokeModel for Anthropic models (an
+    Anthropic Messages body) and InvokeModelWithResponseStream (`chunk` events whose
+    base64 `bytes` are Anthropic stream events). The model is the one in the URL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._anthropic = AnthropicReader()
+
+    def on_event(self, event: SseEvent) -> None:
+        if event.oversized is not None:
+            return
+        if event.name == "metadata":  # ConverseStream's last event
+            doc = loads(event.data)
+            usage = doc.get("usage") if isinstance(doc, dict) else None
+            if isinstance(usage, dict):
+                self.tokens = bedrock_tokens(usage)
+            self.terminal = True
+        elif event.name == "chunk":  # InvokeModelWithResponseStream
+            doc = loads(event.data)
+            raw = doc.get("bytes") if isinstance(doc, dict) else None
+            if not isinstance(raw, str):
+                return
+            import base64
+            import binascii
+
+            try:
+                inner = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                return
+            kind = loads(inner).get("type") if isinstance(loads(inner), dict) else None
+            self._anthropic.on_event(SseEvent(kind if isinstance(kind, str) else None, inner))
+            self.tokens = self._anthropic.tokens
+            self.terminal = self._anthropic.terminal
+
+    def on_document(self, doc: Any) -> None:
+        if not isinstance(doc, dict):
+            return
+        usage = doc.get("usage")
+        if not isinstance(usage, dict):
+            return
+        if "inputTokens" in usage or "outputTokens" in usage:  # Converse
+            self.tokens = bedrock_tokens(usage)
+        else:  # InvokeModel: the model's own body (Anthropic Messages)
+            self._anthropic.on_document(doc)
+            self.tokens = self._anthropic.tokens
+
+    def on_partial_document(self, buf: BoundedBuffer) -> None:
+        usage = last_object_for_key(buf.tail(), "usage")
+        if usage is not None:
+            self.on_document({"usage": usage})
+
+
 READERS: dict[str, type[DialectReader]] = {
     "openai": OpenAIReader,
     "anthropic": AnthropicReader,
     "gemini": GeminiReader,
+    "bedrock": BedrockReader,
 }

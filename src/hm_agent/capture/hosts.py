@@ -6,11 +6,14 @@ writer thread can price a row without a second lookup table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-DIALECTS = ("openai", "anthropic", "gemini")
+DIALECTS = ("openai", "anthropic", "gemini", "bedrock")
+# AWS Bedrock runtime endpoints of every region (and their FIPS twins).
+_BEDROCK = re.compile(r"^bedrock-runtime(?:-fips)?\.[a-z0-9-]{1,40}\.amazonaws\.com$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,4 +90,6 @@ def route_for(host: str, config: Any = None) -> HostRoute | None:
     for suffix, route in DEFAULT_SUFFIXES.items():
         if bare.endswith(suffix):
             return route
+    if _BEDROCK.match(bare):
+        return HostRoute("bedrock", "aws")
     return None

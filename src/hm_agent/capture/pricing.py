@@ -204,7 +204,7 @@ def genai_usage(usage: Any) -> Any:
     )
 
 
-_DIALECT_HOME = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+_DIALECT_HOME = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "bedrock": "aws"}
 
 
 def genai_calc(usage: Any) -> Any:

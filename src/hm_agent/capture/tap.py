@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from .bounded import BoundedBuffer
 from .decoding import ChunkDecoder, DecodeError, decoder_for
 from .dialects import READERS, DialectReader, loads
+from .eventstream import EventStreamSplitter
 from .ratelimits import ratelimits
-from .sse import SseSplitter
+from .sse import SseEvent, SseSplitter
 from .usage import Tokens, implausible
 
 log = logging.getLogger("hm_agent.capture")
@@ -73,7 +74,7 @@ class CallTap:
     __slots__ = (
         "info", "status", "_reader", "_decoder", "_sse", "_body", "_mode",
         "_unparsed", "_finished", "_result", "_bytes_in", "_decoded_any", "_needs_terminal",
-        "_ratelimits",
+        "_ratelimits", "_events",
     )
 
     def __init__(self, info: CallInfo) -> None:
@@ -81,11 +82,12 @@ class CallTap:
         self.status = 0
         self._reader: DialectReader = READERS[info.dialect]()
         self._reader.kind = info.kind
-        if info.dialect == "gemini":
+        if info.dialect in ("gemini", "bedrock"):
             self._reader.model = info.model
         # Streams that always end with a terminal event (message_stop,
         # response.completed): one that ends without it was cut short upstream.
-        self._needs_terminal = info.kind in ("messages", "responses")
+        self._needs_terminal = info.kind in ("messages", "responses", "converse-stream",
+                                             "invoke-with-response-stream")
         self._decoder: ChunkDecoder | None = None
         self._sse: SseSplitter | None = None
         self._body: BoundedBuffer | None = None
@@ -96,6 +98,7 @@ class CallTap:
         self._bytes_in = 0
         self._decoded_any = False
         self._ratelimits: str | None = None
+        self._events: EventStreamSplitter | None = None
 
     # -- the seam -------------------------------------------------------
     def response_headers(self, status: int, headers: Mapping[str, str]) -> None:
@@ -141,6 +144,9 @@ class CallTap:
         if "text/event-stream" in content_type:
             self._mode = "sse"
             self._sse = SseSplitter()
+        elif "application/vnd.amazon.eventstream" in content_type:
+            self._mode = "eventstream"
+            self._events = EventStreamSplitter()
         else:
             self._mode = "json"
             self._body = BoundedBuffer()
@@ -164,14 +170,18 @@ class CallTap:
             reader = self._reader
             for event in self._sse.feed(text, reader.markers, reader.last_only):
                 self._reader.on_event(event)
+        elif self._mode == "eventstream":
+            assert self._events is not None
+            for name, payload in self._events.feed(text):
+                self._reader.on_event(SseEvent(name, payload))
         else:
             assert self._body is not None
             self._body.append(text)
 
     def _finish(self, complete: bool) -> CapturedUsage:
         flags: set[str] = set()
-        if self._mode == "sse" and self._sse is not None:
-            for event in self._sse.close():
+        if self._mode == "eventstream" or (self._mode == "sse" and self._sse is not None):
+            for event in self._sse.close() if self._sse is not None else ():
                 self._reader.on_event(event)
             self._reader.finish_stream()
             if self._reader.terminal:
@@ -210,7 +220,7 @@ class CallTap:
     def _usage(self, tokens: Tokens | None, flags: frozenset[str]) -> CapturedUsage:
         info = self.info
         reader_model = self._reader.model
-        if info.dialect == "gemini":
+        if info.dialect in ("gemini", "bedrock"):
             model = info.model or reader_model
         else:  # the response names the exact snapshot that was billed
             model = reader_model or info.model
@@ -221,7 +231,7 @@ class CallTap:
             host=info.host,
             endpoint=info.endpoint,
             status=self.status,
-            stream=info.stream or self._mode == "sse",
+            stream=info.stream or self._mode in ("sse", "eventstream"),
             input_tokens=tokens.input_tokens,
             output_tokens=tokens.output_tokens,
             cache_read_tokens=tokens.cache_read_tokens,

@@ -122,6 +122,16 @@ class AnthropicUsage:
         )
 
 
+def bedrock_tokens(usage: dict[str, Any]) -> Tokens:
+    """Bedrock Converse `usage`: inputTokens excludes the cache reads and writes (as Anthropic's)."""
+    raw_input = count(usage.get("inputTokens"))
+    cache_read = count(usage.get("cacheReadInputTokens"))
+    cache_write = count(usage.get("cacheWriteInputTokens"))
+    total_input = None if raw_input is None else raw_input + (cache_read or 0) + (cache_write or 0)
+    return Tokens(input_tokens=total_input, output_tokens=count(usage.get("outputTokens")),
+                  cache_read_tokens=cache_read, cache_write_tokens=cache_write)
+
+
 def gemini_tokens(meta: dict[str, Any]) -> Tokens:
     """`usageMetadata`. Gemini omits zero counts (proto3), and its
     candidatesTokenCount excludes thinking: output = candidates + thoughts."""
