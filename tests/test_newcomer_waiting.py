@@ -173,3 +173,16 @@ def test_connect_says_how_long_the_code_is_valid(tmp_path: Path) -> None:
                 proc.kill()
         assert re.fullmatch(r"● The code is valid for 10 minutes, until \d\d:\d\d\.\n", seen[-1]), seen
         assert seen[-2].startswith("● Approve at: ") and seen[-3].startswith("● Pairing code: ")
+
+
+def test_report_shows_it_is_reading_on_a_terminal_only(tmp_path: Path) -> None:
+    from tests.support.daemon import daemon_env, run_cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    seed_rows(home / "db.sqlite", 2000)
+    env = daemon_env(home)
+    code, out = run_in_pty(["report", "--from", "2026-11-20", "--to", "2026-11-26"], env)
+    assert code == 0 and "Reading the database…" in out, out
+    piped = run_cli(home, "report", "--from", "2026-11-20", "--to", "2026-11-26", env=env)
+    assert "Reading" not in piped.stdout + piped.stderr and "LLM spend" in piped.stdout

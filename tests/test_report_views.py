@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from hm_agent.store import Store, StoredRow
 from tests.support.daemon import daemon_env, run_cli
+from tests.test_cloud_browser import screenshot
 
 RANGE = ("--from", "2026-11-20", "--to", "2026-11-26")
 
@@ -155,12 +155,7 @@ def test_html_report_in_chromium(home: Path, tmp_path: Path, browser: Any, width
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         box = page.locator(".hm-chart svg").bounding_box()
         assert box is not None and box["width"] > width * 0.6
-        shot = tmp_path / f"report-{width}.png"
-        page.screenshot(path=str(shot), full_page=True)
-        wanted = os.environ.get("HM_REPORT_SCREENSHOTS")
-        if wanted:
-            Path(wanted).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(wanted) / shot.name)
+        screenshot(page, tmp_path, f"report-{width}")  # kept in $HM_CLOUD_SCREENSHOTS when set
     finally:
         context.close()
 
