@@ -184,6 +184,8 @@ def test_chart_pieces() -> None:
     chart = stacked_bars(["d1", "d2"], [Series("a&b", [1, 0]), Series("c", [2, 3])], title="T<")
     assert "<title>d1 · a&amp;b: $1.00</title>" in chart and "<title>d2: $3.00</title>" in chart
     assert ">$3<" in chart or ">$4<" in chart  # a dollar tick at the top
+    tokens = stacked_bars(["d1"], [Series("m", [1500])], title="Tokens", value_format=lambda v: f"{v:,} tokens")
+    assert "<title>d1: 1,500 tokens</title>" in tokens and ">1,500 tokens<" in tokens and "$" not in tokens
     empty = stacked_bars(["d1"], [], title="T")
     assert "No spend in this range." in empty and "<rect" not in empty
 

@@ -16,7 +16,7 @@ may use it without importing each other. Every outside string is escaped here.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
@@ -121,6 +121,8 @@ def stacked_bars(
     empty_text: str = "No spend in this range.",
     id_prefix: str = "hm",
     line: tuple[Number, str] | None = None,
+    value_format: Callable[[Decimal], str] = format_usd,
+    tick_format: Callable[[Decimal], str] | None = None,
 ) -> str:
     """A stacked bar chart (one bar per category, one layer per series) as a <figure>.
 
@@ -129,7 +131,11 @@ def stacked_bars(
     Dollar ticks on the y axis, the first and last category under the x axis, an
     SVG <title> tooltip on every segment and on every bar (its total), a legend
     below as an HTML list (it wraps at phone width), and an empty state.
+    For other quantities (tokens, calls) pass ``value_format`` (tooltips and
+    legend) and ``tick_format`` (axis; default: ``value_format``, or dollar
+    ticks when that is :func:`format_usd`).
     """
+    ticker = tick_format or (_tick_label if value_format is format_usd else value_format)
     left, right, top, bottom = 58, 8, 10, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum((Decimal(str(s.values[i])) for s in series), Decimal(0)) for i in range(len(categories))]
@@ -147,7 +153,7 @@ def stacked_bars(
     for tick in ticks:
         y = top + plot_h - float(tick / scale_top) * plot_h
         out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(tick)}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(ticker(tick))}</text>')
     base_y = top + plot_h
     out.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{base_y}" y2="{base_y}"/>')
     if peak <= 0:
@@ -157,7 +163,7 @@ def stacked_bars(
     bar_w = max(slot * 0.78, 1.0)
     for i, category in enumerate(categories):
         x = left + i * slot + (slot - bar_w) / 2
-        out.append(f'<g class="bar"><title>{escape(category)}: {format_usd(totals[i])}</title>')
+        out.append(f'<g class="bar"><title>{escape(category)}: {escape(value_format(totals[i]))}</title>')
         y = base_y
         for n, s in enumerate(series):
             value = Decimal(str(s.values[i]))
@@ -168,7 +174,7 @@ def stacked_bars(
             colour = _colour(n, s.name, len(series))
             out.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{max(h, 0.5):.1f}" fill="{colour}">'
-                f"<title>{escape(category)} · {escape(s.name)}: {format_usd(value)}</title></rect>"
+                f"<title>{escape(category)} · {escape(s.name)}: {escape(value_format(value))}</title></rect>"
             )
         out.append("</g>")
     if line is not None and line_value is not None and line_value > 0:
@@ -186,7 +192,7 @@ def stacked_bars(
         for n, s in enumerate(series):
             total = sum((Decimal(str(v)) for v in s.values), Decimal(0))
             out.append(f'<li><i style="background:{_colour(n, s.name, len(series))}"></i>'
-                       f"{escape(s.name)} <span>{format_usd(total)}</span></li>")
+                       f"{escape(s.name)} <span>{escape(value_format(total))}</span></li>")
         out.append("</ul>")
     out.append("</figure>")
     return "".join(out)
