@@ -93,7 +93,7 @@ def fill(db: Path, n: int, seed: int = 7) -> None:
     # Filled as a store of the release before rollups (schema 2), then upgraded in place
     # by opening it: the upgrade is timed, and filling runs at bulk speed.
     conn.executescript("DROP TRIGGER requests_rollup; DROP TRIGGER requests_rollup_update; DROP TRIGGER requests_rollup_delete;"
-                       " DROP TABLE request_rollups; PRAGMA user_version = 2;")
+                       " DROP TABLE request_rollups; DROP TABLE rollup_fill; PRAGMA user_version = 2;")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = OFF")  # a throwaway benchmark file
     conn.execute("PRAGMA cache_size = -262144")
@@ -124,7 +124,11 @@ def fill(db: Path, n: int, seed: int = 7) -> None:
     t0 = time.perf_counter()
     with Store(db) as store:
         assert store.version >= 3
-    print(f"  upgrade to local rollups (schema 3) of {n:,} rows: {time.perf_counter() - t0:.1f} s", flush=True)
+        opened = time.perf_counter() - t0
+        while store.fill_rollups():  # what the daemon's rollups component does, without its pauses
+            pass
+    print(f"  upgrade to local rollups (schema 3): open {opened:.2f} s, then {n:,} rows added in "
+          f"{time.perf_counter() - t0 - opened:.1f} s (in the background, 20,000-row transactions)", flush=True)
 
 
 def wall(cmd: list[str], env: dict[str, str], repeats: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import shutil
 import sqlite3
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from hm_agent.store import SCHEMA_VERSION, Store, StoredRow
 from hm_cli.report import build_report, collect
+from tests.support.daemon import running_daemon
 from tests.support.seed import make_row
 
 DAYS = ("2026-11-20", "2026-11-21", "2026-11-22")
@@ -108,24 +110,46 @@ def test_a_damaged_value_still_fails_in_one_line(home: Path, capsys: pytest.Capt
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_a_version_2_database_gets_its_rollups_at_upgrade(tmp_path: Path) -> None:
-    db = tmp_path / "hm-home" / "db.sqlite"
-    db.parent.mkdir()
+def version_2_store(home: Path, n: int) -> Path:
+    """A db.sqlite as the release before rollups left it, with n rows."""
+    db = home / "db.sqlite"
+    home.mkdir(mode=0o700)
     with Store(db) as store:
-        store.insert_rows(varied_rows(600))
-    conn = sqlite3.connect(db)  # back to what a version-2 daemon left
+        store.insert_rows(varied_rows(n))
+    conn = sqlite3.connect(db)
     conn.executescript("DROP TRIGGER requests_rollup; DROP TRIGGER requests_rollup_update; DROP TRIGGER requests_rollup_delete;"
-                       " DROP TABLE request_rollups; PRAGMA user_version = 2;")
+                       " DROP TABLE request_rollups; DROP TABLE rollup_fill; PRAGMA user_version = 2;")
     conn.close()
+    return db
+
+
+def test_a_version_2_database_gets_its_rollups_at_upgrade(tmp_path: Path) -> None:
+    db = version_2_store(tmp_path / "hm-home", 600)
     with Store(db, readonly=True) as old:
         assert old.version == 2 and old.report_rollups(DAYS[0], DAYS[-1]) is None
-    with Store(db) as upgraded:
-        assert upgraded.version == SCHEMA_VERSION
-        assert upgraded.report_rollups(DAYS[0], DAYS[-1]) is not None  # filled from the rows
-        upgraded.insert_rows(varied_rows(700)[600:])
+    with Store(db) as upgraded:  # quick: the older rows are added afterwards, a chunk at a time
+        assert upgraded.version == SCHEMA_VERSION and upgraded.rollups_pending() == 600
+        assert upgraded.report_rollups(DAYS[0], DAYS[-1]) is None  # until then report reads the rows
+        rows = varied_rows(700)
+        upgraded.insert_rows(rows[600:650])  # written since the upgrade: counted at once
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE requests SET cost_usd = '0.5' WHERE rowid IN (5, 590)")  # not filled yet
+        conn.execute("DELETE FROM requests WHERE rowid = 7")
+        conn.commit()
+        conn.close()
+        assert upgraded.fill_rollups(250) == 350
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE requests SET cost_usd = '0.25' WHERE rowid IN (6, 591)")  # filled / not yet
+        conn.commit()
+        conn.close()
+        upgraded.insert_rows(rows[650:])
+        while upgraded.fill_rollups(250):
+            pass
+        assert upgraded.rollups_pending() == 0
+        assert upgraded.report_rollups(DAYS[0], DAYS[-1]) is not None
     for by in ("model", "tag:team", "day"):
         fast, slow = both(db.parent, by)
-        assert fast == slow and fast["whole"]["total"]["calls"] == 700
+        assert fast == slow and fast["whole"]["total"]["calls"] == 699
 
 
 def test_repricing_and_deleting_rows_keep_the_rollups_exact(home: Path) -> None:
@@ -141,3 +165,19 @@ def test_repricing_and_deleting_rows_keep_the_rollups_exact(home: Path) -> None:
     for by in ("model", "project", "day"):
         fast, slow = both(home, by)
         assert fast == slow
+
+
+@pytest.mark.slow
+def test_the_daemon_fills_the_rollups_of_an_upgraded_store(tmp_path: Path) -> None:
+    home = tmp_path / "hm-home"
+    version_2_store(home, 900)
+    with running_daemon(home) as daemon:
+        deadline = time.monotonic() + 60
+        while True:
+            with Store(daemon.db_path, readonly=True) as store:
+                if store.version >= 3 and not store.rollups_pending():
+                    break
+            assert time.monotonic() < deadline, "the rollups component did not fill the rollups"
+            time.sleep(0.1)
+    fast, slow = both(home, "model")
+    assert fast == slow and fast["whole"]["total"]["calls"] == 900

@@ -155,43 +155,64 @@ def _rollup_values(r: str) -> dict[str, str]:
     }
 
 
-def _rollup_statements() -> tuple[str, ...]:
-    def upsert(values: dict[str, str]) -> str:
-        updates = ", ".join(
-            [f"{c} = {c} + excluded.{c}" for c in ROLLUP_SUMS]
-            + ["cost_decimals = max(cost_decimals, excluded.cost_decimals)"]
-        )
-        return (f"INSERT INTO request_rollups ({', '.join(values)}) VALUES ({', '.join(values.values())})"
-                f" ON CONFLICT (day, k) DO UPDATE SET {updates}")
+def _upsert(values: dict[str, str], select: str = "") -> str:
+    """Add ``values`` (a row's or a group's contribution) to its rollup."""
+    updates = ", ".join(
+        [f"{c} = {c} + excluded.{c}" for c in ROLLUP_SUMS]
+        + ["cost_decimals = max(cost_decimals, excluded.cost_decimals)"]
+    )
+    source = select or f"VALUES ({', '.join(values.values())})"
+    return f"INSERT INTO request_rollups ({', '.join(values)}) {source} ON CONFLICT (day, k) DO UPDATE SET {updates}"
 
+
+def _counted(rowid: str) -> str:
+    """Whether a row is in the rollups: filled already, or written since the upgrade."""
+    return f"(SELECT {rowid} <= done OR {rowid} > upto FROM rollup_fill)"
+
+
+def _fill_statement() -> str:
+    """Rows ``rowid > ? AND rowid <= ?`` (not in the rollups yet) added, a group at a time."""
+    names = list(_rollup_values("r"))
+    per_row = ", ".join(f"{sql} AS {name}" for name, sql in _rollup_values("requests").items() if name != "k")
+    # Grouped by the columns themselves (NULLs group together; k is made once a group).
+    grouped = ", ".join(
+        _rollup_values("r")["k"] if c == "k" else f"sum({c})" if c in ROLLUP_SUMS
+        else "max(cost_decimals)" if c == "cost_decimals" else c
+        for c in names
+    )
+    select = (f"SELECT {grouped} FROM (SELECT {per_row} FROM requests WHERE rowid > ? AND rowid <= ?) AS r"
+              f" WHERE true GROUP BY day, {', '.join(ROLLUP_DIMENSIONS)}")
+    return _upsert(dict.fromkeys(names, ""), select)
+
+
+_FILL_ROLLUPS = _fill_statement()
+
+
+def _rollup_statements() -> tuple[str, ...]:
     new = _rollup_values("NEW")
     # An update (report --reprice) takes the old row out and puts the new one in. A
     # rollup keeps the most decimals it ever saw: a cost that loses places leaves it
     # padding the sum with zeros (same value).
     old = {c: f"-({sql})" if c in ROLLUP_SUMS else "0" if c == "cost_decimals" else sql
            for c, sql in _rollup_values("OLD").items()}
-    each = _rollup_values("requests")
-    per_row = ", ".join(f"{sql} AS {name}" for name, sql in each.items() if name != "k")
-    # Grouped by the columns themselves (NULLs group together; k is made once a group).
-    grouped = ", ".join(
-        _rollup_values("r")["k"] if c == "k" else f"sum({c})" if c in ROLLUP_SUMS
-        else "max(cost_decimals)" if c == "cost_decimals" else c
-        for c in new
-    )
     watched = ", ".join(["day", "status", "flags", "cost_usd", *ROLLUP_TOKENS, *ROLLUP_DIMENSIONS])
     return (
         "CREATE TABLE request_rollups (day TEXT NOT NULL, k TEXT NOT NULL, "
         + ", ".join(ROLLUP_DIMENSIONS)
         + ", " + ", ".join(f"{c} INTEGER NOT NULL" for c in ROLLUP_SUMS)
         + ", cost_decimals INTEGER NOT NULL, PRIMARY KEY (day, k)) WITHOUT ROWID",
-        # The rows already there, in one grouped pass (each contribution is bounded: no
-        # sum can overflow below ~9 million rows of the maximum in one day and group).
-        f"INSERT INTO request_rollups ({', '.join(new)}) SELECT {grouped} FROM (SELECT {per_row} FROM requests)"
-        f" AS r GROUP BY day, {', '.join(ROLLUP_DIMENSIONS)}",
-        f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests BEGIN {upsert(new)}; END",
+        # The rows already there are added after the upgrade, a chunk at a time
+        # (Store.fill_rollups, driven by the daemon's rollups component), so opening a
+        # big store stays quick; until then `report` reads the rows.
+        "CREATE TABLE rollup_fill (id INTEGER PRIMARY KEY CHECK (id = 1), done INTEGER NOT NULL,"
+        " upto INTEGER NOT NULL)",
+        "INSERT INTO rollup_fill VALUES (1, 0, (SELECT coalesce(max(rowid), 0) FROM requests))",
+        f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN {_counted('NEW.rowid')}"
+        f" BEGIN {_upsert(new)}; END",
         f"CREATE TRIGGER requests_rollup_update AFTER UPDATE OF {watched} ON requests"
-        f" BEGIN {upsert(old)}; {upsert(new)}; END",
-        f"CREATE TRIGGER requests_rollup_delete AFTER DELETE ON requests BEGIN {upsert(old)}; END",
+        f" WHEN {_counted('OLD.rowid')} BEGIN {_upsert(old)}; {_upsert(new)}; END",
+        f"CREATE TRIGGER requests_rollup_delete AFTER DELETE ON requests WHEN {_counted('OLD.rowid')}"
+        f" BEGIN {_upsert(old)}; END",
     )
 
 
@@ -242,6 +263,9 @@ def unreadable(path: Path, exc: BaseException, verb: str = "read") -> str:
         f"cannot {verb} {path}: {detail}. If it is damaged: `halton-meter stop`, move it away "
         f"(mv {path} {path}.damaged), then `halton-meter start` creates a new one"
     )
+
+
+_IN_CHUNK = 500  # ids per IN (...) list: well under any SQLite's variable limit
 
 
 class StoreError(Exception):
@@ -396,7 +420,25 @@ class Store:
 
     def mark_synced(self, ids: Sequence[str], at: str) -> int:
         """Record that the cloud acknowledged these rows (call only after the 200)."""
-        return self._write("UPDATE requests SET synced_at = ? WHERE id = ?", [(at, i) for i in ids])
+        # One statement per 500 ids (an IN list), not one per id: about half the time
+        # for a 1,000-row batch, which the cloud worker marks between uploads.
+        chunks = [list(ids[i:i + _IN_CHUNK]) for i in range(0, len(ids), _IN_CHUNK)]
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = 0
+                for chunk in chunks:
+                    marks = ",".join("?" * len(chunk))
+                    changed += conn.execute(
+                        f"UPDATE requests SET synced_at = ? WHERE id IN ({marks})", (at, *chunk)
+                    ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return changed
 
     def quarantine_rows(self, ids: Sequence[str], status: int | None, detail: str) -> int:
         """Rows the backend refused for good (400/422): never sent again, always reported."""
@@ -536,13 +578,39 @@ class Store:
             cur.row_factory = sqlite3.Row
             return cur.fetchall()
 
+    def rollups_pending(self) -> int:
+        """Rows written before the upgrade to rollups that are not in them yet (0: complete)."""
+        if self.version < 3:
+            return 0
+        done, upto = self._query("SELECT done, upto FROM rollup_fill")[0]
+        return max(0, int(upto) - int(done))
+
+    def fill_rollups(self, chunk: int = 20_000) -> int:
+        """Add up to ``chunk`` rows (by rowid) written before the upgrade to the rollups, in
+        one short transaction; returns the rows still to add (0: complete)."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done, upto = conn.execute("SELECT done, upto FROM rollup_fill").fetchone()
+                end = min(int(upto), int(done) + max(1, chunk))
+                if end > done:
+                    conn.execute(_FILL_ROLLUPS, (done, end))
+                    conn.execute("UPDATE rollup_fill SET done = ?", (end,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return int(upto) - end
+
     def report_rollups(self, from_day: str, to_day: str, group_by: Sequence[str] = (),
                        equal: Sequence[tuple[str, str | None]] = ()) -> list[tuple[Any, ...]] | None:
         """Rollups of days in [from_day, to_day] whose ``equal`` columns have those values
         (None: NULL), summed per distinct ``group_by`` values: tuples of the group_by values,
         then ROLLUP_SUMS, then cost_decimals. None when ``report`` must read the rows
         instead: a database not upgraded yet, or a row the sums cannot hold exactly."""
-        if self.version < 3:
+        if self.version < 3 or self.rollups_pending():
             return None
         known = ("day", *ROLLUP_DIMENSIONS)
         if any(c not in known for c in group_by) or any(c not in known for c, _ in equal):

@@ -39,6 +39,7 @@ COMPONENT_SOURCES: list[tuple[str, str]] = [
     ("hm_agent.outputs", "make_component"),
     ("hm_agent.metrics", "make_component"),
     ("hm_agent.otel", "make_component"),
+    ("hm_agent.rollups", "make_component"),
 ]
 
 
