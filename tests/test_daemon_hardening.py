@@ -491,3 +491,38 @@ def test_an_open_home_is_made_private_and_the_daemon_creates_private_files(
                                   "mitmproxy-ca-cert.p12", "mitmproxy-dhparam.pem")
                and not p.name.startswith(("ca-bundle", "upstream-ca", "node-"))]
     assert exposed == []
+
+
+def test_a_lock_held_past_the_drain_timeout_spills_to_the_fallback_and_the_next_start_replays(tmp_path: Any) -> None:
+    """The home cannot take the spill file either: the second place does; the next writer replays it."""
+    import sqlite3
+
+    from hm_agent.writer import RowWriter
+
+    db = tmp_path / "db.sqlite"
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    first_choice = blocker / "unwritten-rows.jsonl"  # cannot be created: its parent is a file
+    fallback = tmp_path / "run" / "spill.jsonl"
+    writer = RowWriter(db, spill_paths=[first_choice, fallback])
+    writer.start()
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        for n in range(7):
+            writer.submit(_call(_usage(input_tokens=10, output_tokens=5), n))
+        assert writer.stop(timeout=0.5) is False
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert writer.stop_outcome()["unwritten"] == 7 and writer.lost == 0
+    assert writer.spilled_to == fallback and fallback.stat().st_mode & 0o777 == 0o600
+    again = RowWriter(db, spill_paths=[first_choice, fallback])
+    again.start()
+    assert again.stop(timeout=10)
+    assert again.recovered == 7 and not fallback.exists()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 7
+    finally:
+        conn.close()
