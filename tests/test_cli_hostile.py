@@ -156,7 +156,8 @@ def _damage(home: Path, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "not-utf8"])
 def test_every_store_read_of_the_cli_survives_a_damaged_database(home: Path, kind: str) -> None:
-    (home / "config.toml").write_text('[cloud]\nenabled = true\nbase_url = "http://127.0.0.1:9"\n')
+    (home / "config.toml").write_text('[cloud]\nenabled = true\nbase_url = "http://127.0.0.1:9"\n\n'
+                                      '[[budgets]]\nname = "monthly"\nlimit_usd = 100\nperiod = "month"\n')
     _damage(home, kind)
     env = daemon_env(home)
     st = run_cli(home, "status", "--json", env=env)
@@ -165,7 +166,8 @@ def test_every_store_read_of_the_cli_survives_a_damaged_database(home: Path, kin
     cloud = run_cli(home, "cloud", "status", "--json", env=env)
     snap = json.loads(cloud.stdout)
     assert cloud.returncode == 0 and snap["state"] in ("DEGRADED", "PAUSED")
-    for args in (("status",), ("cloud", "status"), ("report",), ("report", "--json"), ("doctor",)):
+    for args in (("status",), ("cloud", "status"), ("report",), ("report", "--json"), ("doctor",),
+                 ("budget", "status"), ("budget", "status", "--json")):
         done = run_cli(home, *args, env=env)
         assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, (args, done.stderr)
         _assert_inert(done.stdout + done.stderr)

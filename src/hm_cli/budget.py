@@ -38,8 +38,10 @@ def budget_views(home: Path) -> tuple[list[dict[str, Any]], str]:
         pass
     try:
         return offline_views(paths(home).db, cfg.budgets), "database"
-    except Exception as exc:  # sqlite3.Error and friends: one line
-        fail(f"cannot read {paths(home).db}: {exc}")
+    except Exception as exc:  # sqlite3.Error and friends: one line, with the fix
+        from hm_agent.store import StoreError, unreadable
+
+        fail(str(exc) if isinstance(exc, StoreError) else unreadable(paths(home).db, exc))
 
 
 def _state(view: dict[str, Any]) -> str:
