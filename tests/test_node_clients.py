@@ -9,7 +9,6 @@ The SDKs are installed with `npm ci` from tests/node/package-lock.json on first 
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from .support.daemon import HALTON_METER, Daemon, capture_host_config, running_daemon
 from .support.fake_providers import FakeProviders
+from .support.npm import npm_ci
 from .support.tls import make_ca
 from .test_capture_parsers import EXPECTED
 
@@ -42,19 +42,7 @@ CASES = {
 
 
 def node_modules() -> Path:
-    """tests/node/node_modules, installed with `npm ci` if missing or older than the lockfile."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed (apt-get install nodejs npm): the Node client tests need it")
-    modules = NODE_DIR / "node_modules"
-    stamp = modules / ".package-lock.json"
-    lock = NODE_DIR / "package-lock.json"
-    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
-        npm = shutil.which("npm")
-        assert npm, "node is installed but npm is not: apt-get install npm"
-        res = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR,
-                             capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, f"npm ci failed in {NODE_DIR}: {res.stderr[-2000:]}"
-    return modules
+    return npm_ci(NODE_DIR)
 
 
 @pytest.fixture(scope="module")
