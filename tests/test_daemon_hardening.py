@@ -203,6 +203,30 @@ def test_capture_flags_counts_beyond_the_bound() -> None:
     assert implausible(Tokens(cache_write_1h_tokens=2**63))
 
 
+@pytest.mark.parametrize(("prompt_tokens", "flagged", "recorded"), [
+    (12, False, 12),
+    (12.0, False, 12),  # an integral float from a loose gateway is still a count
+    (-5, True, None),
+    (1.5, True, None),
+    (2**70, True, None),  # beyond 64 bits: JSON parsers hand it over as a float
+    (10**12 + 1, True, None),
+    ("12", False, None),  # not a number: unknown, as before
+])
+def test_impossible_counts_from_a_real_tap_are_flagged(prompt_tokens: Any, flagged: bool, recorded: Any) -> None:
+    from hm_agent.capture import open_call
+
+    tap = open_call("api.openai.com", "POST", "/v1/chat/completions", "", {}, b'{"model":"gpt-4o-mini"}')
+    assert tap is not None
+    tap.response_headers(200, {"content-type": "application/json"})
+    body = {"model": "gpt-4o-mini", "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5}}
+    tap.feed(json.dumps(body).encode())
+    usage = tap.finish(complete=True)
+    assert ("implausible_usage" in usage.flags) is flagged
+    assert usage.input_tokens == recorded
+    assert usage.output_tokens == (None if flagged else 5)
+
+
 def test_a_store_made_before_write_quarantine_gets_the_table(tmp_path: Any) -> None:
     import sqlite3
 

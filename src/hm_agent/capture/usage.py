@@ -7,7 +7,7 @@ None, never 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 # The most tokens one call can plausibly report (api.md bounds every count to
@@ -32,10 +32,20 @@ class Tokens:
     cache_audio_read_tokens: int | None = None
 
 
+# What `count` returns for a number no call can report (negative, fractional,
+# beyond MAX_TOKENS, or past 2**64 so that JSON parsed it as a float): it is
+# itself beyond MAX_TOKENS, so `implausible` flags the row, whatever it is added to.
+IMPLAUSIBLE = MAX_TOKENS + 1
+
+
 def count(value: Any) -> int | None:
-    """A token count, or None for anything that is not a non-negative int."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+    """A token count; None when absent or not a number, IMPLAUSIBLE for an impossible number."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else IMPLAUSIBLE
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and 0 <= value <= MAX_TOKENS else IMPLAUSIBLE
     return None
 
 
@@ -151,9 +161,8 @@ def gemini_tokens(meta: dict[str, Any]) -> Tokens:
 
 
 def implausible(tokens: Tokens) -> bool:
-    """True if any count of ``tokens`` is beyond MAX_TOKENS."""
+    """True if any count of ``tokens`` is beyond MAX_TOKENS (or was IMPLAUSIBLE)."""
     return any(
-        value is not None and value > MAX_TOKENS
-        for value in (tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens,
-                      tokens.cache_write_tokens, tokens.cache_write_1h_tokens, tokens.reasoning_tokens)
+        isinstance(value, int) and value > MAX_TOKENS
+        for value in (getattr(tokens, f.name) for f in fields(tokens))
     )
