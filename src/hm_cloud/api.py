@@ -34,6 +34,7 @@ from .bodies import (
     read_limited,
 )
 from .limits import PAIRING_STARTS_PER_ADDRESS, Refusal
+from .metrics import PAIRINGS, batch_done
 from .state import (
     CODE_TTL_SECONDS,
     LONG_POLL_DEFAULT_SECONDS,
@@ -127,6 +128,7 @@ async def pairing_start(request: Request) -> Response:
     else:  # pragma: no cover - 31**8 codes make this practically impossible
         raise ApiError(503, "unavailable", "Could not allocate a pairing code: try again")
     shown = format_user_code(user_code)
+    PAIRINGS.labels("started").inc()
     return json_response(
         {
             "device_code": device_code,
@@ -282,14 +284,20 @@ async def pairing_revoke(request: Request) -> Response:
 
 
 async def requests_batch(request: Request) -> Response:
-    device = await authed_device(request)
-    raw = await read_limited(
-        request.stream(), request.headers.get("content-length"), MAX_BODY_BYTES
-    )
-    encoding = request.headers.get("content-encoding")
-    # Decompressing, validating and storing are CPU and disk work: all of it
-    # runs in a worker thread so long-polls on the event loop stay prompt.
-    accepted, duplicates = await cloud(request).db(_ingest_body, device, raw, encoding, time.time())
+    started = time.perf_counter()
+    try:
+        device = await authed_device(request)
+        raw = await read_limited(
+            request.stream(), request.headers.get("content-length"), MAX_BODY_BYTES
+        )
+        encoding = request.headers.get("content-encoding")
+        # Decompressing, validating and storing are CPU and disk work: all of it
+        # runs in a worker thread so long-polls on the event loop stay prompt.
+        accepted, duplicates = await cloud(request).db(_ingest_body, device, raw, encoding, time.time())
+    except ApiError:
+        batch_done(started, "rejected")
+        raise
+    batch_done(started, "accepted", accepted, duplicates)
     response = json_response({"accepted": accepted, "duplicates": duplicates})
     if accepted:
         from .budgets import after_ingest

@@ -512,6 +512,9 @@ async def approve(request: Request) -> Response:
         )
     if not done:  # cancelled (or expired) while the page was open
         return await _missing_code(request, code, {"user_email": email}, as_json)
+    from .metrics import PAIRINGS
+
+    PAIRINGS.labels("approved" if decision == "approve" else "denied").inc()
     state.waiters.notify(code_hash)
     if as_json:
         return Response(
