@@ -483,7 +483,10 @@ _TWELVE_PLACES = Decimal("1e-12")
 
 def _text(value: object) -> str:
     """An upstream's string as the contract allows it: no control characters, at most 512 characters."""
-    return _CONTROL.sub("", str(value))[:MAX_TEXT]
+    text = str(value)
+    if len(text) <= MAX_TEXT and text.isascii() and text.isprintable():
+        return text  # the usual case, in a tenth of the regex's time
+    return _CONTROL.sub("", text)[:MAX_TEXT]
 
 
 def _duration(ms: int) -> int:
@@ -492,15 +495,17 @@ def _duration(ms: int) -> int:
 
 def _cost_12(cost: str) -> str:
     """At most 12 decimal places (a millionth of a millionth of a dollar), rounded half-even."""
-    amount = Decimal(cost)
-    exponent = amount.as_tuple().exponent
-    if isinstance(exponent, int) and exponent >= -12:
+    dot = cost.find(".")
+    if dot < 0 or len(cost) - dot - 1 <= 12:  # pricing writes plain notation: count the places
         return cost
-    text = format(amount.quantize(_TWELVE_PLACES, rounding=ROUND_HALF_EVEN), "f")
+    text = format(Decimal(cost).quantize(_TWELVE_PLACES, rounding=ROUND_HALF_EVEN), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _plausible_cost(cost: str) -> bool:
+    whole = cost.partition(".")[0]
+    if whole.isdigit() and len(whole) <= 6:  # 0 <= cost < 10^6 without parsing it
+        return True
     try:
         return Decimal(0) <= Decimal(cost) <= MAX_COST_USD
     except (InvalidOperation, ValueError):
