@@ -69,8 +69,10 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield server.create_database("hm_cloud_budgets")
 
 
-def test_budget_alerts_once_per_threshold_by_webhook_and_email(tmp_path: Path, smtp: Sink,
-                                                                db_url: str | None) -> None:
+def test_budget_alerts_once_per_threshold_by_webhook_and_email(tmp_path: Path, smtp: Sink, db_url: str | None,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # The receiver is on loopback, which a backend refuses unless told (see the test below).
+    monkeypatch.setenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", "1")
     with Receiver() as hooks, running_cloud(tmp_path, db_url=db_url) as cloud:
         cloud.create_user("owner@example.com", PASSWORD, "acme")
         owner = cloud.login_session("owner@example.com", PASSWORD)
@@ -148,3 +150,18 @@ def test_only_owners_change_budgets(tmp_path: Path) -> None:
         assert no_csrf.status_code in (400, 403)
         owner = cloud.login_session("owner@example.com", PASSWORD)
         assert "Add a budget" in owner.get("/acme/settings/budgets").text
+
+
+def test_webhooks_to_private_addresses_are_refused(tmp_path: Path, smtp: Sink) -> None:
+    with Receiver() as hooks, running_cloud(tmp_path) as cloud:
+        cloud.create_user("owner@example.com", PASSWORD, "acme")
+        owner = cloud.login_session("owner@example.com", PASSWORD)
+        add_budget(cloud, owner, name="tiny", scope_kind="workspace", period="day", limit_usd="0.01",
+                   thresholds="100", webhook_url=hooks.url("/internal"))
+        paired = cloud.pair("owner@example.com", PASSWORD, "acme", machine_id=str(uuid.uuid4()))
+        device = cloud.client(headers={"Authorization": f"Bearer {paired['token']}"})
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        assert device.post("/v1/requests/batch", json=batch_body([sample_row(ts=now, cost_usd="0.05")])).status_code == 200
+        assert wait_for(lambda: len(smtp.messages) == 1)  # delivery ran: the e-mail went
+        assert wait_for(lambda: "not called: it resolves to a non-public address" in cloud.log())
+        assert hooks.posts == []

@@ -295,7 +295,37 @@ def _post(url: str, body: dict[str, Any]) -> int:
         return 0
 
 
+def private_target(url: str) -> str | None:
+    """Why the server refuses to POST to ``url`` (a loopback, private or link-local address), or None.
+
+    Budget webhooks are set by workspace owners: without this, one could make the
+    backend send requests into its own network. ``HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE=1``
+    allows them (a backend on a private network posting to an internal chat server).
+    """
+    if os.environ.get("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE") == "1":
+        return None
+    import ipaddress
+    import socket
+
+    parts = urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+                                   proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return "its host does not resolve"
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            return f"it resolves to a non-public address ({address})"
+    return None
+
+
 def send_webhook(url: str, alert: Alert) -> bool:
+    why = private_target(url)
+    if why is not None:
+        log.warning("budget alert %s: webhook %s not called: %s (HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE=1 "
+                    "allows it)", alert.budget, urlsplit(url).netloc, why)
+        return False
     body = {"text": alert.text(), "event": "budget.threshold", **asdict(alert)}
     for attempt in range(ATTEMPTS):
         status = _post(url, body)
