@@ -206,3 +206,38 @@ def test_block_budget_refuses_in_scope_calls_in_each_providers_error_shape(tmp_p
                 client.chat.completions.create(model="gpt-4o", messages=messages)
             rows = d.wait_rows(8)
             assert rows == 8  # refused calls leave no row
+
+
+def test_a_call_in_flight_when_the_budget_runs_out_finishes(tmp_path: Path) -> None:
+    import threading
+
+    ca = make_ca(tmp_path / "ca")
+    with FakeProviders(ca) as upstream:
+        provider = f"localhost:{upstream.port}"
+        budget = (f'[[budgets]]\nname = "cap"\nlimit_usd = "0.000001"\naction = "block"\n'
+                  f'scope = {{ provider = "{provider}" }}\n')
+        with running_daemon(tmp_path / "home", upstream_ca=ca.ca_path,
+                            extra_config=capture_host_config([provider]) + budget) as d:
+            client = oai(d, upstream)
+            upstream.hold()
+            chunks: list[Any] = []
+            first = threading.Event()
+
+            def in_flight() -> None:
+                stream = client.chat.completions.create(model="gpt-4o-mini", messages=[], stream=True,
+                                                        stream_options={"include_usage": True})
+                for chunk in stream:
+                    chunks.append(chunk)
+                    first.set()
+
+            worker = threading.Thread(target=in_flight)
+            worker.start()
+            assert first.wait(15), "the streamed call never started"
+            client.chat.completions.create(model="gpt-4o", messages=[])  # its row spends the budget
+            assert wait_until(lambda: budget_status(d)[0]["blocking"])
+            upstream.release()
+            worker.join(15)
+            assert chunks and chunks[-1].usage is not None  # the whole stream arrived
+            with pytest.raises(openai.RateLimitError, match="cap"):
+                client.chat.completions.create(model="gpt-4o", messages=[])
+            assert d.wait_rows(2) == 2
