@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -342,14 +343,19 @@ def _long_home_env(tmp_path: Any, xdg: Any = None) -> tuple[Any, dict[str, str]]
     return home, env
 
 
-def test_xdg_runtime_dir_is_preferred_when_it_is_private(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_xdg_runtime_dir_is_preferred_when_it_is_private(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    import shutil
     import tempfile
 
     from hm_agent.home import paths
 
     deep = tmp_path / ("d" * 120)
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
+    # A short runtime dir, like /run/user/<uid>: pytest's tmp_path can be too long for a socket.
+    run = Path(tempfile.mkdtemp(prefix="hmrun-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(run, ignore_errors=True))
+    run.chmod(0o700)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     assert paths(deep).control_socket.parent == run / "halton-meter"
