@@ -4,7 +4,7 @@ real event shapes of two transports:
 - `/v1/responses` (the Responses API over WebSocket, Codex CLI's default): each
   `response.create` from the client is answered with the events of
   tests/fixtures/capture/openai_responses_stream.sse, one text message each,
-  ending with `response.completed`;
+  ending with `response.completed` (a `generate: false` warm-up gets an empty one);
 - `/v1/realtime?model=…`: `session.created` on connect, then for each
   `response.create` the events of openai_realtime.jsonl, ending with `response.done`.
 
@@ -33,6 +33,21 @@ def responses_events() -> list[str]:
 
 def realtime_events() -> list[str]:
     return [line for line in (FIXTURES / "openai_realtime.jsonl").read_text().splitlines() if line.strip()]
+
+
+def prewarm(events: list[str]) -> list[str]:
+    """The answer to `response.create` with `generate: false` (Codex sends one before its first
+    turn): `response.created` and a `response.completed` without output; the fake bills the
+    prompt's input tokens only (PREWARM_USAGE), as a warm-up that reads the prompt would."""
+    created = events[0]
+    completed = json.loads(next(e for e in events if '"response.completed"' in e[:80]))
+    completed["response"]["output"] = []
+    completed["response"]["usage"] = dict(PREWARM_USAGE)
+    return [created, json.dumps(completed)]
+
+
+PREWARM_USAGE = {"input_tokens": 37, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 37}
 
 
 class FakeWebSocketUpstream:
@@ -78,7 +93,9 @@ class FakeWebSocketUpstream:
             async for message in ws:
                 doc = json.loads(message)
                 self.received.append(doc)
-                if doc.get("type") == "response.create":
+                if doc.get("type") == "response.create" and doc.get("generate") is False:
+                    await self._send_all(ws, prewarm(events))  # Codex's warm-up: no output
+                elif doc.get("type") == "response.create":
                     await self._send_all(ws, events)
         except ConnectionClosed:
             pass  # the client hung up mid-response (a test does so on purpose)
