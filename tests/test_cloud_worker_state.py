@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from hm_agent import cloudworker
+from hm_agent import cloudcommands, cloudservice, cloudworker
 from hm_agent.cloudlink import iso_from, iso_from_monotonic, monotonic_from_iso
 from hm_agent.config import load_config
 from hm_agent.home import paths
@@ -39,11 +39,11 @@ def worker(tmp_path: Path) -> Any:
         w = cloudworker.CloudWorker()
         ctx = make_ctx(home, store)
         w.session = anyio.run(w._load, ctx)
-        cloudworker.SERVICE.worker = w
+        cloudservice.SERVICE.worker = w
         try:
             yield w, ctx
         finally:
-            cloudworker.SERVICE.worker = None
+            cloudservice.SERVICE.worker = None
 
 
 def test_a_restart_restores_the_pause_the_counters_and_the_reconcile_rhythm(worker: Any) -> None:
@@ -59,11 +59,11 @@ def test_a_restart_restores_the_pause_the_counters_and_the_reconcile_rhythm(work
 
 def test_resume_after_a_401_goes_through_the_session_and_is_stored(worker: Any) -> None:
     w, ctx = worker
-    reply = anyio.run(cloudworker._cloud_resume, ctx, {})
+    reply = anyio.run(cloudcommands._cloud_resume, ctx, {})
     assert reply["resumed_from"] == "paused_unauthorised" and reply["state"] == "ACTIVE"
     assert w.session.state is SyncState.ACTIVE
     assert ctx.store.get_cloud_state()["paused"] == 0
-    reply = anyio.run(cloudworker._cloud_pause, ctx, {})
+    reply = anyio.run(cloudcommands._cloud_pause, ctx, {})
     assert reply == {"state": "PAUSED", "paused_reason": "user"}
     assert w.session.paused_reason == "user"
     assert (ctx.store.get_cloud_state()["paused"], ctx.store.get_cloud_state()["paused_reason"]) == (1, "user")
@@ -76,3 +76,24 @@ def test_monotonic_and_wall_times_convert_by_their_age() -> None:
     assert mono == pytest.approx(940.0, abs=1)
     assert iso_from_monotonic(mono, now_mono, now_wall) == stamp
     assert iso_from_monotonic(float("-inf"), now_mono, now_wall) is None
+
+
+def test_the_cloud_modules_import_each_other_one_way() -> None:
+    """pairing/worker -> commands -> status -> service -> link: no cycle (type-only imports aside)."""
+    import ast
+    import graphlib
+
+    src = Path(cloudworker.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in src.glob("cloud*.py"):
+        tree = ast.parse(path.read_text())
+        type_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and ast.unparse(block.test) == "TYPE_CHECKING" for node in ast.walk(block)}
+        graph[path.stem] = {
+            (node.module or "").split(".")[0] or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in type_only
+            for alias in node.names
+        } & {p.stem for p in src.glob("cloud*.py")}
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert order.index("cloudservice") < order.index("cloudstatus") < order.index("cloudcommands")

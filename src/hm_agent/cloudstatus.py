@@ -131,7 +131,7 @@ def local_disconnect(home: Path) -> dict[str, Any]:
     """`cloud disconnect` with no daemon: revoke (best effort) and wipe, in this process."""
     import anyio
 
-    from .cloudworker import revoke_and_wipe
+    from .cloudservice import revoke_and_wipe
     from .config import load_config
     from .home import paths
     from .store import Store, StoreError

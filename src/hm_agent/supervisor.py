@@ -35,7 +35,7 @@ TICK_ENV = "HALTON_METER_TICK_SECONDS"
 # so the daemon runs before the cloud worker exists. Add a component here.
 COMPONENT_SOURCES: list[tuple[str, str]] = [
     ("hm_agent.cloudworker", "make_component"),
-    ("hm_agent.cloudworker", "make_pairing_component"),
+    ("hm_agent.cloudpairing", "make_pairing_component"),
     ("hm_agent.outputs", "make_component"),
     ("hm_agent.metrics", "make_component"),
     ("hm_agent.otel", "make_component"),
