@@ -34,8 +34,8 @@ from ._batch import (
     Batch,
     BatchBuilder,
     ContentEncoding,
+    EncodedRow,
     RowTooLarge,
-    StoredRow,
     new_batch_id,
 )
 from ._codes import Entropy, format_user_code, looks_like_token, normalize_user_code
@@ -168,7 +168,7 @@ __all__ = [
     "BatchBuilder",
     "ContentEncoding",
     "RowTooLarge",
-    "StoredRow",
+    "EncodedRow",
     "UsageRow",
     # attribution fields of a row (who spent it) and their bounds
     "ATTRIBUTION_FIELDS",

@@ -2,7 +2,7 @@
 
 The store keeps every row's api.md JSON exactly as it will be uploaded
 (``UsageRow.to_json()`` in the ``row_json`` column), so a body is a byte
-join: no row is decoded or re-encoded on the hot path. A stored row is the
+join: no row is decoded or re-encoded on the hot path. An ``EncodedRow`` is the
 pair ``(row_id, row_json)``.
 
 Limits come from api.md: at most 1,000 rows and 4 MiB of uncompressed JSON
@@ -31,7 +31,9 @@ from ._codes import Entropy
 from ._errors import LocalProtocolError
 from ._http import Headers, Request, bearer
 
-StoredRow = tuple[str, bytes]
+#: One stored row as the upload needs it: ``(row_id, row_json)``. (Not hm_agent.store.StoredRow,
+#: the daemon's full table row.)
+EncodedRow = tuple[str, bytes]
 ContentEncoding = Literal["gzip", "zstd"] | None
 
 MAX_BATCH_ROWS = 1_000
@@ -103,7 +105,7 @@ def _compress(body: bytes, encoding: ContentEncoding, state: dict[str, Any]) -> 
     raise LocalProtocolError(f"unknown content encoding {encoding!r}: use None, 'gzip' or 'zstd'")
 
 
-def _join(rows: Sequence[StoredRow], batch_id: str) -> bytes:
+def _join(rows: Sequence[EncodedRow], batch_id: str) -> bytes:
     """The uncompressed body, copying the rows' bytes once: the envelope is
     glued to the first and last row instead of joined around the whole."""
     parts = list(map(_json_of, rows))
@@ -179,7 +181,7 @@ class BatchBuilder:
         self.max_bytes = max_bytes
         self._codec_state: dict[str, Any] = {}
 
-    def fit(self, rows: Sequence[StoredRow], start: int = 0, max_rows: int | None = None) -> int:
+    def fit(self, rows: Sequence[EncodedRow], start: int = 0, max_rows: int | None = None) -> int:
         """End index of the longest run ``rows[start:end]`` that fits one batch.
 
         Raises :class:`RowTooLarge` when ``rows[start]`` alone does not fit.
@@ -201,7 +203,7 @@ class BatchBuilder:
             raise RowTooLarge(row_id, len(row_json), self.max_bytes)
         return end
 
-    def build_one(self, rows: Sequence[StoredRow], entropy: Entropy) -> Batch:
+    def build_one(self, rows: Sequence[EncodedRow], entropy: Entropy) -> Batch:
         """One batch of exactly ``rows``; they must fit (see :meth:`fit`)."""
         if not rows:
             raise LocalProtocolError("a batch needs at least one row")
@@ -215,7 +217,7 @@ class BatchBuilder:
             )
         return self._batch(rows, batch_id, raw)
 
-    def _batch(self, rows: Sequence[StoredRow], batch_id: str, raw: bytes) -> Batch:
+    def _batch(self, rows: Sequence[EncodedRow], batch_id: str, raw: bytes) -> Batch:
         return Batch(
             batch_id=batch_id,
             row_ids=tuple(map(_id_of, rows)),
@@ -224,7 +226,7 @@ class BatchBuilder:
             raw_size=len(raw),
         )
 
-    def build(self, rows: Sequence[StoredRow], entropy: Entropy) -> list[Batch]:
+    def build(self, rows: Sequence[EncodedRow], entropy: Entropy) -> list[Batch]:
         """All ``rows`` as consecutive batches, in order.
 
         Raises :class:`RowTooLarge` on the first row that can never fit; use

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, TypeGuard
 
-from ._batch import Batch, BatchBuilder, RowTooLarge, StoredRow
+from ._batch import Batch, BatchBuilder, EncodedRow, RowTooLarge
 from ._codes import Entropy
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._http import Request, Response, TransportFailure
@@ -588,7 +588,7 @@ class SyncSession:
         self._step(_Step.NOTHING)
         self._wake_at = now + self._flush_interval
 
-    def start_batch(self, rows: Sequence[StoredRow], now: float) -> list[SyncEvent]:
+    def start_batch(self, rows: Sequence[EncodedRow], now: float) -> list[SyncEvent]:
         """Build the next batch from the oldest unsynced rows (as NeedRows asked).
 
         Returns a ``SendBatch`` to send, preceded by ``BatchQuarantined`` for

@@ -17,11 +17,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Protocol
 
-from hm_proto import DayTotal, StoredRow, UsageRow
+from hm_proto import DayTotal, EncodedRow, UsageRow
 
 
 class RowStore(Protocol):
-    def unsynced(self, limit: int) -> Sequence[StoredRow]:
+    def unsynced(self, limit: int) -> Sequence[EncodedRow]:
         """Up to ``limit`` oldest rows neither synced nor quarantined, as (id, json)."""
         ...
 
@@ -79,7 +79,7 @@ class SQLiteRowStore:
             )
             return cursor.rowcount == 1
 
-    def unsynced(self, limit: int) -> list[StoredRow]:
+    def unsynced(self, limit: int) -> list[EncodedRow]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, row_json FROM usage_rows WHERE synced = 0 AND quarantined IS NULL"
