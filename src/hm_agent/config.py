@@ -379,7 +379,7 @@ def _loopback_listen(table: dict[str, Any], section: str, where: _Locator) -> st
             f"{where.at(section, 'listen')}: {section}.listen must be a loopback address like "
             f"\"127.0.0.1:9464\", not {listen!r} (scrape it from elsewhere through an SSH tunnel or an agent)"
         )
-    return listen
+    return str(listen)
 
 
 def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, where: _Locator) -> Any:

@@ -138,14 +138,14 @@ class DaemonCollector:
         yield fam
         fam = CounterMetricFamily("halton_meter_cost_usd", "Known cost of metered calls in US dollars.",
                                   labels=["provider", "model"])
-        for labels, amount in sorted(cost.items()):
-            fam.add_metric(list(labels), float(amount))
+        for pair, amount in sorted(cost.items()):
+            fam.add_metric(list(pair), float(amount))
         yield fam
         fam = CounterMetricFamily("halton_meter_unpriced_requests",
                                   "Metered calls whose price is unknown (not counted as $0 in the cost).",
                                   labels=["provider", "model"])
-        for labels, n in sorted(unpriced.items()):
-            fam.add_metric(list(labels), n)
+        for pair, n in sorted(unpriced.items()):
+            fam.add_metric(list(pair), n)
         yield fam
         hist = HistogramMetricFamily("halton_meter_request_duration_seconds",
                                      "Duration of metered LLM calls through the proxy, request to last byte.",
@@ -216,7 +216,7 @@ class MetricsComponent:
 
         host, port = parse_listen(ctx.config.metrics_listen)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(DaemonCollector(ctx.outputs.metrics, ctx))  # type: ignore[arg-type]
+        registry.register(DaemonCollector(ctx.outputs.metrics, ctx))
         try:
             server, _ = await anyio.to_thread.run_sync(lambda: start_http_server(port, host, registry))
         except OSError as exc:

@@ -16,7 +16,7 @@ may use it without importing each other. Every outside string is escaped here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
@@ -100,7 +100,7 @@ def _tick_label(value: Decimal) -> str:
     return f"${value.normalize():f}" if value >= 1 else f"${value.normalize():f}".replace("$0.", "$.")
 
 
-def top_series(per_key: dict[str, Sequence[Number]], limit: int = 6, other: str = "other") -> list[Series]:
+def top_series(per_key: Mapping[str, Sequence[Number]], limit: int = 6, other: str = "other") -> list[Series]:
     """The ``limit`` largest series by total, the rest summed into one ``other`` series."""
     ranked = sorted(per_key.items(), key=lambda kv: (-sum(Decimal(str(v)) for v in kv[1]), kv[0]))
     if len(ranked) <= limit + 1:

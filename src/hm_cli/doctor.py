@@ -94,7 +94,8 @@ def run_checks(home: Path, probe: bool = False) -> list[Check]:
         daemon = status.get("daemon") or {}
         healthy = bool(daemon.get("healthy")) if isinstance(daemon, dict) else False
         problems = "; ".join(daemon.get("problems") or []) if isinstance(daemon, dict) else ""
-        checks.append(Check("daemon", healthy, f"running (pid {daemon.get('pid')})" + (f": {problems}" if problems else ""),
+        pid = daemon.get("pid") if isinstance(daemon, dict) else None
+        checks.append(Check("daemon", healthy, f"running (pid {pid})" + (f": {problems}" if problems else ""),
                             "" if healthy else f"see {hp.log}; try `halton-meter restart`"))
     except DaemonNotRunning:
         checks.append(Check("daemon", False, "not running", "halton-meter start"))

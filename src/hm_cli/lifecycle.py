@@ -146,7 +146,8 @@ def stop_daemon(home: Path, timeout: float = STOP_TIMEOUT_S) -> Stopped | None:
     except ControlError as exc:
         fail(f"{exc}. If it is stuck, kill it: kill $(cat {home / 'daemon.pid'})")
     pid = int(reply.get("pid", 0))
-    rows = reply.get("rows") if isinstance(reply.get("rows"), dict) else {}
+    raw_rows = reply.get("rows")
+    rows: dict[str, Any] = raw_rows if isinstance(raw_rows, dict) else {}
     stopped = Stopped(
         pid=pid,
         unwritten=_count(rows.get("unwritten")),

@@ -82,7 +82,7 @@ async def _missing_code(
 ) -> Response:
     """The page (or JSON error) for a code that is not pending: cancelled, or not found."""
     state = cloud(request)
-    if code and await state.db(store.cancelled_pairing, code, time.time()):
+    if code and bool(await state.db(store.cancelled_pairing, code, time.time())):
         if as_json:
             raise ApiError(410, "pairing_cancelled", CODE_CANCELLED)
         return render(

@@ -73,8 +73,8 @@ class OpenAIReader(DialectReader):
 
     kind = "chat"
 
-    @property  # type: ignore[override]
-    def markers(self) -> tuple[bytes, ...] | None:
+    @property
+    def markers(self) -> tuple[bytes, ...] | None:  # type: ignore[override]
         if self.model is None:
             return None
         return _RESPONSES_MARKERS if self.kind == "responses" else _CHAT_MARKERS
