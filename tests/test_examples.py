@@ -47,6 +47,16 @@ def cloud_rows(cloud: CloudServer, token: str) -> int:
     return sum(day["rows"] for day in answer.json()["days"])
 
 
+def stop(process: subprocess.Popen[Any]) -> None:
+    """Terminate, then kill if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -165,12 +175,7 @@ def test_mitmproxy_addon_meters_a_call_and_syncs_it(cloud: CloudServer, ca: Cert
                 (row_json, synced), = db.execute("SELECT row_json, synced FROM usage_rows")
             assert synced == 1 and b"sk-test" not in row_json and b'"input_tokens":' in row_json
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+            stop(process)
 
 
 @pytest.mark.slow
@@ -221,9 +226,4 @@ def test_asyncio_gateway_meters_calls_and_survives_a_backend_restart(ca: CertAut
                 assert cloud_rows(back, token) == 2
             assert "sk-test-key" not in (tmp_path / "hm" / "rows.sqlite").read_bytes().decode("latin-1")
         finally:
-            gateway.terminate()
-            try:
-                gateway.wait(10)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait(10)
+            stop(gateway)

@@ -357,7 +357,9 @@ def pause() -> None:
 
 @cloud.command("resume")
 def resume() -> None:
-    """Resume uploading after `cloud pause`, or after a 401 (the backend decides again).
+    """Resume uploading after `cloud pause`.
+
+    After a 401 (token refused) it tries again: the backend decides.
 
     \b
     Example:
