@@ -78,7 +78,7 @@ class SyncProgress:
                 TransferSpeedColumn,
             )
 
-            class RowsPerSecond(TransferSpeedColumn):  # type: ignore[misc]
+            class RowsPerSecond(TransferSpeedColumn):
                 def render(self, task: Any) -> Any:
                     from rich.text import Text
 

@@ -45,11 +45,11 @@ from .pages import (  # also registers {:slug}
     _csrf_failed,
     _form,
     _member_page,
-    csrf_ok,
     redirect,
     render,
     session_of,
 )
+from .security import csrf_ok
 from .state import cloud
 
 log = logging.getLogger("hm_cloud.budgets")
