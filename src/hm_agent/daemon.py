@@ -20,7 +20,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, ensure_config, load_config
@@ -49,6 +49,10 @@ class DaemonStartError(Exception):
 
 def utc_today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+if TYPE_CHECKING:
+    from .cloudservice import CloudContext
 
 
 class DaemonContext:
@@ -465,3 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return run_daemon(paths().home, backend=args.backend, ready_fd=args.ready_fd, foreground=not args.background)
+
+
+if TYPE_CHECKING:
+
+    def _gives_the_cloud_what_it_needs(ctx: DaemonContext) -> CloudContext:
+        return ctx  # mypy checks DaemonContext against the cloud modules' typed context
