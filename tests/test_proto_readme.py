@@ -44,3 +44,12 @@ def test_every_snippet_runs_against_a_real_backend(cloud: CloudServer, tmp_path:
     assert "ACTIVE 3 rows synced" in synced
     assert "in sync" in reconciled
     assert "Token revoked." in revoked and not (tmp_path / "token.txt").exists()
+
+
+@pytest.mark.slow
+def test_the_shortest_program_runs_on_trio_too(cloud: CloudServer, tmp_path: Path) -> None:  # noqa: F811
+    script = tmp_path / "shortest_trio.py"
+    script.write_text(BLOCKS[0].replace("anyio.run(main)", 'anyio.run(main, backend="trio")'))
+    out = run_paired([sys.executable, str(script)], cloud, tmp_path,
+                     env={**os.environ, "HM_BASE_URL": cloud.base_url})
+    assert "ACTIVE uploaded: 1 reconciled:" in out
