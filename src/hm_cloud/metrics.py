@@ -71,7 +71,7 @@ class _Devices:
 
 
 _DEVICES = _Devices()
-REGISTRY.register(_DEVICES)  # type: ignore[arg-type]
+REGISTRY.register(_DEVICES)
 
 
 def batch_done(started: float, outcome: str, accepted: int = 0, duplicates: int = 0) -> None:
