@@ -22,11 +22,15 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+from hm_proto import SyncState
+
 log = logging.getLogger("hm_agent.metrics")
 
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-SYNC_STATES = ("NOT-CONFIGURED", "STARTING", "ACTIVE", "DEGRADED", "PAUSED", "UNAVAILABLE")
+# SyncState's spellings (defined once, in hm_proto) plus the daemon's two of its own.
+SYNC_STATES = (SyncState.NOT_CONFIGURED.value, "STARTING", SyncState.ACTIVE.value,
+               SyncState.DEGRADED.value, SyncState.PAUSED.value, "UNAVAILABLE")
 MAX_SERIES = 2000
 MAX_LABEL = 200
 
