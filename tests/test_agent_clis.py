@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from .support.daemon import HALTON_METER, Daemon, capture_host_config, running_daemon
+from .support.daemon import (
+    HALTON_METER,
+    Daemon,
+    daemon_metering,
+)
 from .support.fake_providers import FakeProviders
 from .support.fake_ws import PREWARM_USAGE, FakeWebSocketUpstream
 from .support.npm import npm_ci
-from .support.tls import make_ca
 from .test_capture_parsers import EXPECTED
 
 pytestmark = pytest.mark.slow
@@ -28,11 +31,7 @@ AGENTS = Path(__file__).parent / "agents"
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, FakeProviders, Path]]:
     modules = npm_ci(AGENTS)
-    tmp = tmp_path_factory.mktemp("agents")
-    ca = make_ca(tmp / "ca")
-    with FakeProviders(ca) as upstream, running_daemon(
-        tmp / "home", upstream_ca=ca.ca_path, extra_config=capture_host_config([f"localhost:{upstream.port}"]),
-    ) as daemon:
+    with daemon_metering(tmp_path_factory.mktemp("agents"), FakeProviders) as (daemon, upstream):
         yield daemon, upstream, modules
 
 
@@ -66,13 +65,10 @@ def test_codex_cli_over_websocket_is_metered_exactly(rig: tuple[Daemon, FakeProv
     """Codex talks to the Responses API over WebSocket (wss://…/v1/responses): one row per
     response, its `generate: false` warm-up included."""
     daemon, _, modules = rig
-    ca = make_ca(tmp_path / "ca")
     home = tmp_path / "home"
     user = tmp_path / "user"
     (user / ".codex").mkdir(parents=True)
-    with FakeWebSocketUpstream(ca) as ws, running_daemon(
-        home, upstream_ca=ca.ca_path, extra_config=capture_host_config([f"localhost:{ws.port}"]),
-    ) as d:
+    with daemon_metering(tmp_path, FakeWebSocketUpstream) as (d, ws):
         (user / ".codex" / "config.toml").write_text(
             f'model = "o4-mini"\nopenai_base_url = "https://localhost:{ws.port}/v1"\n')
         env = {k: v for k, v in d.env.items()

@@ -20,9 +20,8 @@ import pytest
 from hm_agent.capture import open_call, route_for
 from hm_agent.capture.eventstream import encode_message
 
-from .support.daemon import HALTON_METER, Daemon, running_daemon
+from .support.daemon import HALTON_METER, Daemon, daemon_metering
 from .support.fake_bedrock import CONVERSE_STREAM, EXPECTED, FakeBedrock, _event
-from .support.tls import make_ca
 from .test_capture_parsers import EXPECTED as FIXTURE_EXPECTED
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -77,12 +76,7 @@ def test_event_stream_read_byte_by_byte_and_a_bad_crc_is_unparsed() -> None:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, FakeBedrock]]:
-    tmp = tmp_path_factory.mktemp("bedrock")
-    ca = make_ca(tmp / "ca")
-    with FakeBedrock(ca) as upstream, running_daemon(
-        tmp / "home", upstream_ca=ca.ca_path,
-        extra_config=f'[[capture.hosts]]\nhost = "localhost:{upstream.port}"\ndialect = "bedrock"\n',
-    ) as daemon:
+    with daemon_metering(tmp_path_factory.mktemp("bedrock"), FakeBedrock, "bedrock") as (daemon, upstream):
         yield daemon, upstream
 
 

@@ -9,7 +9,6 @@ The SDKs are installed with `npm ci` from tests/node/package-lock.json on first 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,10 +17,13 @@ from typing import Any
 
 import pytest
 
-from .support.daemon import HALTON_METER, Daemon, capture_host_config, running_daemon
+from .support.daemon import (
+    HALTON_METER,
+    Daemon,
+    daemon_metering,
+)
 from .support.fake_providers import FakeProviders
 from .support.npm import npm_ci
-from .support.tls import make_ca
 from .test_capture_parsers import EXPECTED
 
 pytestmark = pytest.mark.slow
@@ -48,11 +50,7 @@ def node_modules() -> Path:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, FakeProviders]]:
     node_modules()
-    tmp = tmp_path_factory.mktemp("node")
-    ca = make_ca(tmp / "ca")
-    with FakeProviders(ca) as upstream, running_daemon(
-        tmp / "home", upstream_ca=ca.ca_path, extra_config=capture_host_config([f"localhost:{upstream.port}"]),
-    ) as daemon:
+    with daemon_metering(tmp_path_factory.mktemp("node"), FakeProviders) as (daemon, upstream):
         yield daemon, upstream
 
 
@@ -70,11 +68,7 @@ def run_node(daemon: Daemon, base: str, *cases: str, env: dict[str, str] | None 
 
 
 def rows(daemon: Daemon) -> list[dict[str, Any]]:
-    if not daemon.db_path.exists():
-        return []
-    with sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True, timeout=5) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY ts")]
+    return daemon.rows()  # in the order they were written
 
 
 def test_node_sdks_and_fetch_are_metered_exactly(rig: tuple[Daemon, FakeProviders]) -> None:

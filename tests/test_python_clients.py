@@ -7,7 +7,6 @@ session is the known bypass (trust_env=False) and leaves none.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,9 +16,12 @@ from typing import Any
 
 import pytest
 
-from .support.daemon import HALTON_METER, Daemon, capture_host_config, running_daemon
+from .support.daemon import (
+    HALTON_METER,
+    Daemon,
+    daemon_metering,
+)
 from .support.fake_providers import FakeProviders
-from .support.tls import make_ca
 from .test_capture_parsers import EXPECTED
 
 pytestmark = pytest.mark.slow
@@ -103,20 +105,12 @@ CLIENTS: dict[str, tuple[str, str]] = {
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, FakeProviders]]:
-    tmp = tmp_path_factory.mktemp("clients")
-    ca = make_ca(tmp / "ca")
-    with FakeProviders(ca) as upstream, running_daemon(
-        tmp / "home", upstream_ca=ca.ca_path, extra_config=capture_host_config([f"localhost:{upstream.port}"]),
-    ) as daemon:
+    with daemon_metering(tmp_path_factory.mktemp("clients"), FakeProviders) as (daemon, upstream):
         yield daemon, upstream
 
 
 def rows(daemon: Daemon) -> list[dict[str, Any]]:
-    if not daemon.db_path.exists():
-        return []
-    with sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True, timeout=5) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY ts")]
+    return daemon.rows()  # in the order they were written
 
 
 def in_env_shell(daemon: Daemon, command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import sqlite3
 import ssl
 import time
 from collections.abc import Iterator
@@ -22,9 +21,8 @@ import genai_prices
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from .support.daemon import Daemon, capture_host_config, running_daemon
+from .support.daemon import Daemon, daemon_metering
 from .support.fake_ws import FakeWebSocketUpstream
-from .support.tls import make_ca
 from .test_capture_parsers import EXPECTED
 
 pytestmark = pytest.mark.slow
@@ -34,11 +32,7 @@ TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tok
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, FakeWebSocketUpstream]]:
-    tmp = tmp_path_factory.mktemp("ws")
-    ca = make_ca(tmp / "ca")
-    with FakeWebSocketUpstream(ca) as upstream, running_daemon(
-        tmp / "home", upstream_ca=ca.ca_path, extra_config=capture_host_config([f"localhost:{upstream.port}"]),
-    ) as daemon:
+    with daemon_metering(tmp_path_factory.mktemp("ws"), FakeWebSocketUpstream) as (daemon, upstream):
         yield daemon, upstream
 
 
@@ -49,11 +43,7 @@ def client(daemon: Daemon, url: str, **headers: str) -> ClientConnection:
 
 
 def rows(daemon: Daemon) -> list[dict[str, Any]]:
-    if not daemon.db_path.exists():
-        return []
-    with sqlite3.connect(f"file:{daemon.db_path}?mode=ro", uri=True, timeout=5) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY ts")]
+    return daemon.rows()  # in the order they were written
 
 
 def new_rows(daemon: Daemon, before: int, n: int) -> list[dict[str, Any]]:

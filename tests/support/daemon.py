@@ -241,3 +241,16 @@ def running_daemon(home: Path, backend: str = "asyncio", *, extra_config: str = 
 def capture_host_config(hosts: Sequence[str], dialect: str = "openai") -> str:
     """``[[capture.hosts]]`` entries for local fake providers (e.g. "localhost:8443")."""
     return "".join(f'[[capture.hosts]]\nhost = "{h}"\ndialect = "{dialect}"\n' for h in hosts)
+
+
+@contextmanager
+def daemon_metering(tmp: Path, make_upstream: Any, dialect: str = "openai") -> Iterator[tuple[Daemon, Any]]:
+    """A fake upstream (``make_upstream(ca)``, a context manager with ``.port``) on a fresh test CA,
+    and a daemon that meters it as a ``[[capture.hosts]]`` entry and trusts that CA."""
+    from .tls import make_ca
+
+    ca = make_ca(tmp / "ca")
+    with make_upstream(ca) as upstream, running_daemon(
+        tmp / "home", upstream_ca=ca.ca_path, extra_config=capture_host_config([f"localhost:{upstream.port}"], dialect),
+    ) as daemon:
+        yield daemon, upstream
