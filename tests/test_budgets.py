@@ -245,3 +245,21 @@ def test_a_store_made_before_budgets_gets_the_tables_and_offline_views_read_it(t
         store.set_budget_snooze("all", 1.0)
         assert store.budget_snoozes() == {"all": 1.0}
     assert offline_views(tmp_path / "absent.sqlite", [budget])[0]["spend_usd"] == "0"
+
+
+def test_status_with_the_daemon_down_lists_budgets_without_counting(tmp_path: Path) -> None:
+    import json
+
+    from .support.daemon import daemon_env, run_cli
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config.toml").write_text('[[budgets]]\nname = "monthly"\nlimit_usd = 5\n')
+    with Store(home / "db.sqlite") as store:
+        store.insert_rows([row(utc(time.time()), "9")])
+    st = json.loads(run_cli(home, "status", "--json", env=daemon_env(home)).stdout)
+    assert st["budgets"][0]["name"] == "monthly" and st["budgets"][0]["spend_usd"] is None
+    assert "monthly $5.00 a month (spend: halton-meter budget status)" in run_cli(
+        home, "status", env=daemon_env(home)).stdout
+    counted = json.loads(run_cli(home, "budget", "status", "--json", env=daemon_env(home)).stdout)
+    assert counted["source"] == "database" and counted["budgets"][0]["spend_usd"] == "9"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from typing import Any
 
 from .alerts import AlertSender
@@ -35,7 +36,9 @@ class Outputs:
         self.metrics = MetricsListener()
         self.feed.listeners.append(self.metrics)
         self.alerts.start()
-        self.poll()
+        # The first count of each budget reads its whole period (a month can be 10^5
+        # rows, ~1 s): off the start path. Blocks apply once it is done.
+        threading.Thread(target=self.poll, name="hm-budgets-first-count", daemon=True).start()
 
     def poll(self) -> None:
         self.feed.poll()

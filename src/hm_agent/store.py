@@ -658,15 +658,27 @@ class Store:
         return [(r[0], dict(zip(cols, r[1:], strict=True))) for r in found]
 
     def budget_rows(self, first_day: str, last_day: str, start_ts: str, end_ts: str,
-                    upto_rowid: int | None = None) -> list[dict[str, Any]]:
-        """Rows whose ts is in [start_ts, end_ts) (and rowid <= upto_rowid when given)."""
-        cols = self.feed_columns()
-        sql = (f"SELECT {', '.join(cols)} FROM requests WHERE day BETWEEN ? AND ? AND ts >= ? AND ts < ?")
+                    upto_rowid: int | None = None, provider: str | None = None,
+                    project: str | None = None) -> list[tuple[Any, ...]]:
+        """``(provider, model, project, tags, status, cost_usd)`` of the rows whose ts is in
+        [start_ts, end_ts) (rowid <= upto_rowid, provider and project when given)."""
+        have = set(self.feed_columns())
+        wanted = ("provider", "model", "project", "tags", "status", "cost_usd")
+        cols = ", ".join(c if c in have else f"NULL AS {c}" for c in wanted)
+        sql = f"SELECT {cols} FROM requests WHERE day BETWEEN ? AND ? AND ts >= ? AND ts < ?"
         params: list[Any] = [first_day, last_day, start_ts, end_ts]
         if upto_rowid is not None:
             sql += " AND rowid <= ?"
             params.append(int(upto_rowid))
-        return [dict(zip(cols, r, strict=True)) for r in self._query(sql, params)]
+        if provider is not None:
+            sql += " AND lower(provider) = ?"
+            params.append(provider.lower())
+        if project is not None:
+            if "project" not in have:
+                return []
+            sql += " AND project = ?"
+            params.append(project)
+        return self._query(sql, params)
 
     def _query_optional(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A query on a table a read-only store of an older daemon may not have yet."""

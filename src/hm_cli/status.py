@@ -85,7 +85,7 @@ def _offline_budgets(db: Path, budgets: list[Any], problems: list[str]) -> list[
     from hm_agent.budgets import offline_views
 
     try:
-        return offline_views(db, budgets)
+        return offline_views(db, budgets, count=False)  # counting a month of rows is not for status
     except Exception as exc:  # a broken db is reported once above; keep status alive
         problems.append(f"cannot count budget spend: {exc}")
         return []
@@ -199,7 +199,7 @@ def render_budget(b: dict[str, Any]) -> None:
         state = " " + click.style("BLOCKING", fg="red")
     elif b.get("snoozed_until"):
         state = " " + _dim(f"(block snoozed until {b['snoozed_until']})")
-    elif b.get("percent", 0) >= 100:
+    elif (b.get("percent") or 0) >= 100:
         state = " " + click.style("over limit", fg="red")
     elif b.get("fired"):
         state = " " + click.style(f"alerted at {max(b['fired'])}%", fg="yellow")
@@ -207,6 +207,10 @@ def render_budget(b: dict[str, Any]) -> None:
 
     from hm_agent.budgets import money
 
+    if b.get("spend_usd") is None:  # the daemon is down: status does not count a month of rows
+        click.echo(f"  budget       {b['name']} {money(Decimal(b['limit_usd']))} a {b['period']} "
+                   + _dim("(spend: halton-meter budget status)"))
+        return
     unknown = f", {b['unpriced_calls']} unpriced" if b.get("unpriced_calls") else ""
     facts = _dim(f"({b['period']} {b['period_key']}{unknown})")
     click.echo(f"  budget       {b['name']} {money(Decimal(b['spend_usd']))} of {money(Decimal(b['limit_usd']))}"
