@@ -203,3 +203,33 @@ def test_ratelimit_headers_are_normalised_and_bounded() -> None:
     assert len(ratelimits(many) or {}) == 8
     assert ratelimits({"content-type": "application/json"}) is None
     assert ratelimits({"x-ratelimit-limit-requests": "9" * 200}) is None
+
+
+def test_audio_tokens_of_chat_and_realtime_are_priced_as_audio() -> None:
+    from decimal import Decimal
+
+    import genai_prices
+
+    from hm_agent.capture import CapturedUsage
+    from hm_agent.capture.pricing import price
+    from hm_agent.capture.usage import openai_tokens
+
+    chat = openai_tokens({"prompt_tokens": 120, "completion_tokens": 300,
+                          "prompt_tokens_details": {"audio_tokens": 100, "cached_tokens": 0},
+                          "completion_tokens_details": {"audio_tokens": 250, "reasoning_tokens": 0}})
+    assert (chat.input_audio_tokens, chat.output_audio_tokens) == (100, 250)
+    realtime = openai_tokens({"input_tokens": 132, "output_tokens": 121,
+                              "input_token_details": {"audio_tokens": 13, "cached_tokens": 64,
+                                                      "cached_tokens_details": {"audio_tokens": 5}},
+                              "output_token_details": {"audio_tokens": 91}})
+    assert (realtime.input_tokens, realtime.cache_read_tokens, realtime.input_audio_tokens,
+            realtime.cache_audio_read_tokens, realtime.output_audio_tokens) == (132, 64, 13, 5, 91)
+    model = "gpt-realtime"  # audio priced apart from text
+    usage = CapturedUsage("openai", model, "api.openai.com", "/v1/chat/completions", 200, False,
+                          input_tokens=120, output_tokens=300, input_audio_tokens=100, output_audio_tokens=250)
+    cost, _ = price(usage)
+    want = genai_prices.calc_price(genai_prices.Usage(input_tokens=120, output_tokens=300, input_audio_tokens=100,
+                                                      output_audio_tokens=250), model, provider_id="openai")
+    text_only = genai_prices.calc_price(genai_prices.Usage(input_tokens=120, output_tokens=300), model,
+                                        provider_id="openai")
+    assert cost is not None and Decimal(cost) == want.total_price != text_only.total_price
