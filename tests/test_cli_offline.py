@@ -37,7 +37,7 @@ def test_status_with_daemon_down(tmp_path: Path) -> None:
     assert "daemon  not running" in res.stdout and "halton-meter start" in res.stdout
     assert "NOT-CONFIGURED" in res.stdout
     st = json.loads(cli(home, "status", "--json").stdout)
-    assert set(st) == {"version", "home", "daemon", "proxy", "rows", "ca_cert", "machine_id", "cloud",
+    assert set(st) == {"version", "home", "daemon", "proxy", "rows", "database", "ca_cert", "machine_id", "cloud",
                        "components", "config_warnings", "budgets", "ratelimits"}
     assert st["daemon"]["running"] is False and st["proxy"]["bound"] is False
     assert st["proxy"]["port"] == 8090 and st["cloud"]["state"] == "NOT-CONFIGURED"

@@ -87,6 +87,12 @@ sync_tags = true
 # [[alerts.webhooks]]
 # url = "https://hooks.slack.com/services/..."
 
+[retention]
+# Delete local rows older than this many days (whole UTC days: 30 keeps today
+# and the 30 days before it). Unset: keep everything. Rows not yet uploaded are
+# kept while cloud sync is on (docs/daemon.md, "Retention").
+# days = 90
+
 [metrics]
 # Prometheus metrics at http://127.0.0.1:9464/metrics (docs/metrics.md); loopback only.
 # listen = "127.0.0.1:9464"
@@ -115,6 +121,7 @@ _KNOWN: dict[str, set[str]] = {
     "budgets": set(),  # [[budgets]] entries: checked by hm_agent.budgets
     "alerts": {"webhooks"},
     "metrics": {"listen"},
+    "retention": {"days"},
     "otel": {"endpoint", "interval_s", "timeout_s", "headers"},
 }
 
@@ -161,6 +168,8 @@ class Config:
     alert_webhooks: list[str] = field(default_factory=list)
     metrics_listen: str | None = None
     otel: dict[str, Any] | None = None
+    retention_days: int | None = None
+    """[retention] days: delete local rows of UTC days before today minus this; None keeps all."""
     """[otel]: endpoint, interval_s, timeout_s, headers when an endpoint is set (hm_agent.otel)."""
     """[metrics] listen: "127.0.0.1:9464" serves Prometheus /metrics there (docs/metrics.md)."""
     warnings: list[str] = field(default_factory=list)
@@ -315,6 +324,7 @@ def parse_config(text: str, path: Path) -> Config:
     cfg.alert_webhooks = checked(lambda: parse_webhooks(data.get("alerts"), where.at("alerts", None)), [])
     cfg.metrics_listen = checked(lambda: _loopback_listen(table("metrics"), "metrics", where), None)
     cfg.otel = checked(lambda: parse_otel(data.get("otel"), where.at("otel", None)), None)
+    cfg.retention_days = checked(lambda: _retention_days(table("retention"), where), None)
     _raise_all(errors, path)
     return cfg
 
@@ -380,6 +390,20 @@ def _loopback_listen(table: dict[str, Any], section: str, where: _Locator) -> st
             f"\"127.0.0.1:9464\", not {listen!r} (scrape it from elsewhere through an SSH tunnel or an agent)"
         )
     return str(listen)
+
+
+MAX_RETENTION_DAYS = 36_500
+
+
+def _retention_days(table: dict[str, Any], where: _Locator) -> int | None:
+    """``[retention] days``: 1-36500, or absent (keep everything)."""
+    days = _get(table, "retention", "days", int, None, where)
+    if days is not None and not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigError(
+            f"{where.at('retention', 'days')}: retention.days must be 1-{MAX_RETENTION_DAYS} days, not {days} "
+            f"(remove the line to keep everything)"
+        )
+    return days
 
 
 def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, where: _Locator) -> Any:

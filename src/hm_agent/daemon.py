@@ -126,6 +126,8 @@ class DaemonContext:
         log.info("config.toml reloaded")
 
     def status(self) -> dict[str, Any]:
+        from .retention import database_facts
+
         writer = self.writer.health() if self.writer is not None else {}
         proxy_ok = self.proxy is not None and self.proxy.alive
         problems = list(self.problems)
@@ -165,6 +167,7 @@ class DaemonContext:
                 "dropped": writer.get("dropped", 0),
                 "quarantined": writer.get("quarantined", 0),
             },
+            "database": {**database_facts(self.home.db, self.store), "retention_days": self.config.retention_days},
             "attribution": self.proxy.addon.attribution_health() if self.proxy is not None else None,
             "ca_cert": str(self.home.ca_cert),
             "machine_id": self.machine_id,

@@ -216,6 +216,9 @@ def _rollup_statements() -> tuple[str, ...]:
     )
 
 
+INCREMENTAL_VACUUM = "PRAGMA auto_vacuum = INCREMENTAL; VACUUM"
+"""A migration step that rebuilds the file with auto_vacuum = INCREMENTAL (no transaction)."""
+
 # In-place upgrades, oldest first: (user_version after the step, SQL:
 # statements separated by ';', or a tuple of statements). A database
 # is brought to the last version at open (read-write), one transaction per step;
@@ -231,6 +234,10 @@ ALTER TABLE requests ADD COLUMN os_user TEXT;
 ALTER TABLE requests ADD COLUMN tags TEXT;
 """),
     (3, _rollup_statements()),
+    # Space freed by retention goes back to the file system a few pages at a time
+    # (PRAGMA incremental_vacuum). New databases are created so; an older one needs
+    # one VACUUM to switch, done outside a transaction (see _migrate).
+    (4, INCREMENTAL_VACUUM),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
 
@@ -323,6 +330,9 @@ def _create_private_file(path: Path) -> None:
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the database to SCHEMA_VERSION, one step per transaction (safe to race)."""
     for version, script in MIGRATIONS:
+        if script == INCREMENTAL_VACUUM:
+            _switch_to_incremental_vacuum(conn, version)
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
             found = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -343,6 +353,25 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             raise
     if not MIGRATIONS:
         conn.execute("PRAGMA user_version = 1")
+
+
+def _switch_to_incremental_vacuum(conn: sqlite3.Connection, version: int) -> None:
+    """VACUUM cannot run in a transaction: switch first (a no-op when the file was created
+    with it, or another process got there), then record the version in one."""
+    if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= version:
+        return
+    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if int(conn.execute("PRAGMA user_version").fetchone()[0]) < version:
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class Store:
@@ -370,6 +399,9 @@ class Store:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 # NORMAL in WAL mode: a commit survives a crash of the process (not of the OS).
                 self._conn.execute("PRAGMA synchronous = NORMAL")
+                # Takes effect only in a file without tables yet (a new one); older files
+                # switch at the schema 4 upgrade.
+                self._conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self._conn.executescript(_SCHEMA)
                 _migrate(self._conn, self.path)
             self.version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -459,6 +491,44 @@ class Store:
             "INSERT OR REPLACE INTO write_quarantine (id, reason, row_json, at) VALUES (?, ?, ?, ?)",
             [(str(row_id)[:200], reason[:500], bytes(row_json[:65536]), at)],
         )
+
+    # -- retention (hm_agent.retention) --------------------------------------
+
+    def delete_days_before(self, day: str, *, keep_unsynced: bool, limit: int = 500) -> int:
+        """Delete up to ``limit`` rows of days before ``day`` in one short transaction (the
+        rollups' trigger takes them out of the report sums too); ``keep_unsynced`` keeps rows
+        the cloud has not acknowledged. Returns the rows deleted (0: none left to delete)."""
+        unsynced = " AND synced_at IS NOT NULL" if keep_unsynced else ""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [r[0] for r in conn.execute(
+                    f"SELECT id FROM requests WHERE day < ?{unsynced} LIMIT ?", (day, int(limit)))]
+                if ids:
+                    marks = ",".join("?" * len(ids))
+                    conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids)
+                    conn.execute(f"DELETE FROM sync_quarantine WHERE id IN ({marks})", ids)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return len(ids)
+
+    def reclaim_space(self, pages: int = 256) -> int:
+        """Give up to ``pages`` free pages back to the file system; returns the free pages left."""
+        with self._lock:
+            if int(self._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+                return 0  # not switched yet: the space is reused by new rows instead
+            self._conn.execute(f"PRAGMA incremental_vacuum({max(1, int(pages))})").fetchall()
+            return int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def oldest_row_ts(self) -> str | None:
+        """The ts of the oldest row (by day, through its index), or None when there is none."""
+        found = self._query(
+            "SELECT min(ts) FROM requests WHERE day = (SELECT min(day) FROM requests)")
+        return None if not found or found[0][0] is None else str(found[0][0])
 
     def count_write_quarantined(self) -> int:
         return int(self._query("SELECT count(*) FROM write_quarantine")[0][0])

@@ -40,6 +40,7 @@ COMPONENT_SOURCES: list[tuple[str, str]] = [
     ("hm_agent.metrics", "make_component"),
     ("hm_agent.otel", "make_component"),
     ("hm_agent.rollups", "make_component"),
+    ("hm_agent.retention", "make_component"),
 ]
 
 

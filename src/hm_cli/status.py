@@ -26,11 +26,13 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
     problems = [reason]
     warnings: list[str] = []
     host, port, cloud_enabled = "127.0.0.1", 8090, False
+    retention_days: int | None = None
     budgets: list[Any] = []
     try:
         cfg = load_config(hp)
         budgets = cfg.budgets
         host, port, cloud_enabled = cfg.listen_host, cfg.listen_port, cfg.cloud_enabled
+        retention_days = cfg.retention_days
         warnings = list(cfg.warnings)
     except ConfigError as exc:
         problems.append(str(exc))
@@ -69,6 +71,7 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
         },
         "proxy": {"bound": False, "host": host, "port": port},
         "rows": {"day": today, "today": rows_today, "pending": 0, "written": 0, "dropped": 0, "quarantined": 0},
+        "database": {**_database_facts(hp.db), "retention_days": retention_days},
         "ca_cert": str(hp.ca_cert),
         "machine_id": machine_id,
         "cloud": {"state": "NOT-CONFIGURED", "enabled": False} if not cloud_enabled
@@ -77,6 +80,12 @@ def offline_status(home: Path, reason: str) -> dict[str, Any]:
         "config_warnings": warnings,
         "budgets": _offline_budgets(hp.db, budgets, problems),
     }
+
+
+def _database_facts(db: Path) -> dict[str, Any]:
+    from hm_agent.retention import database_facts
+
+    return database_facts(db)
 
 
 def _offline_budgets(db: Path, budgets: list[Any], problems: list[str]) -> list[dict[str, Any]]:
@@ -158,6 +167,9 @@ def render(st: dict[str, Any]) -> None:
         extra += f", {rows['quarantined']} refused by the database (kept in write_quarantine)"
     day_note = _dim(clean(f"({rows['day']} UTC){extra}"))
     echo(f"  rows today   {today} {day_note}")
+    db = st.get("database")
+    if isinstance(db, dict):
+        echo(f"  database     {fmt_bytes(int(db.get('bytes') or 0))} " + _dim(clean(_db_note(db))))
     echo(f"  CA           {clean(st['ca_cert'])}")
     cloud = st["cloud"]
     state = clean(cloud["state"])
@@ -190,6 +202,21 @@ def render(st: dict[str, Any]) -> None:
         echo(f"  {click.style('!', fg='red')} {clean(problem)}")
     for warning in st.get("config_warnings") or []:
         echo(f"  {click.style('!', fg='yellow')} {clean(warning)}")
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _db_note(db: dict[str, Any]) -> str:
+    oldest = db.get("oldest")
+    parts = [f"oldest row {str(oldest)[:10]}" if oldest else "no rows yet"]
+    days = db.get("retention_days")
+    parts.append(f"keeping {days} days" if days else "keeping everything")
+    return "(" + ", ".join(parts) + ")"
 
 
 def render_budget(b: dict[str, Any]) -> None:
