@@ -210,3 +210,14 @@ def test_user_errors_are_one_log_line_and_status_shows_no_stale_worker_state(tmp
         st = d.status()
         assert st["cloud"]["state"] == "NOT-CONFIGURED"
         assert "detail" not in st["components"]["cloud"]
+
+
+def test_disconnect_with_a_broken_config_says_so_without_a_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    cfg = home / "config.toml"
+    cfg.write_text('[proxy]\nlisten_port = "x"\n')
+    res = cli(home, "cloud", "disconnect")
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr == (f"halton-meter: error: {cfg}:2: proxy.listen_port must be an integer, not 'x'\n"
+                          "Fix config.toml first: `cloud disconnect` sets cloud.enabled = false in it.\n")

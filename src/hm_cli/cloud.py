@@ -383,8 +383,13 @@ def disconnect() -> None:
       halton-meter cloud disconnect
     """
     from hm_agent.cloudstatus import cloud_status, local_disconnect
+    from hm_agent.config import ConfigError, load_config
     from hm_agent.control import ControlError, DaemonNotRunning, control_call
 
+    try:
+        load_config(_home())  # disconnect rewrites config.toml: it must parse first
+    except ConfigError as exc:
+        fail(f"{exc}\nFix config.toml first: `cloud disconnect` sets cloud.enabled = false in it.")
     if cloud_status(_home())["state"] == "NOT-CONFIGURED":
         bullet("This machine is not paired; nothing to disconnect.", colour="yellow")
         return
