@@ -149,6 +149,11 @@ def test_connect_shows_retries_and_gives_up_at_once_when_the_url_cannot_work(tmp
                                      f"(connect: TLS with https://127.0.0.1:{port} failed")
         assert tls.stderr.rstrip().endswith("check --base-url: the scheme (http:// or https://) and the host name")
 
+        itself = d.cli("cloud", "connect", "--no-browser", "--base-url", d.proxy_url)
+        assert itself.returncode == 1 and itself.stderr == (
+            f"halton-meter: error: {d.proxy_url} is this machine's metering proxy, not a cloud backend: pass the "
+            f"backend's URL (e.g. http://127.0.0.1:8787 for `halton-meter-cloud serve --port 8787`)\n")
+
         dns = d.cli("cloud", "connect", "--no-browser", "--base-url", "http://no-such-host.invalid")
         assert dns.returncode == 1 and "attempt" not in dns.stdout
         assert "(connect: no such host: http://no-such-host.invalid" in dns.stderr

@@ -39,11 +39,14 @@ from .cloudlink import (
     os_name,
     save_pairing,
 )
-from .cloudservice import REVOKE_TIMEOUT, SERVICE, CloudContext, cloud_client
+from .cloudservice import HTTP_TIMEOUT, REVOKE_TIMEOUT, SERVICE, CloudContext, cloud_client
 from .config import Config
 from .control import CommandRefused, command, seconds_arg
 
 log = logging.getLogger("hm_agent.cloud")
+
+START_TIMEOUT = 8.0
+"""Seconds for one pairing start request (POST /v1/pairing/start answers at once)."""
 
 @dataclass
 class PairingJob:
@@ -133,7 +136,9 @@ class PairingComponent:
             job.note_retry(attempt, attempts, event.reason, delay)
 
         try:
-            async with cloud_client(ctx.config, job.base_url) as client:
+            # Asking for a code gets its own short timeout (the long-polls pass theirs), so a
+            # URL that never answers is retried, and shown, within seconds rather than 30 s.
+            async with cloud_client(ctx.config, job.base_url, min(HTTP_TIMEOUT, START_TIMEOUT)) as client:
                 outcome = await run_pairing_async(client, pairing, on_code, on_retry=on_retry)
         except PairingFailed as exc:
             job.move("failed", str(exc))
@@ -207,9 +212,15 @@ async def _connect_start(ctx: CloudContext, args: dict[str, Any]) -> dict[str, A
     from hm_proto_client import parse_base_url
 
     try:
-        parse_base_url(base_url)
+        parsed = parse_base_url(base_url)
     except CloudClientError as exc:
         raise CommandRefused(str(exc)) from None
+    if parsed.port == ctx.config.listen_port and parsed.host in ("127.0.0.1", "localhost", "::1",
+                                                               ctx.config.listen_host):
+        raise CommandRefused(
+            f"{base_url} is this machine's metering proxy, not a cloud backend: pass the backend's URL "
+            f"(e.g. http://127.0.0.1:8787 for `halton-meter-cloud serve --port 8787`)"
+        )
     job = PairingJob(base_url=base_url, workspace=args.get("workspace") or None)
     SERVICE.job = job
     ctx.wake()
