@@ -30,6 +30,8 @@ base_url = "ftp://x"
 
 
 def test_every_config_error_at_once_with_its_line(tmp_path: Path) -> None:
+    from hm_agent.config import DIALECTS
+
     home = tmp_path / "home"
     home.mkdir()
     cfg = home / "config.toml"
@@ -39,7 +41,7 @@ def test_every_config_error_at_once_with_its_line(tmp_path: Path) -> None:
     assert res.stderr.splitlines() == [
         f"halton-meter: error: {cfg} has 3 problems:",
         f"  {cfg}:3: proxy.listen_port must be an integer, not 'x'",
-        f"  {cfg}:7: capture.hosts entry 1: dialect must be one of openai, anthropic, gemini, not 'opneai'; "
+        f"  {cfg}:7: capture.hosts entry 1: dialect must be one of {', '.join(DIALECTS)}, not 'opneai'; "
         f"did you mean openai?",
         f"  {cfg}:10: cloud.base_url must be an http(s) URL, not 'ftp://x'",
         "Fix these and run it again.",
