@@ -23,6 +23,7 @@ QUICK = {
     "bench_batch.py": (["--rows", "2000", "--repeats", "1"], False),
     "bench_capture.py": (["--events", "200", "--calls", "2"], True),
     "bench_ingest.py": (["--rows", "2000"], True),
+    "bench_limits.py": (["--logins", "20", "--approvals", "30", "--account-logins", "15"], True),
     "bench_report.py": (["--rows", "3000", "--repeats", "1"], True),
     "bench_proxy.py": (["--requests", "40", "--warmup", "8", "--concurrency", "2", "--rounds", "1"], True),
     "bench_sync.py": (["--rows", "2000", "--rounds", "1"], True),

@@ -18,8 +18,8 @@ Two mechanisms, for two kinds of abuse:
 
 * :class:`PasswordGate`: argon2 costs ~50 ms of CPU and memory per check, so
   a flood of logins must not take the threads and cores the API needs. The
-  gate runs hashing on its own small thread limit (never the shared worker
-  threads that database calls use), admits a few concurrent hashes per
+  gate runs hashing on its own few threads at a lower CPU priority (never the
+  shared worker threads that database calls use), admits a few concurrent hashes per
   client address and a bounded queue in all, and refuses the rest at once
   (429 for one address, 503 when the whole server is busy). It is per
   process: it bounds this process's resources, not an allowance.
@@ -29,16 +29,17 @@ Every limit of the backend is defined here (docs/security.md lists them).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
 from sqlalchemy import Engine, delete, insert, select, text
 
 from .db import limiter_slots
@@ -176,8 +177,9 @@ class PasswordGate:
 
     concurrency: int = field(default_factory=_default_concurrency)
     per_address: int = 4  # requests admitted (hashing or waiting to) for one client address
-    max_pending: int = 32  # requests admitted in all
-    _limiter: Any = None
+    # Requests admitted in all: the last waits at most this many hash times (~0.1 s each).
+    max_pending: int = 16
+    _executor: ThreadPoolExecutor | None = None
     _pending: dict[str, int] = field(default_factory=dict)
     _total: int = 0
 
@@ -201,7 +203,21 @@ class PasswordGate:
                 del self._pending[address]
 
     async def hash(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` (argon2 work) in a worker thread, at most ``concurrency`` at once."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.concurrency)
-        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)
+        """``fn(*args)`` (argon2 work) on the gate's own threads, at most ``concurrency`` at once.
+
+        Not the shared worker threads that database calls run on, and at a
+        lower CPU priority (nice +10, per thread on Linux, inherited by
+        argon2's lane threads): requests keep the cores while logins hash.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix="hm-argon2", initializer=_lower_priority
+            )
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
