@@ -131,7 +131,8 @@ def test_sign_up_approve_see_and_revoke_a_device(
     expect(device_row).to_contain_text(started["machine_id"])
     expect(device_row).to_contain_text("Active")
     expect(device_row).to_contain_text(re.compile(r"\ds ago"))
-    expect(device_row.get_by_role("cell").nth(3)).to_have_text("3")
+    expect(device_row.get_by_role("cell").nth(4)).to_have_text("3")  # after Owner, Machine id, Paired at, Last sync
+    expect(device_row).to_contain_text("rocket@example.com")  # its owner: who approved it
     screenshot(page, tmp_path, "devices-phone")
 
     device_row.get_by_role("link", name="Revoke rocket-laptop").click()

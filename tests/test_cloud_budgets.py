@@ -145,7 +145,7 @@ def test_only_owners_change_budgets(tmp_path: Path) -> None:
         page = member.get("/acme/settings/budgets")
         assert page.status_code == 200 and "Add a budget" not in page.text
         refused = add_budget(cloud, member, name="mine", scope_kind="workspace", limit_usd="5")
-        assert refused.status_code == 400 and "Only the workspace" in refused.text
+        assert refused.status_code == 403 and "Only the workspace" in refused.text
         no_csrf = member.post("/acme/settings/budgets", data={"name": "x", "limit_usd": "5"})
         assert no_csrf.status_code in (400, 403)
         owner = cloud.login_session("owner@example.com", PASSWORD)

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hm_proto.server import (
+    READ_KEY_PREFIX,
     ApiError,
     format_user_code,
     generate_device_code,
@@ -71,6 +72,11 @@ async def authed_device(request: Request) -> store.AuthedDevice:
     if scheme.lower() != "bearer" or not token:
         raise invalid_token(
             "Missing bearer token: pair this machine with `halton-meter cloud connect`"
+        )
+    if looks_like_token(token, READ_KEY_PREFIX):
+        raise ApiError(
+            403, "forbidden",
+            "Read-only API keys (hm_read_…) only read GET /v1/usage: machines use their sync token",
         )
     if not looks_like_token(token):
         raise invalid_token(
@@ -364,6 +370,80 @@ async def requests_totals(request: Request) -> Response:
     return json_response(body)
 
 
+USAGE_GROUPS = ("day", "machine", "model", "provider")
+USAGE_CSV_COLUMNS = ("key", "label", "rows", "cost_usd", "unknown_price_rows", "no_usage_rows",
+                     "error_rows", "input_tokens", "output_tokens")
+
+
+async def usage(request: Request) -> Response:
+    """GET /v1/usage: a workspace's usage for scripts and BI tools (read-only API key)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise invalid_token("Missing bearer key: create a read-only key on the workspace's API keys page")
+    if looks_like_token(key):
+        raise ApiError(403, "forbidden", "Sync tokens upload only: read usage with a read-only API key (hm_read_…)")
+    if not looks_like_token(key, READ_KEY_PREFIX):
+        raise invalid_token("Malformed key: copy the whole hm_read_… key from the API keys page")
+    from . import team
+
+    found = await cloud(request).db(team.authenticate_read_key, hash_token(key), time.time())
+    if found is None or not secrets.compare_digest(found[0], hash_token(key)):
+        raise invalid_token("Unknown or revoked key: create a new one on the workspace's API keys page")
+    workspace = found[1]
+    today = date.today()
+    params = request.query_params
+    from_date = _date_param(request, "from_date") if "from_date" in params else (today.replace(day=1)).isoformat()
+    to_date = _date_param(request, "to_date") if "to_date" in params else today.isoformat()
+    if from_date > to_date:
+        raise ApiError(400, "invalid_request", "Invalid range: from_date is after to_date")
+    if (date.fromisoformat(to_date) - date.fromisoformat(from_date)).days > 3660:
+        raise ApiError(400, "invalid_request", "Invalid range: at most 10 years at once")
+    group_by = params.get("group_by", "day")
+    if group_by not in USAGE_GROUPS:
+        raise ApiError(400, "invalid_request", "Invalid field: group_by (expected day, machine, model or provider)")
+    fmt = params.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "invalid_request", "Invalid field: format (expected json or csv)")
+    groups = await cloud(request).db(store.spend_breakdown, workspace.id, from_date, to_date, group_by)
+    out = [
+        {
+            "key": g["key"], "label": g["label"], "rows": g["rows"], "cost_usd": store.format_nanos(g["nanos"]),
+            "unknown_price_rows": g["unknown"], "no_usage_rows": g["no_usage"], "error_rows": g["errors"],
+            "input_tokens": g["input_tokens"], "output_tokens": g["output_tokens"],
+        }
+        for g in groups
+    ]
+    if fmt == "csv":
+        return Response(
+            usage_csv(out), 200, media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="usage-{workspace.slug}-{from_date}-{to_date}.csv"'},
+        )
+    return json_response({"workspace": workspace.slug, "from_date": from_date, "to_date": to_date,
+                          "group_by": group_by, "groups": out})
+
+
+def usage_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = USAGE_CSV_COLUMNS) -> str:
+    """CSV with a header; names a spreadsheet would run as a formula (=, +, -, @) are prefixed with '."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in rows:
+        cells = []
+        for name in columns:
+            value = row.get(name)
+            text = "" if value is None else str(value)
+            if name in ("key", "label") and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+                text = "'" + text
+            cells.append(text)
+        writer.writerow(cells)
+    return buf.getvalue()
+
+
 async def whoami(request: Request) -> Response:
     device = await authed_device(request)
     return json_response(
@@ -389,5 +469,6 @@ routes = [
     Route("/v1/requests/batch", requests_batch, methods=["POST"]),
     Route("/v1/requests/totals", requests_totals, methods=["GET"]),
     Route("/v1/whoami", whoami, methods=["GET"]),
+    Route("/v1/usage", usage, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]

@@ -419,13 +419,22 @@ async def budgets_page(request: Request) -> Response:
         if not csrf_ok(session_of(request), form.get("csrf_token")):
             return _csrf_failed(request)
         if not owner:
-            error = "Only the workspace's owners can change its budgets."
+            from .pages import forbidden
+
+            return forbidden(request, email, "Only the workspace's owners and admins can change its budgets.", mine)
         else:
             try:
+                from .state import client_address
+                from .team import record
+
                 if form.get("action") == "delete":
                     await state.db(delete_budget, ws.id, form.get("budget_id", ""))
+                    what = "budget deleted"
                 else:
-                    await state.db(add_budget, ws.id, parse_form(form), time.time())
+                    values = parse_form(form)
+                    await state.db(add_budget, ws.id, values, time.time())
+                    what = f"budget {values.get('name', '')} added"
+                await state.db(record, ws.id, email, "settings.budget", what, client_address(request), time.time())
                 return redirect(request, f"/{ws.slug}/settings/budgets")
             except BudgetError as exc:
                 error = str(exc)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Connection, make_url
@@ -53,6 +54,8 @@ users = Table(
     Column("email", String(320), nullable=False, unique=True),
     Column("password_hash", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # The workspace `/` opens (version 3; null: the first by name).
+    Column("last_workspace_id", String(36), nullable=True),
 )
 
 workspaces = Table(
@@ -86,6 +89,8 @@ devices = Table(
     Column("last_sync_at", Float, nullable=True),
     Column("rows_synced", BigInteger, nullable=False, default=0),
     Column("revoked_at", Float, nullable=True),
+    # Who approved its pairing (version 3; null for devices paired before).
+    Column("approved_by", Integer, nullable=True),
     UniqueConstraint("workspace_id", "machine_id", name="devices_workspace_machine"),
 )
 
@@ -202,14 +207,69 @@ workspace_budget_alerts = Table(
     Column("spend_nanos", BigInteger, nullable=False),
 )
 
+# The team cloud (version 3; docs/cloud.md, "Workspaces, members and roles").
+# An invitation link carries a random secret; only its SHA-256 is stored.
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("email", String(320), nullable=True),  # where it was sent, if it was
+    Column("created_by", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+    Column("used_by", Integer, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Index("invitations_workspace", "workspace_id"),
+)
+
+# Who did what, when, from where: invitations, joins, role changes, removals,
+# revokes, settings and API-key events. ``actor`` is the email at the time.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(36), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("actor", String(320), nullable=True),
+    Column("action", String(40), nullable=False),
+    Column("target", String(400), nullable=False),
+    Column("address", String(64), nullable=True),
+    Index("audit_log_workspace_id", "workspace_id", "id"),
+)
+
+# Read-only workspace API keys (hm_read_…): SHA-256 only, named, revocable.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_by", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
 ATTRIBUTION_COLUMNS = ("project", "repo", "branch", "program", "os_user", "tags")
 
 
 def _add_columns(table: Table, names: tuple[str, ...]) -> Callable[[Connection], None]:
-    """A step that adds nullable columns as this module defines them (same SQL on both engines)."""
+    """A step that adds nullable columns as this module defines them (same SQL on both engines).
+
+    A column the table already has is skipped: create_all makes a table that
+    was missing with every column, also in a database older than the step.
+    """
 
     def step(conn: Connection) -> None:
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
         for name in names:
+            if name in present:
+                continue
             column = table.c[name]
             kind = column.type.compile(dialect=conn.dialect)
             conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
@@ -220,6 +280,9 @@ def _add_columns(table: Table, names: tuple[str, ...]) -> Callable[[Connection],
 # In-place upgrades, oldest first: (version after the step, step). Append; never edit one.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (2, _add_columns(usage_rows, ATTRIBUTION_COLUMNS)),
+    # 3: the team cloud. Its new tables come from create_all; these are its columns.
+    (3, _add_columns(users, ("last_workspace_id",))),
+    (3, _add_columns(devices, ("approved_by",))),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

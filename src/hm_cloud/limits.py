@@ -76,6 +76,9 @@ PAIRING_STARTS_PER_ADDRESS = Limit("start-address", 300, 600.0)
 # Sign-up attempts per address (each hashes a password, and an attempt tells
 # whether an email has an account: this bounds that enumeration).
 SIGNUPS_PER_ADDRESS = Limit("signup-address", 20, 3600.0)
+# Invitation links opened that are not live (unknown, used, revoked, expired),
+# per address: the links carry 256 random bits, this keeps scanning loud.
+INVITATION_GUESSES_PER_ADDRESS = Limit("invite-address", 30, 600.0)
 
 ALL_LIMITS = (
     CODE_GUESSES_PER_ACCOUNT,
@@ -84,6 +87,7 @@ ALL_LIMITS = (
     LOGINS_PER_ADDRESS,
     PAIRING_STARTS_PER_ADDRESS,
     SIGNUPS_PER_ADDRESS,
+    INVITATION_GUESSES_PER_ADDRESS,
 )
 LONGEST_WINDOW = max(limit.window for limit in ALL_LIMITS)
 

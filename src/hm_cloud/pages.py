@@ -27,7 +27,7 @@ from hm_proto.server import (
     normalize_user_code,
 )
 
-from . import store, views
+from . import store, team, views
 from .bodies import MAX_SMALL_BODY_BYTES, parse_object, read_limited
 from .limits import (
     CODE_GUESSES_PER_ACCOUNT,
@@ -66,6 +66,10 @@ RESERVED_SLUGS = {
     "healthz",
     "settings",
     "api",
+    "invite",
+    "workspaces",
+    "favicon.ico",
+    "charts.css",
 }
 CODE_NOT_FOUND = (
     "Code not found — it may have expired (codes last 10 minutes). "
@@ -224,6 +228,7 @@ async def _member_page(
     if user is None:
         return _login_redirect(request)
     mine = await cloud(request).db(store.user_workspaces, user[0])
+    last = await cloud(request).db(store.last_workspace, user[0])
     slug = request.path_params["workspace"]
     ws = next((w for w in mine if w.slug == slug), None)
     if ws is None:
@@ -239,6 +244,8 @@ async def _member_page(
             },
             status=404,
         )
+    if request.method == "GET" and ws.id != last:  # `/` opens the workspace used last
+        await cloud(request).db(store.remember_workspace, user[0], ws.id)
     return user[0], user[1], ws, mine
 
 
@@ -254,7 +261,9 @@ async def home(request: Request) -> Response:
     if user is None:
         return redirect(request, "/login")
     mine = await cloud(request).db(store.user_workspaces, user[0])
-    return redirect(request, f"/{mine[0].slug}/" if mine else "/connect")
+    last = await cloud(request).db(store.last_workspace, user[0])
+    chosen = next((w for w in mine if w.id == last), mine[0] if mine else None)
+    return redirect(request, f"/{chosen.slug}/" if chosen else "/workspaces/new")
 
 
 async def signup(request: Request) -> Response:
@@ -409,8 +418,10 @@ async def connect(request: Request) -> Response:
         return _login_redirect(request)
     user_id, email = user
     state = cloud(request)
-    mine = await state.db(store.user_workspaces, user_id)
-    ctx: dict[str, Any] = {"user_email": email, "workspaces": mine}
+    everywhere = await state.db(store.user_workspaces, user_id)
+    mine = [w for w in everywhere if team.can(w.role, "pair_device")]
+    ctx: dict[str, Any] = {"user_email": email, "workspaces": everywhere, "pairable": mine,
+                           "viewer_only": bool(everywhere) and not mine}
     typed = request.query_params.get("code")
     if typed is None:
         return render(request, "connect_enter.html", ctx)
@@ -487,6 +498,12 @@ async def approve(request: Request) -> Response:
         )
     await state.release(counted)  # a live code is not a wrong guess
     ws = await state.db(store.member_workspace, user_id, form["workspace"])
+    if ws is not None and not team.can(ws.role, "pair_device"):
+        message = f"Viewers cannot pair machines into '{ws.slug}': ask an admin for the member role."
+        if as_json:
+            raise ApiError(403, "forbidden", message)
+        return render(request, "error.html", {"title": "Not allowed", "message": message, "user_email": email},
+                      status=403)
     if ws is None:
         if as_json:
             raise ApiError(
@@ -508,8 +525,11 @@ async def approve(request: Request) -> Response:
     else:
         decision = "approve"
         done = await state.db(
-            store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now
+            store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now, user_id
         )
+        if done:
+            await state.db(team.record, ws.id, email, "device.approve",
+                           f"{pairing['hostname']} ({pairing['machine_id']})", client_address(request), now)
     if not done:  # cancelled (or expired) while the page was open
         return await _missing_code(request, code, {"user_email": email}, as_json)
     from .metrics import PAIRINGS
@@ -637,8 +657,10 @@ async def devices_page(request: Request) -> Response:
     found = await _member_page(request)
     if isinstance(found, Response):
         return found
-    _uid, email, ws, mine = found
+    uid, email, ws, mine = found
     devices = await cloud(request).db(store.list_devices, ws.id)
+    for d in devices:
+        d["can_revoke"] = _may_revoke(ws.role, uid, d)
     revoked_id = request.query_params.get("revoked")
     revoked = next((d for d in devices if str(d["id"]) == revoked_id and d["revoked_at"]), None)
     return render(
@@ -655,11 +677,22 @@ async def devices_page(request: Request) -> Response:
     )
 
 
+def _may_revoke(role: str, user_id: int, device: dict[str, Any]) -> bool:
+    """Admins revoke any device; members their own (the ones they approved)."""
+    own = device.get("approved_by") == user_id
+    return team.can(role, "revoke_any_device") or (own and team.can(role, "revoke_own_device"))
+
+
+def forbidden(request: Request, email: str, message: str, mine: list[store.Workspace] | None = None) -> Response:
+    return render(request, "error.html", {"title": "Not allowed", "message": message, "user_email": email,
+                                          "workspaces": mine or []}, status=403)
+
+
 async def revoke_device(request: Request) -> Response:
     found = await _member_page(request)
     if isinstance(found, Response):
         return found
-    _uid, email, ws, mine = found
+    uid, email, ws, mine = found
     state = cloud(request)
     device_id = request.path_params["device_id"]
     device = await state.db(store.get_device, ws.id, device_id) if is_uuid(device_id) else None
@@ -674,6 +707,9 @@ async def revoke_device(request: Request) -> Response:
             },
             status=404,
         )
+    if not _may_revoke(ws.role, uid, device):
+        return forbidden(request, email, "Only owners and admins revoke other people's devices; "
+                         "you can revoke the ones you approved.", mine)
     if request.method == "GET":
         return render(
             request,
@@ -684,6 +720,8 @@ async def revoke_device(request: Request) -> Response:
     if not csrf_ok(session_of(request), form.get("csrf_token")):
         return _csrf_failed(request)
     await state.db(store.revoke_device, ws.id, device["id"], time.time())
+    await state.db(team.record, ws.id, email, "device.revoke", f"{device['hostname']} ({device['machine_id']})",
+                   client_address(request), time.time())
     return redirect(request, f"/{ws.slug}/settings/devices?revoked={quote(str(device['id']), safe='')}")
 
 

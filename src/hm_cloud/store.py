@@ -51,6 +51,7 @@ class Workspace:
     id: str
     slug: str
     name: str
+    role: str = ""  # the signed-in person's role in it, where known (owner admin member viewer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,14 +221,32 @@ def add_membership(
 
 
 def user_workspaces(engine: Engine, user_id: int) -> list[Workspace]:
+    """The user's workspaces by slug, each with the user's role in it."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(workspaces.c.id, workspaces.c.slug, workspaces.c.name)
+            select(workspaces.c.id, workspaces.c.slug, workspaces.c.name, memberships.c.role)
             .join(memberships, memberships.c.workspace_id == workspaces.c.id)
             .where(memberships.c.user_id == user_id)
             .order_by(workspaces.c.slug)
         ).all()
-    return [Workspace(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+    return [Workspace(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+
+def last_workspace(engine: Engine, user_id: int) -> str | None:
+    """The id of the workspace the user opened last (what `/` opens)."""
+    with engine.connect() as conn:
+        value = conn.execute(select(users.c.last_workspace_id).where(users.c.id == user_id)).scalar()
+    return None if value is None else str(value)
+
+
+def remember_workspace(engine: Engine, user_id: int, workspace_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(users)
+            .where(users.c.id == user_id)
+            .where(or_(users.c.last_workspace_id.is_(None), users.c.last_workspace_id != workspace_id))
+            .values(last_workspace_id=workspace_id)
+        )
 
 
 def member_workspace(engine: Engine, user_id: int, slug: str) -> Workspace | None:
@@ -322,7 +341,8 @@ def record_poll(
 
 
 def approve_pairing(
-    engine: Engine, device_code_hash: str, workspace: Workspace, token: str, now: float
+    engine: Engine, device_code_hash: str, workspace: Workspace, token: str, now: float,
+    approved_by: int | None = None,
 ) -> bool:
     """Mint the device and its token; False if the request is no longer pending.
 
@@ -350,6 +370,7 @@ def approve_pairing(
             "agent_version": req.agent_version,
             "paired_at": now,
             "revoked_at": None,
+            "approved_by": approved_by,
         }
         if existing is None:
             device_id = str(uuid.uuid4())
@@ -562,9 +583,11 @@ def revoke_device(engine: Engine, workspace_id: str, device_id: str, now: float)
 
 
 def list_devices(engine: Engine, workspace_id: str) -> list[dict[str, Any]]:
+    """The workspace's devices, newest first, each with ``owner_email`` (who approved it)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(devices)
+            select(devices, users.c.email.label("owner_email"))
+            .outerjoin(users, users.c.id == devices.c.approved_by)
             .where(devices.c.workspace_id == workspace_id)
             .order_by(devices.c.paired_at.desc())
         ).all()

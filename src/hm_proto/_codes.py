@@ -22,6 +22,8 @@ USER_CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 USER_CODE_LENGTH = 8
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TOKEN_PREFIX = "hm_sync_"
+#: Read-only workspace API keys (GET /v1/usage): the same shape as sync tokens.
+READ_KEY_PREFIX = "hm_read_"
 TOKEN_RANDOM_CHARS = 30  # 30 * log2(62) = 178.6 bits
 TOKEN_CHECKSUM_CHARS = 6  # 62**6 > 2**32
 TOKEN_LENGTH = len(TOKEN_PREFIX) + TOKEN_RANDOM_CHARS + TOKEN_CHECKSUM_CHARS
@@ -98,17 +100,18 @@ def _checksum(random_part: str) -> str:
     return _base62(zlib.crc32(random_part.encode("ascii")), TOKEN_CHECKSUM_CHARS)
 
 
-def generate_token(entropy: Entropy) -> str:
-    """A new ``hm_sync_…`` token: prefix, 30 base62 random chars, 6-char CRC32."""
+def generate_token(entropy: Entropy, prefix: str = TOKEN_PREFIX) -> str:
+    """A new ``hm_sync_…`` token (or ``hm_read_…`` key with ``prefix=READ_KEY_PREFIX``):
+    prefix, 30 base62 random chars, 6-char CRC32."""
     random_part = _uniform_symbols(entropy, BASE62, TOKEN_RANDOM_CHARS)
-    return TOKEN_PREFIX + random_part + _checksum(random_part)
+    return prefix + random_part + _checksum(random_part)
 
 
-def looks_like_token(text: str) -> bool:
-    """True if ``text`` has the token's shape and a valid checksum (no server needed)."""
-    if len(text) != TOKEN_LENGTH or not text.startswith(TOKEN_PREFIX):
+def looks_like_token(text: str, prefix: str = TOKEN_PREFIX) -> bool:
+    """True if ``text`` has the token's shape (with ``prefix``) and a valid checksum (no server needed)."""
+    if len(text) != len(prefix) + TOKEN_RANDOM_CHARS + TOKEN_CHECKSUM_CHARS or not text.startswith(prefix):
         return False
-    body = text[len(TOKEN_PREFIX) :]
+    body = text[len(prefix) :]
     if any(ch not in BASE62 for ch in body):
         return False
     random_part, check = body[:TOKEN_RANDOM_CHARS], body[TOKEN_RANDOM_CHARS:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._codes import (
     DEVICE_CODE_BYTES,
+    READ_KEY_PREFIX,
     TOKEN_PREFIX,
     USER_CODE_ALPHABET,
     USER_CODE_LENGTH,
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_TEXT",
     "MAX_TOKENS",
     "MIN_STATUS",
+    "READ_KEY_PREFIX",
     "TOKEN_FIELDS",
     "TOKEN_PREFIX",
     "USER_CODE_ALPHABET",

@@ -1,0 +1,431 @@
+"""The team cloud's rules and storage: roles, members, invitations, the audit log, read keys.
+
+The permission matrix (docs/cloud.md, "Roles") is :data:`PERMISSIONS`; every
+page and endpoint asks :func:`can`. Membership changes run in one
+transaction that also checks the last-owner rule, so two admins acting at
+once cannot leave a workspace without an owner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, or_, select, update
+
+from hm_proto.server import hash_token
+
+from .db import api_keys, audit_log, invitations, memberships, users, workspaces
+from .store import SignupError, Workspace, write_transaction
+
+ROLES = ("owner", "admin", "member", "viewer")
+ROLE_TEXT = {
+    "owner": "Owner — everything, including making owners",
+    "admin": "Admin — invite and remove people, change roles, revoke devices, settings",
+    "member": "Member — pair own machines, see the dashboard",
+    "viewer": "Viewer — see the dashboard only",
+}
+INVITATION_TTL_SECONDS = 7 * 24 * 3600
+MAX_PENDING_INVITATIONS = 100
+MAX_API_KEYS = 50
+AUDIT_PAGE = 100
+
+_ADMINS = frozenset({"owner", "admin"})
+_PAIRERS = frozenset({"owner", "admin", "member"})
+_EVERYONE = frozenset(ROLES)
+# action -> the roles allowed to do it. Tested cell by cell (tests/test_cloud_team.py).
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "view_dashboard": _EVERYONE,
+    "view_devices": _EVERYONE,
+    "view_members": _EVERYONE,
+    "pair_device": _PAIRERS,
+    "revoke_own_device": _PAIRERS,
+    "revoke_any_device": _ADMINS,
+    "invite": _ADMINS,
+    "revoke_invitation": _ADMINS,
+    "change_role": _ADMINS,
+    "make_owner": frozenset({"owner"}),
+    "remove_member": _ADMINS,
+    "change_settings": _ADMINS,
+    "manage_api_keys": _ADMINS,
+    "view_audit": _ADMINS,
+    "leave": _EVERYONE,
+}
+
+
+def can(role: str, action: str) -> bool:
+    return role in PERMISSIONS[action]
+
+
+class TeamError(ValueError):
+    """A membership change the rules refuse; the message says why and what to do."""
+
+
+# -- audit log -----------------------------------------------------------------------
+
+
+def audit(
+    conn: Connection, workspace_id: str, actor: str | None, action: str, target: str,
+    address: str | None, now: float,
+) -> None:
+    """One audit entry, written in the caller's transaction (so it is there iff the change is)."""
+    conn.execute(
+        audit_log.insert().values(
+            workspace_id=workspace_id, at=now, actor=(actor or "")[:320] or None,
+            action=action[:40], target=target[:400], address=(address or "")[:64] or None,
+        )
+    )
+
+
+def record(
+    engine: Engine, workspace_id: str, actor: str | None, action: str, target: str,
+    address: str | None, now: float,
+) -> None:
+    """An audit entry on its own (for changes made by code that does not take a connection)."""
+    with engine.begin() as conn:
+        audit(conn, workspace_id, actor, action, target, address, now)
+
+
+def audit_entries(engine: Engine, workspace_id: str, before: int | None = None) -> list[dict[str, Any]]:
+    """The newest AUDIT_PAGE entries (older than id ``before``), newest first."""
+    query = select(audit_log).where(audit_log.c.workspace_id == workspace_id)
+    if before is not None:
+        query = query.where(audit_log.c.id < before)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(audit_log.c.id.desc()).limit(AUDIT_PAGE)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+# -- workspaces and members ------------------------------------------------------------------
+
+
+def create_workspace(
+    engine: Engine, user_id: int, actor: str, slug: str, name: str, address: str | None, now: float
+) -> Workspace:
+    """A new workspace with ``user_id`` as its owner; SignupError if the slug is taken."""
+    with write_transaction(engine) as conn:
+        if conn.execute(select(workspaces.c.id).where(workspaces.c.slug == slug)).first():
+            raise SignupError(f"The workspace name '{slug}' is taken: choose another.")
+        ws = Workspace(str(uuid.uuid4()), slug, name, "owner")
+        conn.execute(workspaces.insert().values(id=ws.id, slug=slug, name=name, created_at=now))
+        conn.execute(memberships.insert().values(user_id=user_id, workspace_id=ws.id, role="owner"))
+        audit(conn, ws.id, actor, "workspace.create", f"workspace {slug}", address, now)
+    return ws
+
+
+def list_members(engine: Engine, workspace_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(users.c.id, users.c.email, memberships.c.role)
+            .join(memberships, memberships.c.user_id == users.c.id)
+            .where(memberships.c.workspace_id == workspace_id)
+            .order_by(users.c.email)
+        ).all()
+    order = {r: i for i, r in enumerate(ROLES)}
+    members = [{"id": int(r.id), "email": str(r.email), "role": str(r.role)} for r in rows]
+    return sorted(members, key=lambda m: (order.get(m["role"], 9), m["email"]))
+
+
+def _role_of(conn: Connection, workspace_id: str, user_id: int) -> str | None:
+    value = conn.execute(
+        select(memberships.c.role).where(
+            memberships.c.workspace_id == workspace_id, memberships.c.user_id == user_id
+        )
+    ).scalar()
+    return None if value is None else str(value)
+
+
+def _owners(conn: Connection, workspace_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(memberships).where(
+                memberships.c.workspace_id == workspace_id, memberships.c.role == "owner"
+            )
+        ).scalar_one()
+    )
+
+
+def _email(conn: Connection, user_id: int) -> str:
+    return str(conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar() or f"user {user_id}")
+
+
+def change_role(
+    engine: Engine, workspace_id: str, actor_id: int, actor: str, target_id: int, role: str,
+    address: str | None, now: float,
+) -> str:
+    """Give ``target_id`` ``role``; returns their email. TeamError when the rules refuse."""
+    if role not in ROLES:
+        raise TeamError("Choose a role: owner, admin, member or viewer.")
+    with write_transaction(engine) as conn:
+        mine = _role_of(conn, workspace_id, actor_id)
+        theirs = _role_of(conn, workspace_id, target_id)
+        if mine is None or not can(mine, "change_role"):
+            raise PermissionError("Only owners and admins change roles.")
+        if theirs is None:
+            raise TeamError("That person is not a member of this workspace.")
+        if (role == "owner" or theirs == "owner") and not can(mine, "make_owner"):
+            raise PermissionError("Only an owner makes owners or changes an owner's role.")
+        if theirs == "owner" and role != "owner" and _owners(conn, workspace_id) <= 1:
+            raise TeamError("This is the last owner: make someone else an owner first.")
+        email = _email(conn, target_id)
+        if theirs != role:
+            conn.execute(
+                update(memberships)
+                .where(memberships.c.workspace_id == workspace_id, memberships.c.user_id == target_id)
+                .values(role=role)
+            )
+            audit(conn, workspace_id, actor, "member.role", f"{email}: {theirs} → {role}", address, now)
+    return email
+
+
+def remove_member(
+    engine: Engine, workspace_id: str, actor_id: int, actor: str, target_id: int,
+    address: str | None, now: float,
+) -> str:
+    """Remove ``target_id`` (or leave, when it is the actor); returns their email."""
+    with write_transaction(engine) as conn:
+        mine = _role_of(conn, workspace_id, actor_id)
+        theirs = _role_of(conn, workspace_id, target_id)
+        leaving = actor_id == target_id
+        if mine is None or not (leaving or can(mine, "remove_member")):
+            raise PermissionError("Only owners and admins remove people.")
+        if theirs is None:
+            raise TeamError("That person is not a member of this workspace.")
+        if theirs == "owner" and not leaving and not can(mine, "make_owner"):
+            raise PermissionError("Only an owner removes an owner.")
+        if theirs == "owner" and _owners(conn, workspace_id) <= 1:
+            raise TeamError("This is the last owner: make someone else an owner first.")
+        email = _email(conn, target_id)
+        conn.execute(
+            memberships.delete().where(
+                memberships.c.workspace_id == workspace_id, memberships.c.user_id == target_id
+            )
+        )
+        action = "member.leave" if leaving else "member.remove"
+        audit(conn, workspace_id, actor, action, f"{email} ({theirs})", address, now)
+    return email
+
+
+# -- invitations --------------------------------------------------------------------------
+
+
+def create_invitation(
+    engine: Engine, workspace_id: str, actor_id: int, actor: str, role: str, email: str | None,
+    token: str, address: str | None, now: float,
+) -> str:
+    """Store an invitation (the SHA-256 of ``token``); returns its id."""
+    if role not in ROLES:
+        raise TeamError("Choose a role: owner, admin, member or viewer.")
+    with write_transaction(engine) as conn:
+        mine = _role_of(conn, workspace_id, actor_id)
+        if mine is None or not can(mine, "invite"):
+            raise PermissionError("Only owners and admins invite people.")
+        if role == "owner" and not can(mine, "make_owner"):
+            raise PermissionError("Only an owner invites owners.")
+        pending = conn.execute(
+            select(func.count()).select_from(invitations).where(*_pending(workspace_id, now))
+        ).scalar_one()
+        if pending >= MAX_PENDING_INVITATIONS:
+            raise TeamError(f"{MAX_PENDING_INVITATIONS} invitations are pending: revoke some first.")
+        inv_id = str(uuid.uuid4())
+        conn.execute(
+            invitations.insert().values(
+                id=inv_id, workspace_id=workspace_id, token_hash=hash_token(token), role=role,
+                email=email, created_by=actor_id, created_at=now,
+                expires_at=now + INVITATION_TTL_SECONDS,
+            )
+        )
+        audit(conn, workspace_id, actor, "invitation.create",
+              f"{role} invitation{' for ' + email if email else ''}", address, now)
+    return inv_id
+
+
+def _pending(workspace_id: str, now: float) -> Sequence[Any]:
+    c = invitations.c
+    return (c.workspace_id == workspace_id, c.used_at.is_(None), c.revoked_at.is_(None), c.expires_at > now)
+
+
+def pending_invitations(engine: Engine, workspace_id: str, now: float) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(invitations.c.id, invitations.c.role, invitations.c.email, invitations.c.created_at,
+                   invitations.c.expires_at, users.c.email.label("by"))
+            .outerjoin(users, users.c.id == invitations.c.created_by)
+            .where(*_pending(workspace_id, now))
+            .order_by(invitations.c.created_at.desc())
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def revoke_invitation(
+    engine: Engine, workspace_id: str, actor: str, invitation_id: str, address: str | None, now: float
+) -> bool:
+    with write_transaction(engine) as conn:
+        done = conn.execute(
+            update(invitations)
+            .where(invitations.c.id == invitation_id, *_pending(workspace_id, now))
+            .values(revoked_at=now)
+        )
+        if done.rowcount == 1:
+            audit(conn, workspace_id, actor, "invitation.revoke", f"invitation {invitation_id[:8]}", address, now)
+    return done.rowcount == 1
+
+
+def open_invitation(engine: Engine, token: str, now: float) -> dict[str, Any] | None:
+    """The live invitation for a link's token, with the workspace's slug and name."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(invitations.c.id, invitations.c.role, invitations.c.workspace_id,
+                   workspaces.c.slug, workspaces.c.name)
+            .join(workspaces, workspaces.c.id == invitations.c.workspace_id)
+            .where(
+                invitations.c.token_hash == hash_token(token),
+                invitations.c.used_at.is_(None),
+                invitations.c.revoked_at.is_(None),
+                invitations.c.expires_at > now,
+            )
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+def accept_invitation(
+    engine: Engine, token: str, user_id: int | None, new_account: tuple[str, str] | None,
+    address: str | None, now: float,
+) -> tuple[int, Workspace, bool]:
+    """Use the invitation once: join ``user_id`` (or the new account (email, password hash)).
+
+    Returns (user id, workspace, joined); joined is False for someone already
+    a member (their role is kept). TeamError when the link is no longer valid,
+    SignupError when the new account's email is taken.
+    """
+    with write_transaction(engine) as conn:
+        inv = conn.execute(
+            select(invitations.c.id, invitations.c.role, invitations.c.workspace_id,
+                   workspaces.c.slug, workspaces.c.name)
+            .join(workspaces, workspaces.c.id == invitations.c.workspace_id)
+            .where(invitations.c.token_hash == hash_token(token))
+        ).first()
+        taken = conn.execute(
+            update(invitations)
+            .where(
+                invitations.c.token_hash == hash_token(token),
+                invitations.c.used_at.is_(None),
+                invitations.c.revoked_at.is_(None),
+                invitations.c.expires_at > now,
+            )
+            .values(used_at=now)
+        )
+        if inv is None or taken.rowcount != 1:
+            raise TeamError(INVITATION_GONE)
+        if new_account is not None:
+            email, pw_hash = new_account
+            if conn.execute(select(users.c.id).where(users.c.email == email)).first():
+                raise SignupError(f"An account for {email} already exists: sign in, then open the link again.")
+            inserted = conn.execute(
+                users.insert().values(email=email, password_hash=pw_hash, created_at=now)
+            ).inserted_primary_key
+            assert inserted is not None
+            user_id = int(inserted[0])
+        assert user_id is not None
+        conn.execute(update(invitations).where(invitations.c.id == inv.id).values(used_by=user_id))
+        existing = _role_of(conn, inv.workspace_id, user_id)
+        email = _email(conn, user_id)
+        if existing is None:
+            conn.execute(memberships.insert().values(user_id=user_id, workspace_id=inv.workspace_id, role=inv.role))
+            audit(conn, inv.workspace_id, email, "member.join", f"{email} as {inv.role}", address, now)
+        ws = Workspace(str(inv.workspace_id), str(inv.slug), str(inv.name), existing or str(inv.role))
+    return user_id, ws, existing is None
+
+
+INVITATION_GONE = (
+    "This invitation link is not valid: it was used, revoked or is older than 7 days. "
+    "Ask the workspace's admin for a new one."
+)
+
+
+# -- read-only API keys ------------------------------------------------------------------
+
+
+def create_api_key(
+    engine: Engine, workspace_id: str, actor_id: int, actor: str, name: str, key: str,
+    address: str | None, now: float,
+) -> str:
+    with write_transaction(engine) as conn:
+        live = conn.execute(
+            select(func.count()).select_from(api_keys).where(
+                api_keys.c.workspace_id == workspace_id, api_keys.c.revoked_at.is_(None)
+            )
+        ).scalar_one()
+        if live >= MAX_API_KEYS:
+            raise TeamError(f"This workspace has {MAX_API_KEYS} keys: revoke one first.")
+        key_id = str(uuid.uuid4())
+        conn.execute(
+            api_keys.insert().values(
+                id=key_id, workspace_id=workspace_id, name=name, key_hash=hash_token(key),
+                created_by=actor_id, created_at=now,
+            )
+        )
+        audit(conn, workspace_id, actor, "api_key.create", f"key {name}", address, now)
+    return key_id
+
+
+def list_api_keys(engine: Engine, workspace_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.last_used_at,
+                   api_keys.c.revoked_at, users.c.email.label("by"))
+            .outerjoin(users, users.c.id == api_keys.c.created_by)
+            .where(api_keys.c.workspace_id == workspace_id)
+            .order_by(api_keys.c.revoked_at.is_not(None), api_keys.c.created_at.desc())
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def revoke_api_key(
+    engine: Engine, workspace_id: str, actor: str, key_id: str, address: str | None, now: float
+) -> bool:
+    with write_transaction(engine) as conn:
+        name = conn.execute(
+            select(api_keys.c.name).where(
+                api_keys.c.id == key_id, api_keys.c.workspace_id == workspace_id, api_keys.c.revoked_at.is_(None)
+            )
+        ).scalar()
+        if name is None:
+            return False
+        conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=now))
+        audit(conn, workspace_id, actor, "api_key.revoke", f"key {name}", address, now)
+    return True
+
+
+# Last-used is written at most this often per key (a script polling every
+# second must not make every read a write).
+LAST_USED_EVERY_SECONDS = 60.0
+
+
+def authenticate_read_key(engine: Engine, key_hash: str, now: float) -> tuple[str, Workspace] | None:
+    """(key hash, workspace) for a live read key; notes its use."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(api_keys.c.key_hash, api_keys.c.id, api_keys.c.last_used_at,
+                   workspaces.c.id.label("ws_id"), workspaces.c.slug, workspaces.c.name)
+            .join(workspaces, workspaces.c.id == api_keys.c.workspace_id)
+            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        ).first()
+    if row is None:
+        return None
+    if row.last_used_at is None or now - float(row.last_used_at) >= LAST_USED_EVERY_SECONDS:
+        with engine.begin() as conn:
+            conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == row.id)
+                .where(or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < now - LAST_USED_EVERY_SECONDS))
+                .values(last_used_at=now)
+            )
+    return str(row.key_hash), Workspace(str(row.ws_id), str(row.slug), str(row.name), "viewer")
+
+
+def role_in(engine: Engine, user_id: int, workspace_id: str) -> str | None:
+    with engine.connect() as conn:
+        return _role_of(conn, workspace_id, user_id)
+
