@@ -38,14 +38,13 @@ from .pages import (  # also registers {:slug}
     _refused,
     _sign_in,
     _user,
-    csrf_ok,
     forbidden,
     redirect,
     render,
     session_of,
     slug_from_name,
 )
-from .security import hash_password
+from .security import csrf_ok, hash_password
 from .state import client_address, cloud
 
 log = logging.getLogger("hm_cloud.team")
