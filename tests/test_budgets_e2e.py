@@ -241,3 +241,38 @@ def test_a_call_in_flight_when_the_budget_runs_out_finishes(tmp_path: Path) -> N
             with pytest.raises(openai.RateLimitError, match="cap"):
                 client.chat.completions.create(model="gpt-4o", messages=[])
             assert d.wait_rows(2) == 2
+
+
+def test_a_websocket_session_in_a_spent_block_budget_is_refused_at_the_handshake(tmp_path: Path) -> None:
+    import json as _json
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from .support.fake_ws import FakeWebSocketUpstream
+
+    ca = make_ca(tmp_path / "ca")
+    with FakeWebSocketUpstream(ca) as upstream:
+        budget = ('[[budgets]]\nname = "realtime-cap"\nlimit_usd = "0.000001"\naction = "block"\n'
+                  'scope = { model = "gpt-realtime" }\n')
+        with running_daemon(tmp_path / "home", upstream_ca=ca.ca_path,
+                            extra_config=capture_host_config([f"localhost:{upstream.port}"]) + budget) as d:
+            trust = ssl.create_default_context(cafile=str(d.ca_cert_path))
+            url = f"{upstream.base_url}/v1/realtime?model=gpt-realtime"
+
+            def session() -> Any:
+                return connect(url, proxy=d.proxy_url, ssl=trust, open_timeout=20,
+                               additional_headers={"Authorization": "Bearer sk-test"})
+
+            with session() as ws:  # under the limit: its response spends the budget
+                assert _json.loads(ws.recv(timeout=20))["type"] == "session.created"
+                ws.send(_json.dumps({"type": "response.create"}))
+                while _json.loads(ws.recv(timeout=20))["type"] != "response.done":
+                    pass
+            assert wait_until(lambda: budget_status(d)[0]["blocking"])
+            with pytest.raises(InvalidStatus) as refused:
+                session()
+            response = refused.value.response
+            assert response.status_code == 429
+            body = _json.loads(response.body)
+            assert body["error"]["type"] == "budget_exceeded" and "realtime-cap" in body["error"]["message"]

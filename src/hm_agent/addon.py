@@ -320,6 +320,28 @@ class MeterAddon:
                                                    header_project, header_tags)
             if getattr(self.config, "inject_stream_usage", True):
                 self._inject_usage(req, call)
+        elif (self.budgets is not None and self.budgets.blocks and req.method == "GET"
+              and req.headers.get("upgrade", "").lower() == "websocket"):
+            self._refuse_websocket(flow, path, query, header_project, header_tags)
+
+    def _refuse_websocket(self, flow: Any, path: str, query: str, header_project: str | None,
+                          header_tags: str | None) -> None:
+        """A WebSocket session (Realtime, Responses) a spent block budget covers: refused at the handshake.
+
+        Its model is known only from ``?model=`` (Realtime); a budget scoped by model
+        cannot refuse a session that names none.
+        """
+        from types import SimpleNamespace
+
+        from .capture.websocket import open_websocket
+
+        req = flow.request
+        session = open_websocket(host_key(req.host, req.port), path, query, {}, self.config)
+        if session is None:
+            return
+        caller = self._callers.get(flow.client_conn.id) if self.attribution.enabled else None
+        info = SimpleNamespace(provider=session.provider, model=session.model, dialect="openai")
+        _refused(flow, info, self.budgets, lambda: self._attribution_now(caller, header_project, header_tags))
 
     def _inject_usage(self, req: Any, call: _Call) -> None:
         """Ask a streamed OpenAI-style call for its usage (capture/inject.py); never raises."""
