@@ -263,3 +263,28 @@ def test_status_with_the_daemon_down_lists_budgets_without_counting(tmp_path: Pa
         home, "status", env=daemon_env(home)).stdout
     counted = json.loads(run_cli(home, "budget", "status", "--json", env=daemon_env(home)).stdout)
     assert counted["source"] == "database" and counted["budgets"][0]["spend_usd"] == "9"
+
+
+def test_the_feed_keeps_counting_after_retention_emptied_the_table(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    seen: list[str] = []
+
+    class Listener:
+        def on_rows(self, store: Store, rows: list[dict[str, object]], watermark: int) -> None:
+            seen.extend(str(r["id"]) for r in rows)
+
+    with Store(db) as store:
+        first = [row(utc(time.time())) for _ in range(5)]
+        store.insert_rows(first)
+        feed = RowFeed(db)
+        feed.listeners.append(Listener())
+        store.insert_rows([row(utc(time.time())) for _ in range(3)])
+        feed.poll()
+        assert len(seen) == 3
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM requests")  # what retention does to an idle machine's old days
+        again = [row(utc(time.time())) for _ in range(2)]
+        store.insert_rows(again)
+        feed.poll()
+        assert seen[3:] == [r.id for r in again]
+        feed.close()

@@ -45,6 +45,10 @@ class RowFeed:
     def poll(self) -> int:
         """Hand rows written since the last poll to every listener; returns how many."""
         with self._lock:
+            if self._store.max_rowid() < self.watermark:
+                # Retention deleted every row, newest included: SQLite then numbers new
+                # rows from 1 again, so every row there now came after the watermark.
+                self.watermark = 0
             found = self._store.rows_after(self.watermark, BATCH)
             total = len(found)
             while True:
