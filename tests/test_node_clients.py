@@ -40,6 +40,7 @@ CASES = {
     "gemini-stream": "gemini_stream.sse",
     "fetch": "openai_responses.json",
     "fetch-stream": "openai_responses_stream.sse",
+    "https-request": "openai_chat.json",
 }
 
 

@@ -1,4 +1,4 @@
-// Halton Meter: send Node's built-in fetch through HTTPS_PROXY / HTTP_PROXY.
+// Halton Meter: send Node's built-in fetch and https module through HTTPS_PROXY / HTTP_PROXY.
 // Written into the home by the daemon and loaded with NODE_OPTIONS=--require
 // (see `halton-meter env`). Do not edit: the daemon rewrites it.
 //
@@ -7,45 +7,25 @@
 // @google/genai) bypass the meter. This preload installs a global dispatcher
 // that honours https_proxy/HTTPS_PROXY, http_proxy/HTTP_PROXY and
 // no_proxy/NO_PROXY:
-//   1. undici's own EnvHttpProxyAgent, when the program has undici installed
-//      with the same major version as the fetch built into this Node;
-//   2. otherwise the built-in fetch's own Agent with a connector that opens a
-//      CONNECT tunnel through the proxy (TLS to the origin inside it).
+//   - fetch: undici's own EnvHttpProxyAgent, when the program has undici
+//     installed with the same major version as the fetch built into this Node;
+//     otherwise the built-in fetch's own Agent with a connector that opens a
+//     CONNECT tunnel through the proxy (TLS to the origin inside it);
+//   - https.request on the default agent (axios, got, node-fetch…): a global
+//     https.Agent whose sockets come through the same tunnel.
 // Where Node itself honours NODE_USE_ENV_PROXY=1 it does nothing.
 'use strict';
 (function haltonMeterNodeProxy() {
   const env = process.env;
   const [major, minor] = process.versions.node.split('.').map(Number);
   if (env.NODE_USE_ENV_PROXY === '1' && (major >= 24 || (major === 22 && minor >= 21))) return;
-  if (typeof globalThis.fetch !== 'function') return;
   const proxyFor = (protocol) =>
     protocol === 'http:' ? env.http_proxy || env.HTTP_PROXY : env.https_proxy || env.HTTPS_PROXY;
   if (!proxyFor('https:') && !proxyFor('http:')) return;
   const SYMBOL = Symbol.for('undici.globalDispatcher.1');
 
-  try {
-    const where = { paths: [process.cwd()] };
-    const undici = require(require.resolve('undici', where));
-    const ours = require(require.resolve('undici/package.json', where));
-    const builtin = String(process.versions.undici || '').split('.')[0];
-    if (typeof undici.EnvHttpProxyAgent === 'function' && builtin && String(ours.version).split('.')[0] === builtin) {
-      undici.setGlobalDispatcher(new undici.EnvHttpProxyAgent());
-      return;
-    }
-  } catch (_) {
-    // no usable undici next to the program: use the built-in one below
-  }
-
   const net = require('net');
   const tls = require('tls');
-
-  // The built-in fetch creates its Agent on first use; a data: URL makes it do so now.
-  if (globalThis[SYMBOL] === undefined) {
-    try { globalThis.fetch('data:,').catch(() => {}); } catch (_) { return; }
-  }
-  const builtinAgent = globalThis[SYMBOL];
-  if (!builtinAgent || typeof builtinAgent.constructor !== 'function') return;
-  const Agent = builtinAgent.constructor;
 
   const noProxy = String(env.no_proxy || env.NO_PROXY || '')
     .split(/[\s,]+/).map((e) => e.trim().toLowerCase()).filter(Boolean);
@@ -70,7 +50,7 @@
     return false;
   }
 
-  function connector(opts, callback) {
+  function connector(opts, callback, tlsOptions) {
     const protocol = opts.protocol || 'https:';
     const port = Number(opts.port) || (protocol === 'https:' ? 443 : 80);
     const hostname = opts.hostname;
@@ -84,7 +64,7 @@
       callback(err, err ? null : socket);
     };
     const overTls = (raw) => {
-      const socket = tls.connect({ socket: raw, servername, ALPNProtocols: ['http/1.1'] });
+      const socket = tls.connect({ ALPNProtocols: ['http/1.1'], ...tlsOptions, socket: raw, servername });
       socket.once('secureConnect', () => finish(null, socket));
       socket.once('error', (err) => finish(err, socket));
       return socket;
@@ -130,5 +110,43 @@
     return raw;
   }
 
-  globalThis[SYMBOL] = new Agent({ connect: connector });
+  // Node's https module (axios, got, node-fetch and other https.request users on the
+  // default agent): a global agent whose sockets come through the same tunnel.
+  const https = require('https');
+  class MeterHttpsAgent extends https.Agent {
+    createConnection(options, callback) {
+      const { host, hostname, port, servername, ...tlsOptions } = options;
+      for (const key of ['path', 'socketPath', 'agent', 'timeout', 'lookup', 'family', 'localAddress']) {
+        delete tlsOptions[key];
+      }
+      connector({ protocol: 'https:', hostname: hostname || host, port, servername }, callback, tlsOptions);
+    }
+  }
+  https.globalAgent = new MeterHttpsAgent({ keepAlive: true });
+
+  // fetch (undici): 1. undici's own EnvHttpProxyAgent when installed next to the program
+  try {
+    const where = { paths: [process.cwd()] };
+    const undici = require(require.resolve('undici', where));
+    const ours = require(require.resolve('undici/package.json', where));
+    const builtin = String(process.versions.undici || '').split('.')[0];
+    if (typeof undici.EnvHttpProxyAgent === 'function' && builtin && String(ours.version).split('.')[0] === builtin) {
+      undici.setGlobalDispatcher(new undici.EnvHttpProxyAgent());
+      return;  // fetch is routed
+    }
+  } catch (_) {
+    // no usable undici next to the program: use the built-in one below
+  }
+
+  // 2. the built-in fetch's own Agent with the tunnelling connector
+  if (typeof globalThis.fetch !== 'function') return;
+  // The built-in fetch creates its Agent on first use; a data: URL makes it do so now.
+  if (globalThis[SYMBOL] === undefined) {
+    try { globalThis.fetch('data:,').catch(() => {}); } catch (_) { return; }
+  }
+  const builtinAgent = globalThis[SYMBOL];
+  if (!builtinAgent || typeof builtinAgent.constructor !== 'function') return;
+  const Agent = builtinAgent.constructor;
+
+  globalThis[SYMBOL] = new Agent({ connect: (opts, cb) => connector(opts, cb, {}) });
 })();

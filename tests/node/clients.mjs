@@ -5,6 +5,7 @@
 import Anthropic from '@anthropic-ai/sdk';
 import { GoogleGenAI } from '@google/genai';
 import OpenAI from 'openai';
+import https from 'node:https';
 
 const base = process.argv[2];
 const openai = new OpenAI({ apiKey: 'sk-proj-nodeSECRET0123456789', baseURL: `${base}/v1`, maxRetries: 0 });
@@ -69,6 +70,22 @@ const cases = {
     });
     const text = await r.text();
     return { status: r.status, events: (text.match(/^event:/gm) || []).length };
+  },
+  async 'https-request'() {
+    // Node's https module on its default agent (what axios, got and node-fetch use)
+    const body = JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    return await new Promise((resolve, reject) => {
+      const req = https.request(`${base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: 'Bearer sk-proj-nodeSECRET0123456789' },
+      }, (res) => {
+        let text = '';
+        res.on('data', (d) => { text += d; });
+        res.on('end', () => resolve({ status: res.statusCode, usage: JSON.parse(text).usage }));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
   },
 };
 
