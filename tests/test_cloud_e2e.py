@@ -267,6 +267,7 @@ def test_the_pairing_page_story(backend: str, cloud: CloudServer, ca: CertAuthor
         bye = d.cli("cloud", "disconnect")
         assert bye.returncode == 0, bye.stderr
         assert "Token revoked." in bye.stdout and "credentials wiped" in bye.stdout
+        assert bye.stdout.count("Revoking token at") == 1, bye.stdout  # once, not twice
         assert not creds.exists() and not key.exists()
         assert "enabled = false" in (home / "config.toml").read_text()
         assert cloud_status(d)["state"] == "NOT-CONFIGURED"
