@@ -175,6 +175,17 @@ def test_paths_that_are_not_slugs_are_not_workspaces(cloud: CloudServer, path: s
     assert "/login" not in answer.headers.get("location", "")
 
 
+@pytest.mark.parametrize("token", ["💥", "é" * 48, "\ud7ff"])
+def test_a_non_ascii_csrf_token_is_a_failed_check_not_a_500(cloud: CloudServer, token: str) -> None:
+    client = cloud.client()
+    client.get("/login")
+    for path in ("/login", "/logout", "/signup"):
+        answer = client.post(path, data={"email": "a@example.com", "csrf_token": token})
+        assert answer.status_code == 403, (path, answer.status_code)
+    approve = client.post("/v1/pairing/approve", json={"user_code": "x"}, headers={"X-CSRF-Token": "ü".encode("latin-1")})
+    assert approve.status_code in (401, 403)
+
+
 def test_form_values_with_nul_are_400_not_500(cloud: CloudServer) -> None:
     client = cloud.client()
     csrf = cloud.csrf(client, "/login")

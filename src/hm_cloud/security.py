@@ -82,4 +82,7 @@ class SessionCodec:
 
 
 def csrf_ok(session: Session, presented: object) -> bool:
-    return isinstance(presented, str) and hmac.compare_digest(session.csrf, presented)
+    # compare_digest raises TypeError on non-ASCII str: compare bytes (never a 500).
+    return isinstance(presented, str) and hmac.compare_digest(
+        session.csrf.encode(), presented.encode("utf-8", "replace")
+    )
