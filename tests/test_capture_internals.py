@@ -233,3 +233,24 @@ def test_audio_tokens_of_chat_and_realtime_are_priced_as_audio() -> None:
     text_only = genai_prices.calc_price(genai_prices.Usage(input_tokens=120, output_tokens=300), model,
                                         provider_id="openai")
     assert cost is not None and Decimal(cost) == want.total_price != text_only.total_price
+
+
+def test_websocket_responses_follow_the_http_usage_rules() -> None:
+    import json as _json
+
+    from hm_agent.capture.websocket import open_websocket
+
+    session = open_websocket("api.openai.com", "/v1/responses", "", {})
+    assert session is not None
+    session.client_message(b'{"type":"response.create","model":"gpt-4o"}', 1.0)
+    session.server_message(b'{"type":"response.created","response":{"id":"r1"}}', 1.1)
+    done = _json.dumps({"type": "response.completed", "response": {
+        "id": "r1", "model": "gpt-4o", "usage": {"input_tokens": 10 ** 15, "output_tokens": 1}}}).encode()
+    ((usage, response),) = session.server_message(done, 2.0)
+    assert usage.flags == frozenset({"implausible_usage"}) and usage.input_tokens is None
+    assert (response.started, response.first_event) == (1.0, 1.1)
+    # a delta that merely mentions a terminal event's name is not one
+    session.client_message(b'{"type":"response.create"}', 3.0)
+    assert session.server_message(b'{"type":"response.output_text.delta","delta":"response.completed"}', 3.1) == []
+    ((cut, _),) = session.close()
+    assert cut.flags == frozenset({"incomplete"})

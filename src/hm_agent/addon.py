@@ -451,7 +451,7 @@ class MeterAddon:
                 ts=rfc3339_ms(response.started),
                 usage=usage,
                 latency_ms=int((now - response.started) * 1000),
-                ttfb_ms=int((response.first_event - response.started) * 1000),
+                ttfb_ms=None if response.first_event is None else int((response.first_event - response.started) * 1000),
                 caller=caller,
                 header_project=header_project,
                 header_tags=header_tags,

@@ -26,7 +26,7 @@ from .bounded import first_string_for_key, last_object_for_key
 from .dialects import loads
 from .hosts import route_for
 from .tap import CapturedUsage
-from .usage import Tokens, openai_tokens
+from .usage import Tokens, implausible, openai_tokens
 
 log = logging.getLogger("hm_agent.capture")
 
@@ -53,7 +53,7 @@ class WsResponse:
 
     __slots__ = ("started", "first_event")
 
-    def __init__(self, started: float, first_event: float) -> None:
+    def __init__(self, started: float, first_event: float | None) -> None:
         self.started = started
         self.first_event = first_event
 
@@ -92,9 +92,11 @@ class WsSession:
 
     def close(self) -> list[tuple[CapturedUsage, WsResponse]]:
         """The socket closed: responses still open were cut short."""
-        done = [(self._usage(Tokens(), frozenset({"incomplete"})), r) for r in self.open.values()]
-        self.open = {}
-        return done
+        cut = list(self.open.values())
+        if self._requested is not None:  # asked for, never answered
+            cut.append(WsResponse(self._requested, None))
+        self.open, self._requested = {}, None
+        return [(self._usage(Tokens(), frozenset({"incomplete"})), r) for r in cut]
 
     # -- internals --------------------------------------------------------
     def _server_message(self, content: bytes, now: float) -> list[tuple[CapturedUsage, WsResponse]]:
@@ -136,7 +138,10 @@ class WsSession:
             self.model = model[:200]
         flags: frozenset[str] = frozenset()
         tokens = openai_tokens(usage) if isinstance(usage, dict) else Tokens()
-        if tokens.input_tokens is None and tokens.output_tokens is None:
+        if implausible(tokens):  # the same rule as HTTP responses (capture/usage.py)
+            log.warning("%s reported an implausible token count; tokens recorded as unknown", self.host)
+            tokens, flags = Tokens(), frozenset({"implausible_usage"})
+        elif tokens.input_tokens is None and tokens.output_tokens is None:
             flags = frozenset({"usage_missing"})
         return [(self._usage(tokens, flags), current)]
 
