@@ -288,3 +288,23 @@ def test_the_feed_keeps_counting_after_retention_emptied_the_table(tmp_path: Pat
         feed.poll()
         assert seen[3:] == [r.id for r in again]
         feed.close()
+
+
+def test_budget_list_json_and_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    import json
+
+    from .support.daemon import daemon_env, run_cli
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config.toml").write_text('[[budgets]]\nname = "gpt4o"\nlimit_usd = "2.5"\nscope = { model = "gpt-4o" }\n'
+                                      'action = "block"\nthresholds = [90]\n')
+    listed = json.loads(run_cli(home, "budget", "list", "--json", env=daemon_env(home)).stdout)
+    assert listed == {"budgets": [{"name": "gpt4o", "scope": {"model": "gpt-4o"}, "period": "month",
+                                   "limit_usd": "2.5", "thresholds": [90], "action": "block"}]}
+    (home / "config.toml").write_text('[[budgets]]\nname = "gpt4o"\nlimit_usd = -1\n')
+    bad = run_cli(home, "budget", "list", env=daemon_env(home))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "limit_usd must be a positive amount" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    snooze = run_cli(home, "budget", "snooze", "gpt4o", "1h", env=daemon_env(home))
+    assert snooze.returncode == 1 and "limit_usd" in snooze.stderr
