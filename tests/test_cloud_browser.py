@@ -121,8 +121,8 @@ def test_sign_up_approve_see_and_revoke_a_device(
     expect(models.get_by_role("row", name=re.compile("mystery-model"))).to_contain_text(
         "unknown price"
     )
-    expect(page.locator(".hm-chart svg g.bar")).to_have_count(16)
-    expect(page.locator(".hm-chart svg g.bar rect")).to_have_count(2)  # two priced days, one model each
+    expect(page.locator(".hm-chart:visible svg g.bar")).to_have_count(16)
+    expect(page.locator(".hm-chart:visible svg g.bar rect")).to_have_count(2)  # two priced days, one model each
     screenshot(page, tmp_path, "dashboard-phone")
 
     page.get_by_role("link", name="Devices").click()
@@ -218,8 +218,8 @@ def test_dashboard_shows_errors_and_missing_usage_apart(
         expect(models.get_by_role("row", name=re.compile("gpt-4o-mini"))).to_contain_text(
             "$0.00 + 1 without usage"
         )
-        expect(page.locator(".hm-chart svg g.bar")).to_have_count(7)
-        expect(page.locator(".hm-legend li")).to_have_count(2)
+        expect(page.locator(".hm-chart:visible svg g.bar")).to_have_count(7)
+        expect(page.locator(".hm-legend:visible li")).to_have_count(2)
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         screenshot(page, tmp_path, f"dashboard-apart-{width}")
     finally:

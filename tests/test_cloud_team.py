@@ -431,3 +431,27 @@ def test_a_version_2_database_is_upgraded_to_3_in_place(v2_engine: Any) -> None:
         assert conn.execute(text("SELECT role FROM memberships")).scalar_one() == "owner"
     db.init_schema(v2_engine)  # again: nothing to do
 
+
+
+def test_the_dashboard_downloads_its_current_view_as_csv(acme: Team) -> None:
+    _, token = acme.pair(acme.people["owner"], f"csv-{uuid.uuid4().hex[:6]}")
+    machine = acme.cloud.client(headers={"Authorization": f"Bearer {token}"})
+    rows = [sample_row(ts="2026-10-02T10:00:00.000Z", model="gpt-4o", provider="openai", cost_usd="1.5"),
+            sample_row(ts="2026-10-02T11:00:00.000Z", model="claude-x", provider="anthropic", cost_usd="0.5"),
+            sample_row(ts="2026-10-03T11:00:00.000Z", model="gpt-4o", provider="openai", cost_usd="0.25")]
+    assert machine.post("/v1/requests/batch", json=batch_body(rows)).json()["accepted"] == 3
+    page = acme.people["viewer"].get("/acme/?from_date=2026-10-01&to_date=2026-10-05&chart=provider&provider=openai")
+    assert page.status_code == 200 and "provider = openai" in page.text
+    href = re.search(r'href="(/acme/spend\.csv\?[^"]+)"', page.text)
+    assert href, page.text
+    csv_text = acme.people["viewer"].get(href.group(1).replace("&amp;", "&"))
+    assert csv_text.headers["content-type"].startswith("text/csv")
+    assert csv_text.text.strip().split("\r\n") == [
+        "date,key,label,rows,cost_usd,unknown_price_rows,no_usage_rows,error_rows",
+        "2026-10-02,openai,openai,1,1.5,0,0,0",
+        "2026-10-03,openai,openai,1,0.25,0,0,0",
+    ]
+    # the previous period of equal length is compared, and bad parameters are a sentence, not a 500
+    assert "vs the previous" in page.text or "previous 5 days" in page.text
+    odd = acme.people["viewer"].get("/acme/?chart=%3Cscript%3E&sort=sideways")
+    assert odd.status_code == 200 and "showing models" in odd.text and "<script>" not in odd.text.split("<main")[1]

@@ -614,23 +614,34 @@ async def dashboard(request: Request) -> Response:
         for name, dim in (("day", "day"), ("split", slicing.group), ("member", "member"),
                           ("machine", "machine"), ("model", "model"), ("provider", "provider"))
     }
-    for name in ("split", "member"):  # biggest spend first, like `halton-meter report`
-        groups[name].sort(key=lambda g: (-g["nanos"], -g["rows"], g["label"]))
     base = f"/{ws.slug}/?"
     keep = {"from_date": from_date, "to_date": to_date}
+    for name in ("split", "member", "machine", "model", "provider"):
+        views.sort_groups(groups[name], slicing.sort)  # biggest spend first by default, like `report`
     for g in groups["split"]:
         g["href"] = base + urlencode(keep | slicing.filter_link(g["key"]))
-    for g in groups["member"]:
-        g["href"] = base + urlencode(keep | slicing.params(member=g["key"] or views.NONE_VALUE))
+    for name in ("member", "machine", "model", "provider"):
+        for g in groups[name]:  # each row filters the whole page to it
+            g["href"] = base + urlencode(keep | slicing.params(**{name: g["key"] or views.NONE_VALUE}))
     chips = [(text, base + urlencode(keep | params)) for text, params in slicing.chips()]
     total = {
         name: sum(g[name] for g in groups["day"])
         for name in ("rows", "nanos", "unknown", "no_usage", "errors", "input_tokens", "output_tokens")
     }
-    per_model = await state.db(store.spend_per_day, ws.id, from_date, to_date, "model", slicing.filters)
+    days = (date.fromisoformat(to_date) - date.fromisoformat(from_date)).days + 1
+    prev_to = date.fromisoformat(from_date) - timedelta(days=1)
+    prev_from = prev_to - timedelta(days=days - 1)
+    before = await state.db(store.spend_breakdown, ws.id, prev_from.isoformat(), prev_to.isoformat(), "provider",
+                            slicing.filters)
+    prev_nanos = sum(g["nanos"] for g in before)
+    saved, cached_tokens, unpriced_cache = views.cache_savings(
+        await state.db(store.cache_reads, ws.id, from_date, to_date, slicing.filters)
+    )
+    per_series = await state.db(store.spend_per_day, ws.id, from_date, to_date, slicing.chart, slicing.filters)
     from .budgets import chart_line
 
     line = None if slicing.filters else await state.db(chart_line, ws.id)
+    by = dict(views.CHART_SPLITS)[slicing.chart].lower()
     return render(
         request,
         "dashboard.html",
@@ -648,9 +659,37 @@ async def dashboard(request: Request) -> Response:
             "chips": chips,
             "hidden_filters": {k: v for k, v in slicing.params().items() if k not in ("group", "tag_key")},
             "total": total,
-            "chart": Markup(views.cost_chart(per_model, from_date, to_date, "model", line)),
+            "change": views.change_text(total["nanos"], prev_nanos, days),
+            "previous": {"from": prev_from.isoformat(), "to": prev_to.isoformat(),
+                         "href": base + urlencode(slicing.params() | {"from_date": prev_from.isoformat(),
+                                                                      "to_date": prev_to.isoformat()})},
+            "saved": saved, "cached_tokens": cached_tokens, "unpriced_cache": unpriced_cache,
+            "chart_links": [(value, label, base + urlencode(keep | slicing.params(chart=value)))
+                            for value, label in views.CHART_SPLITS],
+            "sort_links": {value: base + urlencode(keep | slicing.params(sort=value)) for value in views.SORTS},
+            "csv_href": f"/{ws.slug}/spend.csv?" + urlencode(keep | slicing.params()),
+            "chart_narrow": Markup(views.cost_chart(per_series, from_date, to_date, by, line, width=360)),
+            "chart_wide": Markup(views.cost_chart(per_series, from_date, to_date, by, line, width=880)),
         },
     )
+
+
+async def spend_csv(request: Request) -> Response:
+    """GET /{workspace}/spend.csv: the dashboard's current view (range, filters, chart split) per day."""
+    found = await _member_page(request)
+    if isinstance(found, Response):
+        return found
+    _uid, _email, ws, _mine = found
+    from_date, to_date, _problem = _date_range(request)
+    slicing = views.read_slicing(request.query_params)
+    rows = await cloud(request).db(store.spend_by_day_and, ws.id, from_date, to_date, slicing.chart,
+                                   slicing.filters)
+    from .api import usage_csv
+
+    columns = ("date", "key", "label", "rows", "cost_usd", "unknown_price_rows", "no_usage_rows", "error_rows")
+    name = f"spend-{ws.slug}-{from_date}-{to_date}-by-{slicing.chart}.csv"
+    return Response(usage_csv(rows, columns), 200, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 async def devices_page(request: Request) -> Response:
@@ -771,6 +810,7 @@ routes = [
     Route("/charts.css", charts_css, methods=["GET"]),
     Route("/v1/pairing/approve", approve, methods=["POST"]),
     Route("/{workspace:slug}/", dashboard, methods=["GET"]),
+    Route("/{workspace:slug}/spend.csv", spend_csv, methods=["GET"]),
     Route("/{workspace:slug}/settings/devices", devices_page, methods=["GET"]),
     Route(
         "/{workspace:slug}/settings/devices/{device_id}/revoke", revoke_device, methods=["GET", "POST"]

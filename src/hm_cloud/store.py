@@ -907,6 +907,50 @@ def spend_per_day(
     return out
 
 
+def cache_reads(
+    engine: Engine, workspace_id: str, from_date: str, to_date: str,
+    filters: dict[str, str | None] | None = None,
+) -> list[tuple[str, str, int]]:
+    """(provider, model, cache-read tokens) over a range, for the dashboard's cache savings."""
+    c = usage_rows.c
+    with engine.connect() as conn:
+        query = (
+            select(c.provider, c.model, *exact_sum(c.cache_read_tokens, "reads"))
+            .where(c.workspace_id == workspace_id, c.day >= from_date, c.day <= to_date, c.cache_read_tokens > 0)
+            .group_by(c.provider, c.model)
+        )
+        rows = conn.execute(_filtered(query, conn.dialect.name, filters)).all()
+    return [(str(r.provider), str(r.model), joined_sum(r, "reads")) for r in rows]
+
+
+def spend_by_day_and(
+    engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str,
+    filters: dict[str, str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Calls, known cost and unpriced calls per day and value of a dimension (the dashboard's CSV)."""
+    errors, no_usage, unknown = _outcome_columns()
+    with engine.connect() as conn:
+        dialect = conn.dialect.name
+        key = _dimension(dialect, group)
+        query = (
+            select(usage_rows.c.day, key.label("key"), func.count().label("rows"),
+                   *exact_sum(usage_rows.c.cost_nanos, "nanos"), unknown.label("unknown"),
+                   no_usage.label("no_usage"), errors.label("errors"))
+            .where(usage_rows.c.workspace_id == workspace_id, usage_rows.c.day >= from_date,
+                   usage_rows.c.day <= to_date)
+            .group_by(usage_rows.c.day, key)
+            .order_by(usage_rows.c.day, key)
+        )
+        rows = conn.execute(_filtered(query, dialect, filters)).all()
+        hostnames = _hostnames(conn, workspace_id) if group in ("machine", "member") else {}
+    return [
+        {"date": str(r.day), "key": None if r.key is None else str(r.key), "label": _label(group, r.key, hostnames),
+         "rows": int(r.rows), "cost_usd": format_nanos(joined_sum(r, "nanos")), "unknown_price_rows": int(r.unknown or 0),
+         "no_usage_rows": int(r.no_usage or 0), "error_rows": int(r.errors or 0)}
+        for r in rows
+    ]
+
+
 def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:
     with engine.connect() as conn:
         q = select(func.count()).select_from(usage_rows)

@@ -63,9 +63,10 @@ def day_range(from_date: str, to_date: str) -> list[str]:
 
 
 def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: str, by: str,
-               line: tuple[Decimal, str] | None = None) -> str:
+               line: tuple[Decimal, str] | None = None, width: int = 640) -> str:
     """The stacked cost-per-day chart (hm_charts, the same code as the local report);
-    ``line``: a workspace budget per day, drawn dashed."""
+    ``line``: a workspace budget per day, drawn dashed. ``width`` is the SVG's own
+    width: the page draws it at about that size so its 15 px text stays 15 px."""
     from hm_charts import stacked_bars, top_series
 
     days = day_range(from_date, to_date)
@@ -74,7 +75,50 @@ def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: s
         for label, per_day in per_series.items()
         if any(per_day.values())
     }
-    return stacked_bars(days, top_series(values), title=f"Cost per day by {by}", id_prefix="cost", line=line)
+    return stacked_bars(days, top_series(values), title=f"Cost per day by {by}", id_prefix=f"cost-{width}",
+                        line=line, width=width, empty_text="No priced calls in this range.")
+
+
+CHART_SPLITS = (("model", "Model"), ("machine", "Machine"), ("member", "Member"), ("provider", "Provider"))
+SORTS = ("cost", "calls", "name")
+
+
+def sort_groups(groups: list[dict[str, Any]], sort: str) -> None:
+    """Biggest spend first (the default), most calls first, or by name."""
+    if sort == "calls":
+        groups.sort(key=lambda g: (-g["rows"], -g["nanos"], g["label"]))
+    elif sort == "name":
+        groups.sort(key=lambda g: (g["label"].lower(), g["label"]))
+    else:
+        groups.sort(key=lambda g: (-g["nanos"], -g["rows"], g["label"]))
+
+
+def change_text(now: int, before: int, days: int) -> str:
+    """The change of a total against the previous period of equal length, in words."""
+    if before == 0:
+        return f"no priced spend in the previous {days} days" if now else f"none in the previous {days} days either"
+    pct = (Decimal(now - before) * 100 / Decimal(before)).quantize(Decimal(1))
+    sign = "+" if pct > 0 else ("−" if pct < 0 else "±")
+    return f"{sign}{abs(pct)}% vs the previous {days} days ({money(before)})"
+
+
+def cache_savings(reads: list[tuple[str, str, int]]) -> tuple[Decimal, int, int]:
+    """(dollars that cache reads saved against the full input price, tokens priced, tokens of
+    models genai-prices does not know). Prices are genai-prices' bundled snapshot."""
+    from genai_prices import Usage, calc_price
+
+    saved, priced, unknown = Decimal(0), 0, 0
+    for provider, model, tokens in reads:
+        try:
+            full = calc_price(Usage(input_tokens=tokens), model, provider_id=provider).total_price
+            cached = calc_price(Usage(input_tokens=tokens, cache_read_tokens=tokens), model,
+                                provider_id=provider).total_price
+        except (LookupError, ValueError):
+            unknown += tokens
+            continue
+        saved += Decimal(str(full)) - Decimal(str(cached))
+        priced += tokens
+    return saved, priced, unknown
 
 
 # -- group and filter by attribution ----------------------------------------------------
@@ -87,7 +131,7 @@ GROUP_CHOICES = (
     ("program", "Program"),
     ("tag", "Tag"),
 )
-FILTER_DIMENSIONS = ("project", "member", "repo", "branch", "program")
+FILTER_DIMENSIONS = ("project", "member", "repo", "branch", "program", "machine", "model", "provider")
 NONE_VALUE = "(none)"
 _MAX_FILTER_CHARS = 300
 
@@ -100,6 +144,8 @@ class Slicing:
     tag_key: str
     filters: dict[str, str | None]
     problems: list[str]
+    chart: str = "model"  # what the chart's layers are: one of CHART_SPLITS
+    sort: str = "cost"  # how the tables are ordered: one of SORTS
 
     def params(self, **change: str | None) -> dict[str, str]:
         """The query parameters of this view, with some changed (None removes one)."""
@@ -113,6 +159,10 @@ class Slicing:
                 out["tag"] = f"{dim[4:]}={value or ''}"
             else:
                 out[dim] = NONE_VALUE if value is None else value
+        if self.chart != "model":
+            out["chart"] = self.chart
+        if self.sort != "cost":
+            out["sort"] = self.sort
         for key, value in change.items():
             if value is None:
                 out.pop(key, None)
@@ -169,4 +219,12 @@ def read_slicing(query: Any) -> Slicing:
             filters[f"tag:{key}"] = value or None
         else:
             problems.append("The tag filter must look like team=ml and was ignored.")
-    return Slicing(group, tag_key if group.startswith("tag:") else "", filters, problems)
+    chart = query.get("chart") or "model"
+    if chart not in dict(CHART_SPLITS):
+        problems.append("The chart splits by model, machine, member or provider; showing models.")
+        chart = "model"
+    sort = query.get("sort") or "cost"
+    if sort not in SORTS:
+        problems.append("Tables sort by cost, calls or name; sorted by cost.")
+        sort = "cost"
+    return Slicing(group, tag_key if group.startswith("tag:") else "", filters, problems, chart, sort)
