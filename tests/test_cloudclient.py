@@ -483,11 +483,16 @@ async def test_cancelling_the_task_cancels_async_pairing(server: ApiServer) -> N
 
 
 def test_unreachable_cloud_fails_pairing_with_a_hint() -> None:
-    pairing = new_pairing()
+    # How many starts to try is hm_proto's rule (PairingClient start_attempts).
+    pairing = PairingClient(MACHINE, "vk.local", "Linux", "0.2.1", None, wait=1, start_attempts=2)
+    retries: list[tuple[int, int]] = []
     with SyncCloudClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
         with pytest.raises(PairingFailed, match="check the network and --base-url"):
-            run_pairing(client, pairing, lambda code: None, start_attempts=1)
-    assert pairing.state is PairingState.CANCELLED
+            run_pairing(client, pairing, lambda code: None, sleep=lambda s: None,
+                        on_retry=lambda attempt, attempts, event, delay: retries.append((attempt, attempts)))
+    assert retries == [(1, 2)]
+    assert pairing.state is PairingState.FAILED and pairing.outcome is not None
+    assert pairing.outcome.error == "unreachable"
 
 
 @pytest.mark.anyio

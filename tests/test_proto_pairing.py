@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from hm_proto import (
     MAX_RETRY_AFTER,
+    UNREACHABLE,
     Approved,
     CodeIssued,
     Denied,
@@ -290,6 +291,22 @@ def test_start_retryable_failures_go_back_to_idle_with_a_deadline() -> None:
     assert isinstance(event, RetryScheduled) and event.retry_at == 41.0
     client.start_request()
     assert isinstance(client.receive_start(start_ok(), 41.0), CodeIssued)
+
+
+def test_pairing_gives_up_after_start_attempts_failures_in_a_row() -> None:
+    client = PairingClient(MACHINE, "vk.local", "Linux", "0.2.1", start_attempts=3)
+    now = 0.0
+    for _ in range(2):
+        client.start_request()
+        event = client.receive_start(TransportFailure("connect", "refused"), now)
+        assert isinstance(event, RetryScheduled)
+        now = event.retry_at
+    client.start_request()
+    event = client.receive_start(Response(503), now)
+    assert event == PairingError(0, UNREACHABLE, "HTTP 503")
+    assert client.is_done and client.state is PairingState.FAILED and client.outcome == event
+    with pytest.raises(LocalProtocolError, match="start_attempts"):
+        PairingClient(MACHINE, "vk.local", "Linux", "0.2.1", start_attempts=0)
 
 
 def test_start_refused_is_terminal_with_the_server_detail() -> None:

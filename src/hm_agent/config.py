@@ -403,7 +403,7 @@ def _retention_days(table: dict[str, Any], where: _Locator) -> int | None:
             f"{where.at('retention', 'days')}: retention.days must be 1-{MAX_RETENTION_DAYS} days, not {days} "
             f"(remove the line to keep everything)"
         )
-    return days
+    return None if days is None else int(days)
 
 
 def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, where: _Locator) -> Any:

@@ -91,7 +91,7 @@ class Retention:
         if deleted:
             log.info("retention: deleted %d rows of days before %s%s", deleted, cutoff,
                      " (unsynced rows kept)" if keep else "")
-        return deleted
+        return int(deleted)
 
     async def run(self, ctx: Any) -> None:
         import time

@@ -44,6 +44,8 @@ from ._errors import ApiError, LocalProtocolError, ProtocolError, RemoteProtocol
 from ._http import Headers, Request, Response, TransportFailure
 from ._outcomes import CallFailed, RetryLater, Unauthorised
 from ._pairing import (
+    DEFAULT_START_ATTEMPTS,
+    UNREACHABLE,
     Approved,
     CancelAcknowledged,
     Cancelled,
@@ -140,6 +142,8 @@ __all__ = [
     "parse_retry_after",
     "retry_after",
     # pairing
+    "DEFAULT_START_ATTEMPTS",
+    "UNREACHABLE",
     "Approved",
     "CancelAcknowledged",
     "CancelOutcome",

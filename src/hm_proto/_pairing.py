@@ -41,6 +41,10 @@ DEFAULT_INTERVAL = 5.0  # RFC 8628 §3.2: when the server sends no interval
 DEFAULT_WAIT = 20  # api.md: the backend holds a poll up to `wait` seconds
 POLL_TIMEOUT_MARGIN = 10.0  # network slack on top of the server's hold time
 MAX_BACKOFF = 60.0  # never wait longer than this between attempts after failures
+#: Ask for a code this many times in a row while the cloud does not answer, then give up.
+DEFAULT_START_ATTEMPTS = 5
+#: ``PairingError.error`` when every start attempt failed without an answer.
+UNREACHABLE = "unreachable"
 START_BACKOFF_BASE = 1.0
 
 _UUID_RE = re.compile(
@@ -235,12 +239,17 @@ class PairingClient:
         *,
         wait: int = DEFAULT_WAIT,
         entropy: Entropy | None = None,
+        start_attempts: int = DEFAULT_START_ATTEMPTS,
     ) -> None:
         """``entropy`` (``secrets.token_bytes``) jitters the backoff after failures.
 
         Without it every retry waits the top of its backoff interval: fine
         for one process, but a fleet restarting together would retry in step.
+        After ``start_attempts`` start requests in a row get no usable answer,
+        ``receive_start`` gives up: ``PairingError(0, UNREACHABLE, reason)``.
         """
+        if isinstance(start_attempts, bool) or not isinstance(start_attempts, int) or not 1 <= start_attempts <= 100:
+            raise LocalProtocolError(f"start_attempts must be 1..100, got {start_attempts!r}")
         if not isinstance(machine_id, str) or not _UUID_RE.fullmatch(machine_id):
             raise LocalProtocolError(
                 f"machine_id must be a UUID, got {machine_id!r}: check ~/.halton-meter/machine.json"
@@ -259,6 +268,7 @@ class PairingClient:
         self.agent_version = agent_version
         self.workspace = workspace
         self.wait = wait
+        self.start_attempts = start_attempts
         self._entropy = entropy
         self.state = PairingState.IDLE
         self.interval = DEFAULT_INTERVAL
@@ -351,6 +361,8 @@ class PairingClient:
             )
         if isinstance(answer, TransportFailure) or is_retryable_status(answer.status):
             self._failures += 1
+            if self._failures >= self.start_attempts:
+                return self._finish(_Move.START_ERROR, PairingError(0, UNREACHABLE, describe(answer)))
             self._move(_Move.START_RETRY)
             self._next_attempt_at = now + self._backoff(START_BACKOFF_BASE, answer)
             return RetryScheduled(describe(answer), self._next_attempt_at)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from ._async.client import AsyncCloudClient
 from ._async.pairing import (
-    DEFAULT_START_ATTEMPTS,
     OnCode,
     OnEvent,
     PairingResult,
@@ -39,7 +38,6 @@ from ._sync.pairing import run_pairing
 from ._sync.sync_loop import run_sync
 
 __all__ = [
-    "DEFAULT_START_ATTEMPTS",
     "DEFAULT_TIMEOUT",
     "AsyncCloudClient",
     "BadBaseUrl",

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hm_proto import (
+    UNREACHABLE,
     Approved,
     CodeIssued,
     Denied,
@@ -26,9 +27,6 @@ from hm_proto import (
 from .._backends.sync import current_time, sleep
 from .._base import PairingFailed, lasting
 from .client import SyncCloudClient
-
-#: Ask for a code this many times while the cloud is unreachable, then give up.
-DEFAULT_START_ATTEMPTS = 5
 
 PairingResult = Approved | Denied | Expired
 OnCode = Callable[[CodeIssued], None]
@@ -44,29 +42,33 @@ def run_pairing(
     *,
     on_event: OnEvent | None = None,
     on_retry: OnRetry | None = None,
-    start_attempts: int = DEFAULT_START_ATTEMPTS,
     clock: Callable[[], float] = current_time,
     sleep: Callable[[float], None] = sleep,
 ) -> PairingResult:
     """Pair; ``on_code`` is called once with the code to show the user.
 
     A start that fails in a way retrying cannot heal (TLS mismatch, unknown
-    host) gives up at once; other failures are retried ``start_attempts``
-    times, each announced to ``on_retry`` before the wait.
+    host) gives up at once; other failures are retried as long as the
+    PairingClient allows (``start_attempts``, an hm_proto rule), each
+    announced to ``on_retry`` before the wait.
     """
     try:
-        for attempt in range(1, start_attempts + 1):
-            answer = client.send(pairing.start_request())
-            started = pairing.receive_start(answer, clock())
-            if not isinstance(started, RetryScheduled):
-                break
-            if attempt == start_attempts or lasting(answer):
+        answer = client.send(pairing.start_request())
+        started = pairing.receive_start(answer, clock())
+        attempt = 1
+        while isinstance(started, RetryScheduled):
+            if lasting(answer):
                 pairing.cancel()
-                raise _unreachable(started, client.base_url, lasting(answer))
+                raise _unreachable(started.reason, client.base_url, True)
             delay = max(started.retry_at - clock(), 0.0)
             if on_retry is not None:
-                on_retry(attempt, start_attempts, started, delay)
+                on_retry(attempt, pairing.start_attempts, started, delay)
             sleep(delay)
+            answer = client.send(pairing.start_request())
+            started = pairing.receive_start(answer, clock())
+            attempt += 1
+        if isinstance(started, PairingError) and started.error == UNREACHABLE:
+            raise _unreachable(started.detail, client.base_url, lasting(answer))
         if isinstance(started, CodeIssued):
             on_code(started)
         while not pairing.is_done:
@@ -96,14 +98,14 @@ def _refused(error: PairingError, base_url: object) -> PairingFailed:
     return PairingFailed(f"{base_url} refused pairing ({what}{detail}); {hint}")
 
 
-def _unreachable(event: RetryScheduled, base_url: object, hopeless: bool = False) -> PairingFailed:
+def _unreachable(reason: str, base_url: object, hopeless: bool = False) -> PairingFailed:
     if hopeless:  # trying again would not help: the URL is wrong
         return PairingFailed(
-            f"cannot get a pairing code from {base_url} ({event.reason}); "
+            f"cannot get a pairing code from {base_url} ({reason}); "
             "check --base-url: the scheme (http:// or https://) and the host name"
         )
     return PairingFailed(
-        f"cannot get a pairing code from {base_url} ({event.reason}); "
+        f"cannot get a pairing code from {base_url} ({reason}); "
         "check the network and --base-url, then run the command again"
     )
 
