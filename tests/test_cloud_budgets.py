@@ -99,8 +99,8 @@ def test_budget_alerts_once_per_threshold_by_webhook_and_email(tmp_path: Path, s
         send("0.10")  # 85%: 80 fires
         assert len(hooks.wait_for(2)) == 2
         send("0.50", 3)  # 235%: 100 fires, once (285% after the next)
-        send("0.50")
         assert len(hooks.wait_for(3)) == 3
+        send("0.50")
         time.sleep(1.0)
         assert [p.json()["threshold"] for p in hooks.posts] == [50, 80, 100]
         last = hooks.posts[-1].json()

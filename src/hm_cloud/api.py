@@ -308,7 +308,7 @@ async def requests_batch(request: Request) -> Response:
     if accepted:
         from .budgets import after_ingest
 
-        await after_ingest(request, response, device.workspace.id, device.workspace.slug)
+        after_ingest(request, device.workspace.id, device.workspace.slug)
     return response
 
 

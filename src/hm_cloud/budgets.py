@@ -2,7 +2,8 @@
 
 A budget covers the whole workspace, one machine, one member (the OS user
 attribution names) or one project, per UTC day, ISO week or month. After
-each accepted batch the workspace's budgets are re-summed (``cost_nanos``,
+accepted batches (at most once every 2 s per workspace, on a thread of its
+own) the workspace's budgets are re-summed (``cost_nanos``,
 exact in SQL) and every threshold newly crossed is recorded in
 ``workspace_budget_alerts`` — the primary key makes it once per budget,
 period and threshold, across restarts and server processes — and then
@@ -35,7 +36,6 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, and_, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -391,16 +391,71 @@ def deliver(engine: Engine, workspace_id: str, alerts: list[Alert], app_url: str
             send_email(smtp, to, alert, app_url)
 
 
-async def after_ingest(request: Request, response: Response, workspace_id: str, workspace_slug: str) -> None:
-    """Check the workspace's budgets; send what fired once the response has gone."""
+class _Checker:
+    """Budget checks off the request path: at most one per workspace every ``MIN_INTERVAL_S``.
+
+    A batch asks for a check of its workspace; asks that come while one is due are
+    coalesced into it (a busy workspace sends hundreds of batches a minute, and
+    each check sums a period of its rows). One thread runs the checks; alerts are
+    sent from a thread of their own so a slow webhook never delays another
+    workspace's check.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self._due: dict[str, tuple[float, Engine, str, str]] = {}
+        self._last: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def request(self, engine: Engine, workspace_id: str, workspace_slug: str, app_url: str) -> None:
+        import threading
+
+        with self._cond:
+            if workspace_id in self._due:
+                return
+            at = max(time.monotonic(), self._last.get(workspace_id, 0.0) + MIN_INTERVAL_S)
+            self._due[workspace_id] = (at, engine, workspace_slug, app_url)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hm-cloud-budgets", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        import threading
+
+        while True:
+            with self._cond:
+                while not self._due:
+                    self._cond.wait()
+                workspace_id, (at, engine, slug, app_url) = min(self._due.items(), key=lambda kv: kv[1][0])
+                wait = at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                del self._due[workspace_id]
+                self._last[workspace_id] = time.monotonic()
+                if len(self._last) > 100_000:  # forget long-idle workspaces
+                    self._last = {k: v for k, v in self._last.items() if v > time.monotonic() - 3600}
+            try:
+                alerts = check_budgets(engine, workspace_id, slug, time.time())
+            except Exception:  # alerts must never stop the checker
+                log.exception("budget check failed for workspace %s", slug)
+                continue
+            if alerts:
+                threading.Thread(target=deliver, args=(engine, workspace_id, alerts, app_url),
+                                 name="hm-cloud-budget-alerts", daemon=True).start()
+
+
+MIN_INTERVAL_S = 2.0
+CHECKER = _Checker()
+
+
+def after_ingest(request: Request, workspace_id: str, workspace_slug: str) -> None:
+    """Ask for a check of the workspace's budgets (never waits, never fails an upload)."""
     state = cloud(request)
-    try:
-        alerts = await state.db(check_budgets, workspace_id, workspace_slug, time.time())
-    except Exception:  # alerts must never fail an upload
-        log.exception("budget check failed for workspace %s", workspace_slug)
-        return
-    if alerts:
-        response.background = BackgroundTask(deliver, state.engine, workspace_id, alerts, state.app_url)
+    CHECKER.request(state.engine, workspace_id, workspace_slug, state.app_url)
 
 
 # -- the page --------------------------------------------------------------------------------
