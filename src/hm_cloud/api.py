@@ -40,7 +40,6 @@ from .state import (
     CODE_TTL_SECONDS,
     LONG_POLL_DEFAULT_SECONDS,
     LONG_POLL_MAX_SECONDS,
-    LONG_POLL_RECHECK_SECONDS,
     MAX_BATCH_ROWS,
     POLL_INTERVAL_SECONDS,
     SLOW_DOWN_STEP_SECONDS,
@@ -48,6 +47,7 @@ from .state import (
     cloud,
 )
 from .validate import SLUG_RE, field
+from .waiters import recheck_seconds
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -240,6 +240,8 @@ async def pairing_poll(request: Request) -> Response:
         raise ApiError(400, "slow_down", f"Polled too fast: wait {interval} seconds between polls")
 
     deadline = min(started + wait, float(pairing["expires_at"]))
+    await state.listen_for_pairings()
+    recheck = recheck_seconds()
     try:
         with state.waiters.watch(code_hash) as woken:
             while True:
@@ -249,7 +251,7 @@ async def pairing_poll(request: Request) -> Response:
                 remaining = deadline - time.time()
                 if remaining <= 0:
                     break
-                with anyio.move_on_after(min(remaining, LONG_POLL_RECHECK_SECONDS)):
+                with anyio.move_on_after(min(remaining, recheck)):
                     await woken.wait()
         # The wait ran out: one last look, so a code that just expired says so.
         answer, _ = await _poll_outcome(request, code_hash)
@@ -268,7 +270,7 @@ async def pairing_cancel(request: Request) -> Response:
     body = await _json_object(request)
     code_hash = hash_token(field(body, "device_code", str))
     known = await state.db(store.cancel_pairing, code_hash, time.time())
-    state.waiters.notify(code_hash)
+    await state.pairing_changed(code_hash)
     return json_response({"cancelled": known})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -93,3 +94,11 @@ def create_app(engine: Engine, app_url: str) -> Starlette:
     )
     app.state.cloud = state
     return app
+
+
+def app_from_environment() -> Starlette:
+    """The app of one ``serve --workers N`` process: the parent set up the schema and the env."""
+    from .cli import ENV_APP_URL, ENV_DB
+    from .db import make_engine
+
+    return create_app(make_engine(os.environ[ENV_DB]), os.environ[ENV_APP_URL])

@@ -75,37 +75,86 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+ENV_DB = "HALTON_METER_CLOUD_DB"
+ENV_APP_URL = "HALTON_METER_CLOUD_APP_URL"
+MAX_WORKERS = 64
+
+
+def _proxy_settings(value: str | None) -> dict[str, object]:
+    """uvicorn's settings for ``--forwarded-allow-ips``: trust no proxy unless told.
+
+    Without the flag X-Forwarded-For and X-Forwarded-Proto are ignored, so a
+    client cannot pick the address its limits count against. With it, the
+    address comes from X-Forwarded-For when the connection is from one of the
+    listed proxies (comma-separated IPs or networks, ``*`` for any).
+    """
+    if not value:
+        return {"proxy_headers": False}
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    for part in parts:
+        if part != "*" and not re.fullmatch(r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?", part):
+            raise CliError(
+                f"--forwarded-allow-ips: {part!r} is not an IP address or network: "
+                "list your reverse proxy's addresses, e.g. 127.0.0.1,10.0.0.0/8"
+            )
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(parts)}
+
+
 def serve(args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn
 
     from .app import create_app
 
     if not 0 <= args.port < 65536:
         raise CliError(f"--port {args.port} is not a TCP port: use 1-65535 (0 picks a free one)")
-    engine = open_database(args.db)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise CliError(f"--workers {args.workers}: use 1-{MAX_WORKERS} (about one per CPU core)")
+    proxy = _proxy_settings(args.forwarded_allow_ips)
+    engine = open_database(args.db)  # creates or upgrades the schema once, before any worker
     sock = _listen(args.host, args.port)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     base_url = f"http://{shown_host}:{bound_port}"
     app_url = (args.app_url or base_url).rstrip("/")
-    app = create_app(engine, app_url)
+    common: dict[str, object] = {
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "timeout_graceful_shutdown": 2,
+        "lifespan": "off",
+        **proxy,
+    }
+    workers = f", {args.workers} workers" if args.workers > 1 else ""
+    banner = (
+        f"Halton Meter Cloud listening on {base_url} (pages at {app_url}, "
+        f"database {_display_url(args.db)}{workers})"
+    )
+    if args.workers == 1:
+        app = create_app(engine, app_url)
+        server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
+        print(banner, flush=True)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+            engine.dispose()
+        return 0
+    # Several processes accept on the one socket; each builds its app from the
+    # environment (app_from_environment). A worker that dies is started again.
+    from uvicorn.supervisors import Multiprocess
+
+    engine.dispose()
+    os.environ[ENV_DB] = args.db
+    os.environ[ENV_APP_URL] = app_url
     config = uvicorn.Config(
-        app,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=2,
-        lifespan="off",
+        "hm_cloud.app:app_from_environment", factory=True, workers=args.workers, **common  # type: ignore[arg-type]
     )
-    print(
-        f"Halton Meter Cloud listening on {base_url} (pages at {app_url}, database {_display_url(args.db)})",
-        flush=True,
-    )
-    server = uvicorn.Server(config)
+    print(banner, flush=True)
     try:
-        server.run(sockets=[sock])
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
     finally:
         sock.close()
-        engine.dispose()
     return 0
 
 
@@ -176,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     p_serve.add_argument("--access-log", action="store_true", help="log every request")
+    p_serve.add_argument(
+        "--workers", type=int, default=1,
+        help="server processes sharing the port and the database (default 1; use PostgreSQL for more)",
+    )
+    p_serve.add_argument(
+        "--forwarded-allow-ips", default=None, metavar="IPS",
+        help="reverse proxies trusted for X-Forwarded-For/-Proto (comma-separated; default none)",
+    )
     p_serve.set_defaults(handler=serve)
 
     p_user = sub.add_parser(

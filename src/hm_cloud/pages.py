@@ -535,7 +535,7 @@ async def approve(request: Request) -> Response:
     from .metrics import PAIRINGS
 
     PAIRINGS.labels("approved" if decision == "approve" else "denied").inc()
-    state.waiters.notify(code_hash)
+    await state.pairing_changed(code_hash)
     if as_json:
         return Response(
             orjson.dumps({"approved": decision == "approve", "workspace": ws.slug}),

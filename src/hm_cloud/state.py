@@ -13,9 +13,10 @@ from sqlalchemy import Engine
 from starlette.requests import Request
 
 from . import limits
+from . import waiters as wakeups
 from .limits import Limit, PasswordGate, Refusal, Reservation
 from .security import SessionCodec
-from .waiters import PairingWaiters
+from .waiters import PairingListener, PairingWaiters
 
 T = TypeVar("T")
 
@@ -24,9 +25,6 @@ POLL_INTERVAL_SECONDS = 5
 SLOW_DOWN_STEP_SECONDS = 5
 LONG_POLL_DEFAULT_SECONDS = 20.0
 LONG_POLL_MAX_SECONDS = 20.0
-# How often a waiting poll re-reads the database, for approvals that landed in
-# another server process (the in-process event answers at once).
-LONG_POLL_RECHECK_SECONDS = 2.0
 MAX_BATCH_ROWS = 1000
 
 
@@ -39,6 +37,23 @@ class CloudState:
     # the bound on concurrent password hashing is per process.
     password_gate: PasswordGate = field(default_factory=PasswordGate)
     waiters: PairingWaiters = field(default_factory=PairingWaiters)
+    listener: PairingListener | None = None  # PostgreSQL: wakes polls for other processes' changes
+
+    async def listen_for_pairings(self) -> None:
+        """Start this process's LISTEN thread on PostgreSQL (once), and give it a second to
+        connect, so a change made right after this poll's first look is not missed."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        if self.listener is None:
+            self.listener = PairingListener(self.engine, self.waiters)
+            self.listener.start()
+        if not self.listener.listening.is_set():
+            await anyio.to_thread.run_sync(self.listener.listening.wait, 1.0)
+
+    async def pairing_changed(self, device_code_hash: str) -> None:
+        """Wake the polls waiting on this code, in this process and (PostgreSQL) every other."""
+        self.waiters.notify(device_code_hash)
+        await self.db(wakeups.announce, device_code_hash)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store function in a worker thread: the event loop never waits on the DB."""
