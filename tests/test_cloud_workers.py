@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -72,7 +74,18 @@ def test_two_workers_serve_one_postgresql_database(
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             accepted = sum(pool.map(upload, [a["token"] for a in answers]))
-    assert accepted == 8 * 5 * 50
+        # A worker killed outright is replaced; the other answers meanwhile.
+        victim = _workers(cloud.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        accepted += upload(answers[0]["token"])
+        for _ in range(200):
+            alive = _workers(cloud.process.pid)
+            if len(alive) == 2 and victim not in alive:
+                break
+            time.sleep(0.05)
+        assert len(alive) == 2 and victim not in alive
+        accepted += upload(answers[1]["token"])
+    assert accepted == 10 * 5 * 50
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(usage_rows)).scalar_one() == accepted
