@@ -455,3 +455,12 @@ def test_the_dashboard_downloads_its_current_view_as_csv(acme: Team) -> None:
     assert "vs the previous" in page.text or "previous 5 days" in page.text
     odd = acme.people["viewer"].get("/acme/?chart=%3Cscript%3E&sort=sideways")
     assert odd.status_code == 200 and "showing models" in odd.text and "<script>" not in odd.text.split("<main")[1]
+    # by person: the workspace member who paired the machine (the owner paired the csv machine)
+    window = "from_date=2026-10-01&to_date=2026-10-05"
+    mine = acme.people["viewer"].get(f"/acme/?{window}&person=owner%40example.com")
+    assert "person = owner@example.com" in mine.text and "$2.25" in mine.text
+    theirs = acme.people["viewer"].get(f"/acme/?{window}&person=member%40example.com")
+    assert "$2.25" not in theirs.text and "No calls in this range." in theirs.text
+    by_person = acme.people["viewer"].get(f"/acme/spend.csv?{window}&chart=person").text.strip().split("\r\n")
+    assert by_person[1:] == ["2026-10-02,owner@example.com,owner@example.com,2,2,0,0,0",
+                             "2026-10-03,owner@example.com,owner@example.com,1,0.25,0,0,0"]

@@ -611,16 +611,16 @@ async def dashboard(request: Request) -> Response:
     slicing = views.read_slicing(request.query_params)
     groups = {
         name: await state.db(store.spend_breakdown, ws.id, from_date, to_date, dim, slicing.filters)
-        for name, dim in (("day", "day"), ("split", slicing.group), ("member", "member"),
+        for name, dim in (("day", "day"), ("split", slicing.group), ("member", "member"), ("person", "person"),
                           ("machine", "machine"), ("model", "model"), ("provider", "provider"))
     }
     base = f"/{ws.slug}/?"
     keep = {"from_date": from_date, "to_date": to_date}
-    for name in ("split", "member", "machine", "model", "provider"):
+    for name in ("split", "member", "person", "machine", "model", "provider"):
         views.sort_groups(groups[name], slicing.sort)  # biggest spend first by default, like `report`
     for g in groups["split"]:
         g["href"] = base + urlencode(keep | slicing.filter_link(g["key"]))
-    for name in ("member", "machine", "model", "provider"):
+    for name in ("member", "person", "machine", "model", "provider"):
         for g in groups[name]:  # each row filters the whole page to it
             g["href"] = base + urlencode(keep | slicing.params(**{name: g["key"] or views.NONE_VALUE}))
     chips = [(text, base + urlencode(keep | params)) for text, params in slicing.chips()]

@@ -766,13 +766,58 @@ def _dimension(dialect: str, dim: str) -> Any:
         return func.json_extract(c.tags, f'$."{key}"')  # key is [A-Za-z0-9_.:/-]: safe in the path
     if dim == "member":  # os_user@machine_id; shown as os_user@hostname
         return func.coalesce(c.os_user, "") + "@" + c.machine_id
-    if dim == "machine":
+    if dim in ("machine", "person"):  # person: merged by the machines' owners afterwards (_by_person)
         return c.machine_id
     return c[dim]
 
 
+NO_OWNER = "(no owner recorded)"
+
+
+def _owned_machines(email: str | None) -> Any:
+    """The machine ids of this row's workspace whose device ``email`` approved (None: nobody recorded)."""
+    owned = select(devices.c.machine_id).where(devices.c.workspace_id == usage_rows.c.workspace_id)
+    if email is None:
+        return owned.where(devices.c.approved_by.is_not(None))
+    return owned.join(users, users.c.id == devices.c.approved_by).where(users.c.email == email)
+
+
+def _owners(conn: Connection, workspace_id: str) -> dict[str, str]:
+    """machine id -> the email of the person who approved its device (the workspace member who owns it)."""
+    return {
+        str(r[0]): str(r[1])
+        for r in conn.execute(
+            select(devices.c.machine_id, users.c.email)
+            .join(users, users.c.id == devices.c.approved_by)
+            .where(devices.c.workspace_id == workspace_id)
+        ).all()
+    }
+
+
+def _by_person(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-machine entries (labelled with their owner) merged into one per owner."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for e in entries:
+        ident = (e.get("date"), e["label"])
+        if ident not in merged:
+            merged[ident] = dict(e, key=None if e["label"] == NO_OWNER else e["label"])
+            continue
+        into = merged[ident]
+        for name, value in e.items():
+            if name not in ("key", "label", "date") and isinstance(value, int):
+                into[name] += value
+            elif name == "cost_usd":
+                into[name] = format_nanos((_cost_nanos(into[name]) or 0) + (_cost_nanos(value) or 0))
+    return sorted(merged.values(), key=lambda e: (e.get("date") or "", e["label"]))
+
+
 def _filtered(query: Any, dialect: str, filters: dict[str, str | None] | None) -> Any:
     for dim, value in (filters or {}).items():
+        if dim == "person":
+            owned = _owned_machines(value)
+            query = query.where(usage_rows.c.machine_id.not_in(owned) if value is None
+                                else usage_rows.c.machine_id.in_(owned))
+            continue
         expr = _dimension(dialect, dim)
         query = query.where(expr.is_(None) if value is None else expr == value)
     return query
@@ -814,8 +859,8 @@ def spend_breakdown(
             .order_by(key)
         )
         rows = conn.execute(_filtered(query, dialect, filters)).all()
-        hostnames = _hostnames(conn, workspace_id) if group in ("machine", "member") else {}
-    return [
+        hostnames = _names(conn, workspace_id, group)
+    out = [
         {
             "key": None if r.key is None else str(r.key),
             "label": _label(group, r.key, hostnames),
@@ -829,9 +874,13 @@ def spend_breakdown(
         }
         for r in rows
     ]
+    return _by_person(out) if group == "person" else out
 
 
 def _label(group: str, key: Any, hostnames: dict[str, str]) -> str:
+    """What a group is shown as; ``hostnames`` is machine id -> hostname (or -> owner for person)."""
+    if group == "person":
+        return hostnames.get(str(key), NO_OWNER)
     if key is None:
         return "(none)"
     if group == "machine":
@@ -868,6 +917,13 @@ def machine_group_totals(
     ]
 
 
+def _names(conn: Connection, workspace_id: str, group: str) -> dict[str, str]:
+    """What _label needs for ``group``: hostnames, owners, or nothing."""
+    if group == "person":
+        return _owners(conn, workspace_id)
+    return _hostnames(conn, workspace_id) if group in ("machine", "member") else {}
+
+
 def _hostnames(conn: Connection, workspace_id: str) -> dict[str, str]:
     return {
         str(r[0]): str(r[1])
@@ -898,7 +954,7 @@ def spend_per_day(
             .group_by(key, usage_rows.c.day)
         )
         rows = conn.execute(_filtered(query, dialect, filters)).all()
-        hostnames = _hostnames(conn, workspace_id) if group in ("machine", "member") else {}
+        hostnames = _names(conn, workspace_id, group)
     out: dict[str, dict[str, int]] = {}
     for r in rows:
         label = _label(group, r.key, hostnames)
@@ -942,13 +998,14 @@ def spend_by_day_and(
             .order_by(usage_rows.c.day, key)
         )
         rows = conn.execute(_filtered(query, dialect, filters)).all()
-        hostnames = _hostnames(conn, workspace_id) if group in ("machine", "member") else {}
-    return [
+        hostnames = _names(conn, workspace_id, group)
+    out = [
         {"date": str(r.day), "key": None if r.key is None else str(r.key), "label": _label(group, r.key, hostnames),
          "rows": int(r.rows), "cost_usd": format_nanos(joined_sum(r, "nanos")), "unknown_price_rows": int(r.unknown or 0),
          "no_usage_rows": int(r.no_usage or 0), "error_rows": int(r.errors or 0)}
         for r in rows
     ]
+    return _by_person(out) if group == "person" else out
 
 
 def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:

@@ -79,7 +79,8 @@ def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: s
                         line=line, width=width, empty_text="No priced calls in this range.")
 
 
-CHART_SPLITS = (("model", "Model"), ("machine", "Machine"), ("member", "Member"), ("provider", "Provider"))
+CHART_SPLITS = (("model", "Model"), ("machine", "Machine"), ("person", "Person"), ("member", "Member"),
+                ("provider", "Provider"))
 SORTS = ("cost", "calls", "name")
 
 
@@ -131,7 +132,7 @@ GROUP_CHOICES = (
     ("program", "Program"),
     ("tag", "Tag"),
 )
-FILTER_DIMENSIONS = ("project", "member", "repo", "branch", "program", "machine", "model", "provider")
+FILTER_DIMENSIONS = ("project", "member", "repo", "branch", "program", "machine", "person", "model", "provider")
 NONE_VALUE = "(none)"
 _MAX_FILTER_CHARS = 300
 
@@ -221,7 +222,7 @@ def read_slicing(query: Any) -> Slicing:
             problems.append("The tag filter must look like team=ml and was ignored.")
     chart = query.get("chart") or "model"
     if chart not in dict(CHART_SPLITS):
-        problems.append("The chart splits by model, machine, member or provider; showing models.")
+        problems.append("The chart splits by model, machine, person, member or provider; showing models.")
         chart = "model"
     sort = query.get("sort") or "cost"
     if sort not in SORTS:
