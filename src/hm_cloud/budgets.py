@@ -355,6 +355,20 @@ def smtp_settings() -> dict[str, Any] | None:
             "from": os.environ.get("HALTON_METER_CLOUD_SMTP_FROM", "halton-meter@localhost")}
 
 
+def send_message(settings: dict[str, Any], message: EmailMessage) -> None:
+    """Send one e-mail with :func:`smtp_settings` (STARTTLS when offered); raises OSError/SMTPException."""
+    cls = smtplib.SMTP_SSL if settings["tls"] else smtplib.SMTP
+    with cls(settings["host"], settings["port"], timeout=TIMEOUT_S) as smtp:
+        if not settings["tls"]:
+            try:
+                smtp.starttls()
+            except smtplib.SMTPNotSupportedError:
+                pass  # a local relay without TLS
+        if settings["user"]:
+            smtp.login(settings["user"], settings["password"] or "")
+        smtp.send_message(message)
+
+
 def send_email(settings: dict[str, Any], to: list[str], alert: Alert, app_url: str) -> bool:
     message = EmailMessage()
     message["Subject"] = f"[Halton Meter] budget {alert.budget} {alert.threshold}%"
@@ -362,16 +376,7 @@ def send_email(settings: dict[str, Any], to: list[str], alert: Alert, app_url: s
     message["To"] = ", ".join(to)
     message.set_content(f"{alert.text()}\n\nBudgets: {app_url}/{alert.workspace}/settings/budgets\n")
     try:
-        cls = smtplib.SMTP_SSL if settings["tls"] else smtplib.SMTP
-        with cls(settings["host"], settings["port"], timeout=TIMEOUT_S) as smtp:
-            if not settings["tls"]:
-                try:
-                    smtp.starttls()
-                except smtplib.SMTPNotSupportedError:
-                    pass  # a local relay without TLS
-            if settings["user"]:
-                smtp.login(settings["user"], settings["password"] or "")
-            smtp.send_message(message)
+        send_message(settings, message)
         return True
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("budget alert %s: e-mail not sent: %s", alert.budget, exc)

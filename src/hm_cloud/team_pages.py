@@ -25,7 +25,7 @@ from starlette.routing import Route
 from hm_proto.server import READ_KEY_PREFIX, generate_token, is_uuid
 
 from . import store, team
-from .budgets import smtp_settings
+from .budgets import send_message, smtp_settings
 from .limits import INVITATION_GUESSES_PER_ADDRESS, SIGNUPS_PER_ADDRESS, GateBusy, Refusal
 from .pages import (  # also registers {:slug}
     RESERVED_SLUGS,
@@ -106,16 +106,7 @@ def send_invitation(settings: dict[str, Any], to: str, workspace: str, role: str
         f"Open this link within 7 days to join (it works once):\n{link}\n"
     )
     try:
-        cls = smtplib.SMTP_SSL if settings["tls"] else smtplib.SMTP
-        with cls(settings["host"], settings["port"], timeout=5.0) as smtp:
-            if not settings["tls"]:
-                try:
-                    smtp.starttls()
-                except smtplib.SMTPNotSupportedError:
-                    pass
-            if settings["user"]:
-                smtp.login(settings["user"], settings["password"] or "")
-            smtp.send_message(message)
+        send_message(settings, message)
         return True
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("invitation e-mail to %s not sent: %s", to.split("@")[-1], exc)
