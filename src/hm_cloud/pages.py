@@ -99,6 +99,7 @@ async def _missing_code(
         raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
     return render(request, "connect_missing.html", {**ctx, "message": CODE_NOT_FOUND}, status=404)
 MAX_RANGE_DAYS = 366
+EARLIEST_DATE = date(1970, 1, 1)
 SIGNUP_REFUSED = (
     "This email or workspace name cannot be used: if you already have an account, "
     "sign in instead; otherwise choose another workspace name."
@@ -591,6 +592,8 @@ def _date_range(request: Request) -> tuple[str, str, str | None]:
         return (*default, "Dates must look like 2026-11-24; showing the last 30 days.")
     if start > end:
         return (*default, "The start date is after the end date; showing the last 30 days.")
+    if start < EARLIEST_DATE:  # the previous period (for the change) must still be a date
+        return (*default, f"Dates start at {EARLIEST_DATE.isoformat()}; showing the last 30 days.")
     if (end - start).days >= MAX_RANGE_DAYS:
         start = end - timedelta(days=MAX_RANGE_DAYS - 1)
         return (

@@ -1,0 +1,42 @@
+"""Backend defects an adversarial pass found in the pages landed after issue 10.
+
+Each test here answered 500 (a traceback in the server log) before its fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.cloudserver import CloudServer, running_cloud
+
+PASSWORD = "correct-horse-1"
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
+    with running_cloud(tmp_path_factory.mktemp("cloud-redteam")) as server:
+        server.create_user("mallory@example.com", PASSWORD, "mallory")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def session(cloud: CloudServer) -> httpx.Client:
+    return cloud.login_session("mallory@example.com", PASSWORD)
+
+
+def _no_traceback(cloud: CloudServer) -> None:
+    assert "Traceback" not in cloud.log()
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "0001-06-30", "1969-12-31"])
+def test_a_dashboard_range_at_the_start_of_the_calendar_is_a_message_not_a_500(
+    cloud: CloudServer, session: httpx.Client, day: str
+) -> None:
+    # The "change against the previous period" reached before date.min: OverflowError.
+    page = session.get("/mallory/", params={"from_date": day, "to_date": day})
+    assert page.status_code == 200
+    assert "Dates start at 1970-01-01" in page.text
+    _no_traceback(cloud)
