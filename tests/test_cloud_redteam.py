@@ -40,3 +40,20 @@ def test_a_dashboard_range_at_the_start_of_the_calendar_is_a_message_not_a_500(
     assert page.status_code == 200
     assert "Dates start at 1970-01-01" in page.text
     _no_traceback(cloud)
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "\u2460"])  # superscript two, circled one
+def test_unicode_digits_in_numeric_fields_are_400_not_500(
+    cloud: CloudServer, session: httpx.Client, digits: str
+) -> None:
+    # str.isdigit() says yes to these, int() says no: a ValueError in the handler.
+    audit = session.get("/mallory/settings/audit", params={"before": digits})
+    assert audit.status_code == 200
+    csrf = cloud.csrf(session, "/mallory/settings/members")
+    role = session.post(
+        "/mallory/settings/members",
+        data={"csrf_token": csrf, "action": "role", "user_id": digits, "role": "admin"},
+    )
+    assert role.status_code == 400
+    assert "not a member of this workspace" in role.text
+    _no_traceback(cloud)

@@ -46,6 +46,7 @@ from .pages import (  # also registers {:slug}
 )
 from .security import csrf_ok, hash_password
 from .state import client_address, cloud
+from .validate import small_int
 
 log = logging.getLogger("hm_cloud.team")
 
@@ -182,9 +183,10 @@ async def members_page(request: Request) -> Response:
 
 
 def _int(value: str | None) -> int:
-    if value is None or not value.isdigit() or len(value) > 18:
+    number = small_int(value)
+    if number is None:
         raise team.TeamError("That person is not a member of this workspace.")
-    return int(value)
+    return number
 
 
 # -- the invitation link ----------------------------------------------------------------------
@@ -258,7 +260,7 @@ async def audit_page(request: Request) -> Response:
     if not team.can(ws.role, "view_audit"):
         return forbidden(request, email, "Only owners and admins see the audit log.", mine)
     raw = request.query_params.get("before", "")
-    before = int(raw) if raw.isdigit() and len(raw) <= 18 else None
+    before = small_int(raw)
     entries = await cloud(request).db(team.audit_entries, ws.id, before)
     older = entries[-1]["id"] if len(entries) == team.AUDIT_PAGE else None
     return render(request, "audit.html", {"user_email": email, "workspace": ws, "workspaces": mine,

@@ -17,6 +17,16 @@ SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 MAX_FIELD_CHARS = 255  # hostname, os, agent_version, device_code, workspace
 
 
+def small_int(raw: str | None, max_digits: int = 18) -> int | None:
+    """``raw`` as a non-negative integer of at most ``max_digits`` ASCII digits, else None.
+
+    ``str.isdigit`` alone also accepts digits ``int`` refuses ("²", "①"): a
+    ValueError (500) from a query string or a form."""
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > max_digits:
+        return None
+    return int(raw)
+
+
 def field(
     obj: dict[str, Any], name: str, kind: type, nullable: bool = False, required: bool = True
 ) -> Any:
