@@ -12,40 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
-from tests.support.daemon import free_port
 from tests.support.postgres import running_postgres
 from tests.support.receiver import Receiver
+from tests.support.smtpsink import Sink, smtp_sink
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct-horse-1"
 
 
-class Sink:
-    """An SMTP server that keeps what it is sent."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
-        return "250 OK"
-
-
 @pytest.fixture
 def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("HALTON_METER_CLOUD_SMTP_URL", f"smtp://127.0.0.1:{port}")
-    monkeypatch.setenv("HALTON_METER_CLOUD_SMTP_FROM", "alerts@example.com")
-    try:
+    with smtp_sink(monkeypatch) as sink:
         yield sink
-    finally:
-        controller.stop()
 
 
 def wait_for(check: Any, timeout: float = 15.0) -> Any:

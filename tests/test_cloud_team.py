@@ -16,13 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import MetaData, Table, create_engine, inspect, select, text, update
 
 from hm_cloud import db, team
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
-from tests.support.daemon import free_port
 from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.smtpsink import smtp_sink
 
 pytestmark = pytest.mark.slow
 PASSWORD = "team-pass-123"
@@ -263,37 +262,19 @@ def test_an_invitation_works_once_expires_and_is_stored_only_as_a_hash(acme: Tea
     assert joined.status_code == 303 and joined.headers["location"] == "/second-team/"
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
-        return "250 OK"
-
-
 def test_an_invitation_is_also_sent_by_email_when_smtp_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("HALTON_METER_CLOUD_SMTP_URL", f"smtp://127.0.0.1:{port}")
-    monkeypatch.setenv("HALTON_METER_CLOUD_SMTP_FROM", "cloud@example.com")
-    try:
-        with running_cloud(tmp_path) as cloud:
-            cloud.create_user("owner@example.com", PASSWORD, "acme")
-            t = Team(cloud, cloud.db_url, {"owner": cloud.login_session("owner@example.com", PASSWORD)})
-            link = t.invite("member", email="new@example.com")
-            deadline = time.monotonic() + 15
-            while not sink.messages and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert sink.messages, cloud.log()
-            to, raw = sink.messages[0]
-            mail = message_from_bytes(raw)
-            assert to == ["new@example.com"] and "acme" in mail["Subject"]
-            assert link in mail.get_payload()
-    finally:
-        controller.stop()
+    with smtp_sink(monkeypatch, "cloud@example.com") as sink, running_cloud(tmp_path) as cloud:
+        cloud.create_user("owner@example.com", PASSWORD, "acme")
+        t = Team(cloud, cloud.db_url, {"owner": cloud.login_session("owner@example.com", PASSWORD)})
+        link = t.invite("member", email="new@example.com")
+        deadline = time.monotonic() + 15
+        while not sink.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.messages, cloud.log()
+        to, raw = sink.messages[0]
+        mail = message_from_bytes(raw)
+        assert to == ["new@example.com"] and "acme" in mail["Subject"]
+        assert link in mail.get_payload()
 
 
 # -- devices by owner ----------------------------------------------------------------------------
