@@ -186,3 +186,17 @@ def test_a_database_from_a_newer_release_is_refused_with_the_fix(tmp_path: Path)
     conn.close()
     with pytest.raises(StoreError, match="newer halton-meter.*upgrade halton-meter"):
         Store(db)
+
+
+def test_fetch_unsynced_after_reads_on_past_the_rows_in_flight(store: Store) -> None:
+    store.insert_rows([row(i) for i in range(1, 8)])
+    first, cursor = store.fetch_unsynced_after(3, None)
+    assert [r[0] for r in first] == [row(i).id for i in (1, 2, 3)]
+    second, cursor = store.fetch_unsynced_after(3, cursor)  # 1-3 are in flight, not marked yet
+    assert [r[0] for r in second] == [row(i).id for i in (4, 5, 6)]
+    store.insert_rows([row(0)])  # written late with an older ts: found when starting over
+    third, cursor = store.fetch_unsynced_after(3, cursor)
+    assert [r[0] for r in third] == [row(7).id]
+    assert store.fetch_unsynced_after(3, cursor) == ([], cursor)
+    store.mark_synced([r[0] for r in first + second + third], "2026-11-24T11:00:00.000Z")
+    assert [r[0] for r in store.fetch_unsynced_after(3, None)[0]] == [row(0).id]

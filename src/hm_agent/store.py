@@ -577,13 +577,25 @@ class Store:
 
     def fetch_unsynced(self, limit: int) -> list[tuple[str, bytes]]:
         """``(id, row_json)`` of rows not yet acknowledged by the cloud, oldest first."""
+        return self.fetch_unsynced_after(limit, None)[0]
+
+    def fetch_unsynced_after(self, limit: int, after: tuple[str, str] | None
+                             ) -> tuple[list[tuple[str, bytes]], tuple[str, str] | None]:
+        """Like fetch_unsynced, but only rows after ``after`` = ``(ts, id)``, the last row
+        already handed out (in flight, so not marked yet), read on from there by the
+        unsynced index; also returns the new ``(ts, id)`` to go on from. A row written
+        later with an older ts is found once the caller starts over (``after`` None)."""
+        keyset, params = "", [int(limit)]
+        if after is not None:
+            keyset, params = " AND ts >= ? AND (ts > ? OR id > ?)", [after[0], after[0], after[1], int(limit)]
         rows = self._query(
-            "SELECT id, row_json FROM requests WHERE synced_at IS NULL"
+            "SELECT id, row_json, ts FROM requests WHERE synced_at IS NULL" + keyset +
             " AND NOT EXISTS (SELECT 1 FROM sync_quarantine q WHERE q.id = requests.id)"
             " ORDER BY ts, id LIMIT ?",
-            (int(limit),),
+            params,
         )
-        return [(r[0], bytes(r[1])) for r in rows]
+        cursor = (str(rows[-1][2]), str(rows[-1][0])) if rows else after
+        return [(r[0], bytes(r[1])) for r in rows], cursor
 
     def count_unsynced(self) -> int:
         """Rows waiting for upload (quarantined rows are not waiting: they are reported)."""
