@@ -207,24 +207,12 @@ class CloudWorker:
         session.note_backlog(backlog, now)
         action = session.next_action(now)
         if isinstance(action, NeedRows):
-            rows = await anyio.to_thread.run_sync(store.fetch_unsynced, action.limit)
+            rows, cursor = await anyio.to_thread.run_sync(store.fetch_unsynced_after, action.limit, None)
             if not rows:
                 session.nothing_to_send(now)
                 self._finish_waiters()
                 return
-            for event in session.start_batch(rows, now):
-                if isinstance(event, SendBatch):
-                    answer = await client.send(event.request)
-                    answered_events = session.receive(answer, time.monotonic())
-                    for answered in answered_events:
-                        await self._handle(ctx, answered)
-                    if (self._waiters and session.state in (SyncState.ACTIVE, SyncState.DEGRADED)
-                            and any(isinstance(e, BatchAccepted) for e in answered_events)):
-                        # A `cloud sync` is waiting: look for more rows now, not after
-                        # the flush rest (a `cloud sync` that uploaded rows took 5 s longer).
-                        session.sync_now(time.monotonic())
-                else:
-                    await self._handle(ctx, event)
+            await self._upload(ctx, client, session, rows, cursor)
             return
         if self._waiters and session.state not in (SyncState.ACTIVE, SyncState.DEGRADED):
             self._finish_waiters(session.snapshot().last_error or f"sync is {session.state.value}")
@@ -232,6 +220,62 @@ class CloudWorker:
             await self._sleep(min(action.until - now, BACKLOG_REFRESH))
         else:
             await self._sleep(BACKLOG_REFRESH)
+
+    async def _upload(self, ctx: Any, client: AsyncCloudClient, session: SyncSession,
+                      rows: list[tuple[str, bytes]], cursor: tuple[str, str] | None) -> None:
+        """Batches back to back on the one kept-alive connection, pipelined: while batch N
+        is on the wire, the rows of N+1 are read on from the unsynced index (past N's, not
+        marked yet) and batch N-1 is marked synced. Still ack-then-commit: a batch is marked
+        only after its 200, and a crash before that re-sends it (row ids make that
+        idempotent). Anything but an accepted batch ends the run: the next turn starts over
+        from the store, as does the end of the backlog (rows written since with an older ts)."""
+        store = ctx.store
+        accepted: list[SyncEvent] = []  # the previous batch's: marked while the next one is sent
+
+        async def mark(done: list[SyncEvent]) -> None:
+            for event in done:
+                await self._handle(ctx, event)
+
+        async def read_ahead(limit: int, after: tuple[str, str] | None, into: dict[str, Any]) -> None:
+            into["rows"], into["cursor"] = await anyio.to_thread.run_sync(store.fetch_unsynced_after, limit, after)
+            into["backlog"] = await anyio.to_thread.run_sync(store.count_unsynced)
+
+        while rows:
+            send: SendBatch | None = None
+            for event in session.start_batch(rows, time.monotonic()):
+                if isinstance(event, SendBatch):
+                    send = event
+                else:
+                    await self._handle(ctx, event)  # a row too large to ever send: quarantined
+            ahead: dict[str, Any] = {"rows": [], "cursor": None, "backlog": 0}
+            answer: Any = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(mark, accepted)
+                if send is not None:
+                    # The rows of the batch after this one; never more than this one had, so
+                    # none is dropped (the row limit only grows while batches are accepted).
+                    tg.start_soon(read_ahead, len(rows), cursor, ahead)
+                    answer = await client.send(send.request)
+            accepted = []
+            if send is None or answer is None:
+                return  # every row was refused locally: the next turn reads more
+            now = time.monotonic()
+            answered = session.receive(answer, now)
+            accepted = [e for e in answered if isinstance(e, BatchAccepted)]
+            for event in answered:
+                if not isinstance(event, BatchAccepted):
+                    await self._handle(ctx, event)
+            if not accepted or len(accepted) != len(answered):
+                break  # split, retry, pause, quarantine: the next turn starts over from the store
+            if self._waiters and session.state in (SyncState.ACTIVE, SyncState.DEGRADED):
+                # A `cloud sync` is waiting: look for more rows now, not after
+                # the flush rest (a `cloud sync` that uploaded rows took 5 s longer).
+                session.sync_now(now)
+            session.note_backlog(max(0, int(ahead["backlog"]) - len(send.batch)), now)
+            if not isinstance(session.next_action(now), NeedRows):
+                break
+            rows, cursor = ahead["rows"], ahead["cursor"]
+        await mark(accepted)  # the last batch's, before the turn ends (waiters, status)
 
     def _finish_waiters(self, error: str | None = None) -> None:
         waiters, self._waiters = self._waiters, []
