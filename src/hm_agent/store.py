@@ -585,9 +585,10 @@ class Store:
         already handed out (in flight, so not marked yet), read on from there by the
         unsynced index; also returns the new ``(ts, id)`` to go on from. A row written
         later with an older ts is found once the caller starts over (``after`` None)."""
-        keyset, params = "", [int(limit)]
+        keyset, params = "", list[str | int]([int(limit)])
         if after is not None:
-            keyset, params = " AND ts >= ? AND (ts > ? OR id > ?)", [after[0], after[0], after[1], int(limit)]
+            keyset = " AND ts >= ? AND (ts > ? OR id > ?)"
+            params = [after[0], after[0], after[1], int(limit)]
         rows = self._query(
             "SELECT id, row_json, ts FROM requests WHERE synced_at IS NULL" + keyset +
             " AND NOT EXISTS (SELECT 1 FROM sync_quarantine q WHERE q.id = requests.id)"
