@@ -240,6 +240,7 @@ class CloudWorker:
             into["rows"], into["cursor"] = await anyio.to_thread.run_sync(store.fetch_unsynced_after, limit, after)
             into["backlog"] = await anyio.to_thread.run_sync(store.count_unsynced)
 
+        first = True
         while rows:
             send: SendBatch | None = None
             for event in session.start_batch(rows, time.monotonic()):
@@ -248,19 +249,23 @@ class CloudWorker:
                 else:
                     await self._handle(ctx, event)  # a row too large to ever send: quarantined
             ahead: dict[str, Any] = {"rows": [], "cursor": None, "backlog": 0}
-            answer: Any = None
+            answered: list[SyncEvent] | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(mark, accepted)
                 if send is not None:
-                    # The rows of the batch after this one; never more than this one had, so
-                    # none is dropped (the row limit only grows while batches are accepted).
-                    tg.start_soon(read_ahead, len(rows), cursor, ahead)
+                    if not first:
+                        # The rows of the batch after this one; never more than this one had, so
+                        # none is dropped (the row limit only grows while batches are accepted).
+                        # Not during a turn's first batch: a single batch goes out as it did
+                        # unpipelined (and a backend on the same cores keeps them to itself).
+                        tg.start_soon(read_ahead, len(rows), cursor, ahead)
                     answer = await client.send(send.request)
+                    answered = session.receive(answer, time.monotonic())  # not in flight from here
+            read, first = not first, False
             accepted = []
-            if send is None or answer is None:
+            if send is None or answered is None:
                 return  # every row was refused locally: the next turn reads more
             now = time.monotonic()
-            answered = session.receive(answer, now)
             accepted = [e for e in answered if isinstance(e, BatchAccepted)]
             for event in answered:
                 if not isinstance(event, BatchAccepted):
@@ -271,6 +276,11 @@ class CloudWorker:
                 # A `cloud sync` is waiting: look for more rows now, not after
                 # the flush rest (a `cloud sync` that uploaded rows took 5 s longer).
                 session.sync_now(now)
+            if not read:  # a turn's first batch: its rows marked while the next ones are read
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(mark, accepted)
+                    tg.start_soon(read_ahead, len(rows), cursor, ahead)
+                accepted = []
             session.note_backlog(max(0, int(ahead["backlog"]) - len(send.batch)), now)
             if not isinstance(session.next_action(now), NeedRows):
                 break

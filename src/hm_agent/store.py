@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -424,53 +425,39 @@ class Store:
         """Insert in one short transaction; duplicates (same id) are ignored. Returns rows added."""
         if not rows:
             return 0
+        with self._transaction() as conn:
+            # rowcount, not total_changes: the rollup trigger's writes are not rows added.
+            return int(conn.executemany(_INSERT, [r.values() for r in rows]).rowcount)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one BEGIN IMMEDIATE … COMMIT (ROLLBACK on any error)."""
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # rowcount, not total_changes: the rollup trigger's writes are not rows added.
-                added = conn.executemany(_INSERT, [r.values() for r in rows]).rowcount
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            return added
 
     def _write(self, sql: str, params: Iterable[Sequence[Any]]) -> int:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                changed = conn.executemany(sql, params).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return changed
+        with self._transaction() as conn:
+            return int(conn.executemany(sql, params).rowcount)
 
     def mark_synced(self, ids: Sequence[str], at: str) -> int:
         """Record that the cloud acknowledged these rows (call only after the 200)."""
         # One statement per 500 ids (an IN list), not one per id: about half the time
         # for a 1,000-row batch, which the cloud worker marks between uploads.
         chunks = [list(ids[i:i + _IN_CHUNK]) for i in range(0, len(ids), _IN_CHUNK)]
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                changed = 0
-                for chunk in chunks:
-                    marks = ",".join("?" * len(chunk))
-                    changed += conn.execute(
-                        f"UPDATE requests SET synced_at = ? WHERE id IN ({marks})", (at, *chunk)
-                    ).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return changed
+        with self._transaction() as conn:
+            return sum(
+                conn.execute(f"UPDATE requests SET synced_at = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                             (at, *chunk)).rowcount
+                for chunk in chunks
+            )
 
     def quarantine_rows(self, ids: Sequence[str], status: int | None, detail: str) -> int:
         """Rows the backend refused for good (400/422): never sent again, always reported."""
@@ -671,21 +658,13 @@ class Store:
     def fill_rollups(self, chunk: int = 20_000) -> int:
         """Add up to ``chunk`` rows (by rowid) written before the upgrade to the rollups, in
         one short transaction; returns the rows still to add (0: complete)."""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                done, upto = conn.execute("SELECT done, upto FROM rollup_fill").fetchone()
-                end = min(int(upto), int(done) + max(1, chunk))
-                if end > done:
-                    conn.execute(_FILL_ROLLUPS, (done, end))
-                    conn.execute("UPDATE rollup_fill SET done = ?", (end,))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return int(upto) - end
+        with self._transaction() as conn:
+            done, upto = conn.execute("SELECT done, upto FROM rollup_fill").fetchone()
+            end = min(int(upto), int(done) + max(1, chunk))
+            if end > done:
+                conn.execute(_FILL_ROLLUPS, (done, end))
+                conn.execute("UPDATE rollup_fill SET done = ?", (end,))
+        return int(upto) - end
 
     def report_rollups(self, from_day: str, to_day: str, group_by: Sequence[str] = (),
                        equal: Sequence[tuple[str, str | None]] = ()) -> list[tuple[Any, ...]] | None:
