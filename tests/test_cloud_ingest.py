@@ -235,8 +235,9 @@ def test_dashboard_and_devices_pages_read_the_rows(cloud: CloudServer) -> None:
     models = page.text.split('id="models-h"', 1)[1].split("</section>", 1)[0]
     assert "dash-model-a" in models and "$2.50" in models
     assert "dash-model-b" in models and "unknown price" in models
-    assert page.text.count('<g class="bar">') == 31  # one bar per day of October
-    assert page.text.count("<rect ") == 1  # one day with a known cost
+    # The chart is drawn twice (phone and desktop widths: chart_narrow, chart_wide).
+    assert page.text.count('<g class="bar">') == 2 * 31  # one bar per day of October
+    assert page.text.count("<rect ") == 2 * 1  # one day with a known cost
     devices = session.get("/ingest/settings/devices").text
     assert "pages-box" in devices and machine_id in devices
 
