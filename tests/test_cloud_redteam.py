@@ -57,3 +57,69 @@ def test_unicode_digits_in_numeric_fields_are_400_not_500(
     assert role.status_code == 400
     assert "not a member of this workspace" in role.text
     _no_traceback(cloud)
+
+
+class _Recorder:
+    """A local HTTP server that records every request and answers each with ``answer``."""
+
+    def __init__(self, answer: tuple[int, dict[str, str]] = (200, {})) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[tuple[str, str]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                owner.seen.append((self.command, self.path))
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self.send_response(answer[0])
+                for key, value in answer[1].items():
+                    self.send_header(key, value)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _any
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_budget_webhook_never_follows_a_redirect(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A public receiver answering 302 to an internal address made the backend GET it.
+    from hm_cloud import budgets
+
+    monkeypatch.setenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", "1")  # both servers are local here
+    internal = _Recorder()
+    hook = _Recorder((302, {"Location": internal.url + "/latest/meta-data/"}))
+    try:
+        assert budgets._post(hook.url + "/hook", {"text": "x"}) == 302
+        assert hook.seen == [("POST", "/hook")]
+        assert internal.seen == []
+    finally:
+        hook.close()
+        internal.close()
+
+
+def test_a_budget_webhook_checks_the_address_it_connects_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    # private_target() resolved the name once; the POST resolved it again (DNS rebinding:
+    # public the first time, 127.0.0.1 the second). The check now holds at connect time.
+    from hm_cloud import budgets
+
+    monkeypatch.delenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", raising=False)
+    internal = _Recorder()
+    try:
+        assert budgets._post(internal.url + "/admin", {"text": "x"}) == 0
+        assert budgets._post(internal.url.replace("127.0.0.1", "localhost") + "/admin", {"text": "x"}) == 0
+        assert budgets._post("file:///etc/passwd", {"text": "x"}) == 0
+        assert internal.seen == []
+    finally:
+        internal.close()

@@ -281,12 +281,90 @@ def check_budgets(engine: Engine, workspace_id: str, workspace_slug: str, now: f
 # -- delivery (after the response, in a worker thread) ---------------------------------------
 
 
+def _allow_private() -> bool:
+    return os.environ.get("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE") == "1"
+
+
+def _public_address(ip: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(ip.partition("%")[0]).is_global
+    except ValueError:
+        return False
+
+
+def _connect_public(address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> Any:
+    """``socket.create_connection`` that connects only to the global addresses it resolved itself.
+
+    The check happens at the connection, on the address connected to: a name that
+    resolved to a public address for :func:`private_target` and to 127.0.0.1 a moment
+    later (DNS rebinding) is refused here."""
+    import socket
+
+    if _allow_private():
+        return socket.create_connection(address, timeout, source_address)
+    infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
+    refused = [info[4][0] for info in infos if not _public_address(str(info[4][0]))]
+    if refused or not infos:
+        raise OSError(f"refusing to connect to a non-public address ({refused[0] if refused else 'none'})")
+    error: OSError | None = None
+    for family, kind, proto, _name, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not None and timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError("no address to connect to")
+
+
+def _pinned(cls: Any) -> Any:
+    def make(host: str, **kwargs: Any) -> Any:
+        conn = cls(host, **kwargs)
+        conn._create_connection = _connect_public
+        return conn
+
+    return make
+
+
+class _PublicHTTP(urllib.request.HTTPHandler):
+    def http_open(self, req: Any) -> Any:
+        import http.client
+
+        return self.do_open(_pinned(http.client.HTTPConnection), req)
+
+
+class _PublicHTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req: Any) -> Any:
+        import http.client
+
+        return self.do_open(_pinned(http.client.HTTPSConnection), req, context=self._context)  # type: ignore[attr-defined]
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook's redirect is not followed (it could point into the backend's network): its 3xx is the answer."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def webhook_opener() -> urllib.request.OpenerDirector:
+    """http(s) only, no redirects, no proxy from the environment, public addresses only (at connect time)."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _PublicHTTP, _PublicHTTPS, _NoRedirects)
+
+
 def _post(url: str, body: dict[str, Any]) -> int:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json",
                                               "User-Agent": "halton-meter-cloud-alerts"})
+    if urlsplit(url).scheme not in ("http", "https"):
+        return 0
     try:
-        with urllib.request.build_opener().open(request, timeout=TIMEOUT_S) as response:
+        with webhook_opener().open(request, timeout=TIMEOUT_S) as response:
             response.read(65536)
             return int(response.status)
     except urllib.error.HTTPError as exc:
@@ -302,7 +380,7 @@ def private_target(url: str) -> str | None:
     backend send requests into its own network. ``HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE=1``
     allows them (a backend on a private network posting to an internal chat server).
     """
-    if os.environ.get("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE") == "1":
+    if _allow_private():
         return None
     import ipaddress
     import socket
