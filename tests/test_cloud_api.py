@@ -320,6 +320,8 @@ def test_whoami_and_revoke(cloud: CloudServer) -> None:
         "workspace_name": "acme",
         "machine_id": machine_id,
         "hostname": "vk.local",
+        "retention_days": None,
+        "retained_from": None,
     }
     revoked = httpx.post(f"{cloud.base_url}/v1/pairing/revoke", headers=bearer(token))
     assert revoked.status_code == 200 and revoked.json() == {"revoked": True}
@@ -420,7 +422,7 @@ def test_second_user_cannot_reach_another_workspace(
         params={"from_date": "2026-11-01", "to_date": "2026-11-30"},
         headers=bearer(bob_paired["token"]),
     )
-    assert totals.json() == {"days": []}
+    assert totals.json() == {"days": [], "retention_days": None, "retained_from": None}
     # The same row id in another workspace is a new row there, not a duplicate.
     again = httpx.post(
         f"{cloud.base_url}/v1/requests/batch",

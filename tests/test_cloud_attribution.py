@@ -120,7 +120,8 @@ def test_totals_group_by(cloud: CloudServer) -> None:
     assert sent.status_code == 200 and sent.json()["accepted"] == 6, sent.text
     params = {"from_date": DAY, "to_date": DAY}
     plain = device.get("/v1/requests/totals", params=params).json()
-    assert plain == {"days": [{"date": DAY, "rows": 6, "cost_usd": "0.06"}]}  # unchanged without group_by
+    assert plain == {"days": [{"date": DAY, "rows": 6, "cost_usd": "0.06"}],  # no groups without group_by
+                     "retention_days": None, "retained_from": None}
     grouped = device.get("/v1/requests/totals", params=params | {"group_by": "project"}).json()
     assert grouped["days"] == plain["days"] and grouped["group_by"] == "project"
     assert {g["key"]: (g["rows"], g["cost_usd"]) for g in grouped["groups"]} == {

@@ -279,3 +279,34 @@ def test_whoami() -> None:
         parse_whoami(reply(200, {k: v for k, v in body.items() if k != "hostname"}))
     with pytest.raises(RemoteProtocolError):
         parse_whoami(Response(200, (), b"not json"))
+
+
+# -- retention ------------------------------------------------------------------------
+
+
+def test_days_the_workspace_retention_deleted_are_not_resent() -> None:
+    rec = Reconciler("2026-10-01", "2026-11-29")
+    local = {"2026-10-05": (3, "0.3"), "2026-10-29": (1, "0.1"), "2026-10-30": (2, "0.2"), "2026-11-29": (1, "0.1")}
+    cloud = {"days": [{"date": "2026-10-30", "rows": 1, "cost_usd": "0.1"},
+                      {"date": "2026-11-29", "rows": 1, "cost_usd": "0.1"}],
+             "retention_days": 30, "retained_from": "2026-10-30"}
+    result = rec.receive_totals(reply(200, cloud), local)
+    assert isinstance(result, ReconcileResult)
+    assert result.days_to_resend == ("2026-10-30",) and result.matching_days == ("2026-11-29",)
+    assert result.retained_from == "2026-10-30" and result.local_rows == 3
+    # an older server (no retention in the answer) still gets every day
+    del cloud["retained_from"]
+    assert rec.receive_totals(reply(200, cloud), local).days_to_resend == ("2026-10-05", "2026-10-29", "2026-10-30")
+    for bad in (30, "30 days", "2026-13-01"):
+        with pytest.raises(RemoteProtocolError, match="retained_from"):
+            rec.receive_totals(reply(200, {**cloud, "retained_from": bad}), local)
+
+
+def test_whoami_carries_the_retention() -> None:
+    who = {"workspace_id": "w", "workspace_slug": "acme", "workspace_name": "Acme", "machine_id": "m",
+           "hostname": "h"}
+    assert parse_whoami(reply(200, who)) == WhoAmI("w", "acme", "Acme", "m", "h", None)
+    assert parse_whoami(reply(200, {**who, "retention_days": 30})).retention_days == 30
+    for bad in (0, True, "30", 1.5):
+        with pytest.raises(RemoteProtocolError, match="retention_days"):
+            parse_whoami(reply(200, {**who, "retention_days": bad}))

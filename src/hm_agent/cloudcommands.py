@@ -148,6 +148,7 @@ async def _cloud_whoami(ctx: CloudContext, args: dict[str, Any]) -> dict[str, An
             "workspace_name": outcome.workspace_name,
             "machine_id": outcome.machine_id,
             "hostname": outcome.hostname,
+            "retention_days": outcome.retention_days,
         }
     if isinstance(outcome, Unauthorised):
         raise CommandRefused("the backend answered 401: the token was revoked. Re-run `halton-meter cloud connect`")

@@ -221,13 +221,16 @@ def whoami(as_json: bool) -> None:
     _require_daemon()
     with spinner("Asking the backend…"):
         reply = _call("cloud.whoami", timeout=30.0)
-    info = {k: reply.get(k) for k in ("workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname")}
+    info = {k: reply.get(k) for k in ("workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname",
+                                      "retention_days")}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     bullet(f"Workspace: {safe(info['workspace_slug'])}")
     bullet(f"Machine id: {safe(info['machine_id'])}")
     bullet(f"Hostname: {safe(info['hostname'])}")
+    days = info["retention_days"]
+    bullet("Cloud retention: " + (f"{safe(days)} days" if days else "keeps everything"))
 
 
 @cloud.command("status", short_help="The sync state: ACTIVE, DEGRADED, PAUSED or NOT-CONFIGURED.")

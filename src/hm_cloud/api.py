@@ -362,7 +362,10 @@ async def requests_totals(request: Request) -> Response:
     days = await cloud(request).db(
         store.machine_totals, device.workspace.id, device.machine_id, from_date, to_date
     )
-    body: dict[str, Any] = {"days": days}
+    from .retention import whoami_fields
+
+    # Days before retained_from were deleted on purpose: reconcile does not re-send them.
+    body: dict[str, Any] = {"days": days, **await cloud(request).db(whoami_fields, device.workspace.id, time.time())}
     if group_by is not None:
         body["group_by"] = group_by
         body["groups"] = await cloud(request).db(
@@ -447,6 +450,8 @@ def usage_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = USAGE_CSV_C
 
 
 async def whoami(request: Request) -> Response:
+    from .retention import whoami_fields
+
     device = await authed_device(request)
     return json_response(
         {
@@ -455,6 +460,7 @@ async def whoami(request: Request) -> Response:
             "workspace_name": device.workspace.name,
             "machine_id": device.machine_id,
             "hostname": device.hostname,
+            **await cloud(request).db(whoami_fields, device.workspace.id, time.time()),
         }
     )
 

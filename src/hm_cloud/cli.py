@@ -130,13 +130,18 @@ def serve(args: argparse.Namespace) -> int:
         f"Halton Meter Cloud listening on {base_url} (pages at {app_url}, "
         f"database {_display_url(args.db)}{workers})"
     )
+    from .retention import start_scheduler
+
     if args.workers == 1:
         app = create_app(engine, app_url)
         server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
         print(banner, flush=True)
+        # The retention job: one pass at a time across every server sharing the database.
+        stop_retention = start_scheduler(engine)
         try:
             server.run(sockets=[sock])
         finally:
+            stop_retention()
             sock.close()
             engine.dispose()
         return 0
@@ -151,9 +156,11 @@ def serve(args: argparse.Namespace) -> int:
         "hm_cloud.app:app_from_environment", factory=True, workers=args.workers, **common  # type: ignore[arg-type]
     )
     print(banner, flush=True)
+    stop_retention = start_scheduler(engine)  # the supervisor's: one job for all its workers
     try:
         Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
     finally:
+        stop_retention()
         sock.close()
     return 0
 

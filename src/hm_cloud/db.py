@@ -128,6 +128,30 @@ pairings = Table(
     Column("token_plain", String(64), nullable=True),
 )
 
+# Per-workspace data settings (hm_cloud.retention; docs/cloud.md, "Retention").
+# A new table: create_all adds it to an existing database. No row: the defaults
+# (keep everything).
+workspace_settings = Table(
+    "workspace_settings",
+    metadata,
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), primary_key=True),
+    Column("retention_days", Integer, nullable=True),  # null: keep everything; else >= 7
+    Column("updated_at", Float, nullable=False),
+)
+
+# Scheduled jobs run by one server process at a time (hm_cloud.retention.Lease):
+# a holder owns the job until ``expires_at`` and renews while it works;
+# ``last_done_at`` spaces the runs however many processes share the database.
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=True),
+    Column("expires_at", Float, nullable=False),
+    Column("last_done_at", Float, nullable=True),
+    Column("runs", Integer, nullable=False, default=0),  # passes done, ever
+)
+
 usage_rows = Table(
     "usage_rows",
     metadata,

@@ -35,6 +35,9 @@ class ReconcileResult:
     cloud_extra_days: tuple[str, ...]  # the cloud has more rows than we do: reported only
     local_rows: int
     cloud_rows: int
+    # The first day the workspace keeps (its retention, from the totals answer):
+    # older days were deleted on purpose and are neither compared nor re-sent.
+    retained_from: str | None = None
 
     @property
     def in_sync(self) -> bool:
@@ -103,10 +106,10 @@ class Reconciler:
         """
         if isinstance(answer, TransportFailure) or answer.status != 200:
             return classify_failure(answer)
-        cloud = self._parse_days(answer)
+        cloud, kept = self._parse_days(answer)
         local: dict[str, tuple[int, Decimal]] = {}
         for day, (rows, cost) in local_totals.items():
-            if not self.covers(day):
+            if not self.covers(day) or (kept is not None and day < kept):
                 continue
             try:
                 local[day] = (rows, _cost(cost, f"local total of {day}"))
@@ -132,13 +135,23 @@ class Reconciler:
             cloud_extra_days=tuple(extra),
             local_rows=sum(rows for rows, _ in local.values()),
             cloud_rows=sum(rows for rows, _ in cloud.values()),
+            retained_from=kept,
         )
 
-    def _parse_days(self, answer: Response) -> dict[str, tuple[int, Decimal]]:
+    def _parse_days(self, answer: Response) -> tuple[dict[str, tuple[int, Decimal]], str | None]:
         data = answer.json()
         days = data.get("days") if isinstance(data, dict) else None
         if not isinstance(days, list):
             raise RemoteProtocolError("totals: the answer has no 'days' list")
+        assert isinstance(data, dict)
+        kept = data.get("retained_from")
+        if kept is not None:
+            if not isinstance(kept, str):
+                raise RemoteProtocolError("totals: retained_from is not a date")
+            try:
+                validate_date(kept)
+            except LocalProtocolError:
+                raise RemoteProtocolError(f"totals: retained_from {kept!r} is not a YYYY-MM-DD date") from None
         cloud: dict[str, tuple[int, Decimal]] = {}
         for entry in days:
             if not isinstance(entry, dict):
@@ -156,10 +169,10 @@ class Reconciler:
                 raise RemoteProtocolError(f"totals: cost_usd of {day} is not a decimal string")
             if day in cloud:
                 raise RemoteProtocolError(f"totals: {day} appears twice")
-            if not self.covers(day):
-                continue  # not what we asked for; nothing to compare it with
+            if not self.covers(day) or (kept is not None and day < kept):
+                continue  # not what we asked for, or deleted by the workspace's retention
             try:
                 cloud[day] = (rows, _cost(cost, f"totals of {day}"))
             except ValueError as exc:
                 raise RemoteProtocolError(str(exc)) from None
-        return cloud
+        return cloud, kept

@@ -46,7 +46,11 @@ class WhoAmI:
     workspace_name: str
     machine_id: str
     hostname: str
+    # The workspace's retention in days (None: keeps everything; absent from older servers).
+    retention_days: int | None = None
 
+
+_WHOAMI_TEXT = ("workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname")
 
 WhoAmIOutcome = WhoAmI | Unauthorised | RetryLater | CallFailed
 
@@ -62,9 +66,12 @@ def parse_whoami(answer: Response | TransportFailure) -> WhoAmIOutcome:
     if not isinstance(data, dict):
         raise RemoteProtocolError("whoami: the answer is not a JSON object")
     values: dict[str, str] = {}
-    for key in WhoAmI.__dataclass_fields__:
+    for key in _WHOAMI_TEXT:
         value = data.get(key)
         if not isinstance(value, str):
             raise RemoteProtocolError(f"whoami: the server sent no usable {key!r}")
         values[key] = value
-    return WhoAmI(**values)
+    days = data.get("retention_days")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36_500):
+        raise RemoteProtocolError(f"whoami: retention_days {days!r} is not a number of days")
+    return WhoAmI(**values, retention_days=days)
