@@ -200,6 +200,10 @@ def parse_config(text: str, path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_describe_syntax_error(text, path, exc)) from None
+    except RecursionError:  # tomllib recurses once per nesting level of arrays and inline tables
+        raise ConfigError(
+            f"{path}: arrays or tables nested too deeply to read. Fix it, or move it away to get the defaults"
+        ) from None
     cfg = Config(path=path)
     where = _Locator(text, path)
     errors: list[str] = []
@@ -384,7 +388,7 @@ def _loopback_listen(table: dict[str, Any], section: str, where: _Locator) -> st
     if not listen:
         return None
     host, _, port = listen.rpartition(":")
-    if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(
             f"{where.at(section, 'listen')}: {section}.listen must be a loopback address like "
             f"\"127.0.0.1:9464\", not {listen!r} (scrape it from elsewhere through an SSH tunnel or an agent)"

@@ -1,0 +1,36 @@
+"""Daemon and CLI defects an adversarial pass found in what landed after issue 10.
+
+Each test failed before its fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hm_agent.config import ConfigError, parse_config
+from tests.support.daemon import run_cli
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    return home
+
+
+@pytest.mark.parametrize("command", [("budget", "list"), ("doctor",), ("env",)])
+def test_a_deeply_nested_config_toml_is_one_line_not_a_recursion_traceback(home: Path, command: tuple[str, ...]) -> None:
+    (home / "config.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    done = run_cli(home, *command)
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out and "RecursionError" not in out
+    assert "config.toml: arrays or tables nested too deeply" in out
+
+
+def test_a_listen_port_of_unicode_digits_names_the_line(tmp_path: Path) -> None:
+    # "²".isdigit() is True and int("²") a ValueError: the message had no file, line or fix.
+    with pytest.raises(ConfigError, match=r"config.toml:2: metrics.listen must be a loopback address"):
+        parse_config('[metrics]\nlisten = "127.0.0.1:\u00b2"\n', tmp_path / "config.toml")
+
