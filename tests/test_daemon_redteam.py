@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hm_agent.budgets import BudgetConfigError, parse_webhooks
 from hm_agent.config import ConfigError, parse_config
 from tests.support.daemon import run_cli
 
@@ -34,3 +35,8 @@ def test_a_listen_port_of_unicode_digits_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config.toml:2: metrics.listen must be a loopback address"):
         parse_config('[metrics]\nlisten = "127.0.0.1:\u00b2"\n', tmp_path / "config.toml")
 
+
+def test_a_webhook_url_with_a_trailing_newline_is_refused() -> None:
+    # re.match with "$" accepted "https://x/\n"; the POST then failed on every alert.
+    with pytest.raises(BudgetConfigError, match="url must be an http"):
+        parse_webhooks({"webhooks": [{"url": "https://hooks.example.com/x\n"}]}, "config.toml:1")

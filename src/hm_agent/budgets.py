@@ -144,7 +144,7 @@ def parse_webhooks(alerts: Any, where: str) -> list[str]:
     urls: list[str] = []
     for n, hook in enumerate(hooks, 1):
         url = hook.get("url")
-        if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+[^\s]*$", url) or len(url) > 2000:
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/]+\S*", url) or len(url) > 2000:
             raise BudgetConfigError(f"{where}: alerts.webhooks entry {n}: url must be an http(s) URL")
         unknown = set(hook) - {"url"}
         if unknown:
