@@ -68,6 +68,18 @@ def test_an_invited_person_signs_up_sees_the_workspace_and_switches(
         expect(guest).to_have_url(f"{cloud.app_url}/acme/")
         expect(guest.get_by_role("heading", level=1)).to_contain_text("acme")
         no_page_overflow(guest)
+        # a member works in it: pairs a machine, sees it as theirs; no admin pages
+        expect(guest.get_by_role("link", name="Audit log")).to_have_count(0)
+        started = cloud.start_pairing(workspace="acme", hostname="guest-laptop")
+        guest.goto(started["verification_uri_complete"])
+        guest.get_by_role("button", name="Approve").click()
+        expect(guest.get_by_role("heading", name="Machine approved")).to_be_visible()
+        assert cloud.poll(started["device_code"])["status_code"] == 200
+        guest.goto(f"{cloud.app_url}/acme/settings/devices")
+        mine = guest.get_by_role("row", name=re.compile("guest-laptop"))
+        expect(mine).to_contain_text("guest@example.com")
+        expect(mine.get_by_role("link", name="Revoke guest-laptop")).to_be_visible()
+        assert guest.goto(f"{cloud.app_url}/acme/settings/audit").status == 403
 
         # the guest makes a workspace of their own and switches back with the header's switcher
         guest.locator("details.switch summary").click()
