@@ -367,6 +367,21 @@ def test_one_person_many_workspaces_switcher_and_slash_opens_the_last_used(acme:
     assert no_csrf.status_code == 403
 
 
+def test_one_person_creates_at_most_the_bounded_number_of_workspaces(tmp_path: Path) -> None:
+    from hm_cloud.store import SignupError, create_user
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
+    try:
+        db.init_schema(engine)
+        uid, _ = create_user(engine, "many@example.com", "x", "ws-0", "ws-0", 1.0)
+        for n in range(1, team.MAX_WORKSPACES_PER_PERSON):
+            team.create_workspace(engine, uid, "many@example.com", f"ws-{n}", f"ws {n}", "127.0.0.1", 1.0)
+        with pytest.raises(SignupError, match="leave one"):
+            team.create_workspace(engine, uid, "many@example.com", "one-more", "one more", "127.0.0.1", 1.0)
+    finally:
+        engine.dispose()
+
+
 # -- schema version 3 ----------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ ROLE_TEXT = {
 INVITATION_TTL_SECONDS = 7 * 24 * 3600
 MAX_PENDING_INVITATIONS = 100
 MAX_API_KEYS = 50
+MAX_WORKSPACES_PER_PERSON = 100  # memberships of one account (each new workspace adds one)
 AUDIT_PAGE = 100
 
 _ADMINS = frozenset({"owner", "admin"})
@@ -107,6 +108,12 @@ def create_workspace(
     with write_transaction(engine) as conn:
         if conn.execute(select(workspaces.c.id).where(workspaces.c.slug == slug)).first():
             raise SignupError(f"The workspace name '{slug}' is taken: choose another.")
+        belongs = conn.execute(
+            select(func.count()).select_from(memberships).where(memberships.c.user_id == user_id)
+        ).scalar_one()
+        if belongs >= MAX_WORKSPACES_PER_PERSON:
+            raise SignupError(f"You belong to {MAX_WORKSPACES_PER_PERSON} workspaces, the most one person may: "
+                              "leave one before you create another.")
         ws = Workspace(str(uuid.uuid4()), slug, name, "owner")
         conn.execute(workspaces.insert().values(id=ws.id, slug=slug, name=name, created_at=now))
         conn.execute(memberships.insert().values(user_id=user_id, workspace_id=ws.id, role="owner"))
