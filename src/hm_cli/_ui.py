@@ -36,6 +36,15 @@ def clean(value: object, limit: int = MAX_SHOWN, *, newlines: bool = False) -> s
     return _CONTROL.sub(replace, text)
 
 
+def csv_cell(value: object) -> object:
+    """A CSV cell: strings :func:`clean`, and one a spreadsheet would run as a formula
+    (starting with = + - @) prefixed with ' (models, projects and tags come from outside)."""
+    if not isinstance(value, str):
+        return value
+    text = clean(value, 10_000)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
 def safe(value: object, limit: int = MAX_SHOWN) -> str:
     """:func:`clean`, then rich markup escaped: for every outside string printed through rich."""
     from rich.markup import escape

@@ -17,7 +17,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ._ui import clean
+from ._ui import csv_cell
 
 COLUMNS = (
     "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingCurrency",
@@ -122,5 +122,5 @@ def focus_csv(home: Any, from_day: str, to_day: str, where: list[tuple[str, str 
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for line in lines:  # outside strings (models, providers, projects) without control characters
-        writer.writerow({k: clean(v, 10_000) if isinstance(v, str) else v for k, v in line.items()})
+        writer.writerow({k: csv_cell(v) for k, v in line.items()})
     return buf.getvalue()

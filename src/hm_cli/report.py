@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ._ui import clean, console, fail, safe
+from ._ui import clean, console, csv_cell, fail, safe
 
 GROUPINGS = ("model", "provider", "day", "host", "project", "repo", "branch", "program", "user")
 """What --by and --where accept, plus ``tag:KEY``."""
@@ -509,8 +509,8 @@ def render_csv(rep: dict[str, Any]) -> str:
     fields = [rep["by"], *[k for k in rep["total"] if k != rep["by"]]]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for g in groups:  # outside strings (models, hosts…) without terminal control characters
-        writer.writerow({k: clean(v, 10_000) if isinstance(v, str) else v for k, v in g.items()})
+    for g in groups:  # outside strings (models, hosts…): no control characters, no formulas
+        writer.writerow({k: csv_cell(v) for k, v in g.items()})
     return buf.getvalue()
 
 
