@@ -58,3 +58,22 @@ def test_report_csv_and_focus_never_hand_a_spreadsheet_a_formula(home: Path) -> 
         cells = [cell for line in csv.reader(io.StringIO(done.stdout)) for cell in line]
         assert not [c for c in cells if c[:1] in ("=", "+", "@") or (c[:1] == "-" and c[1:2].isalpha())], args
         assert any(c.startswith("'=HYPERLINK") or c.startswith("'-host") for c in cells)
+
+
+def test_a_websocket_upstream_that_never_finishes_a_response_holds_bounded_state() -> None:
+    # Every response.created was kept until its response.done: an upstream sending only
+    # "created" events (with megabyte ids) grew the daemon without limit.
+    import json
+
+    from hm_agent.capture.websocket import MAX_OPEN, WsSession
+
+    session = WsSession("realtime", "openai", "api.openai.com", "/v1/realtime", "gpt-realtime")
+    rows = []
+    for n in range(5000):
+        event = {"type": "response.created", "response": {"id": f"resp_{n}_" + "x" * 10_000}}
+        rows += session.server_message(json.dumps(event).encode(), float(n))
+    assert len(session.open) <= MAX_OPEN
+    assert all(len(rid) <= 200 for rid in session.open)
+    rows += session.close()
+    assert len(rows) == 5000  # each one is still a row: cut short (incomplete), never lost
+    assert all("incomplete" in usage.flags for usage, _response in rows)

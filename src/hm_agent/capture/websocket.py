@@ -31,6 +31,8 @@ from .usage import Tokens, implausible, openai_tokens
 log = logging.getLogger("hm_agent.capture")
 
 MAX_PARSE = 32 * 1024 * 1024  # a bigger message is read from its head and tail only
+MAX_OPEN = 64  # responses in flight on one socket (a real client has one); past it the oldest is cut
+MAX_ID = 200  # characters of a response id kept
 _TERMINAL = {
     "responses": (b"response.completed", b"response.incomplete", b"response.failed"),
     "realtime": (b"response.done",),
@@ -45,7 +47,7 @@ def _parse(content: bytes) -> dict[str, Any]:
 def _response_id(doc: dict[str, Any]) -> str:
     response = doc.get("response")
     rid = response.get("id") if isinstance(response, dict) else None
-    return rid if isinstance(rid, str) else ""
+    return rid[:MAX_ID] if isinstance(rid, str) else ""
 
 
 class WsResponse:
@@ -102,10 +104,13 @@ class WsSession:
     def _server_message(self, content: bytes, now: float) -> list[tuple[CapturedUsage, WsResponse]]:
         head = content[:512]  # "type" comes first (after Realtime's event_id)
         if b'"response.created"' in head:
-            doc = _parse(content)
-            self.open[_response_id(doc)] = WsResponse(self._requested if self._requested is not None else now, now)
+            rid = _response_id(_parse(content))
+            cut = []
+            if rid not in self.open and len(self.open) >= MAX_OPEN:  # an upstream that never finishes any
+                cut.append(self.open.pop(next(iter(self.open))))
+            self.open[rid] = WsResponse(self._requested if self._requested is not None else now, now)
             self._requested = None
-            return []
+            return [(self._usage(Tokens(), frozenset({"incomplete"})), r) for r in cut]
         if b'"session.created"' in head or b'"session.updated"' in head:
             session = _parse(content).get("session")
             model = session.get("model") if isinstance(session, dict) else None
@@ -120,7 +125,7 @@ class WsSession:
         if len(content) > MAX_PARSE:
             usage: Any = last_object_for_key(content[-65536:], "usage")
             model: Any = first_string_for_key(content[:65536], "model")
-            rid = first_string_for_key(content[:65536], "id") or ""
+            rid = (first_string_for_key(content[:65536], "id") or "")[:MAX_ID]
         else:
             doc = _parse(content)
             if str(doc.get("type", "")).encode() not in self._terminal:
