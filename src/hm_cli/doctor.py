@@ -182,7 +182,8 @@ def _proxy_roundtrip(host: str, port: int) -> Check:
 def doctor(probe: bool) -> None:
     """Check the daemon, port, CA files and permissions, and a request through the proxy.
 
-    Each failed check says how to fix it. Exit code 0 when all pass.
+    Each failed check says how to fix it. Exit code 0 when the install checks pass; the
+    checks of this shell's environment (this shell, node, loopback hosts) only advise.
 
     \b
     Examples:

@@ -228,10 +228,10 @@ def env(shell: str | None, undo: bool) -> None:
 
     HTTPS_PROXY/HTTP_PROXY (and lower-case https_proxy/http_proxy, which curl
     and others prefer) point at the daemon; NO_PROXY keeps loopback direct,
-    except a loopback host:port you capture; SSL_CERT_FILE, REQUESTS_CA_BUNDLE
-    and CURL_CA_BUNDLE name a bundle of the public CAs, any CA file this shell
-    already named, and the daemon's CA; NODE_EXTRA_CA_CERTS adds the daemon's
-    CA for Node; NODE_USE_ENV_PROXY=1 and a NODE_OPTIONS preload make Node's
+    except a loopback host:port you capture; SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+    CURL_CA_BUNDLE and AWS_CA_BUNDLE (boto3) name a bundle of the public CAs, any
+    CA file this shell already named, and the daemon's CA; NODE_EXTRA_CA_CERTS
+    adds that CA file and the daemon's CA for Node; NODE_USE_ENV_PROXY=1 and a NODE_OPTIONS preload make Node's
     fetch use the proxy. Replaced values are saved, and `--unset` restores them.
 
     \b
