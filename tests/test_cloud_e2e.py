@@ -9,6 +9,7 @@ daemon's proxy to a local TLS upstream, rows in the real SQLite files.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import socket
@@ -337,7 +338,8 @@ def test_second_machine_joins_the_same_dashboard(cloud: CloudServer, ca: CertAut
     dashboard = session.get("/team-two/", params={"from_date": today, "to_date": today}).text
     by_machine = dashboard.split('id="machines-h"', 1)[1].split("</section>", 1)[0]
     # Both laptops share this test machine's hostname: two rows, told apart by machine id.
-    assert by_machine.count(f"<span>{socket.gethostname()}</span>") == 2, by_machine
+    host = html.escape(socket.gethostname())
+    assert by_machine.count(f'title="Show only {host}">{host}</a>') == 2, by_machine
     for machine in machines:
         assert f'title="machine id {machine}"' in by_machine
 
