@@ -23,7 +23,6 @@ from hm_proto.server import (
     hash_token,
     is_uuid,
     looks_like_token,
-    parse_row,
 )
 
 from . import store
@@ -34,6 +33,7 @@ from .bodies import (
     parse_object,
     read_limited,
 )
+from .ingest import batch_values
 from .limits import PAIRING_STARTS_PER_ADDRESS, Refusal
 from .metrics import PAIRINGS, batch_done
 from .state import (
@@ -328,8 +328,8 @@ def _ingest_body(
             "payload_too_large",
             f"Batch has {len(rows_in)} rows; the limit is {MAX_BATCH_ROWS} rows per batch: split the batch",
         )
-    rows = [parse_row(obj, f"rows[{i}]") for i, obj in enumerate(rows_in)]
-    return store.ingest(engine, device, rows, now)
+    values = batch_values(rows_in, device.workspace.id, device.machine_id, now)
+    return store.ingest_values(engine, device, values, now)
 
 
 def _date_param(request: Request, name: str) -> str:

@@ -7,7 +7,6 @@ open across an ``await``.
 
 from __future__ import annotations
 
-import json
 import secrets
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,7 +16,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, cast, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
@@ -605,10 +603,6 @@ def get_device(engine: Engine, workspace_id: str, device_id: str) -> dict[str, A
 # -- usage rows ----------------------------------------------------------------
 
 
-def _cost_nanos(cost: str | None) -> int | None:
-    return None if cost is None else int((Decimal(cost) * NANOS).to_integral_value())
-
-
 def format_nanos(nanos: int | None) -> str:
     """A decimal-string dollar amount, without exponent or needless zeros."""
     value = (Decimal(nanos or 0) / NANOS).normalize()
@@ -616,70 +610,63 @@ def format_nanos(nanos: int | None) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-def _tags_json(tags: dict[str, str] | None) -> str | None:
-    return json.dumps(tags, separators=(",", ":"), ensure_ascii=False, sort_keys=True) if tags else None
-
-
 def ingest(
     engine: Engine, device: AuthedDevice, rows: Sequence[UsageRow], now: float
 ) -> tuple[int, int]:
-    """Store a batch atomically; rows the workspace already holds are duplicates."""
-    if not rows:
-        return 0, 0
+    """Store validated rows atomically; rows the workspace already holds are duplicates."""
+    from .ingest import row_values
+
     ws_id, machine_id = device.workspace.id, device.machine_id
-    # Tuples in table-column order (the order of _ROW_COLUMNS).
-    values = [
-        (
-            ws_id,
-            r.id,
-            machine_id,
-            r.ts,
-            r.day,
-            r.provider,
-            r.model,
-            r.endpoint,
-            r.status,
-            r.stream,
-            r.input_tokens,
-            r.output_tokens,
-            r.cache_read_tokens,
-            r.cache_write_tokens,
-            r.reasoning_tokens,
-            r.cost_usd,
-            _cost_nanos(r.cost_usd),
-            r.price_version,
-            r.latency_ms,
-            r.ttfb_ms,
-            now,
-            r.project,
-            r.repo,
-            r.branch,
-            r.program,
-            r.os_user,
-            _tags_json(r.tags),
-        )
-        for r in rows
-    ]
+    return ingest_values(engine, device, [row_values(r, ws_id, machine_id, now) for r in rows], now)
+
+
+_PG_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS usage_rows_stage "
+    "(LIKE usage_rows INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_PG_COPY = f"COPY usage_rows_stage ({', '.join(_ROW_COLUMNS)}) FROM STDIN"
+_PG_MOVE = (
+    f"INSERT INTO usage_rows ({', '.join(_ROW_COLUMNS)}) "
+    f"SELECT {', '.join(_ROW_COLUMNS)} FROM usage_rows_stage ORDER BY id ON CONFLICT DO NOTHING"
+)
+
+
+def ingest_values(
+    engine: Engine, device: AuthedDevice, values: Sequence[tuple[Any, ...]], now: float
+) -> tuple[int, int]:
+    """Store a batch of row tuples (``usage_rows`` column order, from hm_cloud.ingest)
+    in one transaction, with each database's bulk path; (accepted, duplicates).
+
+    SQLite: one ``executemany`` on the driver, its change counter says how many
+    rows were new. PostgreSQL: ``COPY`` into a per-connection temporary staging
+    table (emptied at commit), then ``INSERT … SELECT … ON CONFLICT DO NOTHING``,
+    whose row count is exactly the new rows, also when another transaction
+    inserts the same ids at the same time (it waits for that one, then skips).
+    Rows go in by id order, so two batches sharing rows lock them in one order.
+    """
+    if not values:
+        return 0, 0
     with write_transaction(engine) as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
         if conn.dialect.name == "sqlite":
-            # Hot path: one executemany on the driver, in this same transaction;
-            # the connection's change counter says how many rows were new.
-            raw = conn.connection.driver_connection
-            assert raw is not None
             before = raw.total_changes
             raw.executemany(_SQLITE_INSERT, values)
             accepted = raw.total_changes - before
         else:
-            stmt = postgresql.insert(usage_rows).on_conflict_do_nothing()
-            # RETURNING tells exactly which rows were new, also under concurrency.
-            params = [dict(zip(_ROW_COLUMNS, v, strict=True)) for v in values]
-            accepted = len(conn.execute(stmt.returning(usage_rows.c.id), params).all())
+            with raw.cursor() as cur:
+                cur.execute(_PG_STAGE)
+                with cur.copy(_PG_COPY) as copy:
+                    for v in values:
+                        copy.write_row(v)
+                cur.execute(_PG_MOVE)
+                accepted = cur.rowcount
         conn.execute(
             update(devices)
             .where(devices.c.id == device.device_id)
             .values(last_sync_at=now, rows_synced=devices.c.rows_synced + accepted)
         )
-    return accepted, len(rows) - accepted
+    return accepted, len(values) - accepted
 
 
 # Sums that no legal data can overflow. SQLite's SUM over integers raises
