@@ -1,39 +1,52 @@
-"""Cloud ingest: loopback load of the backend's batch endpoint on its SQLite default.
+"""Cloud ingest over HTTP on PostgreSQL (2 workers) and SQLite, each against a bare bulk insert.
 
-Starts a real ``halton-meter-cloud serve`` (subprocess, temp SQLite file,
-127.0.0.1), pairs one machine, then uploads 200,000 unique rows in 1,000-row
-batches plus 10 % replayed batches (re-sends of earlier batches, as a daemon
-does after a crash), mixed in at random. Bodies are serialized before the
-clock starts so the figures are the server's: HTTP, validation, insert.
+For each engine: starts a real ``halton-meter-cloud serve`` (PostgreSQL from
+tests/support/postgres.py with ``--workers 2``; a temp SQLite file with one
+process), pairs one machine, then uploads N unique rows in 1,000-row batches
+plus 10 % replayed batches (re-sends of earlier batches, as a daemon does
+after a crash), mixed in at random, from ``--concurrency`` uploaders. Bodies
+are serialized before the clock starts, so the figures are the server's:
+HTTP, decompression, validation, insert.
 
-Prints: rows/s accepted (unique rows / wall time), batches/s, p50/p99 batch
-latency (client-observed), latency of fresh vs. replayed batches, and checks
-that the stored row count equals the unique rows sent (via the totals
-endpoint and by counting in the database file). The last line is accepted
-rows/s and its ratio to a baseline of one plain ``INSERT`` transaction per
-batch into a bare SQLite table in this process (no HTTP, no validation).
+The baseline, in the same run and the same database: the same rows as
+prepared tuples inserted by this process into a bare table with the same
+columns, primary key and indexes, one transaction per 1,000-row batch, with
+the engine's fastest bulk path (PostgreSQL: COPY into a staging table then
+INSERT … SELECT ON CONFLICT DO NOTHING, and executemany; the faster counts.
+SQLite: executemany INSERT … ON CONFLICT DO NOTHING). No HTTP, no validation.
 
-Run: ``python benchmarks/bench_ingest.py [--rows 200000] [--concurrency 1]``.
+Checks: accepted = unique rows sent, duplicates = replayed rows, rows stored
+in the database = unique rows. The last line is both engines' accepted rows/s
+and their ratios to their bare bulk inserts.
+
+Run: ``python benchmarks/bench_ingest.py [--rows 50000] [--concurrency 4]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import Engine, Index, MetaData, Table, create_engine, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.cloudserver import running_cloud, sample_row  # noqa: E402
+from tests.support.postgres import running_postgres  # noqa: E402
+
+from hm_cloud.db import usage_rows  # noqa: E402
+from hm_cloud.ingest import COLUMNS, row_values  # noqa: E402
+from hm_proto.server import parse_row  # noqa: E402
 
 PER_BATCH = 1_000
 REPLAY_FRACTION = 0.10
@@ -43,11 +56,12 @@ MODELS = [
     ("anthropic", "claude-sonnet-4"),
     ("google", "gemini-2.5-pro"),
 ]
+Batch = list[dict[str, object]]
 
 
-def make_batches(total_rows: int, rng: random.Random) -> list[list[dict[str, object]]]:
+def make_batches(total_rows: int, rng: random.Random) -> list[Batch]:
     batches = []
-    for b in range(total_rows // PER_BATCH):
+    for b in range(max(1, total_rows // PER_BATCH)):
         rows = []
         for i in range(PER_BATCH):
             provider, model = MODELS[(b + i) % len(MODELS)]
@@ -62,6 +76,7 @@ def make_batches(total_rows: int, rng: random.Random) -> list[list[dict[str, obj
                     output_tokens=rng.randint(1, 4_000),
                     cost_usd=None if i % 50 == 0 else f"{rng.random() / 10:.6f}",
                     latency_ms=rng.randint(100, 9_000),
+                    project=f"project-{i % 7}",
                 )
             )
         batches.append(rows)
@@ -73,37 +88,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def baseline_rows_per_s(batches: list[list[dict[str, object]]], tmp: Path) -> float:
-    """One INSERT OR IGNORE transaction per batch into a bare WAL SQLite table."""
-    conn = sqlite3.connect(tmp / "baseline.sqlite")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE r (id TEXT PRIMARY KEY, body TEXT)")
-    t0 = time.perf_counter()
-    for rows in batches:
-        with conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO r VALUES (?, ?)", [(r["id"], orjson.dumps(r)) for r in rows]
-            )
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    return len(batches) * PER_BATCH / elapsed
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--concurrency", type=int, default=1, help="parallel uploaders (one token)")
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
-
-    batches = make_batches(args.rows, rng)
-    unique_rows = len(batches) * PER_BATCH
+def plan_bodies(batches: list[Batch], rng: random.Random) -> list[tuple[bool, bytes]]:
+    """Every batch once, plus 10 % re-sends of a batch sent earlier, mixed in."""
     plan = [(False, i) for i in range(len(batches))]
     for _ in range(int(len(batches) * REPLAY_FRACTION)):
         plan.insert(rng.randint(1, len(plan)), (True, -1))
-    # A replay re-sends a batch that went out earlier in the plan.
     bodies: list[tuple[bool, bytes]] = []
     sent: list[int] = []
     for replay, index in plan:
@@ -112,86 +101,131 @@ def main() -> int:
         elif replay:
             index, replay = 0, False
         sent.append(index)
-        body = orjson.dumps({"batch_id": str(uuid.uuid4()), "rows": batches[index]})
-        bodies.append((replay, body))
+        bodies.append((replay, orjson.dumps({"batch_id": str(uuid.uuid4()), "rows": batches[index]})))
+    return bodies
 
-    with tempfile.TemporaryDirectory(prefix="hm-bench-ingest-") as tmp_name:
-        tmp = Path(tmp_name)
-        with running_cloud(tmp / "cloud") as cloud:
-            cloud.create_user("bench@example.com", "bench-password", "bench")
-            paired = cloud.pair(
-                "bench@example.com", "bench-password", "bench", hostname="bench-host"
-            )
-            headers = {
-                "Authorization": f"Bearer {paired['token']}",
-                "Content-Type": "application/json",
-            }
-            clients = [
-                httpx.Client(base_url=cloud.base_url, headers=headers, timeout=120)
-                for _ in range(args.concurrency)
-            ]
 
-            def upload(job: tuple[int, tuple[bool, bytes]]) -> tuple[bool, float, int, int]:
-                n, (replay, body) = job
-                t = time.perf_counter()
-                answer = clients[n % len(clients)].post("/v1/requests/batch", content=body)
-                latency = time.perf_counter() - t
-                answer.raise_for_status()
-                result = answer.json()
-                return replay, latency, result["accepted"], result["duplicates"]
+def bare_table(engine: Engine) -> Table:
+    """A table shaped like usage_rows (columns, primary key, indexes), empty."""
+    md = MetaData()
+    table = Table("bare_rows", md, *[c._copy() for c in usage_rows.columns])
+    Index("bare_rows_machine_day", table.c.workspace_id, table.c.machine_id, table.c.day)
+    Index("bare_rows_workspace_day", table.c.workspace_id, table.c.day)
+    md.drop_all(engine)
+    md.create_all(engine)
+    return table
 
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-                results = list(pool.map(upload, enumerate(bodies)))
-            wall = time.perf_counter() - t0
 
-            totals = (
-                clients[0]
-                .get(
-                    "/v1/requests/totals",
-                    params={"from_date": "2026-11-01", "to_date": "2026-11-30"},
-                )
-                .json()["days"]
-            )
-            for c in clients:
-                c.close()
-            db_path = cloud.db_url.removeprefix("sqlite:///")
-            with sqlite3.connect(db_path) as conn:
-                stored = conn.execute("SELECT count(*) FROM usage_rows").fetchone()[0]
-        baseline = baseline_rows_per_s(batches, tmp)
+def bare_bulk(engine: Engine, batches: list[Batch]) -> tuple[str, float]:
+    """(method, rows/s) of the engine's fastest bulk insert of the same rows."""
+    tuples = [[row_values(parse_row(r), "ws", "m", 1.0) for r in rows] for rows in batches]
+    cols = ", ".join(COLUMNS)
+    marks = ", ".join("?" if engine.dialect.name == "sqlite" else "%s" for _ in COLUMNS)
+    insert = f"INSERT INTO bare_rows ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+
+    def executemany(raw: Any, batch: list[tuple[Any, ...]]) -> None:
+        if engine.dialect.name == "sqlite":
+            raw.executemany(insert, batch)
+        else:
+            with raw.cursor() as cur:
+                cur.executemany(insert, batch)
+
+    def copy(raw: Any, batch: list[tuple[Any, ...]]) -> None:
+        with raw.cursor() as cur:
+            cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS bare_stage (LIKE bare_rows) ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY bare_stage ({cols}) FROM STDIN") as c:
+                for v in batch:
+                    c.write_row(v)
+            cur.execute(f"INSERT INTO bare_rows ({cols}) SELECT {cols} FROM bare_stage ON CONFLICT DO NOTHING")
+
+    methods: dict[str, Callable[[Any, list[tuple[Any, ...]]], None]] = {"executemany": executemany}
+    if engine.dialect.name == "postgresql":
+        methods["COPY + INSERT … SELECT"] = copy
+    best = ("", 0.0)
+    for name, insert_batch in methods.items():
+        bare_table(engine)
+        t0 = time.perf_counter()
+        for batch in tuples:
+            with engine.begin() as conn:
+                raw = conn.connection.driver_connection
+                insert_batch(raw, batch)
+        speed = len(tuples) * PER_BATCH / (time.perf_counter() - t0)
+        print(f"  bare {name}: {speed:,.0f} rows/s")
+        best = max(best, (name, speed), key=lambda b: b[1])
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE bare_rows"))
+    return best
+
+
+def run_engine(label: str, db_url: str, workers: int, batches: list[Batch],
+               bodies: list[tuple[bool, bytes]], concurrency: int, tmp: Path) -> tuple[float, float, bool]:
+    unique_rows = len(batches) * PER_BATCH
+    with running_cloud(tmp / label, db_url=db_url, extra_args=("--workers", str(workers))) as cloud:
+        cloud.create_user("bench@example.com", "bench-password", "bench")
+        paired = cloud.pair("bench@example.com", "bench-password", "bench", hostname="bench-host")
+        headers = {"Authorization": f"Bearer {paired['token']}", "Content-Type": "application/json"}
+        clients = [httpx.Client(base_url=cloud.base_url, headers=headers, timeout=120) for _ in range(concurrency)]
+
+        def upload(job: tuple[int, tuple[bool, bytes]]) -> tuple[bool, float, int, int]:
+            n, (replay, body) = job
+            t = time.perf_counter()
+            answer = clients[n % len(clients)].post("/v1/requests/batch", content=body)
+            latency = time.perf_counter() - t
+            answer.raise_for_status()
+            result = answer.json()
+            return replay, latency, result["accepted"], result["duplicates"]
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(upload, enumerate(bodies)))
+        wall = time.perf_counter() - t0
+        for c in clients:
+            c.close()
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(usage_rows)).scalar_one()
+    method, baseline = bare_bulk(engine, batches)
+    engine.dispose()
 
     accepted = sum(r[2] for r in results)
     duplicates = sum(r[3] for r in results)
+    replayed = sum(1 for r in results if r[0])
     latencies = [r[1] * 1000 for r in results]
-    fresh = [r[1] * 1000 for r in results if not r[0]]
-    replayed = [r[1] * 1000 for r in results if r[0]]
-    via_totals = sum(d["rows"] for d in totals)
     rows_per_s = accepted / wall
-
-    print(
-        f"batches sent:        {len(results)} ({len(replayed)} replayed) x {PER_BATCH} rows, concurrency {args.concurrency}"
-    )
-    print(f"rows accepted:       {accepted:,} (duplicates {duplicates:,})")
-    print(f"wall time:           {wall:.2f} s")
-    print(f"rows/s accepted:     {rows_per_s:,.0f}")
-    print(f"batches/s:           {len(results) / wall:,.1f}")
-    print(
-        f"batch latency p50:   {statistics.median(latencies):.1f} ms   p99: {percentile(latencies, 0.99):.1f} ms"
-    )
-    print(f"  fresh p50/p99:     {statistics.median(fresh):.1f} / {percentile(fresh, 0.99):.1f} ms")
-    if replayed:
-        print(
-            f"  replayed p50/p99:  {statistics.median(replayed):.1f} / {percentile(replayed, 0.99):.1f} ms"
-        )
-    print(
-        f"stored rows:         {stored:,} (totals endpoint: {via_totals:,}; unique sent: {unique_rows:,})"
-    )
-    ok = stored == unique_rows == accepted == via_totals and duplicates == len(replayed) * PER_BATCH
-    print(f"row count check:     {'OK' if ok else 'MISMATCH'}")
-    print(f"baseline (bare SQLite INSERT per batch, in-process): {baseline:,.0f} rows/s")
-    print(f"backend ingest vs bare SQLite INSERT per batch: {rows_per_s:,.0f} vs {baseline:,.0f} rows/s, "
+    ok = stored == unique_rows == accepted and duplicates == replayed * PER_BATCH
+    print(f"{label}: {len(results)} batches ({replayed} replayed) x {PER_BATCH} rows, "
+          f"{workers} worker(s), {concurrency} uploaders")
+    print(f"  accepted {accepted:,}, duplicates {duplicates:,}, stored {stored:,}: "
+          f"{'OK' if ok else 'MISMATCH'}")
+    print(f"  batch latency p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms")
+    print(f"  over HTTP: {rows_per_s:,.0f} rows/s; bare {method}: {baseline:,.0f} rows/s; "
           f"x{rows_per_s / baseline:.2f}")
-    return 0 if ok else 1
+    return rows_per_s, baseline, ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--concurrency", type=int, default=4, help="parallel uploaders (one token)")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    batches = make_batches(args.rows, rng)
+    bodies = plan_bodies(batches, rng)
+    figures: dict[str, tuple[float, float, bool]] = {}
+    with tempfile.TemporaryDirectory(prefix="hm-bench-ingest-") as tmp_name:
+        tmp = Path(tmp_name)
+        with running_postgres() as pg:
+            figures["PostgreSQL"] = run_engine("PostgreSQL", pg.create_database("bench_ingest"), 2,
+                                               batches, bodies, args.concurrency, tmp)
+        figures["SQLite"] = run_engine("SQLite", f"sqlite:///{tmp / 'cloud.sqlite'}", 1,
+                                       batches, bodies, args.concurrency, tmp)
+    pg_speed, pg_base, pg_ok = figures["PostgreSQL"]
+    lite_speed, lite_base, lite_ok = figures["SQLite"]
+    print(f"ingest over HTTP vs bare bulk insert into the same database: PostgreSQL (2 workers) "
+          f"{pg_speed:,.0f} vs {pg_base:,.0f} rows/s, x{pg_speed / pg_base:.2f}; "
+          f"SQLite {lite_speed:,.0f} vs {lite_base:,.0f} rows/s, x{lite_speed / lite_base:.2f}")
+    return 0 if pg_ok and lite_ok else 1
 
 
 if __name__ == "__main__":
