@@ -32,6 +32,7 @@ from .db import (
     users,
     workspaces,
 )
+from .ingest import cost_nanos as _cost_nanos
 
 NANOS = Decimal(1_000_000_000)
 _ROW_COLUMNS = [c.name for c in usage_rows.columns]
