@@ -123,3 +123,44 @@ def test_a_budget_webhook_checks_the_address_it_connects_to(monkeypatch: pytest.
         assert internal.seen == []
     finally:
         internal.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_per_workspace_limits_hold_under_concurrent_posts(tmp_path: object, database: str) -> None:
+    # Budgets were counted and inserted in a deferred transaction (SQLite) or without a lock
+    # (PostgreSQL): 120 concurrent adds stored 52 budgets where the limit is 50.
+    import concurrent.futures
+    import contextlib
+    import uuid
+    from pathlib import Path
+
+    from hm_cloud.budgets import MAX_BUDGETS
+    from hm_cloud.team import MAX_API_KEYS
+    from tests.support.postgres import running_postgres
+
+    with contextlib.ExitStack() as stack:
+        db_url = None
+        if database == "postgresql":
+            db_url = stack.enter_context(running_postgres()).create_database("hm_redteam_limits")
+        cloud = stack.enter_context(running_cloud(Path(str(tmp_path)), db_url=db_url))
+        cloud.create_user("owner@example.com", PASSWORD, "acme")
+        owner = cloud.login_session("owner@example.com", PASSWORD)
+        budgets_csrf = cloud.csrf(owner, "/acme/settings/budgets")
+        keys_csrf = cloud.csrf(owner, "/acme/settings/api-keys")
+
+        def add(n: int) -> int:
+            if n % 2:
+                return owner.post("/acme/settings/api-keys", data={"csrf_token": keys_csrf, "name": f"k{n}"}).status_code
+            return owner.post("/acme/settings/budgets", data={
+                "csrf_token": budgets_csrf, "name": f"b{n}-{uuid.uuid4().hex[:6]}", "scope_kind": "workspace",
+                "period": "month", "limit_usd": "5", "thresholds": "50"}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(add, range(260)))
+        assert set(codes) <= {200, 303, 400}, codes
+        budgets = owner.get("/acme/settings/budgets").text.count('name="budget_id"')
+        keys = owner.get("/acme/settings/api-keys").text.count('name="key_id"')
+        assert budgets == MAX_BUDGETS
+        assert keys == MAX_API_KEYS
+        _no_traceback(cloud)

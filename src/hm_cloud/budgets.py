@@ -40,7 +40,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .db import memberships, usage_rows, users, workspace_budget_alerts, workspace_budgets
+from .db import (
+    memberships,
+    usage_rows,
+    users,
+    workspace_budget_alerts,
+    workspace_budgets,
+    workspaces,
+)
 from .pages import (  # also registers {:slug}
     _csrf_failed,
     _form,
@@ -51,6 +58,7 @@ from .pages import (  # also registers {:slug}
 )
 from .security import csrf_ok
 from .state import cloud
+from .store import lock_row, write_transaction
 
 log = logging.getLogger("hm_cloud.budgets")
 
@@ -174,7 +182,8 @@ def list_budgets(engine: Engine, workspace_id: str) -> list[Budget]:
 
 
 def add_budget(engine: Engine, workspace_id: str, values: dict[str, Any], now: float) -> None:
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:  # the count and the insert as one (concurrent adds passed 50)
+        lock_row(conn, workspaces, workspace_id)
         count = conn.execute(select(func.count()).select_from(workspace_budgets)
                              .where(workspace_budgets.c.workspace_id == workspace_id)).scalar_one()
         if count >= MAX_BUDGETS:

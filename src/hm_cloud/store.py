@@ -78,6 +78,15 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def lock_row(conn: Connection, table: Any, row_id: object) -> None:
+    """Hold ``table``'s row ``row_id`` until the transaction ends, so a count-then-insert
+    limit (budgets, keys, invitations, workspaces per person, the last owner) cannot be
+    passed by concurrent requests. SQLite: :func:`write_transaction`'s BEGIN IMMEDIATE
+    already lets one writer in at a time; PostgreSQL: SELECT … FOR UPDATE."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(select(table.c.id).where(table.c.id == row_id).with_for_update())
+
+
 class SignupError(ValueError):
     """Sign-up refused; the message is safe to show the person."""
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, func, or_, select, update
 from hm_proto.server import hash_token
 
 from .db import api_keys, audit_log, invitations, memberships, users, workspaces
-from .store import SignupError, Workspace, write_transaction
+from .store import SignupError, Workspace, lock_row, write_transaction
 
 ROLES = ("owner", "admin", "member", "viewer")
 ROLE_TEXT = {
@@ -106,6 +106,7 @@ def create_workspace(
 ) -> Workspace:
     """A new workspace with ``user_id`` as its owner; SignupError if the slug is taken."""
     with write_transaction(engine) as conn:
+        lock_row(conn, users, user_id)
         if conn.execute(select(workspaces.c.id).where(workspaces.c.slug == slug)).first():
             raise SignupError(f"The workspace name '{slug}' is taken: choose another.")
         belongs = conn.execute(
@@ -165,6 +166,7 @@ def change_role(
     if role not in ROLES:
         raise TeamError("Choose a role: owner, admin, member or viewer.")
     with write_transaction(engine) as conn:
+        lock_row(conn, workspaces, workspace_id)
         mine = _role_of(conn, workspace_id, actor_id)
         theirs = _role_of(conn, workspace_id, target_id)
         if mine is None or not can(mine, "change_role"):
@@ -192,6 +194,7 @@ def remove_member(
 ) -> str:
     """Remove ``target_id`` (or leave, when it is the actor); returns their email."""
     with write_transaction(engine) as conn:
+        lock_row(conn, workspaces, workspace_id)
         mine = _role_of(conn, workspace_id, actor_id)
         theirs = _role_of(conn, workspace_id, target_id)
         leaving = actor_id == target_id
@@ -225,6 +228,7 @@ def create_invitation(
     if role not in ROLES:
         raise TeamError("Choose a role: owner, admin, member or viewer.")
     with write_transaction(engine) as conn:
+        lock_row(conn, workspaces, workspace_id)
         mine = _role_of(conn, workspace_id, actor_id)
         if mine is None or not can(mine, "invite"):
             raise PermissionError("Only owners and admins invite people.")
@@ -359,6 +363,7 @@ def create_api_key(
     address: str | None, now: float,
 ) -> str:
     with write_transaction(engine) as conn:
+        lock_row(conn, workspaces, workspace_id)
         live = conn.execute(
             select(func.count()).select_from(api_keys).where(
                 api_keys.c.workspace_id == workspace_id, api_keys.c.revoked_at.is_(None)
