@@ -99,26 +99,25 @@ def run_load(url: str, n: int, concurrency: int, proxy: str | None, verify: ssl.
     latencies.sort()
     return {
         **({"latencies": latencies, "elapsed": elapsed} if keep else {}),
-        "n": len(latencies),
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "max_ms": latencies[-1] * 1000,
-        "rps": len(latencies) / elapsed,
-        "errors": errors[0],
+        **summary(latencies, elapsed, errors[0]),
     }
 
 
-def merge(parts: list[dict[str, Any]]) -> dict[str, float]:
-    latencies = sorted(x for p in parts for x in p["latencies"])
-    elapsed = sum(p["elapsed"] for p in parts)
+def summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
+    """The figures of one run (or of merged rounds): ``latencies`` sorted, in seconds."""
     return {
         "n": len(latencies),
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "max_ms": latencies[-1] * 1000,
         "rps": len(latencies) / elapsed,
-        "errors": sum(p["errors"] for p in parts),
+        "errors": errors,
     }
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, float]:
+    latencies = sorted(x for p in parts for x in p["latencies"])
+    return summary(latencies, sum(p["elapsed"] for p in parts), sum(p["errors"] for p in parts))
 
 
 def fmt(name: str, r: dict[str, float]) -> str:

@@ -8,11 +8,14 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.support.tls import CertAuthority, LocalTLSServer, make_ca
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
 
 # Variables a developer's shell may export that would point the suite at a real
 # home or send its traffic through a proxy (`eval "$(halton-meter env)"`).
@@ -99,6 +102,15 @@ def upstream(ca: CertAuthority) -> Iterator[LocalTLSServer]:
     """A local HTTPS server that answers like an OpenAI-style LLM API."""
     with LocalTLSServer(ca) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server, one per module (`create_database(name)` for each use)."""
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,9 @@ from sqlalchemy import Column, MetaData, Table, inspect, select
 from hm_cloud import db, store
 from hm_proto.server import parse_row
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
-from tests.support.postgres import PostgresServer, running_postgres
 
 PASSWORD = "attribution-pass-1"
 DAY = "2026-11-24"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
 
 
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:

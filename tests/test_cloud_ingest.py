@@ -17,16 +17,9 @@ import pytest
 import zstandard
 
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
-from tests.support.postgres import PostgresServer, running_postgres
 
 PASSWORD = "correct-horse-1"
 MAX_BYTES = 4 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

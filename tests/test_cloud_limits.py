@@ -13,7 +13,6 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,15 +25,9 @@ from hm_cloud.limits import Limit, Reservation, reserve
 from hm_proto.server import USER_CODE_ALPHABET
 from tests.support.cloudserver import CloudServer, running_cloud
 from tests.support.latency import latency_probe
-from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.postgres import PostgresServer
 
 PASSWORD = "correct-horse-1"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
 
 
 def _db_url(request: pytest.FixtureRequest, tmp_path: Path, engine: str) -> str:

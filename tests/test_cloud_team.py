@@ -20,7 +20,6 @@ from sqlalchemy import MetaData, Table, create_engine, inspect, select, text, up
 
 from hm_cloud import db, team
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
-from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.smtpsink import smtp_sink
 
 pytestmark = pytest.mark.slow
@@ -28,12 +27,6 @@ PASSWORD = "team-pass-123"
 _LINK = re.compile(r'value="(http://[^"]+/invite/[^"]+)"')
 _KEY = re.compile(r'value="(hm_read_[0-9A-Za-z]+)"')
 ROLES = team.ROLES
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
 
 
 @dataclass

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,9 @@ from sqlalchemy import create_engine, func, select, text
 from hm_cloud.db import limiter_slots, usage_rows
 from hm_cloud.limits import PAIRING_STARTS_PER_ADDRESS
 from tests.support.cloudserver import batch_body, cloud_command, running_cloud, sample_row
-from tests.support.postgres import PostgresServer, running_postgres
+from tests.support.postgres import PostgresServer
 
 PASSWORD = "correct-horse-1"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
 
 
 def _workers(pid: int) -> list[int]:
