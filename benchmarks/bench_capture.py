@@ -216,11 +216,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def ttfb_ms(client: object, url: str) -> float:
+# The streamed calls timed: OpenAI chat (its body is held for inject_stream_usage,
+# which may rewrite it) and Anthropic messages (streamed upstream as it arrives).
+TTFB_CALLS = {
+    "openai": ("/v1/chat/completions",
+               {"model": "gpt-4o-mini", "messages": [], "stream": True, "stream_options": {"include_usage": True}}),
+    "anthropic": ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [], "stream": True}),
+}
+
+
+def ttfb_ms(client: object, url: str, body: dict[str, object] = TTFB_CALLS["openai"][1]) -> float:
     import httpx
 
     assert isinstance(client, httpx.Client)
-    body = {"model": "gpt-4o-mini", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     with client.stream("POST", url, json=body, headers={"authorization": "Bearer sk-bench"}) as response:
         lines = response.iter_lines()
@@ -233,8 +241,9 @@ def ttfb_ms(client: object, url: str) -> float:
     return (first - start) * 1000
 
 
-def bench_ttfb(calls: int) -> tuple[float, float]:
-    """(direct, through the daemon): median ms to the first SSE event."""
+def bench_ttfb(calls: int) -> tuple[float, float, float]:
+    """OpenAI chat direct and through the daemon, and what the daemon adds to Anthropic's:
+    median ms to the first SSE event."""
     import httpx
     from tests.support.fake_providers import FakeProviders
     from tests.support.tls import make_ca
@@ -248,7 +257,6 @@ def bench_ttfb(calls: int) -> tuple[float, float]:
             bare_port = free_port()
             bare = start_bare_mitmdump(base / "bare", bare_port, ca.ca_path)
             try:
-                url = f"{upstream.base_url}/v1/chat/completions"
                 mitm_ca = base / "home" / "mitmproxy" / "mitmproxy-ca-cert.pem"
                 clients = {
                     "direct": httpx.Client(verify=ssl.create_default_context(cafile=str(ca.ca_path))),
@@ -258,19 +266,23 @@ def bench_ttfb(calls: int) -> tuple[float, float]:
                                                    verify=ssl.create_default_context(cafile=str(mitm_ca))),
                 }
                 for client in clients.values():  # warm up: imports, TLS, the CA's leaf cert
-                    ttfb_ms(client, url)
-                samples: dict[str, list[float]] = {label: [] for label in clients}
+                    for path, body in TTFB_CALLS.values():
+                        ttfb_ms(client, upstream.base_url + path, body)
+                samples: dict[tuple[str, str], list[float]] = {(k, c): [] for k in TTFB_CALLS for c in clients}
                 for _ in range(calls):  # interleaved, so load on the machine hits all alike
-                    for label, client in clients.items():
-                        samples[label].append(ttfb_ms(client, url))
-                for label, values in samples.items():
+                    for kind, (path, body) in TTFB_CALLS.items():
+                        for label, client in clients.items():
+                            samples[kind, label].append(ttfb_ms(client, upstream.base_url + path, body))
+                for (kind, label), values in samples.items():
                     values.sort()
                     p90 = values[max(0, int(len(values) * 0.9) - 1)]
-                    print(f"  {label:15s} median {statistics.median(values):6.2f} ms   p90 {p90:6.2f} ms")
-                direct = statistics.median(samples["direct"])
-                daemon = statistics.median(samples["through daemon"])
-                print(f"  added by the daemon (median): {daemon - direct:.2f} ms")
-                return direct, daemon
+                    print(f"  {kind:9s} {label:15s} median {statistics.median(values):6.2f} ms   p90 {p90:6.2f} ms")
+                medians = {key: statistics.median(v) for key, v in samples.items()}
+                for kind in TTFB_CALLS:
+                    added = medians[kind, "through daemon"] - medians[kind, "direct"]
+                    print(f"  {kind}: added by the daemon (median): {added:.2f} ms")
+                return medians["openai", "direct"], medians["openai", "through daemon"], (
+                    medians["anthropic", "through daemon"] - medians["anthropic", "direct"])
             finally:
                 stop(process)
                 stop(bare)
@@ -285,8 +297,9 @@ def main() -> None:
     speed, ratio = bench_parsers(max(1, args.events))
     headline = f"capture tap vs buffer+json.loads: {speed:.1f} MB/s, x{ratio:.2f} (geometric means)"
     try:
-        direct, daemon = bench_ttfb(max(1, args.calls))
-        headline += f"; first SSE event through the daemon {daemon:.2f} ms vs direct {direct:.2f} ms ({daemon - direct:+.2f} ms)"
+        direct, daemon, anthropic = bench_ttfb(max(1, args.calls))
+        headline += (f"; first SSE event through the daemon {daemon:.2f} ms vs direct {direct:.2f} ms "
+                     f"({daemon - direct:+.2f} ms; Anthropic {anthropic:+.2f} ms)")
     except Exception as exc:  # the parser figures still stand
         print(f"Part 2 skipped: {exc}")
     print(headline)
