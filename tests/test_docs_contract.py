@@ -55,6 +55,10 @@ def test_every_api_route_is_in_api_md(tmp_path: Path) -> None:
 def test_every_endpoint_in_api_md_is_served(tmp_path: Path) -> None:
     served = {(m, path) for path, methods in backend_routes(tmp_path) for m in methods}
     stale = sorted(f"{m} {p}" for m, p in documented_endpoints() if (m, p) not in served)
+    pages = API_MD[API_MD.index("## Web pages"):]
+    pages = pages[:pages.index("\n## ", 1)]
+    paths = {p for _m, p in served}
+    stale += sorted(p for p in set(re.findall(r"`(/[^`?\s]*)", pages)) if p not in paths)
     assert not stale, f"in docs/api.md but not served: {stale}"
 
 
