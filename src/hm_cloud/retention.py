@@ -197,7 +197,7 @@ def _delete_chunk(engine: Engine, workspace_id: str, before: str, limit: int) ->
 
 
 def run_pass(engine: Engine, today: date, now: float, *, keep_going: Callable[[], bool] = lambda: True,
-             pause: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.perf_counter) -> Pass:
+             pause: Callable[[float], object] = time.sleep, clock: Callable[[], float] = time.perf_counter) -> Pass:
     """Delete, for every workspace with a retention, its rows of days before the cutoff."""
     done = Pass()
     with engine.connect() as conn:
@@ -235,7 +235,7 @@ def run_pass(engine: Engine, today: date, now: float, *, keep_going: Callable[[]
 
 
 def run_if_due(engine: Engine, holder: str, interval: float, now: Callable[[], float] = time.time,
-               pause: Callable[[float], None] = time.sleep, stopped: Callable[[], bool] = lambda: False,
+               pause: Callable[[float], object] = time.sleep, stopped: Callable[[], bool] = lambda: False,
                ) -> Pass | None:
     """One scheduler check: run a pass if this process gets the lease; None when it did not."""
     if not acquire(engine, holder, now(), interval):
