@@ -375,6 +375,59 @@ def test_one_person_creates_at_most_the_bounded_number_of_workspaces(tmp_path: P
         engine.dispose()
 
 
+def _demote(engine: Any, ws_id: str, actor: int, target: int, start: Any, outcomes: list[str]) -> None:
+    start.wait()
+    try:
+        team.change_role(engine, ws_id, actor, "x", target, "member", None, 2.0)
+        outcomes.append("done")
+    except (team.TeamError, PermissionError) as exc:
+        outcomes.append(type(exc).__name__)
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite", "postgresql"])
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(
+    engine_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import threading
+
+    from hm_cloud.store import create_user
+
+    url = (request.getfixturevalue("postgres").create_database(f"hm_owners_{uuid.uuid4().hex[:8]}")
+           if engine_name == "postgresql" else f"sqlite:///{tmp_path / 'cloud.sqlite'}")
+    engine = db.make_engine(url)
+    try:
+        db.init_schema(engine)
+        for round_ in range(5):
+            a, ws = create_user(engine, f"a{round_}@example.com", "x", f"race-{round_}", "race", 1.0)
+            b, _ = create_user(engine, f"b{round_}@example.com", "x", f"race-{round_}", "race", 1.0,
+                               join_existing_workspace=True)
+            team.change_role(engine, ws.id, a, "a", b, "owner", None, 1.0)
+            start = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            threads = [threading.Thread(target=_demote, args=(engine, ws.id, actor, target, start, outcomes))
+                       for actor, target in ((a, b), (b, a))]
+            # Hold the two membership rows (SQLite: the write lock) so both changes are in flight at
+            # once: without the workspace lock both would count two owners, then both demote.
+            with engine.connect() as hold:
+                if engine_name == "sqlite":
+                    hold.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    hold.begin()
+                    hold.execute(select(db.memberships).where(db.memberships.c.workspace_id == ws.id)
+                                 .with_for_update())
+                for t in threads:
+                    t.start()
+                time.sleep(0.5)  # let both reach the lock (if they do not, the test only gets easier)
+                hold.rollback()
+            for t in threads:
+                t.join(30)
+            owners = [m for m in team.list_members(engine, ws.id) if m["role"] == "owner"]
+            assert len(owners) == 1 and outcomes.count("done") == 1, outcomes
+    finally:
+        engine.dispose()
+
+
 # -- schema version 3 ----------------------------------------------------------------------------
 
 
