@@ -22,6 +22,7 @@ HEADLINE = re.compile(r"^[^:\n]+ vs [^:\n]+: (?=.*\d)(?=.*\bx\d+(\.\d+)?\b)")
 QUICK = {
     "bench_batch.py": (["--rows", "2000", "--repeats", "1"], False),
     "bench_capture.py": (["--events", "200", "--calls", "2"], True),
+    "bench_dashboard.py": (["--rows", "5000", "--repeats", "2"], True),
     "bench_fleet.py": (["--machines", "20"], True),  # exit 1 on any lost or duplicated row
     "bench_ingest.py": (["--rows", "2000"], True),
     "bench_limits.py": (["--logins", "20", "--approvals", "30", "--account-logins", "15"], True),
