@@ -164,3 +164,24 @@ def test_per_workspace_limits_hold_under_concurrent_posts(tmp_path: object, data
         assert budgets == MAX_BUDGETS
         assert keys == MAX_API_KEYS
         _no_traceback(cloud)
+
+
+@pytest.mark.slow
+def test_pairing_start_fields_longer_than_their_columns_are_400_on_postgresql(tmp_path: object) -> None:
+    # os and agent_version were checked at 255 characters but stored in 120 and 64:
+    # PostgreSQL refused the INSERT (StringDataRightTruncation), a 500.
+    import uuid
+    from pathlib import Path
+
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as pg, running_cloud(Path(str(tmp_path)), db_url=pg.create_database("hm_rt_cols")) as cloud:
+        api = cloud.client()
+        for name, size in (("os", 121), ("agent_version", 65), ("hostname", 256)):
+            body = {"machine_id": str(uuid.uuid4()), "hostname": "h", "os": "linux", "agent_version": "1", name: "v" * size}
+            answer = api.post("/v1/pairing/start", json=body)
+            assert answer.status_code == 400, (name, answer.text)
+            assert f"Invalid field: {name}" in answer.json()["detail"]
+            body[name] = "v" * (size - 1)
+            assert api.post("/v1/pairing/start", json=body).status_code == 200
+        _no_traceback(cloud)

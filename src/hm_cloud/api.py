@@ -33,6 +33,7 @@ from .bodies import (
     parse_object,
     read_limited,
 )
+from .db import devices
 from .ingest import batch_values
 from .limits import PAIRING_STARTS_PER_ADDRESS, Refusal
 from .metrics import PAIRINGS, batch_done
@@ -46,7 +47,7 @@ from .state import (
     client_address,
     cloud,
 )
-from .validate import SLUG_RE, field
+from .validate import SLUG_RE, column_chars, field
 from .waiters import recheck_seconds
 
 
@@ -106,8 +107,8 @@ async def pairing_start(request: Request) -> Response:
     if not is_uuid(machine_id):
         raise ApiError(400, "invalid_request", "Invalid field: machine_id (expected a UUID)")
     hostname = field(body, "hostname", str)
-    os_name = field(body, "os", str)
-    agent_version = field(body, "agent_version", str)
+    os_name = field(body, "os", str, max_len=column_chars(devices.c.os))
+    agent_version = field(body, "agent_version", str, max_len=column_chars(devices.c.agent_version))
     workspace = field(body, "workspace", str, nullable=True, required=False)
     if workspace is not None and not SLUG_RE.fullmatch(workspace):
         raise ApiError(

@@ -17,6 +17,11 @@ SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 MAX_FIELD_CHARS = 255  # hostname, os, agent_version, device_code, workspace
 
 
+def column_chars(column: Any) -> int:
+    """The length of a String(n) column: the most characters a value stored there may have."""
+    return int(column.type.length)
+
+
 def small_int(raw: str | None, max_digits: int = 18) -> int | None:
     """``raw`` as a non-negative integer of at most ``max_digits`` ASCII digits, else None.
 
@@ -28,10 +33,12 @@ def small_int(raw: str | None, max_digits: int = 18) -> int | None:
 
 
 def field(
-    obj: dict[str, Any], name: str, kind: type, nullable: bool = False, required: bool = True
+    obj: dict[str, Any], name: str, kind: type, nullable: bool = False, required: bool = True,
+    max_len: int = MAX_FIELD_CHARS,
 ) -> Any:
     """``obj[name]`` checked: 422 when a required field is absent, 400 for a wrong type;
-    strings are at most 255 characters without control characters."""
+    strings are at most ``max_len`` (255) characters without control characters. A string
+    stored in a column must fit it: PostgreSQL refuses a longer value (a 500)."""
     if name not in obj:
         if required:
             raise ApiError(422, "missing_field", f"Field required: {name}")
@@ -40,7 +47,7 @@ def field(
     if val is None and nullable:
         return None
     if kind is str:
-        return check_text(val, name, MAX_FIELD_CHARS)
+        return check_text(val, name, max_len)
     if not isinstance(val, kind) or (kind is int and isinstance(val, bool)):
         raise ApiError(400, "invalid_request", f"Invalid field: {name} (expected {kind.__name__})")
     return val
