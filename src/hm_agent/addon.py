@@ -25,6 +25,7 @@ from .attribution import (
     attribute,
     settings_from_config,
 )
+from .bodies import KEEP_RAW_MAX, CapturedBodies
 from .writer import CapturedCall, RowWriter
 
 log = logging.getLogger("hm_agent.addon")
@@ -73,7 +74,7 @@ class _Call:
     """Per-flow state of one tapped LLM call."""
 
     __slots__ = ("tap", "id", "started", "ttfb_ms", "finished", "broken", "caller", "header_project",
-                 "header_tags", "injected")
+                 "header_tags", "injected", "bodies", "kept")
 
     def __init__(self, tap: Any, started: float, caller: PendingCaller | None,
                  header_project: str | None, header_tags: str | None) -> None:
@@ -87,11 +88,17 @@ class _Call:
         self.ttfb_ms: int | None = None
         self.finished = False
         self.broken = False
+        self.bodies: Any = None  # hm_agent.bodies.CapturedBodies when [capture] bodies is on
+        self.kept = 0
 
     def feeder(self) -> Callable[[bytes], bytes]:
         tap = self.tap
 
         def feed(chunk: bytes) -> bytes:
+            bodies = self.bodies
+            if bodies is not None and chunk and self.kept < KEEP_RAW_MAX:
+                bodies.response_chunks.append(chunk)  # a reference: the writer thread reads it
+                self.kept += len(chunk)
             if chunk and not self.broken:
                 try:
                     tap.feed(chunk)
@@ -318,6 +325,8 @@ class MeterAddon:
                 return
             call = flow.metadata[_TAP_KEY] = _Call(tap, req.timestamp_start or time.time(), caller,
                                                    header_project, header_tags)
+            if getattr(self.config, "bodies", None) is not None:
+                call.bodies = CapturedBodies(raw or b"", [])
             if getattr(self.config, "inject_stream_usage", True):
                 self._inject_usage(req, call)
         elif (self.budgets is not None and self.budgets.blocks and req.method == "GET"
@@ -377,6 +386,9 @@ class MeterAddon:
             flow.response.stream = True
             return
         call.ttfb_ms = int((time.time() - call.started) * 1000)
+        if call.bodies is not None:
+            call.bodies.response_encoding = flow.response.headers.get("content-encoding")
+            call.bodies.response_type = flow.response.headers.get("content-type")
         try:
             call.tap.response_headers(flow.response.status_code, plain_headers(flow.response.headers))
         except Exception:
@@ -485,5 +497,6 @@ class MeterAddon:
                 header_project=call.header_project,
                 header_tags=call.header_tags,
                 attribution=self.attribution,
+                bodies=call.bodies,
             )
         )

@@ -43,6 +43,12 @@ intercept_other_hosts = false
 # (stream_options.include_usage). true: the proxy asks for them and removes the
 # extra usage chunk before the program sees the stream, so the row is exact.
 inject_stream_usage = true
+# Keep the prompts and answers of metered calls (docs/capture.md, "Bodies"):
+# "off" (default), "local" (encrypted in db.sqlite), or "sync" (also uploaded
+# when the workspace accepts bodies). Keys in them are masked; add patterns:
+# bodies = "off"
+# body_max_kib = 256
+# redact = ["ACME-[0-9]{6}"]
 # api.openai.com, api.anthropic.com and generativelanguage.googleapis.com are
 # captured by default. Add OpenAI-compatible gateways like this
 # (dialect: openai, anthropic, gemini or bedrock; a host may include :port):
@@ -113,7 +119,7 @@ base_url = "{DEFAULT_BASE_URL}"
 
 _KNOWN: dict[str, set[str]] = {
     "proxy": {"listen_host", "listen_port", "ssl_verify_upstream_trusted_ca", "intercept_other_hosts"},
-    "capture": {"hosts", "inject_stream_usage"},
+    "capture": {"hosts", "inject_stream_usage", "bodies", "body_max_kib", "redact"},
     "pricing": {"override"},
     "cloud": {"enabled", "base_url", "workspace_id", "workspace_slug", "sync_bodies", "proxy"},
     "attribution": {"enabled", "rules", "sync_project", "sync_repo", "sync_branch", "sync_program",
@@ -169,6 +175,8 @@ class Config:
     metrics_listen: str | None = None
     otel: dict[str, Any] | None = None
     retention_days: int | None = None
+    bodies: Any = None
+    """[capture] bodies, body_max_kib, redact as hm_agent.bodies.BodySettings (None: off)."""
     """[retention] days: delete local rows of UTC days before today minus this; None keeps all."""
     """[otel]: endpoint, interval_s, timeout_s, headers when an endpoint is set (hm_agent.otel)."""
     """[metrics] listen: "127.0.0.1:9464" serves Prometheus /metrics there (docs/metrics.md)."""
@@ -329,6 +337,7 @@ def parse_config(text: str, path: Path) -> Config:
     cfg.metrics_listen = checked(lambda: _loopback_listen(table("metrics"), "metrics", where), None)
     cfg.otel = checked(lambda: parse_otel(data.get("otel"), where.at("otel", None)), None)
     cfg.retention_days = checked(lambda: _retention_days(table("retention"), where), None)
+    cfg.bodies = checked(lambda: _body_settings(table("capture"), where), None)
     _raise_all(errors, path)
     return cfg
 
@@ -397,6 +406,33 @@ def _loopback_listen(table: dict[str, Any], section: str, where: _Locator) -> st
 
 
 MAX_RETENTION_DAYS = 36_500
+
+
+def _body_settings(table: dict[str, Any], where: _Locator) -> Any:
+    """[capture] bodies / body_max_kib / redact; None when bodies are off (nothing imported)."""
+    mode = _get(table, "capture", "bodies", str, "off", where)
+    modes = ("off", "local", "sync")
+    if mode not in modes:
+        raise ConfigError(f"{where.at('capture', 'bodies')}: capture.bodies must be one of {', '.join(modes)}, "
+                          f"not {mode!r}{_did_you_mean(mode, modes)}")
+    max_kib = _get(table, "capture", "body_max_kib", int, 256, where)
+    if not 1 <= max_kib <= 4096:
+        raise ConfigError(f"{where.at('capture', 'body_max_kib')}: capture.body_max_kib must be 1-4096, not {max_kib}")
+    patterns = table.get("redact", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns) or len(patterns) > 50:
+        raise ConfigError(f"{where.at('capture', 'redact')}: capture.redact must be a list of at most 50 regexes "
+                          f'like ["ACME-[0-9]{{6}}"]')
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(f"{where.at('capture', 'redact')}: capture.redact: {pattern!r} is not a regex: {exc}") from None
+    if mode == "off":
+        return None
+    from .bodies import BodySettings
+
+    return BodySettings(mode=mode, max_bytes=max_kib * 1024, redact=tuple(compiled))
 
 
 def _retention_days(table: dict[str, Any], where: _Locator) -> int | None:

@@ -115,6 +115,8 @@ class DaemonContext:
         self.problems = []
         old = self.config
         self.config = config
+        if self.writer is not None:
+            self.writer.body_settings = config.bodies
         if self.proxy is not None:
             self.proxy.addon.reload(config)
         if self.outputs is not None:
@@ -368,6 +370,7 @@ def run_daemon(home: Path | None, backend: str = "asyncio", ready_fd: int | None
     except HomeError as exc:
         log.warning("no fallback for unwritten rows: %s", exc)
     writer = RowWriter(hp.db, config.pricing_overrides, spill_paths=spills)
+    writer.body_settings, writer.home = config.bodies, hp.home
     writer.start()
     ctx.writer = writer
     from .outputs import Outputs

@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS budget_snoozes (
     budget TEXT PRIMARY KEY,
     until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS request_bodies (
+    id TEXT PRIMARY KEY,
+    truncated INTEGER NOT NULL,
+    ciphertext BLOB NOT NULL,
+    synced_at TEXT
+);
 CREATE TABLE IF NOT EXISTS ratelimits (
     host TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -496,12 +502,22 @@ class Store:
                     marks = ",".join("?" * len(ids))
                     conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids)
                     conn.execute(f"DELETE FROM sync_quarantine WHERE id IN ({marks})", ids)
+                    conn.execute(f"DELETE FROM request_bodies WHERE id IN ({marks})", ids)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
             return len(ids)
+
+    def insert_bodies(self, bodies: Sequence[tuple[str, bool, bytes]]) -> int:
+        """(id, truncated, Fernet ciphertext) of captured bodies (hm_agent.bodies); duplicates ignored."""
+        return self._write("INSERT OR IGNORE INTO request_bodies (id, truncated, ciphertext) VALUES (?, ?, ?)",
+                           [(i, int(t), c) for i, t, c in bodies])
+
+    def body(self, row_id: str) -> tuple[bool, bytes] | None:
+        found = self._query_optional("SELECT truncated, ciphertext FROM request_bodies WHERE id = ?", (row_id,))
+        return None if not found else (bool(found[0][0]), bytes(found[0][1]))
 
     def reclaim_space(self, pages: int = 256) -> int:
         """Give up to ``pages`` free pages back to the file system; returns the free pages left."""

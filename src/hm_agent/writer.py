@@ -64,6 +64,7 @@ class CapturedCall:
     header_project: str | None = None
     header_tags: str | None = None
     attribution: Any = None  # hm_agent.attribution.Settings when the call came through the addon
+    bodies: Any = None  # hm_agent.bodies.CapturedBodies when [capture] bodies is on
 
 
 _STOP = object()
@@ -103,6 +104,11 @@ class RowWriter:
         self._stop_result: bool | None = None
         # Called on this thread after each committed batch (hm_agent.rowfeed.RowFeed.poll).
         self.after_write: list[Any] = []
+        # [capture] bodies (hm_agent.bodies): settings and the home whose body.key encrypts them.
+        self.body_settings: Any = None
+        self.home: Path | None = None
+        self._body_key: bytes | None = None
+        self.bodies_kept = 0
 
     # -- proxy side ---------------------------------------------------------
 
@@ -276,6 +282,27 @@ class RowWriter:
                 self._keep_bad(_unbuildable_row(call), exc, stopping)
         self._insert(rows, stopping)
         self._note_ratelimits(batch)
+        self._keep_bodies(batch)
+
+    def _keep_bodies(self, batch: list[CapturedCall]) -> None:
+        """Redact, cap, encrypt and store the bodies of the batch; never fails a batch."""
+        settings = self.body_settings
+        calls = [c for c in batch if c.bodies is not None]
+        if not calls or settings is None or not settings.keep or self.home is None or self._gave_up:
+            return
+        from . import bodies
+
+        try:
+            if self._body_key is None:
+                self._body_key = bodies.load_or_create_key(self.home)
+            records = []
+            for call in calls:
+                plain, truncated = bodies.record(call.id, call.bodies, settings)
+                records.append((call.id, truncated, bodies.encrypt(self._body_key, plain)))
+            self._store.insert_bodies(records)
+            self.bodies_kept += len(records)
+        except Exception as exc:
+            log.warning("could not keep the bodies of %d calls: %s", len(calls), exc)
 
     def _note_ratelimits(self, batch: list[CapturedCall]) -> None:
         """The latest rate-limit headers per host and model (status, report --limits); never fails a batch."""
