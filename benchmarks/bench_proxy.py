@@ -222,7 +222,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="hm-bench-"))
     procs: list[subprocess.Popen[str]] = []
-    daemon = daemon_off = daemon_budgets = None
+    daemon = daemon_off = daemon_budgets = daemon_bodies = None
     try:
         ca = make_ca(tmp / "ca")
         upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM_SCRIPT, str(ROOT), str(tmp / "ca")],
@@ -269,6 +269,11 @@ def main() -> None:
                                       + f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
         budgets_ctx = ssl.create_default_context(cafile=str(daemon_budgets.ca_cert_path))
         scraper = Scraper(f"http://127.0.0.1:{metrics_port}/metrics")
+        # the daemon keeping request and response bodies ([capture] bodies = "local", encrypted)
+        daemon_bodies = start_daemon(tmp / "home-bodies", "asyncio", upstream_ca=ca.ca_path, tick_seconds=15,
+                                     extra_config=capture_host_config([f"localhost:{up_port}"])
+                                     + '[capture]\nbodies = "local"\n')
+        bodies_ctx = ssl.create_default_context(cafile=str(daemon_bodies.ca_cert_path))
 
         modes = {
             "direct": (None, direct_ctx),
@@ -276,6 +281,7 @@ def main() -> None:
             "daemon": (daemon.proxy_url, d_ctx),
             "daemon_noattr": (daemon_off.proxy_url, off_ctx),
             "daemon_budgets": (daemon_budgets.proxy_url, budgets_ctx),
+            "daemon_bodies": (daemon_bodies.proxy_url, bodies_ctx),
             # HTTP/2 on both legs: an h2 client through the daemon to an upstream that offers h2,
             # against HTTP/1.1 on both legs to that same upstream
             "daemon_h1_h2up": (daemon.proxy_url, d_ctx),
@@ -284,7 +290,7 @@ def main() -> None:
         mode_url = {"daemon_h1_h2up": url_h2, "daemon_h2": url_h2}
         mode_h2 = {"daemon_h2"}
         proxy_pids = {"direct": None, "mitmdump": md.pid, "daemon": daemon.pid, "daemon_noattr": daemon_off.pid,
-                      "daemon_budgets": daemon_budgets.pid, "daemon_h1_h2up": daemon.pid, "daemon_h2": daemon.pid}
+                      "daemon_budgets": daemon_budgets.pid, "daemon_bodies": daemon_bodies.pid, "daemon_h1_h2up": daemon.pid, "daemon_h2": daemon.pid}
         cpu_used = dict.fromkeys(modes, 0.0)
         for name, (proxy, ctx) in modes.items():
             run_load(mode_url.get(name, url), args.warmup, c, proxy, ctx, http2=name in mode_h2)
@@ -304,6 +310,7 @@ def main() -> None:
                 cpu_used[name] += cpu_seconds(proxy_pids[name]) - before
         labels = {"direct": "direct", "mitmdump": "bare mitmdump", "daemon": "daemon (metering)",
                   "daemon_noattr": "daemon, attribution off", "daemon_budgets": "daemon + budgets + /metrics",
+                  "daemon_bodies": "daemon, bodies kept (local)",
                   "daemon_h1_h2up": "daemon, HTTP/1.1 both legs", "daemon_h2": "daemon, HTTP/2 both legs"}
         for name in modes:
             results[name] = merge(parts[name])
@@ -318,6 +325,8 @@ def main() -> None:
         budget_view = (daemon_budgets.status().get("budgets") or [{}])[0]
         stop_or_kill(daemon_budgets)
         daemon_budgets = None
+        stop_or_kill(daemon_bodies)
+        daemon_bodies = None
         n = per_round * rounds
         expected = (args.warmup // c * c + n) * 3  # daemon, daemon_h1_h2up and daemon_h2 share one daemon
         written = daemon.wait_rows(expected, timeout=30)
@@ -378,6 +387,11 @@ def main() -> None:
               f"{on['proxy_cpu_ms_per_req'] - d['proxy_cpu_ms_per_req']:+.3f} ms; {scraper.scrapes} scrapes of "
               f"/metrics (median {scraper.median_ms():.1f} ms); budget {budget_view.get('name')} counted "
               f"{budget_view.get('priced_calls')} calls")
+        kept = results["daemon_bodies"]
+        print(f"bodies local vs off (same run, interleaved): p50 {kept['p50_ms'] - d['p50_ms']:+.3f} ms, "
+              f"p99 {kept['p99_ms'] - d['p99_ms']:+.3f} ms, req/s x{kept['rps'] / d['rps']:.3f}, CPU/request "
+              f"{kept['proxy_cpu_ms_per_req'] - d['proxy_cpu_ms_per_req']:+.3f} ms (the proxy keeps references;"
+              " the writer redacts and encrypts)")
         h2, h1 = results["daemon_h2"], results["daemon_h1_h2up"]
         print(f"HTTP/2 on both legs vs HTTP/1.1 (same daemon and upstream, interleaved): p50 "
               f"{h2['p50_ms'] - h1['p50_ms']:+.3f} ms, p99 {h2['p99_ms'] - h1['p99_ms']:+.3f} ms, "
@@ -387,7 +401,7 @@ def main() -> None:
               f"CPU/request x{d['proxy_cpu_ms_per_req'] / m['proxy_cpu_ms_per_req']:.2f}"
               "   (aim: p50 <= +0.3 ms, req/s >= x0.95)")
     finally:
-        for running in (daemon, daemon_off, daemon_budgets):
+        for running in (daemon, daemon_off, daemon_budgets, daemon_bodies):
             if running is not None:
                 stop_or_kill(running)
         for p in procs:

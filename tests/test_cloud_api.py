@@ -322,6 +322,7 @@ def test_whoami_and_revoke(cloud: CloudServer) -> None:
         "hostname": "vk.local",
         "retention_days": None,
         "retained_from": None,
+        "accept_bodies": False,
     }
     revoked = httpx.post(f"{cloud.base_url}/v1/pairing/revoke", headers=bearer(token))
     assert revoked.status_code == 200 and revoked.json() == {"revoked": True}

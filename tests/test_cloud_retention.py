@@ -97,8 +97,10 @@ def test_frozen_clock_deletes_exactly_the_older_days_in_chunks(engine: Engine) -
     assert audit(engine, acme, "retention.delete") == ["1320 rows of days before 2026-10-30 (30-day retention)"]
     assert retention.run_pass(engine, TODAY, NOW).deleted == {}  # nothing more: no audit noise
     assert len(audit(engine, acme, "retention.delete")) == 1
-    assert retention.whoami_fields(engine, acme, NOW) == {"retention_days": 30, "retained_from": "2026-10-30"}
-    assert retention.whoami_fields(engine, other, NOW) == {"retention_days": None, "retained_from": None}
+    assert retention.whoami_fields(engine, acme, NOW) == {"retention_days": 30, "retained_from": "2026-10-30",
+                                                          "accept_bodies": False}
+    assert retention.whoami_fields(engine, other, NOW) == {"retention_days": None, "retained_from": None,
+                                                           "accept_bodies": False}
 
 
 def test_the_lease_lets_one_holder_run_once_per_interval(engine: Engine) -> None:

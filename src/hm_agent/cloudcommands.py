@@ -58,6 +58,9 @@ def daemon_cloud_status(ctx: CloudContext) -> dict[str, Any]:
     elif snap["state"] != SyncState.NOT_CONFIGURED and worker is not None and worker.error:
         snap["last_error"] = worker.error
     snap["daemon_running"] = True
+    from .bodysync import STATE
+
+    snap["bodies"]["workspace_accepts"] = STATE.get("accepted")
     return snap
 
 

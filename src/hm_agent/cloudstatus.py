@@ -65,6 +65,9 @@ def base_status(config: Any, store: Any, problem: str | None = None) -> dict[str
         "last_reconcile_at": state.get("last_reconcile_at"),
         "last_error": state.get("last_error"),
         "daemon_running": False,
+        # [capture] bodies and, with the daemon running, whether the workspace accepts them
+        # (whoami's accept_bodies; null: not asked yet).
+        "bodies": {"mode": getattr(getattr(config, "bodies", None), "mode", "off"), "workspace_accepts": None},
     }
     if problem is not None:
         snap["last_error"] = snap["hint"] = problem

@@ -515,6 +515,18 @@ class Store:
         return self._write("INSERT OR IGNORE INTO request_bodies (id, truncated, ciphertext) VALUES (?, ?, ?)",
                            [(i, int(t), c) for i, t, c in bodies])
 
+    def pending_bodies(self, limit: int) -> list[tuple[str, bytes]]:
+        """(id, ciphertext) of bodies not uploaded yet whose row the cloud has acknowledged."""
+        return [(r[0], bytes(r[1])) for r in self._query_optional(
+            "SELECT b.id, b.ciphertext FROM request_bodies b JOIN requests r ON r.id = b.id"
+            " WHERE b.synced_at IS NULL AND r.synced_at IS NOT NULL ORDER BY r.ts LIMIT ?", (int(limit),))]
+
+    def count_pending_bodies(self) -> int:
+        return int(self._query_optional("SELECT count(*) FROM request_bodies WHERE synced_at IS NULL")[0][0])
+
+    def mark_bodies_synced(self, ids: Sequence[str], at: str) -> int:
+        return self._write("UPDATE request_bodies SET synced_at = ? WHERE id = ?", [(at, i) for i in ids])
+
     def body(self, row_id: str) -> tuple[bool, bytes] | None:
         found = self._query_optional("SELECT truncated, ciphertext FROM request_bodies WHERE id = ?", (row_id,))
         return None if not found else (bool(found[0][0]), bytes(found[0][1]))

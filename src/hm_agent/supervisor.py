@@ -41,6 +41,7 @@ COMPONENT_SOURCES: list[tuple[str, str]] = [
     ("hm_agent.otel", "make_component"),
     ("hm_agent.rollups", "make_component"),
     ("hm_agent.retention", "make_component"),
+    ("hm_agent.bodysync", "make_component"),
 ]
 
 

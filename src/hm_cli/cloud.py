@@ -258,6 +258,11 @@ def status(as_json: bool) -> None:
     bullet(f"Last sync: {safe(relative_time(snap.get('last_sync_at')))}")
     bullet(f"Unsynced rows: {'unknown' if unsynced is None else safe(unsynced)}")
     bullet(f"Last reconcile: {safe(relative_time(snap.get('last_reconcile_at')))}")
+    bodies = snap.get("bodies") or {}
+    if bodies.get("mode") not in (None, "off"):
+        accepts = {True: "the workspace accepts them", False: "the workspace does not accept them"}.get(
+            bodies.get("workspace_accepts"), "the workspace's answer not known yet")
+        bullet(f"Request bodies: {safe(bodies['mode'])} ({accepts})")
     if snap.get("last_error"):
         bullet(f"Last error: {safe(snap['last_error'])}", colour="red")
     if snap.get("quarantined_rows"):

@@ -366,7 +366,9 @@ async def requests_totals(request: Request) -> Response:
     from .retention import whoami_fields
 
     # Days before retained_from were deleted on purpose: reconcile does not re-send them.
-    body: dict[str, Any] = {"days": days, **await cloud(request).db(whoami_fields, device.workspace.id, time.time())}
+    kept = await cloud(request).db(whoami_fields, device.workspace.id, time.time())
+    body: dict[str, Any] = {"days": days, "retention_days": kept["retention_days"],
+                            "retained_from": kept["retained_from"]}
     if group_by is not None:
         body["group_by"] = group_by
         body["groups"] = await cloud(request).db(

@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from hm_proto.server import ApiError
 
-from . import api, budgets, metrics, pages, retention, store, team_pages
+from . import api, budgets, metrics, pages, request_bodies, retention, store, team_pages
 from .bodies import BodyLimitRouter
 from .security import SessionCodec
 from .state import CloudState
@@ -90,7 +90,7 @@ def create_app(engine: Engine, app_url: str) -> Starlette:
     )
     # Every request's body is bounded before any handler runs (bodies.py).
     app.router = BodyLimitRouter(
-        routes=[*api.routes, static, *team_pages.routes, *pages.routes, *budgets.routes, *retention.routes, *metrics.routes]
+        routes=[*api.routes, *request_bodies.api_routes, static, *team_pages.routes, *pages.routes, *budgets.routes, *retention.routes, *request_bodies.routes, *metrics.routes]
     )
     app.state.cloud = state
     return app

@@ -29,9 +29,12 @@ MAX_SMALL_BODY_BYTES = 8 * 1024  # every other endpoint and form
 BATCH_PATH = "/v1/requests/batch"
 
 
+BODIES_PATH = "/v1/requests/bodies"  # opt-in request bodies (hm_cloud.request_bodies): 4 MiB too
+
+
 def body_limit(path: str) -> int:
     """The largest body, in bytes, a request to ``path`` may carry."""
-    return MAX_BODY_BYTES if path == BATCH_PATH else MAX_SMALL_BODY_BYTES
+    return MAX_BODY_BYTES if path in (BATCH_PATH, BODIES_PATH) else MAX_SMALL_BODY_BYTES
 
 
 def human_size(n: int) -> str:

@@ -209,6 +209,20 @@ def create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def rewrap_keys(args: argparse.Namespace) -> int:
+    from .request_bodies import NoMasterKey
+    from .request_bodies import rewrap_keys as rewrap
+
+    engine = open_database(args.db)
+    try:
+        print(f"re-wrapped {rewrap(engine)} workspace keys under the first key of HALTON_METER_CLOUD_MASTER_KEY")
+    except NoMasterKey as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="halton-meter-cloud", description="The self-hostable Halton Meter Cloud backend."
@@ -253,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_user.add_argument("--db", default=None, help="same as for serve")
     p_user.set_defaults(handler=create_user)
+
+    p_rewrap = sub.add_parser(
+        "rewrap-keys", help="re-wrap every workspace's body key under the newest master key (rotation)"
+    )
+    p_rewrap.add_argument("--db", default=None, help="same as for serve")
+    p_rewrap.set_defaults(handler=rewrap_keys)
     return parser
 
 

@@ -137,6 +137,29 @@ workspace_settings = Table(
     Column("workspace_id", String(36), ForeignKey("workspaces.id"), primary_key=True),
     Column("retention_days", Integer, nullable=True),  # null: keep everything; else >= 7
     Column("updated_at", Float, nullable=False),
+    # Accept request bodies from machines that sync them (version 4; null/false: refuse).
+    Column("accept_bodies", Boolean, nullable=True),
+)
+
+# Opt-in request bodies (hm_cloud.request_bodies): one Fernet token per row, under
+# the workspace's data key, which is itself wrapped by the server's master key.
+workspace_keys = Table(
+    "workspace_keys",
+    metadata,
+    Column("workspace_id", String(36), ForeignKey("workspaces.id"), primary_key=True),
+    Column("wrapped_key", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+request_bodies = Table(
+    "request_bodies",
+    metadata,
+    Column("workspace_id", String(36), primary_key=True),
+    Column("id", String(36), primary_key=True),
+    Column("machine_id", String(64), nullable=False),
+    Column("truncated", Boolean, nullable=False),
+    Column("ciphertext", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
 )
 
 # Scheduled jobs run by one server process at a time (hm_cloud.retention.Lease):
@@ -307,6 +330,8 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     # 3: the team cloud. Its new tables come from create_all; these are its columns.
     (3, _add_columns(users, ("last_workspace_id",))),
     (3, _add_columns(devices, ("approved_by",))),
+    # 4: workspaces that accept request bodies (hm_cloud.request_bodies).
+    (4, _add_columns(workspace_settings, ("accept_bodies",))),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

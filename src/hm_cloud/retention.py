@@ -291,9 +291,14 @@ def start_scheduler(engine: Engine) -> Callable[[], None]:
 
 
 def whoami_fields(engine: Engine, workspace_id: str, now: float) -> dict[str, Any]:
-    """``retention_days`` and ``retained_from`` (the first day kept; null when keeping all)."""
-    days = retention_days(engine, workspace_id)
-    return {"retention_days": days, "retained_from": None if days is None else cutoff(utc_today(now), days)}
+    """``retention_days``, ``retained_from`` (the first day kept; null when keeping all) and
+    ``accept_bodies`` (the workspace takes request bodies from machines that sync them)."""
+    with engine.connect() as conn:
+        found = conn.execute(select(workspace_settings.c.retention_days, workspace_settings.c.accept_bodies)
+                             .where(workspace_settings.c.workspace_id == workspace_id)).first()
+    days = None if found is None or found[0] is None else int(found[0])
+    return {"retention_days": days, "retained_from": None if days is None else cutoff(utc_today(now), days),
+            "accept_bodies": bool(found is not None and found[1])}
 
 
 # -- the settings page ---------------------------------------------------------------
@@ -318,6 +323,15 @@ async def retention_page(request: Request) -> Response:
         form = await _form(request)
         if not csrf_ok(session_of(request), form.get("csrf_token")):
             return _csrf_failed(request)
+        if form.get("action") in ("accept_bodies", "refuse_bodies", "delete_bodies"):
+            from . import request_bodies as rb
+
+            address = client_address(request)
+            if form["action"] == "delete_bodies":
+                await state.db(rb.delete_bodies, ws.id, email, address, now)
+            else:
+                await state.db(rb.set_accept, ws.id, form["action"] == "accept_bodies", email, address, now)
+            return redirect(request, f"/{ws.slug}/settings/retention")
         try:
             days = parse_days(form.get("days", ""))
         except RetentionError as exc:
@@ -331,6 +345,11 @@ async def retention_page(request: Request) -> Response:
         if days is not None:
             ctx["first_kept"] = cutoff(utc_today(now), days)
             ctx["will_go"] = await state.db(rows_before, ws.id, ctx["first_kept"])
+    from . import request_bodies as rb
+
+    ctx["accept_bodies"] = await state.db(rb.accepts, ws.id)
+    ctx["stored_bodies"] = await state.db(rb.count_bodies, ws.id)
+    ctx["master_problem"] = rb.master_key_problem()
     if current is not None and "confirm" not in ctx:
         ctx["first_kept"] = cutoff(utc_today(now), current)
     return render(request, "retention.html", ctx, status=status)

@@ -48,6 +48,8 @@ class WhoAmI:
     hostname: str
     # The workspace's retention in days (None: keeps everything; absent from older servers).
     retention_days: int | None = None
+    # The workspace accepts request bodies (opt-in body sync; False from older servers).
+    accept_bodies: bool = False
 
 
 _WHOAMI_TEXT = ("workspace_id", "workspace_slug", "workspace_name", "machine_id", "hostname")
@@ -74,4 +76,7 @@ def parse_whoami(answer: Response | TransportFailure) -> WhoAmIOutcome:
     days = data.get("retention_days")
     if days is not None and (isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 36_500):
         raise RemoteProtocolError(f"whoami: retention_days {days!r} is not a number of days")
-    return WhoAmI(**values, retention_days=days)
+    accept = data.get("accept_bodies", False)
+    if not isinstance(accept, bool):
+        raise RemoteProtocolError(f"whoami: accept_bodies {accept!r} is not true or false")
+    return WhoAmI(**values, retention_days=days, accept_bodies=accept)
