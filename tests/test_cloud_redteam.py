@@ -185,3 +185,23 @@ def test_pairing_start_fields_longer_than_their_columns_are_400_on_postgresql(tm
             body[name] = "v" * (size - 1)
             assert api.post("/v1/pairing/start", json=body).status_code == 200
         _no_traceback(cloud)
+
+
+@pytest.mark.slow
+def test_ids_past_a_32_bit_integer_are_400_not_500_on_postgresql(tmp_path: object) -> None:
+    # users.id and audit_log.id are INTEGER: "99999999999999999" passed the digits check and
+    # PostgreSQL failed the query (NumericValueOutOfRange), a 500; SQLite simply found nothing.
+    from pathlib import Path
+
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as pg, running_cloud(Path(str(tmp_path)), db_url=pg.create_database("hm_rt_ids")) as cloud:
+        cloud.create_user("mallory@example.com", PASSWORD, "mallory")
+        session = cloud.login_session("mallory@example.com", PASSWORD)
+        for big in ("2147483648", "99999999999999999", "999999999999999999"):
+            assert session.get("/mallory/settings/audit", params={"before": big}).status_code == 200
+            csrf = cloud.csrf(session, "/mallory/settings/members")
+            role = session.post("/mallory/settings/members",
+                                data={"csrf_token": csrf, "action": "role", "user_id": big, "role": "admin"})
+            assert role.status_code == 400
+        _no_traceback(cloud)

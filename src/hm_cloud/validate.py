@@ -22,14 +22,19 @@ def column_chars(column: Any) -> int:
     return int(column.type.length)
 
 
-def small_int(raw: str | None, max_digits: int = 18) -> int | None:
-    """``raw`` as a non-negative integer of at most ``max_digits`` ASCII digits, else None.
+MAX_ID = 2**31 - 1  # an Integer column (users.id, audit_log.id) on PostgreSQL: a bigger one is a DataError
+
+
+def small_int(raw: str | None, limit: int = MAX_ID) -> int | None:
+    """``raw`` as an integer 0..``limit`` written in ASCII digits, else None.
 
     ``str.isdigit`` alone also accepts digits ``int`` refuses ("²", "①"): a
-    ValueError (500) from a query string or a form."""
-    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > max_digits:
+    ValueError (500) from a query string or a form; and an id past PostgreSQL's
+    32-bit INTEGER fails the query (500) where SQLite simply finds nothing."""
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 12:
         return None
-    return int(raw)
+    value = int(raw)
+    return value if value <= limit else None
 
 
 def field(
