@@ -205,3 +205,20 @@ def test_ids_past_a_32_bit_integer_are_400_not_500_on_postgresql(tmp_path: objec
                                 data={"csrf_token": csrf, "action": "role", "user_id": big, "role": "admin"})
             assert role.status_code == 400
         _no_traceback(cloud)
+
+
+@pytest.mark.slow
+def test_a_sign_up_workspace_name_longer_than_its_column_is_400_on_postgresql(tmp_path: object) -> None:
+    # workspaces.name is VARCHAR(200); sign-up took any length and PostgreSQL refused it (a 500).
+    from pathlib import Path
+
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as pg, running_cloud(Path(str(tmp_path)), db_url=pg.create_database("hm_rt_ws")) as cloud:
+        visitor = cloud.client()
+        csrf = cloud.csrf(visitor, "/signup")
+        answer = visitor.post("/signup", data={"csrf_token": csrf, "email": "new@example.com",
+                                               "password": "long-enough-1", "workspace": "Zz" * 125})
+        assert answer.status_code == 400
+        assert "at most 200 characters" in answer.text
+        _no_traceback(cloud)

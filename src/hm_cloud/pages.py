@@ -99,6 +99,7 @@ async def _missing_code(
         raise ApiError(404, "code_not_found", CODE_NOT_FOUND)
     return render(request, "connect_missing.html", {**ctx, "message": CODE_NOT_FOUND}, status=404)
 MAX_RANGE_DAYS = 366
+MAX_WORKSPACE_NAME = 200  # workspaces.name
 EARLIEST_DATE = date(1970, 1, 1)
 SIGNUP_REFUSED = (
     "This email or workspace name cannot be used: if you already have an account, "
@@ -285,7 +286,9 @@ async def signup(request: Request) -> Response:
         error = "Choose a password of at least 8 characters."
     elif len(slug) < 2 or slug in RESERVED_SLUGS:
         error = "Choose a workspace name of at least two letters or digits (not a reserved word)."
-    page = {"next": nxt, "form": {"email": email, "workspace": ws_name}}
+    elif len(ws_name) > MAX_WORKSPACE_NAME:  # the column's length: PostgreSQL refuses more (a 500)
+        error = f"Choose a workspace name of at most {MAX_WORKSPACE_NAME} characters."
+    page = {"next": nxt, "form": {"email": email, "workspace": ws_name[:MAX_WORKSPACE_NAME]}}
     if error is not None:
         return render(request, "signup.html", {**page, "error": error}, status=400)
     state = cloud(request)
