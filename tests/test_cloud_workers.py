@@ -154,3 +154,27 @@ def test_bad_serve_settings_are_one_line(tmp_path: Path, args: tuple[str, ...], 
     )
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_failed_batch_does_not_lose_the_connections_staging_table(postgres: PostgresServer) -> None:
+    """The COPY staging table made in a transaction that rolls back is made again next time."""
+    from sqlalchemy.pool import StaticPool
+
+    from hm_cloud import store
+    from hm_cloud.db import devices, init_schema
+    from hm_cloud.ingest import batch_values
+
+    engine = create_engine(postgres.create_database("hm_stage"), poolclass=StaticPool)  # one connection
+    init_schema(engine)
+    _uid, ws = store.create_user(engine, "s@example.com", "x", "stage", "stage", 0.0)
+    device = store.AuthedDevice("dev-1", "hash", ws, "machine-1", "host")
+    with engine.begin() as conn:
+        conn.execute(devices.insert().values(id="dev-1", workspace_id=ws.id, machine_id="machine-1", hostname="h",
+                                             os="linux", agent_version="1", paired_at=0.0, rows_synced=0))
+    good = batch_values([sample_row() for _ in range(3)], ws.id, "machine-1", 1.0)
+    broken = [good[0][:8] + ("not a status",) + good[0][9:]]  # the database refuses it mid-COPY
+    with pytest.raises(Exception, match="integer"):
+        store.ingest_values(engine, device, broken, 1.0)
+    assert store.ingest_values(engine, device, good, 1.0) == (3, 0)
+    assert store.ingest_values(engine, device, good, 1.0) == (0, 3)
+    engine.dispose()

@@ -634,6 +634,7 @@ _PG_STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS usage_rows_stage "
     "(LIKE usage_rows INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
+_STAGE_KEY = "usage_rows_stage"
 _PG_COPY = f"COPY usage_rows_stage ({', '.join(_ROW_COLUMNS)}) FROM STDIN"
 _PG_MOVE = (
     f"INSERT INTO usage_rows ({', '.join(_ROW_COLUMNS)}) "
@@ -656,26 +657,36 @@ def ingest_values(
     """
     if not values:
         return 0, 0
-    with write_transaction(engine) as conn:
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        if conn.dialect.name == "sqlite":
-            before = raw.total_changes
-            raw.executemany(_SQLITE_INSERT, values)
-            accepted = raw.total_changes - before
-        else:
-            with raw.cursor() as cur:
-                cur.execute(_PG_STAGE)
-                with cur.copy(_PG_COPY) as copy:
-                    for v in values:
-                        copy.write_row(v)
-                cur.execute(_PG_MOVE)
-                accepted = cur.rowcount
-        conn.execute(
-            update(devices)
-            .where(devices.c.id == device.device_id)
-            .values(last_sync_at=now, rows_synced=devices.c.rows_synced + accepted)
-        )
+    made_stage: list[dict[Any, Any]] = []
+    try:
+        with write_transaction(engine) as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            if conn.dialect.name == "sqlite":
+                before = raw.total_changes
+                raw.executemany(_SQLITE_INSERT, values)
+                accepted = raw.total_changes - before
+            else:
+                with raw.cursor() as cur:
+                    info = conn.connection.info  # this database connection's (cleared if it breaks)
+                    if not info.get(_STAGE_KEY):
+                        cur.execute(_PG_STAGE)
+                        info[_STAGE_KEY] = True
+                        made_stage.append(info)
+                    with cur.copy(_PG_COPY) as copy:
+                        for v in values:
+                            copy.write_row(v)
+                    cur.execute(_PG_MOVE)
+                    accepted = cur.rowcount
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == device.device_id)
+                .values(last_sync_at=now, rows_synced=devices.c.rows_synced + accepted)
+            )
+    except BaseException:
+        for info in made_stage:  # the rollback dropped the staging table made in it
+            info.pop(_STAGE_KEY, None)
+        raise
     return accepted, len(values) - accepted
 
 
