@@ -77,3 +77,16 @@ def test_a_websocket_upstream_that_never_finishes_a_response_holds_bounded_state
     rows += session.close()
     assert len(rows) == 5000  # each one is still a row: cut short (incomplete), never lost
     assert all("incomplete" in usage.flags for usage, _response in rows)
+
+
+@pytest.mark.parametrize("args", [
+    ("--since", "99999999999d"),  # timedelta: OverflowError
+    ("--since", "3660000d"),  # before year 1: OverflowError
+    ("--from", "0001-01-01", "--to", "0001-01-01"),  # the previous period: OverflowError
+])
+def test_report_ranges_past_the_calendar_are_one_line_not_a_traceback(home: Path, args: tuple[str, ...]) -> None:
+    done = run_cli(home, "report", *args)
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out and "OverflowError" not in out
+    assert done.returncode != 0 and out.strip().count("\n") == 0
+    assert "--since is at most" in out or "--to must be 1970-01-01 or later" in out

@@ -83,7 +83,13 @@ def parse_since(value: str) -> timedelta:
     if not match:
         fail(f"--since must look like 24h, 7d or 4w, not {value!r}")
     n, unit = int(match.group(1)), match.group(2)
+    if len(match.group(1)) > 9 or n > _SINCE_MAX[unit]:  # timedelta overflows, and nothing is older than 1970
+        fail(f"--since is at most {_SINCE_MAX[unit]}{unit} (100 years), not {value.strip()!r}")
     return {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
+
+
+_SINCE_MAX = {"h": 876_000, "d": 36_500, "w": 5_214}
+EARLIEST_DAY = date(1970, 1, 1)  # no row is older; the previous period of a range must still be a date
 
 
 def resolve_range(since: str | None, from_: str | None, to: str | None) -> tuple[str, str]:
@@ -99,6 +105,9 @@ def resolve_range(since: str | None, from_: str | None, to: str | None) -> tuple
         if delta >= timedelta(days=1):
             start = today - timedelta(days=max(delta.days - 1, 0))  # "7d" = today and the 6 days before
         end = today
+    if end < EARLIEST_DAY:
+        fail(f"--to must be {EARLIEST_DAY} or later, not {end}")
+    start = max(start, EARLIEST_DAY)
     if start > end:
         fail(f"--from ({start}) is after --to ({end})")
     return start.isoformat(), end.isoformat()
