@@ -96,3 +96,18 @@ def test_a_version_3_database_gains_accept_bodies(tmp_path: Path) -> None:
         assert conn.execute(select(schema_version.c.version)).scalar() == SCHEMA_VERSION
     assert not rb.accepts(eng, acme)
     eng.dispose()
+
+
+def test_the_workspace_retention_deletes_bodies_with_their_rows(engine: Engine) -> None:
+    from datetime import date
+
+    from hm_cloud import retention
+
+    acme = workspace(engine, "acme")
+    [old] = seed(engine, acme, "2026-09-01", 1)
+    [new] = seed(engine, acme, "2026-11-29", 1)
+    rb.set_accept(engine, acme, True, "acme@example.com", None, NOW)
+    rb.store_bodies(engine, acme, "m1", [body(old), body(new)], NOW)
+    retention.set_retention(engine, acme, 30, "acme@example.com", None, NOW)
+    assert retention.run_pass(engine, date(2026, 11, 29), NOW).deleted == {acme: 1}
+    assert rb.count_bodies(engine, acme) == 1 and rb.read_body(engine, acme, old, "a", None, NOW) is None

@@ -40,7 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import team
-from .db import job_leases, usage_rows, workspace_settings, workspaces
+from .db import job_leases, request_bodies, usage_rows, workspace_settings, workspaces
 from .pages import (  # also registers {:slug}
     _csrf_failed,
     _form,
@@ -187,10 +187,14 @@ class Pass:
 
 
 def _delete_chunk(engine: Engine, workspace_id: str, before: str, limit: int) -> int:
+    """Up to ``limit`` rows of days before ``before`` and their request bodies, in one transaction."""
     with engine.begin() as conn:
-        ids = select(usage_rows.c.id).where(
-            usage_rows.c.workspace_id == workspace_id, usage_rows.c.day < before
-        ).limit(limit)
+        ids = [r[0] for r in conn.execute(select(usage_rows.c.id).where(
+            usage_rows.c.workspace_id == workspace_id, usage_rows.c.day < before).limit(limit))]
+        if not ids:
+            return 0
+        conn.execute(request_bodies.delete().where(request_bodies.c.workspace_id == workspace_id,
+                                                   request_bodies.c.id.in_(ids)))
         return int(conn.execute(
             usage_rows.delete().where(usage_rows.c.workspace_id == workspace_id, usage_rows.c.id.in_(ids))
         ).rowcount)
