@@ -127,3 +127,41 @@ def test_body_sync_only_when_both_sides_opt_in(tmp_path: Path, browser: Any, mon
                                  .where(audit_log.c.action == "body.view")).scalar()
         assert views == 4
         engine.dispose()
+
+
+def test_disconnect_never_uploads_pending_bodies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HALTON_METER_CLOUD_MASTER_KEY", Fernet.generate_key().decode())
+    ca = make_ca(tmp_path / "ca")
+    with FakeProviders(ca) as upstream, running_cloud(tmp_path / "cloud") as cloud:
+        cloud.create_user("owner@example.com", PASSWORD, "acme")
+        owner = cloud.login_session("owner@example.com", PASSWORD)
+        csrf = cloud.csrf(owner, "/acme/settings/retention")
+        owner.post("/acme/settings/retention", data={"csrf_token": csrf, "action": "accept_bodies"})
+        engine = make_engine(cloud.db_url)
+        extra = capture_host_config([f"localhost:{upstream.port}"]) + '[capture]\nbodies = "sync"\n'
+        # One body-sync round at start, then none for a minute: the bodies below wait.
+        with running_daemon(tmp_path / "home", upstream_ca=ca.ca_path, extra_config=extra,
+                            env={"HALTON_METER_BODY_SYNC_SECONDS": "60"}) as daemon:
+            proc, code, _url = start_connect(daemon, cloud)
+            assert cloud.approve(code, "acme", owner).status_code == 200
+            finish_connect(proc)
+            code_text = (f"BASE = {upstream.base_url!r}\nCANARY = 'CANARY-pending'\nPROMPT_KEY = {PROMPT_KEY!r}\n"
+                         + textwrap.dedent(PROGRAM))
+            res = subprocess.run([sys.executable, "-c", code_text], env=daemon.env_for_clients(),
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr[-3000:]
+            db = tmp_path / "home" / "db.sqlite"
+
+            def waiting() -> bool:
+                import sqlite3
+
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    return conn.execute("SELECT count(*) FROM request_bodies b JOIN requests r ON r.id = b.id"
+                                        " WHERE b.synced_at IS NULL AND r.synced_at IS NOT NULL").fetchone()[0] == 2
+
+            wait_for(waiting, what="two bodies waiting after their synced rows")
+            assert daemon.cli("cloud", "disconnect").returncode == 0
+            time.sleep(1.0)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(request_bodies)).scalar() == 0
+        engine.dispose()
