@@ -27,6 +27,17 @@ def session(cloud: CloudServer) -> httpx.Client:
     return cloud.login_session("mallory@example.com", PASSWORD)
 
 
+@pytest.fixture(scope="module")
+def pg_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
+    """A backend on PostgreSQL: it refuses what SQLite quietly stores (long strings, big integers)."""
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as pg, running_cloud(tmp_path_factory.mktemp("cloud-redteam-pg"),
+                                                 db_url=pg.create_database("hm_redteam")) as server:
+        server.create_user("mallory@example.com", PASSWORD, "mallory")
+        yield server
+
+
 def _no_traceback(cloud: CloudServer) -> None:
     assert "Traceback" not in cloud.log()
 
@@ -167,58 +178,43 @@ def test_per_workspace_limits_hold_under_concurrent_posts(tmp_path: object, data
 
 
 @pytest.mark.slow
-def test_pairing_start_fields_longer_than_their_columns_are_400_on_postgresql(tmp_path: object) -> None:
+def test_pairing_start_fields_longer_than_their_columns_are_400_on_postgresql(pg_cloud: CloudServer) -> None:
     # os and agent_version were checked at 255 characters but stored in 120 and 64:
     # PostgreSQL refused the INSERT (StringDataRightTruncation), a 500.
     import uuid
-    from pathlib import Path
 
-    from tests.support.postgres import running_postgres
-
-    with running_postgres() as pg, running_cloud(Path(str(tmp_path)), db_url=pg.create_database("hm_rt_cols")) as cloud:
-        api = cloud.client()
-        for name, size in (("os", 121), ("agent_version", 65), ("hostname", 256)):
-            body = {"machine_id": str(uuid.uuid4()), "hostname": "h", "os": "linux", "agent_version": "1", name: "v" * size}
-            answer = api.post("/v1/pairing/start", json=body)
-            assert answer.status_code == 400, (name, answer.text)
-            assert f"Invalid field: {name}" in answer.json()["detail"]
-            body[name] = "v" * (size - 1)
-            assert api.post("/v1/pairing/start", json=body).status_code == 200
-        _no_traceback(cloud)
+    api = pg_cloud.client()
+    for name, size in (("os", 121), ("agent_version", 65), ("hostname", 256)):
+        body = {"machine_id": str(uuid.uuid4()), "hostname": "h", "os": "linux", "agent_version": "1", name: "v" * size}
+        answer = api.post("/v1/pairing/start", json=body)
+        assert answer.status_code == 400, (name, answer.text)
+        assert f"Invalid field: {name}" in answer.json()["detail"]
+        body[name] = "v" * (size - 1)
+        assert api.post("/v1/pairing/start", json=body).status_code == 200
+    _no_traceback(pg_cloud)
 
 
 @pytest.mark.slow
-def test_ids_past_a_32_bit_integer_are_400_not_500_on_postgresql(tmp_path: object) -> None:
+def test_ids_past_a_32_bit_integer_are_400_not_500_on_postgresql(pg_cloud: CloudServer) -> None:
     # users.id and audit_log.id are INTEGER: "99999999999999999" passed the digits check and
     # PostgreSQL failed the query (NumericValueOutOfRange), a 500; SQLite simply found nothing.
-    from pathlib import Path
-
-    from tests.support.postgres import running_postgres
-
-    with running_postgres() as pg, running_cloud(Path(str(tmp_path)), db_url=pg.create_database("hm_rt_ids")) as cloud:
-        cloud.create_user("mallory@example.com", PASSWORD, "mallory")
-        session = cloud.login_session("mallory@example.com", PASSWORD)
-        for big in ("2147483648", "99999999999999999", "999999999999999999"):
-            assert session.get("/mallory/settings/audit", params={"before": big}).status_code == 200
-            csrf = cloud.csrf(session, "/mallory/settings/members")
-            role = session.post("/mallory/settings/members",
-                                data={"csrf_token": csrf, "action": "role", "user_id": big, "role": "admin"})
-            assert role.status_code == 400
-        _no_traceback(cloud)
+    session = pg_cloud.login_session("mallory@example.com", PASSWORD)
+    for big in ("2147483648", "99999999999999999", "999999999999999999"):
+        assert session.get("/mallory/settings/audit", params={"before": big}).status_code == 200
+        csrf = pg_cloud.csrf(session, "/mallory/settings/members")
+        role = session.post("/mallory/settings/members",
+                            data={"csrf_token": csrf, "action": "role", "user_id": big, "role": "admin"})
+        assert role.status_code == 400
+    _no_traceback(pg_cloud)
 
 
 @pytest.mark.slow
-def test_a_sign_up_workspace_name_longer_than_its_column_is_400_on_postgresql(tmp_path: object) -> None:
+def test_a_sign_up_workspace_name_longer_than_its_column_is_400_on_postgresql(pg_cloud: CloudServer) -> None:
     # workspaces.name is VARCHAR(200); sign-up took any length and PostgreSQL refused it (a 500).
-    from pathlib import Path
-
-    from tests.support.postgres import running_postgres
-
-    with running_postgres() as pg, running_cloud(Path(str(tmp_path)), db_url=pg.create_database("hm_rt_ws")) as cloud:
-        visitor = cloud.client()
-        csrf = cloud.csrf(visitor, "/signup")
-        answer = visitor.post("/signup", data={"csrf_token": csrf, "email": "new@example.com",
-                                               "password": "long-enough-1", "workspace": "Zz" * 125})
-        assert answer.status_code == 400
-        assert "at most 200 characters" in answer.text
-        _no_traceback(cloud)
+    visitor = pg_cloud.client()
+    csrf = pg_cloud.csrf(visitor, "/signup")
+    answer = visitor.post("/signup", data={"csrf_token": csrf, "email": "new@example.com",
+                                           "password": "long-enough-1", "workspace": "Zz" * 125})
+    assert answer.status_code == 400
+    assert "at most 200 characters" in answer.text
+    _no_traceback(pg_cloud)
