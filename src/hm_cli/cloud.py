@@ -260,8 +260,10 @@ def status(as_json: bool) -> None:
     bullet(f"Last reconcile: {safe(relative_time(snap.get('last_reconcile_at')))}")
     bodies = snap.get("bodies") or {}
     if bodies.get("mode") not in (None, "off"):
-        accepts = {True: "the workspace accepts them", False: "the workspace does not accept them"}.get(
-            bodies.get("workspace_accepts"), "the workspace's answer not known yet")
+        accepted = bodies.get("workspace_accepts")
+        accepts = ("the workspace accepts them" if accepted is True
+                   else "the workspace does not accept them" if accepted is False
+                   else "the workspace's answer not known yet")
         bullet(f"Request bodies: {safe(bodies['mode'])} ({accepts})")
     if snap.get("last_error"):
         bullet(f"Last error: {safe(snap['last_error'])}", colour="red")
