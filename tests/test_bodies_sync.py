@@ -165,3 +165,43 @@ def test_disconnect_never_uploads_pending_bodies(tmp_path: Path, monkeypatch: py
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(request_bodies)).scalar() == 0
         engine.dispose()
+
+
+@pytest.mark.parametrize("mode", ["off", "local"])
+def test_off_and_local_never_upload_even_to_a_workspace_that_accepts(tmp_path: Path, mode: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HALTON_METER_CLOUD_MASTER_KEY", Fernet.generate_key().decode())
+    canary = f"CANARY-{uuid.uuid4().hex}"
+    ca = make_ca(tmp_path / "ca")
+    with FakeProviders(ca) as upstream, running_cloud(tmp_path / "cloud") as cloud:
+        cloud.create_user("owner@example.com", PASSWORD, "acme")
+        owner = cloud.login_session("owner@example.com", PASSWORD)
+        csrf = cloud.csrf(owner, "/acme/settings/retention")
+        owner.post("/acme/settings/retention", data={"csrf_token": csrf, "action": "accept_bodies"})
+        extra = capture_host_config([f"localhost:{upstream.port}"]) + f'[capture]\nbodies = "{mode}"\n'
+        with running_daemon(tmp_path / "home", upstream_ca=ca.ca_path, extra_config=extra,
+                            env={"HALTON_METER_BODY_SYNC_SECONDS": "0.2"}) as daemon:
+            proc, code, _url = start_connect(daemon, cloud)
+            assert cloud.approve(code, "acme", owner).status_code == 200
+            finish_connect(proc)
+            api = httpx.Client(base_url=cloud.base_url, headers={"Authorization": f"Bearer {token_of(daemon)}"})
+            code_text = (f"BASE = {upstream.base_url!r}\nCANARY = {canary!r}\nPROMPT_KEY = {PROMPT_KEY!r}\n"
+                         + textwrap.dedent(PROGRAM))
+            res = subprocess.run([sys.executable, "-c", code_text], env=daemon.env_for_clients(),
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr[-3000:]
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+            wait_for(lambda: sum(d["rows"] for d in api.get("/v1/requests/totals", params={
+                "from_date": today, "to_date": today}).json()["days"]) == 2, what="the rows to sync")
+            time.sleep(1.0)  # five body-sync rounds, were the component running
+            assert json.loads(daemon.cli("cloud", "status", "--json").stdout)["bodies"]["mode"] == mode
+            api.close()
+        engine = make_engine(cloud.db_url)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(request_bodies)).scalar() == 0
+        engine.dispose()
+        raw = Path(cloud.db_url.removeprefix("sqlite:///")).read_bytes()
+        for suffix in ("-wal",):
+            wal = Path(cloud.db_url.removeprefix("sqlite:///") + suffix)
+            raw += wal.read_bytes() if wal.exists() else b""
+        assert canary.encode() not in raw and b"CANARYKEY" not in raw and b"HEADERKEY" not in raw
