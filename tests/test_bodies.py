@@ -14,6 +14,7 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,14 @@ list(c.chat.completions.create(model="gpt-4o-mini", stream=True, messages=[{"rol
 """
 
 
+def run_program(daemon: Any, base_url: str, canary: str) -> None:
+    """PROGRAM through the daemon: one plain and one streamed chat call with the canary and a key."""
+    code = f"BASE = {base_url!r}\nCANARY = {canary!r}\nPROMPT_KEY = {PROMPT_KEY!r}\n" + textwrap.dedent(PROGRAM)
+    res = subprocess.run([sys.executable, "-c", code], env=daemon.env_for_clients(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def everything_in(home: Path) -> bytes:
     """Every byte of every file in the home (db, WAL, logs, spills)."""
     out = []
@@ -100,11 +109,7 @@ def test_canary(tmp_path: Path, mode: str) -> None:
             f'[capture]\nbodies = "{mode}"\n' if mode != "off" else "")
         home = tmp_path / "home"
         with running_daemon(home, upstream_ca=ca.ca_path, extra_config=extra) as daemon:
-            code = (f"BASE = {upstream.base_url!r}\nCANARY = {canary!r}\nPROMPT_KEY = {PROMPT_KEY!r}\n"
-                    + textwrap.dedent(PROGRAM))
-            res = subprocess.run([sys.executable, "-c", code], env=daemon.env_for_clients(), capture_output=True,
-                                 text=True, timeout=120)
-            assert res.returncode == 0, res.stderr[-3000:]
+            run_program(daemon, upstream.base_url, canary)
             assert daemon.wait_rows(2, timeout=15) == 2
             deadline = time.monotonic() + 10
             while mode != "off" and time.monotonic() < deadline:

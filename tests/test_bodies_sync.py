@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -24,20 +21,13 @@ from tests.support.cloudserver import running_cloud
 from tests.support.daemon import capture_host_config, running_daemon
 from tests.support.fake_providers import FakeProviders
 from tests.support.tls import make_ca
-from tests.test_bodies import PROGRAM, PROMPT_KEY
-from tests.test_cloud_e2e import finish_connect, start_connect, token_of
+from tests.test_bodies import PROMPT_KEY, run_program
+from tests.test_cloud_e2e import finish_connect, start_connect, token_of, wait_for
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct-horse-1"
 
 
-def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_body_sync_only_when_both_sides_opt_in(tmp_path: Path, browser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,11 +53,7 @@ def test_body_sync_only_when_both_sides_opt_in(tmp_path: Path, browser: Any, mon
             api = httpx.Client(base_url=cloud.base_url, headers={"Authorization": f"Bearer {token}"})
 
             def call(canary: str) -> None:
-                code = (f"BASE = {upstream.base_url!r}\nCANARY = {canary!r}\nPROMPT_KEY = {PROMPT_KEY!r}\n"
-                        + textwrap.dedent(PROGRAM))
-                res = subprocess.run([sys.executable, "-c", code], env=daemon.env_for_clients(),
-                                     capture_output=True, text=True, timeout=120)
-                assert res.returncode == 0, res.stderr[-3000:]
+                run_program(daemon, upstream.base_url, canary)
 
             def synced_rows() -> int:
                 today = time.strftime("%Y-%m-%d", time.gmtime())
@@ -145,11 +131,7 @@ def test_disconnect_never_uploads_pending_bodies(tmp_path: Path, monkeypatch: py
             proc, code, _url = start_connect(daemon, cloud)
             assert cloud.approve(code, "acme", owner).status_code == 200
             finish_connect(proc)
-            code_text = (f"BASE = {upstream.base_url!r}\nCANARY = 'CANARY-pending'\nPROMPT_KEY = {PROMPT_KEY!r}\n"
-                         + textwrap.dedent(PROGRAM))
-            res = subprocess.run([sys.executable, "-c", code_text], env=daemon.env_for_clients(),
-                                 capture_output=True, text=True, timeout=120)
-            assert res.returncode == 0, res.stderr[-3000:]
+            run_program(daemon, upstream.base_url, "CANARY-pending")
             db = tmp_path / "home" / "db.sqlite"
 
             def waiting() -> bool:
@@ -185,11 +167,7 @@ def test_off_and_local_never_upload_even_to_a_workspace_that_accepts(tmp_path: P
             assert cloud.approve(code, "acme", owner).status_code == 200
             finish_connect(proc)
             api = httpx.Client(base_url=cloud.base_url, headers={"Authorization": f"Bearer {token_of(daemon)}"})
-            code_text = (f"BASE = {upstream.base_url!r}\nCANARY = {canary!r}\nPROMPT_KEY = {PROMPT_KEY!r}\n"
-                         + textwrap.dedent(PROGRAM))
-            res = subprocess.run([sys.executable, "-c", code_text], env=daemon.env_for_clients(),
-                                 capture_output=True, text=True, timeout=120)
-            assert res.returncode == 0, res.stderr[-3000:]
+            run_program(daemon, upstream.base_url, canary)
             today = time.strftime("%Y-%m-%d", time.gmtime())
             wait_for(lambda: sum(d["rows"] for d in api.get("/v1/requests/totals", params={
                 "from_date": today, "to_date": today}).json()["days"]) == 2, what="the rows to sync")
