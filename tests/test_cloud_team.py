@@ -290,6 +290,14 @@ def test_devices_show_their_owner_and_members_revoke_only_their_own(acme: Team) 
 # -- read-only API keys ----------------------------------------------------------------------------
 
 
+def _read_key(acme: Team, name: str) -> tuple[re.Match[str], httpx.Client]:
+    """An admin creates a read-only API key: its match on the page, and a client using it."""
+    page = acme.post(acme.people["admin"], "/acme/settings/api-keys", action="create", name=name)
+    key = _KEY.search(page.text)
+    assert page.status_code == 200 and key, page.text
+    return key, acme.cloud.client(headers={"Authorization": f"Bearer {key.group(1)}"})
+
+
 def test_a_read_key_reads_usage_as_json_and_csv_and_cannot_upload(acme: Team) -> None:
     _, token = acme.pair(acme.people["member"], f"uploader-{uuid.uuid4().hex[:6]}")
     machine = acme.cloud.client(headers={"Authorization": f"Bearer {token}"})
@@ -297,10 +305,7 @@ def test_a_read_key_reads_usage_as_json_and_csv_and_cannot_upload(acme: Team) ->
             sample_row(ts="2026-11-25T10:00:00.000Z", model="=cmd()", cost_usd="0.5"),
             sample_row(ts="2026-11-25T11:00:00.000Z", model="gpt-4o", cost_usd=None)]
     assert machine.post("/v1/requests/batch", json=batch_body(rows)).json()["accepted"] == 3
-    page = acme.post(acme.people["admin"], "/acme/settings/api-keys", action="create", name="grafana")
-    key = _KEY.search(page.text)
-    assert page.status_code == 200 and key, page.text
-    reader = acme.cloud.client(headers={"Authorization": f"Bearer {key.group(1)}"})
+    key, reader = _read_key(acme, "grafana")
     window = "from_date=2026-11-24&to_date=2026-11-25"
     by_day = reader.get(f"/v1/usage?{window}").json()
     assert by_day["group_by"] == "day" and [(g["key"], g["cost_usd"], g["rows"]) for g in by_day["groups"]] == [
@@ -325,6 +330,47 @@ def test_a_read_key_reads_usage_as_json_and_csv_and_cannot_upload(acme: Team) ->
     assert acme.post(acme.people["admin"], "/acme/settings/api-keys", action="revoke",
                      key_id=key_id).status_code == 303
     assert reader.get("/v1/usage").status_code == 401
+
+
+def test_a_read_key_reads_usage_as_focus_csv_whose_billed_cost_sums_to_the_totals(acme: Team) -> None:
+    import csv
+    import io
+    from decimal import Decimal
+
+    from hm_charts.focus import COLUMNS
+
+    _, token = acme.pair(acme.people["member"], f"focus-{uuid.uuid4().hex[:6]}")
+    machine = acme.cloud.client(headers={"Authorization": f"Bearer {token}"})
+    rows = [sample_row(ts="2026-10-14T10:00:00.000Z", provider="anthropic", model="claude-sonnet-4-5",
+                       cost_usd="0.125", project="acme", cache_read_tokens=50),
+            sample_row(ts="2026-10-14T11:00:00.000Z", provider="anthropic", model="claude-sonnet-4-5",
+                       cost_usd="0.000000001", project="acme"),
+            sample_row(ts="2026-10-15T10:00:00.000Z", model="=cmd()", cost_usd="0.5", project="+evil"),
+            sample_row(ts="2026-10-15T11:00:00.000Z", model="acme-private-1", cost_usd=None)]
+    assert machine.post("/v1/requests/batch", json=batch_body(rows)).json()["accepted"] == 4
+    _, reader = _read_key(acme, "finops")
+    window = "from_date=2026-10-14&to_date=2026-10-15"
+    answer = reader.get(f"/v1/usage?{window}&format=focus")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    assert answer.text.split("\r\n")[0] == ",".join(COLUMNS)
+    lines = list(csv.DictReader(io.StringIO(answer.text)))
+    assert {(r["BillingCurrency"], r["ChargeCategory"], r["ServiceCategory"], r["ConsumedUnit"]) for r in lines} == {
+        ("USD", "Usage", "AI and Machine Learning", "Tokens")}
+    sonnet = next(r for r in lines if r["SkuId"] == "claude-sonnet-4-5")
+    assert (sonnet["BilledCost"], sonnet["EffectiveCost"], sonnet["ListCost"]) == ("0.125000001",) * 3
+    assert (sonnet["ServiceName"], sonnet["PublisherName"], sonnet["x_Project"]) == ("Anthropic API", "Anthropic", "acme")
+    assert (sonnet["ChargePeriodStart"], sonnet["ChargePeriodEnd"]) == ("2026-10-14T00:00:00Z", "2026-10-15T00:00:00Z")
+    assert (sonnet["ConsumedQuantity"], sonnet["x_InputTokens"], sonnet["x_CacheReadTokens"], sonnet["x_Calls"]) == (
+        "240", "200", "50", "2")
+    assert sonnet["x_Machine"] and sonnet["x_CostUnknown"] == "false"
+    evil = next(r for r in lines if r["SkuId"] == "'=cmd()")  # formulas are not run by a spreadsheet
+    assert evil["x_Project"] == "'+evil" and evil["ChargeDescription"] == "'=cmd() on OpenAI API"
+    unpriced = next(r for r in lines if r["SkuId"] == "acme-private-1")
+    assert unpriced["BilledCost"] == "" and unpriced["x_CostUnknown"] == "true"  # never $0
+    totals = reader.get(f"/v1/usage?{window}").json()["groups"]
+    billed = sum(Decimal(r["BilledCost"]) for r in lines if r["BilledCost"])
+    assert billed == sum(Decimal(g["cost_usd"]) for g in totals) == Decimal("0.625000001")
+    assert sum(int(r["x_Calls"]) for r in lines) == sum(g["rows"] for g in totals) == 4
 
 
 # -- audit log ---------------------------------------------------------------------------------

@@ -412,8 +412,10 @@ async def usage(request: Request) -> Response:
     if group_by not in USAGE_GROUPS:
         raise ApiError(400, "invalid_request", "Invalid field: group_by (expected day, machine, model or provider)")
     fmt = params.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise ApiError(400, "invalid_request", "Invalid field: format (expected json or csv)")
+    if fmt not in ("json", "csv", "focus"):
+        raise ApiError(400, "invalid_request", "Invalid field: format (expected json, csv or focus)")
+    if fmt == "focus":  # group_by does not apply: FOCUS lines are per day, provider, model, project, machine
+        return await _usage_focus(request, workspace.id, workspace.slug, from_date, to_date)
     groups = await cloud(request).db(store.spend_breakdown, workspace.id, from_date, to_date, group_by)
     out = [
         {
@@ -432,8 +434,23 @@ async def usage(request: Request) -> Response:
                           "group_by": group_by, "groups": out})
 
 
-def usage_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = USAGE_CSV_COLUMNS) -> str:
-    """CSV with a header; names a spreadsheet would run as a formula (=, +, -, @) are prefixed with '."""
+async def _usage_focus(request: Request, workspace_id: str, slug: str, from_date: str, to_date: str) -> Response:
+    """GET /v1/usage?format=focus: a FOCUS 1.2 CSV with the columns of `halton-meter report --format focus`."""
+    from hm_charts.focus import COLUMNS, OUTSIDE, focus_line
+
+    groups = await cloud(request).db(store.focus_groups, workspace_id, from_date, to_date)
+    lines = [focus_line(g["day"], g["provider"], g["model"], g["project"], g["machine"], g["cost"], g["calls"],
+                        g["tokens"]) for g in groups]
+    return Response(
+        usage_csv(lines, COLUMNS, OUTSIDE), 200, media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="focus-{slug}-{from_date}-{to_date}.csv"'},
+    )
+
+
+def usage_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = USAGE_CSV_COLUMNS,
+              escaped: tuple[str, ...] = ("key", "label")) -> str:
+    """CSV with a header; outside strings (the ``escaped`` columns) a spreadsheet would run as a
+    formula (=, +, -, @) are prefixed with '."""
     import csv
     import io
 
@@ -445,7 +462,7 @@ def usage_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = USAGE_CSV_C
         for name in columns:
             value = row.get(name)
             text = "" if value is None else str(value)
-            if name in ("key", "label") and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+            if name in escaped and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
                 text = "'" + text
             cells.append(text)
         writer.writerow(cells)

@@ -715,6 +715,36 @@ def joined_sum(row: Any, label: str) -> int:
     return int(hi or 0) * _SPLIT + int(lo or 0)
 
 
+def focus_groups(engine: Engine, workspace_id: str, from_date: str, to_date: str) -> list[dict[str, Any]]:
+    """The workspace's rows summed per UTC day, provider, model, project, machine
+    and whether the price is known: the lines of a FOCUS export (hm_charts.focus)."""
+    c = usage_rows.c
+    unknown = c.cost_nanos.is_(None)
+    keys = (c.day, c.provider, c.model, c.project, c.machine_id, unknown)
+    tokens = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                c.day.label("day"), c.provider.label("provider"), c.model.label("model"),
+                c.project.label("project"), c.machine_id.label("machine"), unknown.label("unknown"),
+                func.count().label("calls"),
+                *exact_sum(c.cost_nanos, "nanos"),
+                *(part for name in tokens for part in exact_sum(c[name], name)),
+            )
+            .where(c.workspace_id == workspace_id, c.day >= from_date, c.day <= to_date)
+            .group_by(*keys)
+            .order_by(c.day, c.provider, c.model, c.project, c.machine_id, unknown)
+        ).all()
+    return [
+        {
+            "day": r.day, "provider": r.provider, "model": r.model, "project": r.project, "machine": r.machine,
+            "cost": None if r.unknown else format_nanos(joined_sum(r, "nanos")), "calls": int(r.calls),
+            "tokens": {name: joined_sum(r, name) for name in tokens},
+        }
+        for r in rows
+    ]
+
+
 def machine_totals(
     engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str
 ) -> list[dict[str, Any]]:
