@@ -81,9 +81,9 @@ def test_program_names(exe: str | None, argv: list[str], name: str) -> None:
 
 
 def test_glob_rules() -> None:
-    rule = glob_regex("~/work/acme/**", "/home/me")
-    assert rule.match("/home/me/work/acme") and rule.match("/home/me/work/acme/svc/x")
-    assert not rule.match("/home/me/work/acmecorp")
+    rule = glob_regex("~/code/acme/**", "/home/me")
+    assert rule.match("/home/me/code/acme") and rule.match("/home/me/code/acme/svc/x")
+    assert not rule.match("/home/me/code/acmecorp")
     one = glob_regex("/src/*/api", "/home/me")
     assert one.match("/src/shop/api") and not one.match("/src/a/b/api")
 

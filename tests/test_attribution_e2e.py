@@ -126,14 +126,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     (gadgets / "sub" / "dir").mkdir(parents=True)
     outside = base / "outside"
     outside.mkdir()
-    ruled = new_repo(base / "work" / "acme" / "svc-internal")
+    ruled = new_repo(base / "code" / "acme" / "svc-internal")
     script = base / "tools" / "sdk_client.py"
     script.parent.mkdir()
     script.write_text(SDK_CLIENT)
     ca = make_ca(base / "upstream-ca")
     rule = (
         "[[attribution.rules]]\n"
-        f'path = "{base}/work/acme/**"\n'
+        f'path = "{base}/code/acme/**"\n'
         'project = "acme"\n'
         'tags = { team = "ml", cost_center = "42" }\n'
     )

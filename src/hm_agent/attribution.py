@@ -120,7 +120,7 @@ class Attributed:
 
 
 def glob_regex(pattern: str, home: str) -> re.Pattern[str]:
-    """``~/work/acme/**`` as a regex on absolute paths: ``**`` any depth (also none), ``*`` one name."""
+    """``~/code/acme/**`` as a regex on absolute paths: ``**`` any depth (also none), ``*`` one name."""
     if pattern == "~" or pattern.startswith("~/"):
         pattern = home.rstrip("/") + pattern[1:]
     if len(pattern) > 1:

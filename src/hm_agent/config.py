@@ -76,7 +76,7 @@ sync_os_user = true
 sync_tags = true
 # Name the project by folder, whatever the repository is called:
 # [[attribution.rules]]
-# path = "~/work/acme/**"
+# path = "~/code/acme/**"
 # project = "acme"
 # tags = {{ team = "ml" }}
 
@@ -355,7 +355,7 @@ def _parse_attribution(table: dict[str, Any], path: Path, where: _Locator) -> di
     for n, entry in enumerate(rules, 1):
         label = f"{where.entry('attribution.rules', n, None)}: attribution.rules entry {n}"
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"].strip():
-            raise ConfigError(f'{label}: needs path = "~/work/acme/**"')
+            raise ConfigError(f'{label}: needs path = "~/code/acme/**"')
         for key in entry:
             if key not in ("path", "project", "tags"):
                 raise ConfigError(f"{label}: unknown key {key} (use path, project, tags)")
