@@ -211,6 +211,34 @@ usage_rows = Table(
     Index("usage_rows_workspace_day", "workspace_id", "day"),
 )
 
+# Per-day aggregates of usage_rows (version 5; hm_cloud.rollups, docs/cloud.md
+# "Rollups"): one row per workspace, day, machine, provider, model, project,
+# OS user and whether the row had a price. Kept in the ingest transaction, so
+# totals, the dashboard and the usage API read these instead of every row.
+# project and os_user hold '' for "none": a row's names are 1-200 characters,
+# so '' never stands for a real name, and the key needs no NULLs. Sums are kept
+# as two parts (value // 10**9 and value % 10**9, see store.exact_sum) so that
+# no legal data can overflow a BIGINT.
+ROLLUP_KEYS = ("workspace_id", "day", "machine_id", "provider", "model", "project", "os_user", "priced")
+ROLLUP_COUNTS = ("calls", "errors", "no_usage", "unknown")
+ROLLUP_SUMMED = ("cost_nanos", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                 "reasoning_tokens")
+usage_rollups = Table(
+    "usage_rollups",
+    metadata,
+    Column("workspace_id", String(36), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("machine_id", String(64), primary_key=True),
+    Column("provider", String(512), primary_key=True),
+    Column("model", String(512), primary_key=True),
+    Column("project", String(200), primary_key=True),
+    Column("os_user", String(200), primary_key=True),
+    Column("priced", Boolean, primary_key=True),  # cost_nanos is not null
+    *(Column(name, BigInteger, nullable=False) for name in ROLLUP_COUNTS),
+    *(Column(f"{name}_{part}", BigInteger, nullable=False) for name in ROLLUP_SUMMED for part in ("hi", "lo")),
+    Index("usage_rollups_machine_day", "workspace_id", "machine_id", "day"),
+)
+
 # One row per counted attempt of a guess or rate limit (hm_cloud.limits): every
 # server process sharing the database sees the same counts, and a restart keeps
 # them. ``key`` is the limit's name and a hash of what it limits (an account,
@@ -324,6 +352,12 @@ def _add_columns(table: Table, names: tuple[str, ...]) -> Callable[[Connection],
     return step
 
 
+def _fill_rollups(conn: Connection) -> None:
+    from .rollups import rebuild
+
+    rebuild(conn)
+
+
 # In-place upgrades, oldest first: (version after the step, step). Append; never edit one.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (2, _add_columns(usage_rows, ATTRIBUTION_COLUMNS)),
@@ -332,6 +366,8 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (3, _add_columns(devices, ("approved_by",))),
     # 4: workspaces that accept request bodies (hm_cloud.request_bodies).
     (4, _add_columns(workspace_settings, ("accept_bodies",))),
+    # 5: usage_rollups (create_all made the table empty); filled from the rows held.
+    (5, _fill_rollups),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

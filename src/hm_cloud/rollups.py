@@ -1,0 +1,99 @@
+"""Per-day rollups of usage rows (``usage_rollups``; docs/cloud.md, "Rollups").
+
+A rollup row sums the usage rows of one workspace, day, machine, provider,
+model, project, OS user and priced flag (db.ROLLUP_KEYS). Everything the
+dashboard, totals, reconcile, budgets and the usage API show for those
+dimensions is a sum of rollup rows, exactly equal to the same sum over the
+rows themselves:
+
+- ``calls``: rows; ``errors``: HTTP 4xx/5xx or no answer (status 0);
+  ``no_usage``: not an error, no price, no input or output token count;
+  ``unknown``: not an error, no price, but token counts (a model with no price);
+- ``<x>_hi``/``<x>_lo``: the exact sum of ``x`` as two parts
+  (``x // 10**9`` and ``x % 10**9``; store.exact_sum / joined_sum), null
+  counting as 0, so no legal data can overflow.
+
+This module builds the aggregating SELECT over any usage_rows-shaped source
+(the table itself, or an ingest's staging table) and rebuilds rollups from the
+rows (the version 5 upgrade, and the check that rollups match the rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, delete, func, literal_column, or_, select
+
+from .db import ROLLUP_COUNTS, ROLLUP_KEYS, ROLLUP_SUMMED, usage_rollups, usage_rows
+
+SPLIT = 10**9
+MEASURES = (*ROLLUP_COUNTS, *(f"{name}_{part}" for name in ROLLUP_SUMMED for part in ("hi", "lo")))
+"""The rollup columns that are summed (every column but the keys), in table order."""
+
+assert tuple(c.name for c in usage_rollups.columns) == (*ROLLUP_KEYS, *MEASURES)
+
+
+def aggregate(source: Any) -> Any:
+    """SELECT of ``source``'s rows grouped by the rollup keys, with every measure,
+    its columns in ``usage_rollups`` order (ready for INSERT … FROM SELECT).
+
+    ``source`` is a table or subquery with usage_rows' column names.
+    """
+    c = source.c
+    error = or_(c.status >= 400, c.status == 0)
+    unpriced = c.cost_nanos.is_(None)
+    no_tokens = and_(c.input_tokens.is_(None), c.output_tokens.is_(None))
+    keys = (
+        c.workspace_id, c.day, c.machine_id, c.provider, c.model,
+        func.coalesce(c.project, literal_column("''")), func.coalesce(c.os_user, literal_column("''")), ~unpriced,
+    )
+    sums: list[Any] = []
+    for name in ROLLUP_SUMMED:
+        sums.append(func.coalesce(func.sum(c[name] // SPLIT), 0))
+        sums.append(func.coalesce(func.sum(c[name] % SPLIT), 0))
+    measures = (
+        func.count(),
+        func.sum(case((error, 1), else_=0)),
+        func.sum(case((and_(~error, unpriced, no_tokens), 1), else_=0)),
+        func.sum(case((and_(~error, unpriced, ~no_tokens), 1), else_=0)),
+        *sums,
+    )
+    labelled = [k.label(n) for k, n in zip(keys, ROLLUP_KEYS, strict=True)]
+    labelled += [m.label(n) for m, n in zip(measures, MEASURES, strict=True)]
+    return select(*labelled).group_by(*keys)
+
+
+def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
+    """Recompute the rollups of one workspace (None: all) from its rows; the rollup row count."""
+    rows = usage_rows
+    where = [] if workspace_id is None else [usage_rows.c.workspace_id == workspace_id]
+    drop = delete(usage_rollups)
+    if workspace_id is not None:
+        drop = drop.where(usage_rollups.c.workspace_id == workspace_id)
+    conn.execute(drop)
+    source = select(rows).where(*where).subquery() if where else rows
+    result = conn.execute(usage_rollups.insert().from_select(list(ROLLUP_KEYS + MEASURES), aggregate(source)))
+    return int(result.rowcount or 0)
+
+
+def mismatches(conn: Connection, workspace_id: str) -> list[tuple[Any, ...]]:
+    """Rollup rows that differ from a fresh aggregate of the workspace's rows
+    (empty: they match exactly). For tests and ``halton-meter-cloud`` checks."""
+    fresh = {tuple(r[: len(ROLLUP_KEYS)]): tuple(r[len(ROLLUP_KEYS):]) for r in conn.execute(
+        aggregate(select(usage_rows).where(usage_rows.c.workspace_id == workspace_id).subquery()))}
+    kept = {tuple(r[: len(ROLLUP_KEYS)]): tuple(r[len(ROLLUP_KEYS):]) for r in conn.execute(
+        select(usage_rollups).where(usage_rollups.c.workspace_id == workspace_id))}
+    return sorted(
+        (key, fresh.get(key), kept.get(key)) for key in fresh.keys() | kept.keys()
+        if _normal(fresh.get(key)) != _normal(kept.get(key))
+    )
+
+
+def _normal(measures: tuple[Any, ...] | None) -> tuple[int, ...] | None:
+    """Measures with a split sum normalised (hi, lo can differ in form, not in value: a
+    merged rollup's lo may exceed 10**9), so equal totals compare equal."""
+    if measures is None:
+        return None
+    counts = tuple(int(m) for m in measures[: len(ROLLUP_COUNTS)])
+    parts = [int(m) for m in measures[len(ROLLUP_COUNTS):]]
+    return counts + tuple(parts[i] * SPLIT + parts[i + 1] for i in range(0, len(parts), 2))

@@ -1,0 +1,94 @@
+"""Rollups (usage_rollups, schema 5): a version 4 database is upgraded in place
+and its rollups are filled from the rows it holds, exactly (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, inspect, select
+
+from hm_cloud import db, rollups
+
+WS = "ws-rollups"
+
+
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres").create_database(f"hm_rollups_{uuid.uuid4().hex[:8]}"))
+    return f"sqlite:///{tmp_path / 'cloud.sqlite'}"
+
+
+def row(n: int, **over: Any) -> dict[str, Any]:
+    values: dict[str, Any] = dict(
+        workspace_id=WS, id=str(uuid.UUID(int=n)), machine_id=f"m{n % 3}", ts=f"2026-11-2{n % 4}T09:00:00Z",
+        day=f"2026-11-2{n % 4}", provider="openai", model=f"gpt-{n % 2}", endpoint="/v1/chat/completions",
+        status=200, stream=False, input_tokens=100 + n, output_tokens=n, cache_read_tokens=None,
+        cache_write_tokens=None, reasoning_tokens=None, cost_usd="0.5", cost_nanos=500_000_000 + n,
+        price_version="v", latency_ms=5, ttfb_ms=None, received_at=1.0, project=("widgets" if n % 2 else None),
+        repo=None, branch=None, program=None, os_user=("ana" if n % 5 else None), tags=None)
+    values.update(over)
+    return values
+
+
+def held_rows() -> list[dict[str, Any]]:
+    """Ordinary rows, and every kind the measures tell apart, at the api.md bounds."""
+    rows = [row(n) for n in range(40)]
+    rows += [
+        row(100, status=500, cost_usd=None, cost_nanos=None),  # an error
+        row(101, status=0, cost_usd=None, cost_nanos=None, input_tokens=None, output_tokens=None),
+        row(102, cost_usd=None, cost_nanos=None, input_tokens=None, output_tokens=None),  # no usage
+        row(103, cost_usd=None, cost_nanos=None, model="mystery-1"),  # no price for the model
+        row(104, input_tokens=10**12, output_tokens=10**12, cache_read_tokens=10**12, cost_nanos=10**15),
+        row(105, input_tokens=10**12, cache_write_tokens=10**12, reasoning_tokens=10**12, cost_nanos=10**15),
+        row(106, input_tokens=-7, cost_nanos=-3),  # stored before the bounds existed
+        row(107, project="", os_user=None),  # cannot come from a valid row, but must not merge wrongly
+    ]
+    return rows
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def v4_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database as schema 4 left it (no usage_rollups), holding rows."""
+    engine = db.make_engine(db_url(request, tmp_path))
+    db.init_schema(engine)
+    with engine.begin() as conn:
+        db.usage_rollups.drop(conn)
+        conn.execute(db.usage_rows.insert(), held_rows())
+        conn.execute(db.schema_version.update().values(version=4))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def test_a_version_4_database_gains_rollups_that_match_its_rows(v4_engine: Engine) -> None:
+    db.init_schema(v4_engine)
+    assert "usage_rollups" in inspect(v4_engine).get_table_names()
+    with v4_engine.connect() as conn:
+        assert conn.execute(select(db.schema_version.c.version)).scalar_one() == db.SCHEMA_VERSION >= 5
+        assert rollups.mismatches(conn, WS) == []
+        r = db.usage_rollups.c
+        total = conn.execute(select(func.sum(r.calls), func.sum(r.errors), func.sum(r.no_usage),
+                                    func.sum(r.unknown))).one()
+        assert tuple(total) == (48, 2, 1, 1)
+        hi, lo = conn.execute(select(func.sum(r.input_tokens_hi), func.sum(r.input_tokens_lo))).one()
+        assert hi * rollups.SPLIT + lo == sum(x["input_tokens"] or 0 for x in held_rows())
+        blank = conn.execute(select(func.sum(r.calls)).where(r.project == "")).scalar_one()
+        assert blank == sum(1 for x in held_rows() if not x["project"])
+    db.init_schema(v4_engine)  # again: nothing to do, nothing doubles
+    with v4_engine.connect() as conn:
+        assert rollups.mismatches(conn, WS) == []
+
+
+def test_mismatches_names_a_rollup_that_drifted(v4_engine: Engine) -> None:
+    db.init_schema(v4_engine)
+    with v4_engine.begin() as conn:
+        conn.execute(db.usage_rollups.update().where(db.usage_rollups.c.machine_id == "m1").values(
+            calls=db.usage_rollups.c.calls + 1))
+        assert rollups.mismatches(conn, WS)
+        rollups.rebuild(conn, WS)
+        assert rollups.mismatches(conn, WS) == []
