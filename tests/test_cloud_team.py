@@ -287,6 +287,32 @@ def test_devices_show_their_owner_and_members_revoke_only_their_own(acme: Team) 
     assert "/revoke" not in viewer_page
 
 
+def test_a_member_cannot_take_over_another_persons_machine_by_pairing_its_machine_id(acme: Team) -> None:
+    # Machine ids are on the devices page for every member. Approving a pairing that
+    # names another person's machine id revoked their machine (401 from then on) and
+    # gave its device, history and identity to the member: a member revoking (and
+    # impersonating) a device the role matrix says only its owner or an admin may.
+    _, owners_token = acme.pair(acme.people["owner"], "owners-box")
+    victim = str(acme.sql(select(db.devices.c.machine_id).where(db.devices.c.hostname == "owners-box"))[0][0])
+    started = acme.cloud.start_pairing(machine_id=victim, hostname="members-fake", workspace="acme")
+    refused = acme.cloud.approve(started["user_code"], "acme", acme.people["member"])
+    assert refused.status_code == 403 and "already paired" in refused.json()["detail"], refused.text
+    form = acme.post(acme.people["member"], "/v1/pairing/approve", user_code=started["user_code"], workspace="acme")
+    assert form.status_code == 403 and "already paired" in form.text
+    batch = acme.cloud.client().post("/v1/requests/batch", json=batch_body([sample_row()]),
+                                     headers={"Authorization": f"Bearer {owners_token}"})
+    assert batch.status_code == 200, batch.text
+    owner_of = acme.sql(select(db.devices.c.approved_by).where(db.devices.c.machine_id == victim))
+    assert owner_of == [(acme.ids["owner@example.com"],)]
+    # A member re-pairs their own machine, and an admin may re-pair anyone's.
+    own = str(uuid.uuid4())
+    for _ in range(2):
+        again = acme.cloud.start_pairing(machine_id=own, hostname="members-own", workspace="acme")
+        assert acme.cloud.approve(again["user_code"], "acme", acme.people["member"]).status_code == 200
+    by_admin = acme.cloud.start_pairing(machine_id=victim, hostname="owners-box", workspace="acme")
+    assert acme.cloud.approve(by_admin["user_code"], "acme", acme.people["admin"]).status_code == 200
+
+
 # -- read-only API keys ----------------------------------------------------------------------------
 
 

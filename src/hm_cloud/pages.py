@@ -528,9 +528,16 @@ async def approve(request: Request) -> Response:
         done = await state.db(store.deny_pairing, code_hash, now)
     else:
         decision = "approve"
-        done = await state.db(
-            store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now, user_id
-        )
+        try:
+            done = await state.db(
+                store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now, user_id,
+                team.can(ws.role, "revoke_any_device"),
+            )
+        except store.PairingRefused as exc:
+            if as_json:
+                raise ApiError(403, "forbidden", str(exc)) from None
+            return render(request, "error.html", {"title": "Not allowed", "message": str(exc), "user_email": email},
+                          status=403)
         if done:
             await state.db(team.record, ws.id, email, "device.approve",
                            f"{pairing['hostname']} ({pairing['machine_id']})", client_address(request), now)

@@ -91,6 +91,10 @@ class SignupError(ValueError):
     """Sign-up refused; the message is safe to show the person."""
 
 
+class PairingRefused(ValueError):
+    """An approval the rules refuse (another person's machine); the message says what to do."""
+
+
 # -- settings ------------------------------------------------------------------
 
 
@@ -350,12 +354,16 @@ def record_poll(
 
 def approve_pairing(
     engine: Engine, device_code_hash: str, workspace: Workspace, token: str, now: float,
-    approved_by: int | None = None,
+    approved_by: int | None = None, replace_others: bool = True,
 ) -> bool:
     """Mint the device and its token; False if the request is no longer pending.
 
     A machine already paired in the workspace keeps its device entry: the entry
-    is refreshed and every older token of it is revoked.
+    is refreshed and every older token of it is revoked. Without
+    ``replace_others`` (a member, who may revoke only their own devices) that
+    entry must be one ``approved_by`` approved: machine ids are shown to every
+    member, and re-pairing another person's machine id would revoke their
+    machine and take over its identity (PairingRefused).
     """
     with write_transaction(engine) as conn:
         req = conn.execute(
@@ -367,11 +375,17 @@ def approve_pairing(
         ).first()
         if req is None:
             return False
-        existing = conn.execute(
-            select(devices.c.id).where(
+        found = conn.execute(
+            select(devices.c.id, devices.c.approved_by).where(
                 devices.c.workspace_id == workspace.id, devices.c.machine_id == req.machine_id
             )
-        ).scalar()
+        ).first()
+        existing = None if found is None else found.id
+        if found is not None and not replace_others and (approved_by is None or found.approved_by != approved_by):
+            raise PairingRefused(
+                f"Machine {req.machine_id} is already paired in '{workspace.slug}' by someone else: "
+                "they or an owner or admin can approve it (or revoke their device first)."
+            )
         values = {
             "hostname": req.hostname,
             "os": req.os,
