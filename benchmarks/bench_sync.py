@@ -1,27 +1,33 @@
-"""Sync end to end: 100,000 unsynced rows from a real daemon store to a local hm_cloud.
+"""Sync end to end: unsynced rows from a real daemon store to a local hm_cloud, on SQLite and PostgreSQL.
 
-One local backend (``halton-meter-cloud serve``, fresh SQLite) and a real
-daemon in a temp home, paired with it (``cloud connect --no-browser`` +
-scripted approval, workspace "bench"). Then, for each of ``--rounds`` rounds:
+For each backend — ``halton-meter-cloud serve`` on a fresh SQLite file (1
+worker), then on a throwaway PostgreSQL 15 (tests/support/postgres.py, 2
+workers) — a real daemon in a temp home is paired with it (``cloud connect
+--no-browser`` + scripted approval, workspace "bench"). Then, for each of
+``--rounds`` rounds:
 
-- daemon: the worker is paused (``cloud pause``), 100,000 new realistic rows
-  are seeded into the daemon's store, ``cloud resume`` starts the clock, and it
-  stops when the store holds no unsynced row (polled read-only every 20 ms).
-  Measured: rows/s end to end (worker start, store reads, batching, zstd,
-  HTTP, backend ingest, marking rows synced) and the daemon's CPU time
-  (utime + stime of every thread, /proc/<pid>/stat) per 1,000 rows;
-- baseline, same rows, same backend, its own workspace ("baseline"): one
+- daemon: the worker is paused, ``--rows`` new realistic rows are seeded into
+  the daemon's store, and the clock starts when this process sends
+  ``cloud.resume`` on the daemon's control socket (the command the ``cloud
+  resume`` CLI sends, without the CLI's own Python start-up, ~0.5 s, which is
+  not sync). It stops when the store holds no unsynced row (polled read-only
+  every 10 ms). Timed: the worker waking, store reads, batching, zstd, HTTP,
+  backend ingest, marking rows synced. Also measured: the daemon's CPU time
+  (utime + stime of all its threads, /proc/<pid>/stat) and the backend's (its
+  processes, workers included) per 1,000 rows;
+- baseline, same rows, same backend, its own workspace ("baseline"): this
   process POSTs them with httpx as plain JSON batches of 1,000 (row JSON
   decoded to dicts, body made with json.dumps, no compression), one request at
   a time — the obvious client. The rows are read before its clock starts.
-  Measured: rows/s and the client's CPU time per 1,000 rows.
+  Measured: rows/s, the client's and the backend's CPU time per 1,000 rows.
 
 The two alternate (daemon first in odd rounds, baseline first in even ones)
 so both see the backend's table at similar sizes and the same machine load.
-The backend must end up holding every row in each workspace.
+Each backend must end up holding every row of each workspace exactly once.
 
-Run: ``python benchmarks/bench_sync.py [--rows N] [--rounds R]``. The LAST
-line is both medians (rows/s) and their ratio, daemon / baseline.
+Run: ``python benchmarks/bench_sync.py [--rows N] [--rounds R] [--backend sqlite|postgresql|both]``.
+The LAST line is the headline: both medians (rows/s) and their ratio, daemon /
+baseline, on SQLite (the figure issue 18 tracks), then on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,9 +49,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from tests.support.cloudserver import running_cloud  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+from tests.support.cloudserver import CloudServer, running_cloud  # noqa: E402
 from tests.support.daemon import Daemon, start_daemon, stop_or_kill  # noqa: E402
+from tests.support.postgres import running_postgres  # noqa: E402
 from tests.support.seed import pair_daemon, seed_rows  # noqa: E402
+
+from hm_agent.control import control_call  # noqa: E402
 
 EMAIL, PASSWORD = "bench@example.com", "password123"
 BASE_EMAIL = "baseline@example.com"
@@ -58,6 +69,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # fields 14 and 15 of stat(5)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (uvicorn's workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(") ", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            continue
+        todo.extend(children.get(p, []))
+    return total
+
+
 def unsynced(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
@@ -66,10 +99,12 @@ def unsynced(db: Path) -> int:
         conn.close()
 
 
-def cli_ok(d: Daemon, *args: str) -> None:
-    out = d.cli(*args)
-    if out.returncode != 0:
-        raise RuntimeError(f"halton-meter {' '.join(args)} failed: {out.stderr or out.stdout}")
+@dataclass
+class Figures:
+    """Per round: (seconds, client or daemon CPU seconds, backend CPU seconds)."""
+
+    daemon: list[tuple[float, float, float]] = field(default_factory=list)
+    baseline: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def seed_round(d: Daemon, n: int, k: int) -> list[bytes]:
@@ -85,28 +120,29 @@ def seed_round(d: Daemon, n: int, k: int) -> list[bytes]:
             "SELECT row_json FROM requests WHERE rowid > ? ORDER BY ts, id", (last,))]
 
 
-def daemon_round(d: Daemon, n: int) -> tuple[float, float]:
-    """(seconds, daemon CPU seconds) from `cloud resume` until the store is drained."""
+def daemon_round(d: Daemon, cloud: CloudServer) -> tuple[float, float, float]:
+    """(seconds, daemon CPU, backend CPU) from cloud.resume on the control socket until drained."""
     pid = d.pid
     assert pid is not None
     time.sleep(1.0)  # let the daemon settle: the paused worker has stopped
-    cpu0 = cpu_seconds(pid)
+    cpu0, back0 = cpu_seconds(pid), tree_cpu_seconds(cloud.process.pid)
     t0 = time.perf_counter()
-    cli_ok(d, "cloud", "resume")
+    control_call(d.home, "cloud.resume")
     while unsynced(d.db_path):
         if time.perf_counter() - t0 > 900:
             raise RuntimeError("sync did not finish within 15 minutes")
-        time.sleep(0.02)
+        time.sleep(0.01)
     elapsed = time.perf_counter() - t0
-    cpu = cpu_seconds(pid) - cpu0
-    cli_ok(d, "cloud", "pause")
-    return elapsed, cpu
+    cpu, back = cpu_seconds(pid) - cpu0, tree_cpu_seconds(cloud.process.pid) - back0
+    control_call(d.home, "cloud.pause")
+    return elapsed, cpu, back
 
 
-def baseline_round(base_url: str, token: str, rows: list[bytes]) -> tuple[float, float]:
-    """(seconds, client CPU seconds): plain JSON batches of 1,000 via httpx, one at a time."""
+def baseline_round(cloud: CloudServer, token: str, rows: list[bytes]) -> tuple[float, float, float]:
+    """(seconds, client CPU, backend CPU): plain JSON batches of 1,000 via httpx, one at a time."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    with httpx.Client(base_url=base_url, timeout=120, trust_env=False) as client:
+    with httpx.Client(base_url=cloud.base_url, timeout=120, trust_env=False) as client:
+        back0 = tree_cpu_seconds(cloud.process.pid)
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         for start in range(0, len(rows), 1000):
@@ -114,71 +150,95 @@ def baseline_round(base_url: str, token: str, rows: list[bytes]) -> tuple[float,
             body = json.dumps({"batch_id": str(uuid.uuid4()), "rows": chunk})
             answer = client.post("/v1/requests/batch", content=body, headers=headers)
             answer.raise_for_status()
-        return time.perf_counter() - t0, time.process_time() - cpu0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        return elapsed, cpu, tree_cpu_seconds(cloud.process.pid) - back0
 
 
-def backend_counts(db_url: str) -> dict[str, int]:
-    """Rows per workspace slug in the backend's database."""
-    conn = sqlite3.connect(f"file:{db_url[len('sqlite:///'):]}?mode=ro", uri=True)
+def backend_counts(db_url: str) -> dict[str, tuple[int, int]]:
+    """(rows, distinct row ids) per workspace slug in the backend's database."""
+    engine = create_engine(db_url)
     try:
-        return dict(conn.execute(
-            "SELECT w.slug, count(*) FROM usage_rows u JOIN workspaces w ON w.id = u.workspace_id"
-            " GROUP BY w.slug").fetchall())
+        with engine.connect() as conn:
+            return {slug: (int(rows), int(ids)) for slug, rows, ids in conn.execute(text(
+                "SELECT w.slug, count(*), count(DISTINCT u.id) FROM usage_rows u"
+                " JOIN workspaces w ON w.id = u.workspace_id GROUP BY w.slug"))}
     finally:
-        conn.close()
+        engine.dispose()
+
+
+def per_1000(seconds: float, n: int) -> str:
+    return f"{seconds / n * 1e6:.1f} ms"
+
+
+def run_backend(label: str, db_url: str, workers: int, n: int, rounds: int, tmp: Path) -> Figures:
+    figures = Figures()
+    print(f"{label} backend ({workers} worker{'s' if workers > 1 else ''}):", flush=True)
+    with running_cloud(tmp / label, db_url=db_url, extra_args=("--workers", str(workers))) as cloud:
+        cloud.create_user(EMAIL, PASSWORD, "bench")
+        cloud.create_user(BASE_EMAIL, PASSWORD, "baseline")
+        token = cloud.pair(BASE_EMAIL, PASSWORD, "baseline")["token"]
+        d = start_daemon(tmp / f"home-{label}")
+        try:
+            pair_daemon(d, cloud, EMAIL, PASSWORD, "bench")
+            deadline = time.monotonic() + 20
+            while json.loads(d.cli("cloud", "status", "--json").stdout).get("state") != "ACTIVE":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cloud worker did not start")
+                time.sleep(0.1)
+            control_call(d.home, "cloud.pause")
+            for k in range(rounds):
+                rows = seed_round(d, n, k)
+                for step in (["daemon", "baseline"] if k % 2 == 0 else ["baseline", "daemon"]):
+                    if step == "daemon":
+                        elapsed, cpu, back = daemon_round(d, cloud)
+                        figures.daemon.append((elapsed, cpu, back))
+                        print(f"  daemon:   {n / elapsed:9,.0f} rows/s end to end ({elapsed:.2f} s); per 1,000 rows "
+                              f"daemon CPU {per_1000(cpu, n)}, backend CPU {per_1000(back, n)}", flush=True)
+                    else:
+                        elapsed, cpu, back = baseline_round(cloud, token, rows)
+                        figures.baseline.append((elapsed, cpu, back))
+                        print(f"  baseline: {n / elapsed:9,.0f} rows/s ({elapsed:.2f} s); per 1,000 rows "
+                              f"client CPU {per_1000(cpu, n)}, backend CPU {per_1000(back, n)}", flush=True)
+        finally:
+            stop_or_kill(d)
+    counts = backend_counts(db_url)
+    want = (n * rounds, n * rounds)
+    if counts.get("bench") != want or counts.get("baseline") != want:
+        raise SystemExit(f"{label}: the backend holds (rows, distinct ids) {counts}, expected {want} per workspace")
+    print(f"  backend holds {want[0]:,} rows per workspace, each once, as expected")
+    for name, runs, who in (("daemon", figures.daemon, "daemon"), ("baseline", figures.baseline, "client")):
+        print(f"  {name + ':':9} median of {len(runs)}: {median_rate(runs, n):,.0f} rows/s; per 1,000 rows "
+              f"{who} CPU {per_1000(statistics.median(r[1] for r in runs), n)}, "
+              f"backend CPU {per_1000(statistics.median(r[2] for r in runs), n)}")
+    return figures
+
+
+def median_rate(runs: list[tuple[float, float, float]], n: int) -> float:
+    return statistics.median(n / r[0] for r in runs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     args = parser.parse_args()
     n = args.rows
-    ours: list[tuple[float, float]] = []
-    theirs: list[tuple[float, float]] = []
+    results: dict[str, Figures] = {}
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmpdir:
         tmp = Path(tmpdir)
-        with running_cloud(tmp / "cloud") as cloud:
-            cloud.create_user(EMAIL, PASSWORD, "bench")
-            cloud.create_user(BASE_EMAIL, PASSWORD, "baseline")
-            token = cloud.pair(BASE_EMAIL, PASSWORD, "baseline")["token"]
-            d = start_daemon(tmp / "home")
-            try:
-                pair_daemon(d, cloud, EMAIL, PASSWORD, "bench")
-                deadline = time.monotonic() + 20
-                while json.loads(d.cli("cloud", "status", "--json").stdout).get("state") != "ACTIVE":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the cloud worker did not start")
-                    time.sleep(0.1)
-                cli_ok(d, "cloud", "pause")
-                for k in range(args.rounds):
-                    rows = seed_round(d, n, k)
-                    steps = ["daemon", "baseline"] if k % 2 == 0 else ["baseline", "daemon"]
-                    for step in steps:
-                        if step == "daemon":
-                            elapsed, cpu = daemon_round(d, n)
-                            ours.append((elapsed, cpu))
-                            print(f"  daemon:   {n / elapsed:9,.0f} rows/s end to end ({elapsed:.2f} s); "
-                                  f"daemon CPU {cpu / n * 1e6:.1f} ms per 1,000 rows", flush=True)
-                        else:
-                            elapsed, cpu = baseline_round(cloud.base_url, token, rows)
-                            theirs.append((elapsed, cpu))
-                            print(f"  baseline: {n / elapsed:9,.0f} rows/s ({elapsed:.2f} s); "
-                                  f"client CPU {cpu / n * 1e6:.1f} ms per 1,000 rows", flush=True)
-            finally:
-                stop_or_kill(d)
-            counts = backend_counts(cloud.db_url)
-    want = n * args.rounds
-    if counts.get("bench") != want or counts.get("baseline") != want:
-        raise SystemExit(f"the backend holds {counts}, expected {want} rows in each workspace")
-    rate = statistics.median(n / e for e, _ in ours)
-    base = statistics.median(n / e for e, _ in theirs)
-    print(f"backend holds {want:,} rows per workspace, as expected")
-    print(f"daemon   (median of {len(ours)}): {rate:,.0f} rows/s end to end; daemon CPU "
-          f"{statistics.median(c for _, c in ours) / n * 1e6:.1f} ms per 1,000 rows")
-    print(f"baseline (median of {len(theirs)}): {base:,.0f} rows/s (httpx, plain JSON); client CPU "
-          f"{statistics.median(c for _, c in theirs) / n * 1e6:.1f} ms per 1,000 rows")
-    print(f"daemon sync vs plain httpx uploader: {rate:,.0f} vs {base:,.0f} rows/s end to end, x{rate / base:.2f}")
+        if args.backend in ("sqlite", "both"):
+            results["SQLite"] = run_backend("SQLite", f"sqlite:///{tmp / 'cloud.sqlite'}", 1, n, args.rounds, tmp)
+        if args.backend in ("postgresql", "both"):
+            with running_postgres() as pg:
+                results["PostgreSQL"] = run_backend("PostgreSQL", pg.create_database("bench_sync"), 2,
+                                                    n, args.rounds, tmp)
+    parts = []
+    for label, figures in results.items():
+        ours, theirs = median_rate(figures.daemon, n), median_rate(figures.baseline, n)
+        workers = " (2 workers)" if label == "PostgreSQL" else ""
+        parts.append(f"{label}{workers} {ours:,.0f} vs {theirs:,.0f} rows/s end to end, x{ours / theirs:.2f}")
+    print("daemon sync vs plain httpx uploader: " + "; ".join(parts))
 
 
 if __name__ == "__main__":
