@@ -218,3 +218,138 @@ def test_a_sign_up_workspace_name_longer_than_its_column_is_400_on_postgresql(pg
     assert answer.status_code == 400
     assert "at most 200 characters" in answer.text
     _no_traceback(pg_cloud)
+
+
+# -- round 2: the pages and webhooks landed with issues 15-17 ---------------------------------
+
+
+def test_a_retention_of_unicode_digits_is_400_not_500(cloud: CloudServer, session: httpx.Client) -> None:
+    # parse_days checked str.isdigit(), which '²' passes, then int('²') raised: a 500.
+    csrf = cloud.csrf(session, "/mallory/settings/retention")
+    answer = session.post("/mallory/settings/retention", data={"csrf_token": csrf, "days": "3\u00b2"})
+    assert answer.status_code == 400
+    assert "whole number of days" in answer.text
+    _no_traceback(cloud)
+
+
+def test_deleting_another_workspaces_budget_id_keeps_its_alerts_fired(cloud: CloudServer,
+                                                                       session: httpx.Client) -> None:
+    # delete_budget removed the alerts of any budget id before checking the budget was the
+    # workspace's own: an admin of one workspace (a former admin of another, who kept its ids)
+    # made the other workspace's thresholds fire again.
+    from sqlalchemy import create_engine, insert, select
+
+    from hm_cloud import budgets, db
+
+    cloud.create_user("victim@example.com", PASSWORD, "victim-ws")
+    engine = create_engine(cloud.db_url)
+    try:
+        with engine.connect() as conn:
+            victim_ws = conn.execute(select(db.workspaces.c.id).where(db.workspaces.c.slug == "victim-ws")).scalar_one()
+        budgets.add_budget(engine, victim_ws, budgets.parse_form({"name": "theirs", "limit_usd": "5"}), 0.0)
+        theirs = budgets.list_budgets(engine, victim_ws)[0]
+        with engine.begin() as conn:
+            conn.execute(insert(db.workspace_budget_alerts).values(budget_id=theirs.id, period="2026-11",
+                                                                   threshold=50, fired_at=0.0, spend_nanos=1))
+        csrf = cloud.csrf(session, "/mallory/settings/budgets")
+        answer = session.post("/mallory/settings/budgets",
+                              data={"csrf_token": csrf, "action": "delete", "budget_id": theirs.id})
+        assert answer.status_code == 303
+        with engine.connect() as conn:
+            fired = conn.execute(select(db.workspace_budget_alerts.c.threshold)
+                                 .where(db.workspace_budget_alerts.c.budget_id == theirs.id)).all()
+        assert fired == [(50,)]
+        assert [b.id for b in budgets.list_budgets(engine, victim_ws)] == [theirs.id]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("address", [
+    "::ffff:127.0.0.1", "::127.0.0.1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:a00:1::1",
+    "2002:7f00:1::1", "::ffff:169.254.169.254",
+])
+def test_a_budget_webhook_refuses_a_private_ipv4_inside_an_ipv6_address(address: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # is_global said yes to ::127.0.0.1, NAT64 64:ff9b::/96 and 6to4 2002::/16 around a private
+    # IPv4 address; a network that routes them reaches the backend's own services.
+    from hm_cloud import budgets
+
+    monkeypatch.delenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", raising=False)
+    assert not budgets._public_address(address)
+    assert budgets.private_target(f"http://[{address}]/hook") is not None
+    assert budgets._public_address("2606:4700::1111") and budgets._public_address("64:ff9b::808:808")
+
+
+def test_a_budget_webhook_that_drips_its_answer_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The 5 s timeout is per read: a receiver sending one byte of its headers every second
+    # held the alert thread for as long as it liked (each new alert took another thread).
+    import socket
+    import threading
+
+    from hm_cloud import budgets
+
+    monkeypatch.setenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", "1")  # the receiver is local
+    monkeypatch.setattr(budgets, "TOTAL_S", 1.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=drip, daemon=True).start()
+    result: list[int] = []
+    poster = threading.Thread(target=lambda: result.append(
+        budgets._post(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", {"text": "x"})), daemon=True)
+    try:
+        poster.start()
+        poster.join(30)
+        assert not poster.is_alive(), "the webhook POST was still reading after 30 s"
+        assert result == [0]
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_budget_webhook_log_line_names_its_host_not_its_password(caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from hm_cloud import budgets
+
+    monkeypatch.delenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", raising=False)
+    alert = budgets.Alert("b", "id", "ws", "2026-11", "month", 50, "1", "2", 50.0,
+                          {"kind": "workspace", "value": None}, "2026-11-29T00:00:00Z")
+    with caplog.at_level("WARNING", logger="hm_cloud.budgets"):
+        assert not budgets.send_webhook("http://hook:s3cret-pw@127.0.0.1:9/services/T0/B0/s3cret-path", alert)
+    assert "127.0.0.1:9" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_a_budget_webhook_answering_something_not_http_is_a_failed_post(monkeypatch: pytest.MonkeyPatch) -> None:
+    # http.client's BadStatusLine is not an OSError: it escaped _post and ended the delivery
+    # thread, so the e-mail of that alert and every later alert of the batch were never sent.
+    import socket
+    import threading
+
+    from hm_cloud import budgets
+
+    monkeypatch.setenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", "1")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
+
+    threading.Thread(target=garbage, daemon=True).start()
+    try:
+        assert budgets._post(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", {"text": "x"}) == 0
+    finally:
+        listener.close()

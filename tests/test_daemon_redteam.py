@@ -90,3 +90,33 @@ def test_report_ranges_past_the_calendar_are_one_line_not_a_traceback(home: Path
     assert "Traceback" not in out and "OverflowError" not in out
     assert done.returncode != 0 and out.strip().count("\n") == 0
     assert "--since is at most" in out or "--to must be 1970-01-01 or later" in out
+
+
+def test_a_webhook_url_with_a_password_is_logged_by_its_host_only() -> None:
+    # _safe_url kept the netloc, user:password@ included, in the log and in `status`.
+    from hm_agent.alerts import _safe_url
+
+    assert _safe_url("https://bot:s3cret@hooks.example.com:8443/services/T/B/s3cret") == "https://hooks.example.com:8443/…"
+    assert _safe_url("http://[::1]:9/x") == "http://[::1]:9/…"
+
+
+def test_a_webhook_answering_something_not_http_is_a_failed_post() -> None:
+    # BadStatusLine escaped post_json: the retries and the other webhooks of the alert were skipped.
+    import socket
+    import threading
+
+    from hm_agent.alerts import post_json
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
+
+    threading.Thread(target=garbage, daemon=True).start()
+    try:
+        assert post_json(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", {"text": "x"}) == 0
+    finally:
+        listener.close()

@@ -13,6 +13,7 @@ thread or the writer thread (``submit`` only queues).
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import queue
@@ -65,17 +66,23 @@ def post_json(url: str, body: dict[str, Any], timeout: float = TIMEOUT_S) -> int
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
-    except (OSError, ValueError) as exc:
-        log.info("webhook %s unreachable: %s", _safe_url(url), exc)
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # HTTPException: an answer that is not HTTP
+        log.info("webhook %s unreachable: %s", _safe_url(url), exc if isinstance(exc, OSError) else type(exc).__name__)
         return 0
 
 
 def _safe_url(url: str) -> str:
-    """Slack-style webhook URLs carry their secret in the path: log the host only."""
+    """Slack-style webhook URLs carry their secret in the path, others in user:password@:
+    log the scheme, host and port only."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{'[' + host + ']' if ':' in host else host}{port}/…"
 
 
 def desktop_notify(title: str, text: str) -> bool:

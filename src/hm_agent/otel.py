@@ -102,7 +102,7 @@ def attributes(row: dict[str, Any]) -> dict[str, Any]:
         "gen_ai.response.model": str(row["model"]),
         "server.address": host,
     }
-    if port.isdigit() and port != "443":
+    if port.isascii() and port.isdigit() and port != "443":
         attrs["server.port"] = int(port)
     status = int(row["status"])
     if status >= 400:

@@ -18,6 +18,7 @@ the machine's job (``action = "block"`` in the local config).
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -68,7 +69,8 @@ MAX_BUDGETS = 50
 NANOS = Decimal(1_000_000_000)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ATTEMPTS = 3
-TIMEOUT_S = 5.0
+TIMEOUT_S = 5.0  # connect, and each read
+TOTAL_S = 15.0  # one webhook attempt, from connect to the last byte read
 
 
 class BudgetError(ValueError):
@@ -197,9 +199,10 @@ def add_budget(engine: Engine, workspace_id: str, values: dict[str, Any], now: f
 
 def delete_budget(engine: Engine, workspace_id: str, budget_id: str) -> None:
     with engine.begin() as conn:
-        conn.execute(delete(workspace_budget_alerts).where(workspace_budget_alerts.c.budget_id == budget_id))
-        conn.execute(delete(workspace_budgets).where(and_(workspace_budgets.c.id == budget_id,
-                                                          workspace_budgets.c.workspace_id == workspace_id)))
+        gone = conn.execute(delete(workspace_budgets).where(and_(workspace_budgets.c.id == budget_id,
+                                                                 workspace_budgets.c.workspace_id == workspace_id)))
+        if gone.rowcount:  # only this workspace's budget: another's alerts stay fired (no repeat)
+            conn.execute(delete(workspace_budget_alerts).where(workspace_budget_alerts.c.budget_id == budget_id))
 
 
 def is_owner(engine: Engine, user_id: int, workspace_id: str) -> bool:
@@ -295,12 +298,26 @@ def _allow_private() -> bool:
 
 
 def _public_address(ip: str) -> bool:
+    """A global address, and so is any IPv4 address inside it: ::ffff:a.b.c.d, ::a.b.c.d,
+    6to4 (2002::/16), Teredo and NAT64 (64:ff9b::/96) reach IPv4 through it; the
+    local-use NAT64 prefix 64:ff9b:1::/48 is refused whole."""
     import ipaddress
 
     try:
-        return ipaddress.ip_address(ip.partition("%")[0]).is_global
+        address = ipaddress.ip_address(ip.partition("%")[0])
     except ValueError:
         return False
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        value = int(address)
+        if value >> 80 == 0x64FF9B0001:
+            return False
+        inner = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+        if value >> 32 in (0, 0x64FF9B << 64):
+            inner.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+        return all(v4 is None or v4.is_global for v4 in inner)
+    return True
 
 
 def _connect_public(address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> Any:
@@ -312,7 +329,9 @@ def _connect_public(address: tuple[str, int], timeout: Any = None, source_addres
     import socket
 
     if _allow_private():
-        return socket.create_connection(address, timeout, source_address)
+        sock = socket.create_connection(address, timeout, source_address)
+        _deadline(sock)
+        return sock
     infos = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)
     refused = [info[4][0] for info in infos if not _public_address(str(info[4][0]))]
     if refused or not infos:
@@ -324,11 +343,29 @@ def _connect_public(address: tuple[str, int], timeout: Any = None, source_addres
             if timeout is not None and timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
                 sock.settimeout(timeout)
             sock.connect(sockaddr)
+            _deadline(sock)
             return sock
         except OSError as exc:
             sock.close()
             error = exc
     raise error or OSError("no address to connect to")
+
+
+def _deadline(sock: Any) -> None:
+    """End the exchange ``TOTAL_S`` after connecting: the timeout is per read, so a
+    receiver sending a byte every few seconds would hold the delivery thread for good."""
+    import socket
+    import threading
+
+    def cut() -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
+
+    timer = threading.Timer(TOTAL_S, cut)
+    timer.daemon = True
+    timer.start()
 
 
 def _pinned(cls: Any) -> Any:
@@ -378,7 +415,7 @@ def _post(url: str, body: dict[str, Any]) -> int:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # HTTPException: an answer that is not HTTP
         return 0
 
 
@@ -402,16 +439,26 @@ def private_target(url: str) -> str | None:
         return "its host does not resolve"
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
+        if not _public_address(str(address)):
             return f"it resolves to a non-public address ({address})"
     return None
+
+
+def _host(url: str) -> str:
+    """What a log line names of a webhook: its host (a URL's user:password@ and path may be secrets)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.hostname or '?'}{port}"
 
 
 def send_webhook(url: str, alert: Alert) -> bool:
     why = private_target(url)
     if why is not None:
         log.warning("budget alert %s: webhook %s not called: %s (HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE=1 "
-                    "allows it)", alert.budget, urlsplit(url).netloc, why)
+                    "allows it)", alert.budget, _host(url), why)
         return False
     body = {"text": alert.text(), "event": "budget.threshold", **asdict(alert)}
     for attempt in range(ATTEMPTS):
@@ -419,7 +466,7 @@ def send_webhook(url: str, alert: Alert) -> bool:
         if 200 <= status < 300:
             return True
         if not (status == 0 or status in (408, 425, 429) or status >= 500) or attempt == ATTEMPTS - 1:
-            log.warning("budget alert %s: webhook %s answered %s", alert.budget, urlsplit(url).netloc,
+            log.warning("budget alert %s: webhook %s answered %s", alert.budget, _host(url),
                         status or "nothing")
             return False
         time.sleep(1.0 + 2.0 * attempt)

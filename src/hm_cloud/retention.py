@@ -86,7 +86,7 @@ def parse_days(value: str) -> int | None:
     text = value.strip().lower()
     if text in ("", "keep", "0"):
         return None
-    if not text.isdigit() or len(text) > 6:
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:  # '²'.isdigit(), int('²') fails
         raise RetentionError(f"Retention must be a whole number of days ({MIN_DAYS} or more), or empty to keep everything.")
     days = int(text)
     if not MIN_DAYS <= days <= MAX_DAYS:
