@@ -20,7 +20,8 @@ machine, not the proxy.
 
 Reports rows/s, batch latency p50/p99 (client-observed, successful batches),
 and the check against the database: every row of every machine stored once
-(0 lost, 0 duplicated). Exit status 1 if the check fails. The last line is
+(0 lost, 0 duplicated), and the rollups equal a fresh aggregate of the rows
+(hm_cloud.rollups.mismatches: none). Exit status 1 if the check fails. The last line is
 the fleet's rows/s against a plain single-connection httpx uploader of the
 same number of rows into the same server, measured in the same run.
 
@@ -52,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.cloudserver import CloudServer, running_cloud, sample_row  # noqa: E402
 from tests.support.postgres import running_postgres  # noqa: E402
 
-from hm_cloud.db import usage_rows  # noqa: E402
+from hm_cloud import rollups  # noqa: E402
+from hm_cloud.db import usage_rows, workspaces  # noqa: E402
 from hm_proto import (  # noqa: E402
     Approved,
     BackoffPolicy,
@@ -221,12 +223,14 @@ async def run(args: argparse.Namespace, cloud: CloudServer, db_url: str) -> int:
     engine = create_engine(db_url)
     with engine.connect() as conn:
         stored_ids = [str(r) for r in conn.execute(select(usage_rows.c.id)).scalars()]
+        ws_ids = list(conn.execute(select(workspaces.c.id)).scalars())
+        drifted = sum(len(rollups.mismatches(conn, ws)) for ws in ws_ids)  # rollups == a fresh aggregate
     engine.dispose()
     stored = set(stored_ids)
     lost = len(expected - stored)
     duplicated = len(stored_ids) - len(stored)
     foreign = len(stored - expected)
-    ok = lost == 0 and duplicated == 0 and foreign == 0 and unsynced == 0 and alive == 2
+    ok = lost == 0 and duplicated == 0 and foreign == 0 and unsynced == 0 and alive == 2 and drifted == 0
 
     # Baseline: one plain httpx uploader, same rows count, fresh ids, 1 token, same server.
     baseline_rows = [[sample_row(id=str(uuid.uuid4()), model=f"model-{i % 40}") for i in range(args.batch)]
@@ -250,7 +254,8 @@ async def run(args: argparse.Namespace, cloud: CloudServer, db_url: str) -> int:
     print(f"batch latency p50 {statistics.median(lat) * 1000:.1f} ms, "
           f"p99 {lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000:.1f} ms")
     print(f"database: {len(stored_ids):,} rows stored, lost {lost}, duplicated {duplicated}, "
-          f"unknown {foreign}; unsynced on machines {unsynced}: {'OK' if ok else 'MISMATCH'}")
+          f"unknown {foreign}; unsynced on machines {unsynced}; rollup rows that differ from the rows "
+          f"{drifted}: {'OK' if ok else 'MISMATCH'}")
     print(f"fleet of {args.machines} SyncSessions vs one plain httpx uploader, PostgreSQL 2 workers: "
           f"{rows_per_s:,.0f} vs {base_per_s:,.0f} rows/s, x{rows_per_s / base_per_s:.2f}, lost {lost}, "
           f"duplicated {duplicated}")

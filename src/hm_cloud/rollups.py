@@ -97,3 +97,58 @@ def _normal(measures: tuple[Any, ...] | None) -> tuple[int, ...] | None:
     counts = tuple(int(m) for m in measures[: len(ROLLUP_COUNTS)])
     parts = [int(m) for m in measures[len(ROLLUP_COUNTS):]]
     return counts + tuple(parts[i] * SPLIT + parts[i + 1] for i in range(0, len(parts), 2))
+
+
+# -- keeping them exact as rows come and go -----------------------------------------
+
+_USED = ("workspace_id", "day", "machine_id", "provider", "model", "project", "os_user", "status", "cost_nanos",
+         *ROLLUP_SUMMED[1:])
+"""The usage_rows columns :func:`aggregate` reads."""
+
+
+def upsert(insert: Any, source: Any, *, subtract: bool = False) -> Any:
+    """INSERT INTO usage_rollups the aggregate of ``source``, adding its measures to
+    (``subtract``: taking them from) the rollup rows that exist. ``insert`` is the
+    dialect's ``insert`` (sqlite or postgresql). Groups go in key order, so
+    concurrent upserts lock the rollup rows they share in one order (PostgreSQL)."""
+    stmt = insert(usage_rollups).from_select(list(ROLLUP_KEYS + MEASURES), aggregate(source).order_by(*ROLLUP_KEYS))
+    kept = usage_rollups.c
+    return stmt.on_conflict_do_update(
+        index_elements=list(ROLLUP_KEYS),
+        set_={m: (kept[m] - stmt.excluded[m]) if subtract else (kept[m] + stmt.excluded[m]) for m in MEASURES},
+    )
+
+
+def _compiled(stmt: Any, dialect: Any) -> str:
+    return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def sqlite_ingest_sql() -> str:
+    """SQLite: add the rows of usage_rows whose rowid is above ``?`` (the largest rowid
+    before the batch's insert) to the rollups. Writers are serialized (BEGIN IMMEDIATE)
+    and a new row's rowid is above every rowid held, so these are exactly the batch's
+    new rows; see store.ingest_values."""
+    from sqlalchemy.dialects import sqlite
+
+    new = select(*(usage_rows.c[n] for n in _USED)).where(literal_column("usage_rows.rowid") > literal_column("?"))
+    return _compiled(upsert(sqlite.insert, new.subquery("new")), sqlite.dialect())
+
+
+def postgresql_ingest_sql(stage_name: str, columns: list[str]) -> str:
+    """PostgreSQL, one statement: move the staging table's rows into usage_rows (id
+    order, ON CONFLICT DO NOTHING) and add the rows it inserted (RETURNING: exactly
+    the new ones, whatever other transactions do) to the rollups in key order; its
+    one value is the number of rows inserted."""
+    from sqlalchemy import MetaData, Table
+    from sqlalchemy.dialects import postgresql
+
+    stage = Table(stage_name, MetaData(), *[c._copy() for c in usage_rows.columns])
+    moved = (
+        postgresql.insert(usage_rows)
+        .from_select(columns, select(*(stage.c[n] for n in columns)).order_by(stage.c.id))
+        .on_conflict_do_nothing()
+        .returning(*(usage_rows.c[n] for n in _USED))
+        .cte("inserted")
+    )
+    added = upsert(postgresql.insert, moved).returning(literal_column("1")).cte("added")
+    return _compiled(select(func.count()).select_from(moved).add_cte(added), postgresql.dialect())  # type: ignore[no-untyped-call]

@@ -17,10 +17,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, cast, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from hm_proto.server import UsageRow, hash_token
 
+from . import rollups
 from .db import (
     ATTRIBUTION_COLUMNS,
     devices,
@@ -650,36 +651,70 @@ _PG_STAGE = (
 )
 _STAGE_KEY = "usage_rows_stage"
 _PG_COPY = f"COPY usage_rows_stage ({', '.join(_ROW_COLUMNS)}) FROM STDIN"
-_PG_MOVE = (
-    f"INSERT INTO usage_rows ({', '.join(_ROW_COLUMNS)}) "
-    f"SELECT {', '.join(_ROW_COLUMNS)} FROM usage_rows_stage ORDER BY id ON CONFLICT DO NOTHING"
-)
+_PG_MOVE = rollups.postgresql_ingest_sql("usage_rows_stage", _ROW_COLUMNS)
+_SQLITE_LAST_ROWID = "SELECT coalesce(max(rowid), 0) FROM usage_rows"
+_SQLITE_ROLLUP = rollups.sqlite_ingest_sql()
+# Past this largest rowid SQLite may pick new rowids at random (never in practice:
+# 2**63 rows); then the rollups of the workspace are rebuilt from its rows instead.
+_SQLITE_ROWID_ROOM = 2**63 - 1 - 10**7
+_RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+INGEST_ATTEMPTS = 5
 
 
 def ingest_values(
     engine: Engine, device: AuthedDevice, values: Sequence[tuple[Any, ...]], now: float
 ) -> tuple[int, int]:
     """Store a batch of row tuples (``usage_rows`` column order, from hm_cloud.ingest)
-    in one transaction, with each database's bulk path; (accepted, duplicates).
+    in one transaction, with each database's bulk path, and add the rows it inserted
+    to ``usage_rollups`` in the same transaction; (accepted, duplicates).
 
     SQLite: one ``executemany`` on the driver, its change counter says how many
-    rows were new. PostgreSQL: ``COPY`` into a per-connection temporary staging
-    table (emptied at commit), then ``INSERT … SELECT … ON CONFLICT DO NOTHING``,
-    whose row count is exactly the new rows, also when another transaction
-    inserts the same ids at the same time (it waits for that one, then skips).
-    Rows go in by id order, so two batches sharing rows lock them in one order.
+    rows were new; writers are serialized (BEGIN IMMEDIATE), so the new rows are
+    the ones above the largest rowid held before, and the rollup upsert
+    aggregates exactly those. PostgreSQL: ``COPY`` into a per-connection
+    temporary staging table (emptied at commit), then one statement that moves
+    the rows with ``INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`` and
+    upserts the aggregate of what it returned: exactly the new rows, also when
+    another transaction inserts the same ids at the same time (it waits for
+    that one, then skips). Rows go in by id order and rollup rows by key order,
+    so two batches sharing either lock them in one order; a deadlock or
+    serialization failure all the same rolls the whole batch back and it is
+    tried again (``INGEST_ATTEMPTS``).
     """
     if not values:
         return 0, 0
+    for attempt in range(1, INGEST_ATTEMPTS + 1):
+        try:
+            accepted = _ingest_once(engine, device, values, now)
+        except Exception as exc:
+            if attempt == INGEST_ATTEMPTS or not _retryable(exc):
+                raise
+            continue
+        return accepted, len(values) - accepted
+    raise AssertionError("unreachable")
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A PostgreSQL deadlock or serialization failure, raw (psycopg) or wrapped (SQLAlchemy)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(orig, "sqlstate", None) in _RETRIED_SQLSTATES
+
+
+def _ingest_once(engine: Engine, device: AuthedDevice, values: Sequence[tuple[Any, ...]], now: float) -> int:
     made_stage: list[dict[Any, Any]] = []
     try:
         with write_transaction(engine) as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
             if conn.dialect.name == "sqlite":
+                last = raw.execute(_SQLITE_LAST_ROWID).fetchone()[0]
                 before = raw.total_changes
                 raw.executemany(_SQLITE_INSERT, values)
-                accepted = raw.total_changes - before
+                accepted = int(raw.total_changes - before)
+                if accepted and last <= _SQLITE_ROWID_ROOM:
+                    raw.execute(_SQLITE_ROLLUP, (last,))
+                elif accepted:
+                    rollups.rebuild(conn, device.workspace.id)
             else:
                 with raw.cursor() as cur:
                     info = conn.connection.info  # this database connection's (cleared if it breaks)
@@ -690,8 +725,10 @@ def ingest_values(
                     with cur.copy(_PG_COPY) as copy:
                         for v in values:
                             copy.write_row(v)
-                    cur.execute(_PG_MOVE)
-                    accepted = cur.rowcount
+                    cur.execute(_PG_MOVE, ())  # () so that psycopg reads its %% as %
+                    found = cur.fetchone()
+                    assert found is not None
+                    accepted = int(found[0])
             conn.execute(
                 update(devices)
                 .where(devices.c.id == device.device_id)
@@ -701,7 +738,7 @@ def ingest_values(
         for info in made_stage:  # the rollback dropped the staging table made in it
             info.pop(_STAGE_KEY, None)
         raise
-    return accepted, len(values) - accepted
+    return accepted
 
 
 # Sums that no legal data can overflow. SQLite's SUM over integers raises
