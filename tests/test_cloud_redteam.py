@@ -353,3 +353,30 @@ def test_a_budget_webhook_answering_something_not_http_is_a_failed_post(monkeypa
         assert budgets._post(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", {"text": "x"}) == 0
     finally:
         listener.close()
+
+
+def test_every_cloud_csv_export_never_hands_a_spreadsheet_a_formula(cloud: CloudServer, session: httpx.Client) -> None:
+    # A hostile device names its models, projects and hostname; only a leading = + - @ was
+    # escaped, so "x;=HYPERLINK(…)" ran in an Excel whose list separator is ';'.
+    import re
+
+    from tests.support.cloudserver import batch_body, sample_row
+    from tests.test_daemon_redteam import HOSTILE_NAMES, formula_cells
+
+    paired = cloud.pair("mallory@example.com", PASSWORD, "mallory", hostname="h;=1+1")
+    rows = [sample_row(model=name, project=name, ts="2026-11-20T10:00:00.000Z") for name in HOSTILE_NAMES]
+    device = cloud.client(headers={"Authorization": f"Bearer {paired['token']}"})
+    assert device.post("/v1/requests/batch", json=batch_body(rows)).status_code == 200
+    csrf = cloud.csrf(session, "/mallory/settings/api-keys")
+    page = session.post("/mallory/settings/api-keys", data={"csrf_token": csrf, "name": "csv"})
+    key = re.search(r'value="(hm_read_[0-9A-Za-z]+)"', page.text)
+    assert key, page.text
+    reader = cloud.client(headers={"Authorization": f"Bearer {key.group(1)}"})
+    days = {"from_date": "2026-11-01", "to_date": "2026-11-29"}
+    exports = [reader.get("/v1/usage", params={**days, "group_by": g, "format": "csv"}) for g in ("machine", "model")]
+    exports.append(reader.get("/v1/usage", params={**days, "format": "focus"}))
+    exports += [session.get("/mallory/spend.csv", params={**days, "chart": c}) for c in ("model", "machine", "member")]
+    for answer in exports:
+        assert answer.status_code == 200, answer.text
+        assert formula_cells(answer.text) == [], answer.url
+    assert "x;'=HYPERLINK" in exports[1].text

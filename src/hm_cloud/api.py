@@ -449,10 +449,12 @@ async def _usage_focus(request: Request, workspace_id: str, slug: str, from_date
 
 def usage_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = USAGE_CSV_COLUMNS,
               escaped: tuple[str, ...] = ("key", "label")) -> str:
-    """CSV with a header; outside strings (the ``escaped`` columns) a spreadsheet would run as a
-    formula (=, +, -, @) are prefixed with '."""
+    """CSV with a header; outside strings (the ``escaped`` columns) are made cells a
+    spreadsheet never runs as a formula (hm_charts.cells)."""
     import csv
     import io
+
+    from hm_charts.cells import spreadsheet_safe
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
@@ -462,9 +464,7 @@ def usage_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = USAGE_CSV_C
         for name in columns:
             value = row.get(name)
             text = "" if value is None else str(value)
-            if name in escaped and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-                text = "'" + text
-            cells.append(text)
+            cells.append(spreadsheet_safe(text) if name in escaped else text)
         writer.writerow(cells)
     return buf.getvalue()
 
