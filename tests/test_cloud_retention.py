@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from hm_cloud import retention, store
-from hm_cloud.db import audit_log, init_schema, job_leases, make_engine, usage_rows
+from hm_cloud import retention, rollups, store
+from hm_cloud.db import audit_log, init_schema, job_leases, make_engine, usage_rollups, usage_rows
 from hm_cloud.security import hash_password
 from tests.support.cloudserver import batch_body, running_cloud, sample_row
 from tests.support.postgres import running_postgres
@@ -55,9 +55,15 @@ def seed(engine: Engine, workspace_id: str, day: str, n: int) -> set[str]:
             {"workspace_id": workspace_id, "id": rid, "machine_id": "m1", "ts": f"{day}T{times[i]}Z", "day": day,
              "provider": "openai", "model": "gpt-4o-mini", "endpoint": "/v1/chat/completions", "status": 200,
              "stream": False, "cost_usd": "0.001", "cost_nanos": 1_000_000, "price_version": "t",
-             "latency_ms": 5, "received_at": NOW}
+             "latency_ms": 5, "received_at": NOW, "project": "p" if i % 3 else None}
             for i, rid in enumerate(ids)])
+        rollups.rebuild(conn, workspace_id)  # as the ingest would have kept them
     return set(ids)
+
+
+def rollups_exact(engine: Engine, *workspace_ids: str) -> bool:
+    with engine.connect() as conn:
+        return all(rollups.mismatches(conn, ws) == [] for ws in workspace_ids)
 
 
 def ids_of(engine: Engine, workspace_id: str) -> set[str]:
@@ -93,6 +99,10 @@ def test_frozen_clock_deletes_exactly_the_older_days_in_chunks(engine: Engine) -
     done = retention.run_pass(engine, TODAY, NOW, pause=pauses.append, clock=lambda: next(ticks) * 0.2)
     assert done.deleted == {acme: len(old)} and done.chunks == 23 and pauses == [retention.PAUSE_S] * 22
     assert ids_of(engine, acme) == kept and ids_of(engine, other) == theirs
+    assert rollups_exact(engine, acme, other)  # each chunk took its rows out of the rollups
+    with engine.connect() as conn:
+        assert conn.execute(select(func.min(usage_rollups.c.day)).where(
+            usage_rollups.c.workspace_id == acme)).scalar_one() == "2026-10-30"
     assert audit(engine, acme, "retention.change") == ["30 days (was keep everything)"]
     assert audit(engine, acme, "retention.delete") == ["1320 rows of days before 2026-10-30 (30-day retention)"]
     assert retention.run_pass(engine, TODAY, NOW).deleted == {}  # nothing more: no audit noise
@@ -188,6 +198,7 @@ def test_two_server_processes_sharing_a_database_run_the_job_once(tmp_path: Path
             while time.monotonic() < deadline and ids_of(engine, acme):
                 time.sleep(0.1)
             assert not ids_of(engine, acme)
+            assert rollups_exact(engine, acme)
             time.sleep(1.5)  # ~15 more lease requests from each process
             with engine.connect() as conn:
                 runs = conn.execute(select(job_leases.c.runs)).scalar()

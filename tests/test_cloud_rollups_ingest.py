@@ -107,3 +107,56 @@ def test_concurrent_overlapping_batches_and_replays_keep_rollups_exact(cloud: Cl
             assert conn.execute(select(func.sum(r.calls)).where(r.workspace_id == ws)).scalar_one() == len(sent)
     finally:
         engine.dispose()
+
+
+def test_retention_deleting_while_batches_arrive_keeps_rollups_exact(cloud: CloudServer) -> None:
+    """The retention job deletes old days in chunks (this process, the server's database)
+    while machines upload rows of old and recent days, some replayed after their day went."""
+    from datetime import UTC, date, datetime
+
+    from hm_cloud import retention
+    from hm_cloud.db import make_engine
+
+    slug = f"ret{uuid.uuid4().hex[:8]}"
+    cloud.create_user(f"{slug}@example.com", PASSWORD, slug)
+    tokens = [cloud.pair(f"{slug}@example.com", PASSWORD, slug, hostname=f"r{i}")["token"] for i in range(2)]
+    rng = random.Random(19)
+    today = date(2026, 11, 29)
+    now = datetime(2026, 11, 29, 1, tzinfo=UTC).timestamp()
+    batches = []
+    for _ in range(40):
+        rows = [varied_row(rng) for _ in range(100)]
+        for r in rows:  # half of them from days the 30-day retention deletes
+            if rng.random() < 0.5:
+                r["ts"] = f"2026-10-{rng.randint(1, 25):02d}T08:00:00Z"
+        batches.append((rng.randrange(len(tokens)), rows))
+    sends = batches + [rng.choice(batches) for _ in range(15)]
+    clients = [httpx.Client(base_url=cloud.base_url, timeout=60, headers={"Authorization": f"Bearer {t}"})
+               for t in tokens]
+    engine = make_engine(cloud.db_url)
+    try:
+        with engine.connect() as conn:
+            ws = conn.execute(select(db.workspaces.c.id).where(db.workspaces.c.slug == slug)).scalar_one()
+        retention.set_retention(engine, ws, 30, None, None, now)
+        first_half, second_half = sends[: len(sends) // 2], sends[len(sends) // 2:]
+        with ThreadPoolExecutor(max_workers=6) as threads:
+            for machine, rows in first_half:
+                assert clients[machine].post("/v1/requests/batch", json=batch_body(rows)).status_code == 200
+            uploads = threads.map(
+                lambda job: clients[job[0]].post("/v1/requests/batch", json=batch_body(job[1])).status_code,
+                second_half)
+            passes = [retention.run_pass(engine, today, now, pause=lambda _s: None) for _ in range(3)]
+            assert set(uploads) == {200}
+        assert sum(p.chunks for p in passes) > 1
+        with engine.connect() as conn:
+            assert rollups.mismatches(conn, ws) == []
+            r, u = db.usage_rollups.c, db.usage_rows.c
+            stored = conn.execute(select(func.count()).select_from(db.usage_rows).where(u.workspace_id == ws))
+            assert conn.execute(select(func.sum(r.calls)).where(r.workspace_id == ws)).scalar_one() == \
+                stored.scalar_one()
+            assert conn.execute(select(func.count()).select_from(db.usage_rollups)
+                                .where(r.workspace_id == ws, r.calls <= 0)).scalar_one() == 0
+    finally:
+        for c in clients:
+            c.close()
+        engine.dispose()

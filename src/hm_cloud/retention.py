@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import team
+from . import rollups, team
 from .db import job_leases, request_bodies, usage_rows, workspace_settings, workspaces
 from .pages import (  # also registers {:slug}
     _csrf_failed,
@@ -52,6 +52,7 @@ from .pages import (  # also registers {:slug}
 )
 from .security import csrf_ok
 from .state import client_address, cloud
+from .store import write_transaction
 
 log = logging.getLogger("hm_cloud.retention")
 
@@ -187,14 +188,19 @@ class Pass:
 
 
 def _delete_chunk(engine: Engine, workspace_id: str, before: str, limit: int) -> int:
-    """Up to ``limit`` rows of days before ``before`` and their request bodies, in one transaction."""
-    with engine.begin() as conn:
-        ids = [r[0] for r in conn.execute(select(usage_rows.c.id).where(
-            usage_rows.c.workspace_id == workspace_id, usage_rows.c.day < before).limit(limit))]
-        if not ids:
+    """Up to ``limit`` rows of days before ``before``, their request bodies and their share
+    of the rollups (rollups.subtract_rows), in one transaction. The rows are held from the
+    SELECT on (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE), so the rollups lose
+    exactly what is deleted."""
+    with write_transaction(engine) as conn:
+        found = conn.execute(select(usage_rows.c.id, usage_rows.c.day).where(
+            usage_rows.c.workspace_id == workspace_id, usage_rows.c.day < before).limit(limit).with_for_update()).all()
+        if not found:
             return 0
+        ids = [r[0] for r in found]
         conn.execute(request_bodies.delete().where(request_bodies.c.workspace_id == workspace_id,
                                                    request_bodies.c.id.in_(ids)))
+        rollups.subtract_rows(conn, workspace_id, ids, {r[1] for r in found})
         return int(conn.execute(
             usage_rows.delete().where(usage_rows.c.workspace_id == workspace_id, usage_rows.c.id.in_(ids))
         ).rowcount)

@@ -152,3 +152,23 @@ def postgresql_ingest_sql(stage_name: str, columns: list[str]) -> str:
     )
     added = upsert(postgresql.insert, moved).returning(literal_column("1")).cte("added")
     return _compiled(select(func.count()).select_from(moved).add_cte(added), postgresql.dialect())  # type: ignore[no-untyped-call]
+
+
+def _insert_for(conn: Connection) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+
+
+def subtract_rows(conn: Connection, workspace_id: str, ids: list[str], days: set[str]) -> None:
+    """Take the rows ``ids`` of the workspace (of ``days``) out of its rollups, in the
+    caller's transaction, before the caller deletes them; a rollup row left with no
+    calls goes. The caller holds the rows (SQLite: the write lock; PostgreSQL: SELECT
+    … FOR UPDATE), so what is subtracted is exactly what it deletes."""
+    if not ids:
+        return
+    held = select(*(usage_rows.c[n] for n in _USED)).where(
+        usage_rows.c.workspace_id == workspace_id, usage_rows.c.id.in_(ids))
+    conn.execute(upsert(_insert_for(conn), held.subquery("gone"), subtract=True))
+    conn.execute(delete(usage_rollups).where(usage_rollups.c.workspace_id == workspace_id,
+                                             usage_rollups.c.day.in_(sorted(days)), usage_rollups.c.calls == 0))
