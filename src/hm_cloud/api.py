@@ -378,6 +378,10 @@ async def requests_totals(request: Request) -> Response:
     return json_response(body)
 
 
+def _too_many(detail: str, retry_after: int) -> Response:
+    return json_response({"error": "rate_limited", "detail": detail}, 429, {"Retry-After": str(retry_after)})
+
+
 USAGE_GROUPS = ("day", "machine", "model", "provider")
 USAGE_CSV_COLUMNS = ("key", "label", "rows", "cost_usd", "unknown_price_rows", "no_usage_rows",
                      "error_rows", "input_tokens", "output_tokens")
@@ -392,13 +396,26 @@ async def usage(request: Request) -> Response:
         raise invalid_token("Missing bearer key: create a read-only key on the workspace's API keys page")
     if looks_like_token(key):
         raise ApiError(403, "forbidden", "Sync tokens upload only: read usage with a read-only API key (hm_read_…)")
+    from . import team
+    from .limits import READ_KEY_GUESSES_PER_ADDRESS, USAGE_READS_PER_KEY
+
+    state = cloud(request)
+    # Counted before the lookup (a key that is not live is a guess), released for a live one.
+    counted = await state.reserve([(READ_KEY_GUESSES_PER_ADDRESS, client_address(request))])
+    if isinstance(counted, Refusal):
+        return _too_many(f"Too many unknown keys from this address: wait {counted.retry_after} seconds",
+                        counted.retry_after)
     if not looks_like_token(key, READ_KEY_PREFIX):
         raise invalid_token("Malformed key: copy the whole hm_read_… key from the API keys page")
-    from . import team
-
-    found = await cloud(request).db(team.authenticate_read_key, hash_token(key), time.time())
+    found = await state.db(team.authenticate_read_key, hash_token(key), time.time())
     if found is None or not secrets.compare_digest(found[0], hash_token(key)):
         raise invalid_token("Unknown or revoked key: create a new one on the workspace's API keys page")
+    await state.release(counted)
+    read = await state.reserve([(USAGE_READS_PER_KEY, found[0])])
+    if isinstance(read, Refusal):
+        return _too_many(f"This key read usage {USAGE_READS_PER_KEY.count} times in "
+                        f"{int(USAGE_READS_PER_KEY.window) // 60} minutes: wait {read.retry_after} seconds "
+                        "(or poll less often)", read.retry_after)
     workspace = found[1]
     today = date.today()
     params = request.query_params

@@ -79,6 +79,11 @@ SIGNUPS_PER_ADDRESS = Limit("signup-address", 20, 3600.0)
 # Invitation links opened that are not live (unknown, used, revoked, expired),
 # per address: the links carry 256 random bits, this keeps scanning loud.
 INVITATION_GUESSES_PER_ADDRESS = Limit("invite-address", 30, 600.0)
+# GET /v1/usage: read keys that are not live (malformed, unknown, revoked), per
+# address; and reads per live key (each can sum ten years of a workspace's
+# rows: a dashboard polling every few seconds fits, a loop hammering it not).
+READ_KEY_GUESSES_PER_ADDRESS = Limit("readkey-address", 30, 600.0)
+USAGE_READS_PER_KEY = Limit("usage-key", 600, 600.0)
 
 ALL_LIMITS = (
     CODE_GUESSES_PER_ACCOUNT,
@@ -88,6 +93,8 @@ ALL_LIMITS = (
     PAIRING_STARTS_PER_ADDRESS,
     SIGNUPS_PER_ADDRESS,
     INVITATION_GUESSES_PER_ADDRESS,
+    READ_KEY_GUESSES_PER_ADDRESS,
+    USAGE_READS_PER_KEY,
 )
 LONGEST_WINDOW = max(limit.window for limit in ALL_LIMITS)
 
