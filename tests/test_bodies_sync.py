@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
 from hm_cloud.db import audit_log, make_engine, request_bodies
-from tests.support.cloudserver import running_cloud
+from tests.support.cloudserver import CloudServer, running_cloud
 from tests.support.daemon import capture_host_config, running_daemon
 from tests.support.fake_providers import FakeProviders
 from tests.support.tls import make_ca
@@ -115,14 +115,20 @@ def test_body_sync_only_when_both_sides_opt_in(tmp_path: Path, browser: Any, mon
         engine.dispose()
 
 
+
+def _owner_accepting_bodies(cloud: CloudServer) -> httpx.Client:
+    """The signed-in owner of workspace acme, which they set to accept request bodies."""
+    cloud.create_user("owner@example.com", PASSWORD, "acme")
+    owner = cloud.login_session("owner@example.com", PASSWORD)
+    csrf = cloud.csrf(owner, "/acme/settings/retention")
+    owner.post("/acme/settings/retention", data={"csrf_token": csrf, "action": "accept_bodies"})
+    return owner
+
 def test_disconnect_never_uploads_pending_bodies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HALTON_METER_CLOUD_MASTER_KEY", Fernet.generate_key().decode())
     ca = make_ca(tmp_path / "ca")
     with FakeProviders(ca) as upstream, running_cloud(tmp_path / "cloud") as cloud:
-        cloud.create_user("owner@example.com", PASSWORD, "acme")
-        owner = cloud.login_session("owner@example.com", PASSWORD)
-        csrf = cloud.csrf(owner, "/acme/settings/retention")
-        owner.post("/acme/settings/retention", data={"csrf_token": csrf, "action": "accept_bodies"})
+        owner = _owner_accepting_bodies(cloud)
         engine = make_engine(cloud.db_url)
         extra = capture_host_config([f"localhost:{upstream.port}"]) + '[capture]\nbodies = "sync"\n'
         # One body-sync round at start, then none for a minute: the bodies below wait.
@@ -156,10 +162,7 @@ def test_off_and_local_never_upload_even_to_a_workspace_that_accepts(tmp_path: P
     canary = f"CANARY-{uuid.uuid4().hex}"
     ca = make_ca(tmp_path / "ca")
     with FakeProviders(ca) as upstream, running_cloud(tmp_path / "cloud") as cloud:
-        cloud.create_user("owner@example.com", PASSWORD, "acme")
-        owner = cloud.login_session("owner@example.com", PASSWORD)
-        csrf = cloud.csrf(owner, "/acme/settings/retention")
-        owner.post("/acme/settings/retention", data={"csrf_token": csrf, "action": "accept_bodies"})
+        owner = _owner_accepting_bodies(cloud)
         extra = capture_host_config([f"localhost:{upstream.port}"]) + f'[capture]\nbodies = "{mode}"\n'
         with running_daemon(tmp_path / "home", upstream_ca=ca.ca_path, extra_config=extra,
                             env={"HALTON_METER_BODY_SYNC_SECONDS": "0.2"}) as daemon:

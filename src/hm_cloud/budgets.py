@@ -52,7 +52,7 @@ from .db import (
 from .pages import (  # also registers {:slug}
     _csrf_failed,
     _form,
-    _member_page,
+    member_page,
     redirect,
     render,
     session_of,
@@ -601,7 +601,7 @@ def after_ingest(request: Request, workspace_id: str, workspace_slug: str) -> No
 
 
 async def budgets_page(request: Request) -> Response:
-    found = await _member_page(request)
+    found = await member_page(request)
     if isinstance(found, Response):
         return found
     uid, email, ws, mine = found

@@ -7,7 +7,7 @@ import secrets
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import orjson
@@ -222,15 +222,36 @@ async def _user(request: Request) -> tuple[int, str] | None:
     return session.user_id, email
 
 
-async def _member_page(
-    request: Request,
-) -> tuple[int, str, store.Workspace, list[store.Workspace]] | Response:
-    """The signed-in user and the workspace of the URL, or the response to send instead."""
+class Member(NamedTuple):
+    """The signed-in user on a workspace page; unpacks as (user id, email, workspace, their workspaces)."""
+
+    uid: int
+    email: str
+    ws: store.Workspace
+    mine: list[store.Workspace]
+
+    def ctx(self, **more: Any) -> dict[str, Any]:
+        """A template context with the page chrome (account, workspace, switcher) and ``more``."""
+        return {"user_email": self.email, "workspace": self.ws, "workspaces": self.mine, **more}
+
+
+async def signed_in(request: Request) -> tuple[int, str, list[store.Workspace]] | Response:
+    """(user id, email, their workspaces) of the signed-in user, or the redirect to /login."""
     user = await _user(request)
     if user is None:
         return _login_redirect(request)
-    mine = await cloud(request).db(store.user_workspaces, user[0])
-    last = await cloud(request).db(store.last_workspace, user[0])
+    return user[0], user[1], await cloud(request).db(store.user_workspaces, user[0])
+
+
+async def member_page(request: Request, action: str = "view_dashboard", refusal: str = "") -> Member | Response:
+    """The signed-in user and the workspace of the URL when their role may do ``action``
+    (team.PERMISSIONS), or the response to send instead: the redirect to /login, a 404 for a
+    workspace they do not belong to, a 403 saying ``refusal``."""
+    found = await signed_in(request)
+    if isinstance(found, Response):
+        return found
+    uid, email, mine = found
+    last = await cloud(request).db(store.last_workspace, uid)
     slug = request.path_params["workspace"]
     ws = next((w for w in mine if w.slug == slug), None)
     if ws is None:
@@ -241,14 +262,16 @@ async def _member_page(
             {
                 "title": "Workspace not found",
                 "message": f"There is no workspace '{slug}' that you belong to.",
-                "user_email": user[1],
+                "user_email": email,
                 "workspaces": mine,
             },
             status=404,
         )
     if request.method == "GET" and ws.id != last:  # `/` opens the workspace used last
-        await cloud(request).db(store.remember_workspace, user[0], ws.id)
-    return user[0], user[1], ws, mine
+        await cloud(request).db(store.remember_workspace, uid, ws.id)
+    if not team.can(ws.role, action):
+        return forbidden(request, email, refusal or "Your role in this workspace does not allow this.", mine)
+    return Member(uid, email, ws, mine)
 
 
 # -- sign-up, login, logout --------------------------------------------------------
@@ -417,12 +440,11 @@ def _rate_limited_page(request: Request, retry_after: int, as_json: bool) -> Res
 
 
 async def connect(request: Request) -> Response:
-    user = await _user(request)
-    if user is None:
-        return _login_redirect(request)
-    user_id, email = user
+    found = await signed_in(request)
+    if isinstance(found, Response):
+        return found
+    user_id, email, everywhere = found
     state = cloud(request)
-    everywhere = await state.db(store.user_workspaces, user_id)
     mine = [w for w in everywhere if team.can(w.role, "pair_device")]
     ctx: dict[str, Any] = {"user_email": email, "workspaces": everywhere, "pairable": mine,
                            "viewer_only": bool(everywhere) and not mine}
@@ -615,7 +637,7 @@ def _date_range(request: Request) -> tuple[str, str, str | None]:
 
 
 async def dashboard(request: Request) -> Response:
-    found = await _member_page(request)
+    found = await member_page(request)
     if isinstance(found, Response):
         return found
     _uid, email, ws, mine = found
@@ -689,7 +711,7 @@ async def dashboard(request: Request) -> Response:
 
 async def spend_csv(request: Request) -> Response:
     """GET /{workspace}/spend.csv: the dashboard's current view (range, filters, chart split) per day."""
-    found = await _member_page(request)
+    found = await member_page(request)
     if isinstance(found, Response):
         return found
     _uid, _email, ws, _mine = found
@@ -706,7 +728,7 @@ async def spend_csv(request: Request) -> Response:
 
 
 async def devices_page(request: Request) -> Response:
-    found = await _member_page(request)
+    found = await member_page(request)
     if isinstance(found, Response):
         return found
     uid, email, ws, mine = found
@@ -715,18 +737,7 @@ async def devices_page(request: Request) -> Response:
         d["can_revoke"] = _may_revoke(ws.role, uid, d)
     revoked_id = request.query_params.get("revoked")
     revoked = next((d for d in devices if str(d["id"]) == revoked_id and d["revoked_at"]), None)
-    return render(
-        request,
-        "devices.html",
-        {
-            "user_email": email,
-            "workspace": ws,
-            "workspaces": mine,
-            "devices": devices,
-            "now": time.time(),
-            "revoked": revoked,
-        },
-    )
+    return render(request, "devices.html", found.ctx(devices=devices, now=time.time(), revoked=revoked))
 
 
 def _may_revoke(role: str, user_id: int, device: dict[str, Any]) -> bool:
@@ -741,7 +752,7 @@ def forbidden(request: Request, email: str, message: str, mine: list[store.Works
 
 
 async def revoke_device(request: Request) -> Response:
-    found = await _member_page(request)
+    found = await member_page(request)
     if isinstance(found, Response):
         return found
     uid, email, ws, mine = found
@@ -763,11 +774,7 @@ async def revoke_device(request: Request) -> Response:
         return forbidden(request, email, "Only owners and admins revoke other people's devices; "
                          "you can revoke the ones you approved.", mine)
     if request.method == "GET":
-        return render(
-            request,
-            "revoke_confirm.html",
-            {"user_email": email, "workspace": ws, "workspaces": mine, "device": device},
-        )
+        return render(request, "revoke_confirm.html", found.ctx(device=device))
     form = await _form(request)
     if not csrf_ok(session_of(request), form.get("csrf_token")):
         return _csrf_failed(request)

@@ -36,7 +36,7 @@ from hm_proto.server import ApiError, is_uuid
 from . import team
 from .bodies import BODIES_PATH, MAX_BODY_BYTES
 from .db import request_bodies, usage_rows, workspace_keys, workspace_settings
-from .pages import _member_page, forbidden, render
+from .pages import Member, member_page, render
 from .state import client_address, cloud
 
 MAX_BODIES = 16
@@ -223,22 +223,16 @@ async def bodies_upload(request: Request) -> Response:
     return json_response(answer)
 
 
-async def _admin_page(request: Request) -> tuple[str, Any, list[Any]] | Response:
+async def _admin_page(request: Request) -> Member | Response:
     """The signed-in owner or admin and the workspace of the URL, or the 403/redirect to send."""
-    found = await _member_page(request)
-    if isinstance(found, Response):
-        return found
-    _uid, email, ws, mine = found
-    if not team.can(ws.role, "change_settings"):
-        return forbidden(request, email, "Only owners and admins see request bodies.", mine)
-    return email, ws, mine
+    return await member_page(request, "change_settings", "Only owners and admins see request bodies.")
 
 
 async def request_page(request: Request) -> Response:
     found = await _admin_page(request)
     if isinstance(found, Response):
         return found
-    email, ws, mine = found
+    _uid, email, ws, mine = found
     row_id = request.path_params["row_id"]
     state = cloud(request)
     try:
@@ -250,8 +244,7 @@ async def request_page(request: Request) -> Response:
     if got is None and problem is None:
         return render(request, "error.html", {"title": "No such request", "message": "No such request here.",
                                               "user_email": email, "workspaces": mine}, status=404)
-    return render(request, "request.html", {"user_email": email, "workspace": ws, "workspaces": mine,
-                                            "got": got, "problem": problem})
+    return render(request, "request.html", found.ctx(got=got, problem=problem))
 
 
 def recent_with_bodies(engine: Engine, workspace_id: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -270,10 +263,8 @@ async def requests_list(request: Request) -> Response:
     found = await _admin_page(request)
     if isinstance(found, Response):
         return found
-    email, ws, mine = found
-    rows = await cloud(request).db(recent_with_bodies, ws.id)
-    return render(request, "requests.html", {"user_email": email, "workspace": ws, "workspaces": mine,
-                                             "rows": rows})
+    rows = await cloud(request).db(recent_with_bodies, found.ws.id)
+    return render(request, "requests.html", found.ctx(rows=rows))
 
 
 routes = [Route("/{workspace:slug}/requests", requests_list, methods=["GET"]),

@@ -44,8 +44,7 @@ from .db import job_leases, request_bodies, usage_rows, workspace_settings, work
 from .pages import (  # also registers {:slug}
     _csrf_failed,
     _form,
-    _member_page,
-    forbidden,
+    member_page,
     redirect,
     render,
     session_of,
@@ -317,17 +316,14 @@ def whoami_fields(engine: Engine, workspace_id: str, now: float) -> dict[str, An
 async def retention_page(request: Request) -> Response:
     """GET: the setting. POST (days): the confirmation, with how many rows will go.
     POST (days, confirm=yes): saved, audited, back to GET."""
-    found = await _member_page(request)
+    found = await member_page(request, "change_settings", "Only owners and admins change the retention.")
     if isinstance(found, Response):
         return found
-    _uid, email, ws, mine = found
-    if not team.can(ws.role, "change_settings"):
-        return forbidden(request, email, "Only owners and admins change the retention.", mine)
+    _uid, email, ws, _mine = found
     state = cloud(request)
     now = time.time()
     current = await state.db(retention_days, ws.id)
-    ctx: dict[str, Any] = {"user_email": email, "workspace": ws, "workspaces": mine, "current": current,
-                           "describe": describe, "min_days": MIN_DAYS}
+    ctx = found.ctx(current=current, describe=describe, min_days=MIN_DAYS)
     status = 200
     if request.method == "POST":
         form = await _form(request)

@@ -9,10 +9,10 @@ once cannot leave a workspace without an owner.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, or_, select, update
+from sqlalchemy import Connection, Engine, Table, func, or_, select, update
 
 from hm_proto.server import hash_token
 
@@ -252,35 +252,58 @@ def create_invitation(
     return inv_id
 
 
-def _pending(workspace_id: str, now: float) -> Sequence[Any]:
+def _live(now: float) -> Sequence[Any]:
+    """An invitation not used, not revoked and not expired."""
     c = invitations.c
-    return (c.workspace_id == workspace_id, c.used_at.is_(None), c.revoked_at.is_(None), c.expires_at > now)
+    return (c.used_at.is_(None), c.revoked_at.is_(None), c.expires_at > now)
+
+
+def _pending(workspace_id: str, now: float) -> Sequence[Any]:
+    return (invitations.c.workspace_id == workspace_id, *_live(now))
+
+
+def _with_creator(engine: Engine, table: Table, columns: Sequence[str], where: Sequence[Any],
+                  order: Sequence[Any]) -> list[dict[str, Any]]:
+    """``columns`` of ``table``'s rows (invitations, API keys) with their creator's email as ``by``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*(table.c[name] for name in columns), users.c.email.label("by"))
+            .outerjoin(users, users.c.id == table.c.created_by)
+            .where(*where)
+            .order_by(*order)
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def _revoke(
+    engine: Engine, table: Table, live: Sequence[Any], workspace_id: str, item_id: str, actor: str,
+    action: str, target: Callable[[Any], str], address: str | None, now: float,
+) -> bool:
+    """Revoke ``table``'s row ``item_id`` if it is in the workspace and ``live``, audited as
+    ``action`` on ``target(row)`` in the same transaction; False when there was none to revoke."""
+    with write_transaction(engine) as conn:
+        done = conn.execute(
+            update(table)
+            .where(table.c.id == item_id, table.c.workspace_id == workspace_id, *live)
+            .values(revoked_at=now)
+        )
+        if done.rowcount != 1:
+            return False
+        row = conn.execute(select(table).where(table.c.id == item_id)).one()
+        audit(conn, workspace_id, actor, action, target(row), address, now)
+    return True
 
 
 def pending_invitations(engine: Engine, workspace_id: str, now: float) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(invitations.c.id, invitations.c.role, invitations.c.email, invitations.c.created_at,
-                   invitations.c.expires_at, users.c.email.label("by"))
-            .outerjoin(users, users.c.id == invitations.c.created_by)
-            .where(*_pending(workspace_id, now))
-            .order_by(invitations.c.created_at.desc())
-        ).all()
-    return [dict(r._mapping) for r in rows]
+    return _with_creator(engine, invitations, ("id", "role", "email", "created_at", "expires_at"),
+                         _pending(workspace_id, now), (invitations.c.created_at.desc(),))
 
 
 def revoke_invitation(
     engine: Engine, workspace_id: str, actor: str, invitation_id: str, address: str | None, now: float
 ) -> bool:
-    with write_transaction(engine) as conn:
-        done = conn.execute(
-            update(invitations)
-            .where(invitations.c.id == invitation_id, *_pending(workspace_id, now))
-            .values(revoked_at=now)
-        )
-        if done.rowcount == 1:
-            audit(conn, workspace_id, actor, "invitation.revoke", f"invitation {invitation_id[:8]}", address, now)
-    return done.rowcount == 1
+    return _revoke(engine, invitations, _live(now), workspace_id, invitation_id, actor, "invitation.revoke",
+                   lambda row: f"invitation {row.id[:8]}", address, now)
 
 
 def open_invitation(engine: Engine, token: str, now: float) -> dict[str, Any] | None:
@@ -290,12 +313,7 @@ def open_invitation(engine: Engine, token: str, now: float) -> dict[str, Any] | 
             select(invitations.c.id, invitations.c.role, invitations.c.workspace_id,
                    workspaces.c.slug, workspaces.c.name)
             .join(workspaces, workspaces.c.id == invitations.c.workspace_id)
-            .where(
-                invitations.c.token_hash == hash_token(token),
-                invitations.c.used_at.is_(None),
-                invitations.c.revoked_at.is_(None),
-                invitations.c.expires_at > now,
-            )
+            .where(invitations.c.token_hash == hash_token(token), *_live(now))
         ).first()
     return dict(row._mapping) if row else None
 
@@ -319,12 +337,7 @@ def accept_invitation(
         ).first()
         taken = conn.execute(
             update(invitations)
-            .where(
-                invitations.c.token_hash == hash_token(token),
-                invitations.c.used_at.is_(None),
-                invitations.c.revoked_at.is_(None),
-                invitations.c.expires_at > now,
-            )
+            .where(invitations.c.token_hash == hash_token(token), *_live(now))
             .values(used_at=now)
         )
         if inv is None or taken.rowcount != 1:
@@ -383,31 +396,16 @@ def create_api_key(
 
 
 def list_api_keys(engine: Engine, workspace_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.last_used_at,
-                   api_keys.c.revoked_at, users.c.email.label("by"))
-            .outerjoin(users, users.c.id == api_keys.c.created_by)
-            .where(api_keys.c.workspace_id == workspace_id)
-            .order_by(api_keys.c.revoked_at.is_not(None), api_keys.c.created_at.desc())
-        ).all()
-    return [dict(r._mapping) for r in rows]
+    return _with_creator(engine, api_keys, ("id", "name", "created_at", "last_used_at", "revoked_at"),
+                         (api_keys.c.workspace_id == workspace_id,),
+                         (api_keys.c.revoked_at.is_not(None), api_keys.c.created_at.desc()))
 
 
 def revoke_api_key(
     engine: Engine, workspace_id: str, actor: str, key_id: str, address: str | None, now: float
 ) -> bool:
-    with write_transaction(engine) as conn:
-        name = conn.execute(
-            select(api_keys.c.name).where(
-                api_keys.c.id == key_id, api_keys.c.workspace_id == workspace_id, api_keys.c.revoked_at.is_(None)
-            )
-        ).scalar()
-        if name is None:
-            return False
-        conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=now))
-        audit(conn, workspace_id, actor, "api_key.revoke", f"key {name}", address, now)
-    return True
+    return _revoke(engine, api_keys, (api_keys.c.revoked_at.is_(None),), workspace_id, key_id, actor,
+                   "api_key.revoke", lambda row: f"key {row.name}", address, now)
 
 
 # Last-used is written at most this often per key (a script polling every

@@ -33,15 +33,15 @@ from .pages import (  # also registers {:slug}
     _busy_status,
     _csrf_failed,
     _form,
-    _login_redirect,
-    _member_page,
     _refused,
     _sign_in,
     _user,
     forbidden,
+    member_page,
     redirect,
     render,
     session_of,
+    signed_in,
     slug_from_name,
 )
 from .security import csrf_ok, hash_password
@@ -63,12 +63,11 @@ def _email_ok(email: str) -> bool:
 
 
 async def new_workspace(request: Request) -> Response:
-    user = await _user(request)
-    if user is None:
-        return _login_redirect(request)
-    uid, email = user
+    found = await signed_in(request)
+    if isinstance(found, Response):
+        return found
+    uid, email, mine = found
     state = cloud(request)
-    mine = await state.db(store.user_workspaces, uid)
     ctx: dict[str, Any] = {"user_email": email, "workspaces": mine, "form": {}}
     if request.method == "GET":
         return render(request, "workspace_new.html", ctx)
@@ -115,13 +114,13 @@ def send_invitation(settings: dict[str, Any], to: str, workspace: str, role: str
 
 
 async def members_page(request: Request) -> Response:
-    found = await _member_page(request)
+    found = await member_page(request)
     if isinstance(found, Response):
         return found
     uid, email, ws, mine = found
     state = cloud(request)
     address = client_address(request)
-    ctx: dict[str, Any] = {"user_email": email, "workspace": ws, "workspaces": mine, "me": uid}
+    ctx = found.ctx(me=uid)
     status = 200
     response_background = None
     if request.method == "POST":
@@ -253,33 +252,25 @@ async def invitation(request: Request) -> Response:
 
 
 async def audit_page(request: Request) -> Response:
-    found = await _member_page(request)
+    found = await member_page(request, "view_audit", "Only owners and admins see the audit log.")
     if isinstance(found, Response):
         return found
-    _uid, email, ws, mine = found
-    if not team.can(ws.role, "view_audit"):
-        return forbidden(request, email, "Only owners and admins see the audit log.", mine)
-    raw = request.query_params.get("before", "")
-    before = small_int(raw)
-    entries = await cloud(request).db(team.audit_entries, ws.id, before)
+    before = small_int(request.query_params.get("before", ""))
+    entries = await cloud(request).db(team.audit_entries, found.ws.id, before)
     older = entries[-1]["id"] if len(entries) == team.AUDIT_PAGE else None
-    return render(request, "audit.html", {"user_email": email, "workspace": ws, "workspaces": mine,
-                                          "entries": entries, "older": older})
+    return render(request, "audit.html", found.ctx(entries=entries, older=older))
 
 
 # -- API keys ----------------------------------------------------------------------------------
 
 
 async def api_keys_page(request: Request) -> Response:
-    found = await _member_page(request)
+    found = await member_page(request, "manage_api_keys", "Only owners and admins manage API keys.")
     if isinstance(found, Response):
         return found
-    uid, email, ws, mine = found
-    if not team.can(ws.role, "manage_api_keys"):
-        return forbidden(request, email, "Only owners and admins manage API keys.", mine)
+    uid, email, ws, _mine = found
     state = cloud(request)
-    ctx: dict[str, Any] = {"user_email": email, "workspace": ws, "workspaces": mine,
-                           "base_url": state.app_url}
+    ctx = found.ctx(base_url=state.app_url)
     status = 200
     if request.method == "POST":
         form = await _form(request)

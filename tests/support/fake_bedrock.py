@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from hm_agent.capture.eventstream import encode_message
 
-from .tls import CertAuthority
+from .tls import CertAuthority, ServesTLS, Serving, serve_tls
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "capture"
 
@@ -54,20 +52,11 @@ def _anthropic_stream_chunks() -> list[bytes]:
     return [_event("chunk", {"bytes": base64.b64encode(e.encode()).decode()}) for e in events]
 
 
-class FakeBedrock:
+class FakeBedrock(ServesTLS):
     def __init__(self, ca: CertAuthority) -> None:
         self.ca = ca
         self.seen: list[tuple[str, dict[str, str]]] = []
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"https://localhost:{self.port}"
+        self._serving: Serving | None = None
 
     def __enter__(self) -> FakeBedrock:
         owner = self
@@ -115,16 +104,9 @@ class FakeBedrock:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
 
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca.cert_path, self.ca.key_path)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._serving = serve_tls(self.ca, Handler, name="fake-bedrock")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._serving is not None:
+            self._serving.stop()

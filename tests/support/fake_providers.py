@@ -19,12 +19,12 @@ import ssl
 import threading
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .tls import CertAuthority
+from .tls import CertAuthority, ServesTLS, Serving, serve_tls
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "capture"
 
@@ -115,24 +115,14 @@ ERROR_BODIES = {
 
 
 @dataclass
-class FakeProviders:
+class FakeProviders(ServesTLS):
     ca: CertAuthority
     encoding: str = ""  # "", "gzip", "br" or "zstd" (only when the client accepts it)
     hold_after_first: bool = False
     http2: bool = False  # offer h2 by ALPN (then HTTP/2 is served when the client picks it)
     seen: list[Seen] = field(default_factory=list)
     _release: threading.Event = field(default_factory=threading.Event)
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"https://localhost:{self.port}"
+    _serving: Serving | None = None
 
     def hold(self) -> None:
         """Hold every stream after its first event until `release()`."""
@@ -145,29 +135,18 @@ class FakeProviders:
 
     def start(self) -> FakeProviders:
         owner = self
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca.cert_path, self.ca.key_path)
-        context.set_alpn_protocols(["h2", "http/1.1"] if self.http2 else ["http/1.1"])
 
         class Handler(_Handler):
             providers = owner
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-providers", daemon=True)
-        self._thread.start()
+        alpn = ["h2", "http/1.1"] if self.http2 else ["http/1.1"]
+        self._serving = serve_tls(self.ca, Handler, alpn=alpn, name="fake-providers")
         return self
 
     def stop(self) -> None:
         self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._serving is not None:
+            self._serving.stop()
 
     def __enter__(self) -> FakeProviders:
         return self.start()

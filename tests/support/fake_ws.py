@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -103,8 +102,7 @@ class FakeWebSocketUpstream:
     async def _main(self) -> None:
         from websockets.asyncio.server import serve
 
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca.cert_path, self.ca.key_path)
+        context = self.ca.server_context()
         self._stop = asyncio.Event()
         async with serve(self._handler, "127.0.0.1", 0, ssl=context, compression=None) as server:
             self.port = int(next(iter(server.sockets)).getsockname()[1])

@@ -107,7 +107,7 @@ class Received:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stalls
-    server: _Server
+    owner: LocalTLSServer  # set by each server's subclass
 
     def log_message(self, *args: object) -> None:
         pass
@@ -120,13 +120,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802
-        self.server.owner._record(Received("GET", self.path, dict(self.headers), b""))
+        self.owner._record(Received("GET", self.path, dict(self.headers), b""))
         self._send(200, b"ok", "text/plain")
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        owner = self.server.owner
+        owner = self.owner
         owner._record(Received("POST", self.path, dict(self.headers), body))
         try:
             req = json.loads(body) if body else {}
@@ -144,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(answer).encode())
 
     def _stream(self, model: str) -> None:
-        owner = self.server.owner
+        owner = self.owner
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -165,9 +165,52 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: LocalTLSServer
+class Serving:
+    """A TLS HTTP server answering on 127.0.0.1 in a daemon thread (see :func:`serve_tls`)."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self.server, self.thread = server, thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class ServesTLS:
+    """``port`` and ``base_url`` of a fake upstream serving through :func:`serve_tls` (``self._serving``)."""
+
+    _serving: Serving | None
+
+    @property
+    def port(self) -> int:
+        assert self._serving is not None
+        return self._serving.port
+
+    @property
+    def base_url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+
+def serve_tls(
+    ca: CertAuthority, handler: type[BaseHTTPRequestHandler], *, alpn: list[str] | None = None,
+    name: str = "fake-tls",
+) -> Serving:
+    """Serve ``handler`` over TLS (the CA's leaf certificate, ALPN ``alpn`` if given) on a free
+    127.0.0.1 port, one daemon thread per connection; ``.stop()`` shuts it down."""
+    context = ca.server_context()
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
+    thread.start()
+    return Serving(server, thread)
 
 
 @dataclass
@@ -193,19 +236,12 @@ class LocalTLSServer:
         return f"https://localhost:{self.port}"
 
     def __enter__(self) -> LocalTLSServer:
-        server = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=False)
-        server.owner = self
-        server.allow_reuse_address = True
-        server.server_bind()
-        server.server_activate()
-        server.socket = self.ca.server_context().wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self.port = int(server.server_address[1])
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        class Handler(_Handler):
+            owner = self
+
+        self._serving = serve_tls(self.ca, Handler, name="local-tls")
+        self.port = self._serving.port
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._serving.stop()
