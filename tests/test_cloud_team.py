@@ -27,6 +27,7 @@ PASSWORD = "team-pass-123"
 _LINK = re.compile(r'value="(http://[^"]+/invite/[^"]+)"')
 _KEY = re.compile(r'value="(hm_read_[0-9A-Za-z]+)"')
 ROLES = team.ROLES
+ELSEWHERE = "2025-01-02T10:00:00.000Z"  # rows of tests that do not read them: off the days read
 
 
 @dataclass
@@ -299,7 +300,7 @@ def test_a_member_cannot_take_over_another_persons_machine_by_pairing_its_machin
     assert refused.status_code == 403 and "already paired" in refused.json()["detail"], refused.text
     form = acme.post(acme.people["member"], "/v1/pairing/approve", user_code=started["user_code"], workspace="acme")
     assert form.status_code == 403 and "already paired" in form.text
-    batch = acme.cloud.client().post("/v1/requests/batch", json=batch_body([sample_row()]),
+    batch = acme.cloud.client().post("/v1/requests/batch", json=batch_body([sample_row(ts=ELSEWHERE)]),
                                      headers={"Authorization": f"Bearer {owners_token}"})
     assert batch.status_code == 200, batch.text
     owner_of = acme.sql(select(db.devices.c.approved_by).where(db.devices.c.machine_id == victim))
@@ -311,6 +312,22 @@ def test_a_member_cannot_take_over_another_persons_machine_by_pairing_its_machin
         assert acme.cloud.approve(again["user_code"], "acme", acme.people["member"]).status_code == 200
     by_admin = acme.cloud.start_pairing(machine_id=victim, hostname="owners-box", workspace="acme")
     assert acme.cloud.approve(by_admin["user_code"], "acme", acme.people["admin"]).status_code == 200
+
+
+def test_a_removed_or_departed_members_machines_stop_uploading(acme: Team) -> None:
+    # Removing someone deleted the membership only: the machines they paired kept their
+    # tokens, so a removed member went on uploading rows (and bodies) into the workspace.
+    for how in ("remove", "leave"):
+        email = f"gone-{how}@example.com"
+        person = acme.join(acme.invite("member"), email)
+        _, token = acme.pair(person, f"gone-{how}-box")
+        device = acme.cloud.client(headers={"Authorization": f"Bearer {token}"})
+        assert device.post("/v1/requests/batch", json=batch_body([sample_row(ts=ELSEWHERE)])).status_code == 200
+        who = acme.people["admin"] if how == "remove" else person
+        assert acme.post(who, "/acme/settings/members", action="remove", user_id=str(acme.ids[email])).status_code == 303
+        assert device.post("/v1/requests/batch", json=batch_body([sample_row(ts=ELSEWHERE)])).status_code == 401
+        assert acme.sql(select(db.devices.c.revoked_at).where(db.devices.c.hostname == f"gone-{how}-box"))[0][0]
+        assert f"{email} (member, 1 device revoked)" in acme.people["owner"].get("/acme/settings/audit").text
 
 
 # -- read-only API keys ----------------------------------------------------------------------------
@@ -345,7 +362,7 @@ def test_a_read_key_reads_usage_as_json_and_csv_and_cannot_upload(acme: Team) ->
         answer = reader.get(f"/v1/usage?{bad}")
         assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", bad
     # a read key cannot upload, a sync token cannot read the workspace
-    refused = reader.post("/v1/requests/batch", json=batch_body([sample_row()]))
+    refused = reader.post("/v1/requests/batch", json=batch_body([sample_row(ts=ELSEWHERE)]))
     assert refused.status_code == 403 and "read" in refused.json()["detail"]
     assert machine.get(f"/v1/usage?{window}").status_code == 403
     assert acme.cloud.client().get("/v1/usage").status_code == 401

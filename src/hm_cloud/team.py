@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, Table, func, or_, select, update
 
 from hm_proto.server import hash_token
 
-from .db import api_keys, audit_log, invitations, memberships, users, workspaces
+from .db import api_keys, audit_log, devices, invitations, memberships, tokens, users, workspaces
 from .store import SignupError, Workspace, lock_row, write_transaction
 
 ROLES = ("owner", "admin", "member", "viewer")
@@ -212,9 +212,23 @@ def remove_member(
                 memberships.c.workspace_id == workspace_id, memberships.c.user_id == target_id
             )
         )
+        revoked = _revoke_devices_of(conn, workspace_id, target_id, now)
         action = "member.leave" if leaving else "member.remove"
-        audit(conn, workspace_id, actor, action, f"{email} ({theirs})", address, now)
+        machines = f", {revoked} device{'s' if revoked != 1 else ''} revoked" if revoked else ""
+        audit(conn, workspace_id, actor, action, f"{email} ({theirs}{machines})", address, now)
     return email
+
+
+def _revoke_devices_of(conn: Connection, workspace_id: str, user_id: int, now: float) -> int:
+    """Revoke the live devices ``user_id`` approved in the workspace (they leave with their
+    person: a removed member's machine kept uploading rows and bodies); returns how many."""
+    ids = [str(r[0]) for r in conn.execute(select(devices.c.id).where(
+        devices.c.workspace_id == workspace_id, devices.c.approved_by == user_id, devices.c.revoked_at.is_(None)))]
+    if ids:
+        conn.execute(update(tokens).where(tokens.c.device_id.in_(ids), tokens.c.revoked_at.is_(None))
+                     .values(revoked_at=now))
+        conn.execute(update(devices).where(devices.c.id.in_(ids)).values(revoked_at=now))
+    return len(ids)
 
 
 # -- invitations --------------------------------------------------------------------------
