@@ -426,3 +426,40 @@ def test_usage_counts_unknown_read_keys_per_address_and_reads_per_key(tmp_path: 
             reads = list(pool.map(get, [key.group(1)] * (USAGE_READS_PER_KEY.count + 5)))
         assert sorted(reads) == [200] * USAGE_READS_PER_KEY.count + [429] * 5
         _no_traceback(server)
+
+
+@pytest.mark.slow
+def test_a_master_key_that_cannot_unwrap_the_workspace_key_is_503_and_a_message_not_500(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Restarted with a new HALTON_METER_CLOUD_MASTER_KEY before rewrap-keys: InvalidToken on
+    # every body upload (a 500 the machine retried for ever) and on the request page.
+    from pathlib import Path
+
+    from cryptography.fernet import Fernet
+
+    from tests.support.cloudserver import batch_body, sample_row
+
+    tmp = Path(str(tmp_path))
+    monkeypatch.setenv("HALTON_METER_CLOUD_MASTER_KEY", Fernet.generate_key().decode())
+    with running_cloud(tmp) as server:
+        server.create_user("owner@example.com", PASSWORD, "acme")
+        owner = server.login_session("owner@example.com", PASSWORD)
+        csrf = server.csrf(owner, "/acme/settings/retention")
+        assert owner.post("/acme/settings/retention", data={"csrf_token": csrf, "action": "accept_bodies"}
+                          ).status_code == 303
+        token = server.pair("owner@example.com", PASSWORD, "acme")["token"]
+        rows = [sample_row(), sample_row()]
+        device = server.client(headers={"Authorization": f"Bearer {token}"})
+        assert device.post("/v1/requests/batch", json=batch_body(rows)).status_code == 200
+        first = {"bodies": [{"id": rows[0]["id"], "request": "hi", "response": "yo", "truncated": False}]}
+        assert device.post("/v1/requests/bodies", json=first).json()["stored"] == 1
+    monkeypatch.setenv("HALTON_METER_CLOUD_MASTER_KEY", Fernet.generate_key().decode())  # the old one dropped
+    with running_cloud(tmp) as server:
+        device = server.client(headers={"Authorization": f"Bearer {token}"})
+        second = {"bodies": [{"id": rows[1]["id"], "request": "hi", "response": "yo", "truncated": False}]}
+        answer = device.post("/v1/requests/bodies", json=second)
+        assert answer.status_code == 503 and answer.json()["error"] == "bodies_unavailable"
+        owner = server.login_session("owner@example.com", PASSWORD)
+        page = owner.get(f"/acme/requests/{rows[0]['id']}")
+        assert page.status_code == 200 and "rewrap-keys" in page.text
+        _no_traceback(server)

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ from .bodies import BODIES_PATH, MAX_BODY_BYTES
 from .db import request_bodies, usage_rows, workspace_keys, workspace_settings
 from .pages import Member, member_page, render
 from .state import client_address, cloud
+
+log = logging.getLogger("hm_cloud.request_bodies")
 
 MAX_BODIES = 16
 MAX_UPLOAD_BYTES = MAX_BODY_BYTES
@@ -91,7 +94,20 @@ def _data_key(conn: Connection, workspace_id: str, now: float, create: bool) -> 
         conn.execute(workspace_keys.insert().values(workspace_id=workspace_id,
                                                     wrapped_key=master.encrypt(key).decode(), created_at=now))
         return Fernet(key)
-    return Fernet(master.decrypt(wrapped.encode()))
+    return Fernet(_unwrap(master, wrapped))
+
+
+_WRONG_MASTER = (f"{MASTER_ENV} cannot unwrap this workspace's data key: it was wrapped by an older master key; "
+                 "list that key after the new one (comma-separated) and run `halton-meter-cloud rewrap-keys`")
+
+
+def _unwrap(master: Any, wrapped: str) -> bytes:
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return bytes(master.decrypt(wrapped.encode()))
+    except InvalidToken:
+        raise NoMasterKey(_WRONG_MASTER) from None
 
 
 def rewrap_keys(engine: Engine) -> int:
@@ -100,6 +116,7 @@ def rewrap_keys(engine: Engine) -> int:
     with engine.begin() as conn:
         rows = conn.execute(select(workspace_keys.c.workspace_id, workspace_keys.c.wrapped_key)).all()
         for workspace_id, wrapped in rows:
+            _unwrap(master, wrapped)  # one the listed keys cannot open: say which key is missing
             conn.execute(workspace_keys.update().where(workspace_keys.c.workspace_id == workspace_id)
                          .values(wrapped_key=master.rotate(wrapped.encode()).decode()))
     return len(rows)
@@ -180,7 +197,7 @@ def read_body(engine: Engine, workspace_id: str, row_id: str, actor: str, addres
         body = None
         if found is not None:
             fernet = _data_key(conn, workspace_id, now, create=False)
-            body = json.loads(fernet.decrypt(found[0].encode()))
+            body = json.loads(_unwrap(fernet, found[0]))
             body["truncated"] = bool(found[1])
             team.audit(conn, workspace_id, actor, "body.view", f"request {row_id}", address, now)
     return {"row": dict(row._mapping), "body": body}
@@ -219,7 +236,12 @@ async def bodies_upload(request: Request) -> Response:
         raise ApiError(503, "bodies_unavailable", "This server cannot store request bodies (no master key)")
     raw = await read_limited(request.stream(), request.headers.get("content-length"), MAX_UPLOAD_BYTES)
     items = parse_upload(raw)
-    answer = await cloud(request).db(store_bodies, device.workspace.id, device.machine_id, items, time.time())
+    try:
+        answer = await cloud(request).db(store_bodies, device.workspace.id, device.machine_id, items, time.time())
+    except NoMasterKey:  # the server's key cannot open the workspace's: the operator's to fix, logged
+        log.error("request bodies refused for workspace %s: %s", device.workspace.slug, _WRONG_MASTER)
+        raise ApiError(503, "bodies_unavailable", "This server cannot store request bodies now "
+                       "(its master key does not match): try again later") from None
     return json_response(answer)
 
 
