@@ -208,6 +208,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=4, help="parallel uploaders (one token)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--sqlite-workers", type=int, default=1, help="server processes on SQLite")
+    parser.add_argument("--only", choices=("PostgreSQL", "SQLite"), help="one engine (no headline line)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     batches = make_batches(args.rows, rng)
@@ -215,11 +217,15 @@ def main() -> int:
     figures: dict[str, tuple[float, float, bool]] = {}
     with tempfile.TemporaryDirectory(prefix="hm-bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
-        with running_postgres() as pg:
-            figures["PostgreSQL"] = run_engine("PostgreSQL", pg.create_database("bench_ingest"), 2,
-                                               batches, bodies, args.concurrency, tmp)
-        figures["SQLite"] = run_engine("SQLite", f"sqlite:///{tmp / 'cloud.sqlite'}", 1,
-                                       batches, bodies, args.concurrency, tmp)
+        if args.only != "SQLite":
+            with running_postgres() as pg:
+                figures["PostgreSQL"] = run_engine("PostgreSQL", pg.create_database("bench_ingest"), 2,
+                                                   batches, bodies, args.concurrency, tmp)
+        if args.only != "PostgreSQL":
+            figures["SQLite"] = run_engine("SQLite", f"sqlite:///{tmp / 'cloud.sqlite'}", args.sqlite_workers,
+                                           batches, bodies, args.concurrency, tmp)
+    if args.only:
+        return 0 if figures[args.only][2] else 1
     pg_speed, pg_base, pg_ok = figures["PostgreSQL"]
     lite_speed, lite_base, lite_ok = figures["SQLite"]
     print(f"ingest over HTTP vs bare bulk insert into the same database: PostgreSQL (2 workers) "

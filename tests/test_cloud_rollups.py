@@ -92,3 +92,13 @@ def test_mismatches_names_a_rollup_that_drifted(v4_engine: Engine) -> None:
         assert rollups.mismatches(conn, WS)
         rollups.rebuild(conn, WS)
         assert rollups.mismatches(conn, WS) == []
+
+
+def test_the_python_aggregate_of_row_tuples_equals_the_sql_aggregate(v4_engine: Engine) -> None:
+    """The SQLite ingest upserts rollups.aggregate_values(batch) when every row was new:
+    it must give exactly the rows and measures of rollups.aggregate over the same rows."""
+    tuples = [tuple(r[c.name] for c in db.usage_rows.columns) for r in held_rows()]
+    with v4_engine.connect() as conn:
+        sql = {tuple(r[:8]): rollups._normal(tuple(r[8:])) for r in conn.execute(rollups.aggregate(db.usage_rows))}
+    mine = {tuple(r[:8]): rollups._normal(tuple(r[8:])) for r in rollups.aggregate_values(tuples)}
+    assert mine == sql and len(mine) == len(rollups.aggregate_values(tuples))

@@ -1,6 +1,6 @@
 """Rollups stay exact under the real ingest: many concurrent, overlapping batches,
 replays and duplicate ids within a batch, from several machines and threads, against
-``halton-meter-cloud serve`` (PostgreSQL with 2 workers; SQLite). Afterwards the
+``halton-meter-cloud serve`` (PostgreSQL with 2 workers; SQLite with 1 and 2). Afterwards the
 rollups equal a fresh aggregate of the rows (rollups.mismatches) and the accepted
 and duplicate counts are exact."""
 
@@ -23,11 +23,12 @@ PASSWORD = "correct-horse-1"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "sqlite-2-workers", "postgresql"])
 def cloud(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
     db_url, extra = None, ()
     if request.param == "postgresql":
         db_url = request.getfixturevalue("postgres").create_database("hm_rollups_ingest")
+    if request.param != "sqlite":
         extra = ("--workers", "2")
     with running_cloud(tmp_path_factory.mktemp(f"rollups-{request.param}"), db_url=db_url,
                        extra_args=extra) as server:

@@ -172,3 +172,59 @@ def subtract_rows(conn: Connection, workspace_id: str, ids: list[str], days: set
     conn.execute(upsert(_insert_for(conn), held.subquery("gone"), subtract=True))
     conn.execute(delete(usage_rollups).where(usage_rollups.c.workspace_id == workspace_id,
                                              usage_rollups.c.day.in_(sorted(days)), usage_rollups.c.calls == 0))
+
+
+_COL = {c.name: i for i, c in enumerate(usage_rows.columns)}
+_KEY_AT = tuple(_COL[n] for n in ("workspace_id", "day", "machine_id", "provider", "model"))
+_PROJECT, _OS_USER, _STATUS, _COST = _COL["project"], _COL["os_user"], _COL["status"], _COL["cost_nanos"]
+_INPUT, _OUTPUT = _COL["input_tokens"], _COL["output_tokens"]
+_SUMMED_AT = tuple(_COL[n] for n in ROLLUP_SUMMED)
+
+
+def _split(value: int) -> tuple[int, int]:
+    """(hi, lo) as SQL's truncating division makes them (hi * SPLIT + lo == value)."""
+    hi = value // SPLIT if value >= 0 else -(-value // SPLIT)
+    return hi, value - hi * SPLIT
+
+
+def aggregate_values(values: Any) -> list[tuple[Any, ...]]:
+    """:func:`aggregate` computed in Python over row tuples (``usage_rows`` column order):
+    the same rollup rows (keys, then MEASURES), for an upsert of plain values.
+
+    The SQLite ingest computes it before it waits for the write lock and uses it when
+    every row of the batch was new (then these are exactly the inserted rows)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    width = len(MEASURES)
+    for v in values:
+        cost = v[_COST]
+        key = (*(v[i] for i in _KEY_AT), v[_PROJECT] or "", v[_OS_USER] or "", cost is not None)
+        m = groups.get(key)
+        if m is None:
+            m = groups[key] = [0] * width
+        m[0] += 1
+        status = v[_STATUS]
+        if status >= 400 or status == 0:
+            m[1] += 1
+        elif cost is None:
+            m[2 if v[_INPUT] is None and v[_OUTPUT] is None else 3] += 1
+        at = 4
+        for i in _SUMMED_AT:
+            x = v[i]
+            if x:
+                if 0 <= x < SPLIT:
+                    m[at + 1] += x
+                else:
+                    hi, lo = _split(x)
+                    m[at] += hi
+                    m[at + 1] += lo
+            at += 2
+    return [(*key, *m) for key, m in sorted(groups.items())]
+
+
+def sqlite_upsert_values_sql() -> str:
+    """SQLite: upsert rollup rows given as values (:func:`aggregate_values`)."""
+    cols = ", ".join((*ROLLUP_KEYS, *MEASURES))
+    marks = ", ".join("?" for _ in (*ROLLUP_KEYS, *MEASURES))
+    sets = ", ".join(f"{m} = {m} + excluded.{m}" for m in MEASURES)
+    return (f"INSERT INTO usage_rollups ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(ROLLUP_KEYS)}) DO UPDATE SET {sets}")

@@ -7,7 +7,10 @@ open across an ``await``.
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +23,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from hm_proto.server import UsageRow, hash_token
+
+if sys.platform != "win32":
+    import fcntl
 
 from . import rollups
 from .db import (
@@ -77,6 +83,65 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         yield conn
+
+
+class _WriterTurn:
+    """One SQLite database's queue of ingest writers: a thread lock for this process
+    and ``flock`` on a file beside the database for the other server processes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = f"{path}-ingest.lock"
+        self.lock = threading.Lock()
+        self.fd: int | None = None
+        self.pid = 0
+
+    def _file(self) -> int | None:
+        if self.pid != os.getpid():  # opened afresh in each process (a forked fd shares its lock)
+            self.pid, self.fd = os.getpid(), None
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                self.fd = None  # a read-only folder: SQLite's own busy wait still serializes
+        return self.fd
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self.lock:
+            fd = self._file()
+            if fd is None or sys.platform == "win32":  # no flock: the thread lock alone
+                yield
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_turns: dict[str, _WriterTurn] = {}
+_turns_guard = threading.Lock()
+
+
+@contextmanager
+def sqlite_writer_turn(engine: Engine) -> Iterator[None]:
+    """Wait for this batch's turn to write a SQLite file, in arrival order.
+
+    Without it, concurrent batches all reach BEGIN IMMEDIATE and the losers sleep
+    in SQLite's busy handler (1, 2, 5 … 100 ms between tries), so the database sits
+    idle while they sleep and batch latency jumps; a lock wakes the next writer the
+    moment the last one commits. Other SQLite writers (pages, pairing, retention)
+    keep SQLite's busy wait, which still serializes them with these. Nothing for
+    PostgreSQL (row locks).
+    """
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        yield
+        return
+    with _turns_guard:
+        turn = _turns.get(engine.url.database)
+        if turn is None:
+            turn = _turns[engine.url.database] = _WriterTurn(engine.url.database)
+    with turn.turn():
+        yield
 
 
 def lock_row(conn: Connection, table: Any, row_id: object) -> None:
@@ -654,6 +719,7 @@ _PG_COPY = f"COPY usage_rows_stage ({', '.join(_ROW_COLUMNS)}) FROM STDIN"
 _PG_MOVE = rollups.postgresql_ingest_sql("usage_rows_stage", _ROW_COLUMNS)
 _SQLITE_LAST_ROWID = "SELECT coalesce(max(rowid), 0) FROM usage_rows"
 _SQLITE_ROLLUP = rollups.sqlite_ingest_sql()
+_SQLITE_ROLLUP_VALUES = rollups.sqlite_upsert_values_sql()
 # Past this largest rowid SQLite may pick new rowids at random (never in practice:
 # 2**63 rows); then the rollups of the workspace are rebuilt from its rows instead.
 _SQLITE_ROWID_ROOM = 2**63 - 1 - 10**7
@@ -702,8 +768,11 @@ def _retryable(exc: BaseException) -> bool:
 
 def _ingest_once(engine: Engine, device: AuthedDevice, values: Sequence[tuple[Any, ...]], now: float) -> int:
     made_stage: list[dict[Any, Any]] = []
+    # SQLite: the batch's rollup rows, computed before waiting for the write lock
+    # (other batches write meanwhile); used when every row turns out new.
+    summed = rollups.aggregate_values(values) if engine.dialect.name == "sqlite" else []
     try:
-        with write_transaction(engine) as conn:
+        with sqlite_writer_turn(engine), write_transaction(engine) as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
             if conn.dialect.name == "sqlite":
@@ -711,7 +780,9 @@ def _ingest_once(engine: Engine, device: AuthedDevice, values: Sequence[tuple[An
                 before = raw.total_changes
                 raw.executemany(_SQLITE_INSERT, values)
                 accepted = int(raw.total_changes - before)
-                if accepted and last <= _SQLITE_ROWID_ROOM:
+                if accepted == len(values):
+                    raw.executemany(_SQLITE_ROLLUP_VALUES, summed)
+                elif accepted and last <= _SQLITE_ROWID_ROOM:
                     raw.execute(_SQLITE_ROLLUP, (last,))
                 elif accepted:
                     rollups.rebuild(conn, device.workspace.id)
