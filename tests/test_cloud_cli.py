@@ -55,6 +55,11 @@ def test_bad_database_urls_are_one_line_errors(db_url: str, phrase: str) -> None
     assert_one_line_error(done, phrase, "sqlite:///PATH" if "open" not in phrase else "--db")
 
 
+def test_a_bad_audit_retention_is_a_one_line_error(tmp_path: Path) -> None:
+    done = run_cli("serve", "--port", "0", "--db", f"sqlite:///{tmp_path / 'c.sqlite'}", "--audit-days", "7")
+    assert_one_line_error(done, "--audit-days '7'", "from 30 to 36500, or 0")
+
+
 def test_serve_defaults_to_loopback_and_the_user_data_dir(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "out.txt"

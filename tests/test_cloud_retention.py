@@ -13,10 +13,19 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, inspect, select
 
 from hm_cloud import retention, rollups, store
-from hm_cloud.db import audit_log, init_schema, job_leases, make_engine, usage_rollups, usage_rows
+from hm_cloud.db import (
+    SCHEMA_VERSION,
+    audit_log,
+    init_schema,
+    job_leases,
+    make_engine,
+    schema_version,
+    usage_rollups,
+    usage_rows,
+)
 from hm_cloud.security import hash_password
 from tests.support.cloudserver import batch_body, running_cloud, sample_row
 from tests.support.postgres import running_postgres
@@ -127,6 +136,67 @@ def test_the_lease_lets_one_holder_run_once_per_interval(engine: Engine) -> None
         assert conn.execute(select(job_leases.c.runs)).scalar() == 1
 
 
+def test_audit_entries_older_than_the_audit_retention_go_in_chunks_whatever_the_workspace_setting(
+        engine: Engine) -> None:
+    acme, other = workspace(engine, "acme"), workspace(engine, "other")
+    retention.set_retention(engine, acme, 7, "acme@example.com", None, NOW)  # shorter: no effect on audit
+    first_kept = retention.cutoff(TODAY, 400)
+    assert first_kept == "2025-10-25"
+    edge = datetime(2025, 10, 25, tzinfo=UTC).timestamp()
+
+    def entries(workspace_id: str, ats: list[float]) -> None:
+        with engine.begin() as conn:
+            conn.execute(audit_log.insert(), [{"workspace_id": workspace_id, "at": at, "actor": "a@example.com",
+                                               "action": "member.role", "target": "x"} for at in ats])
+
+    # Newer first, then older: the job goes by time, not by id.
+    entries(acme, [edge, edge + 86400 * 30])
+    entries(acme, [edge - 0.001] + [edge - 86400 * d for d in range(1, 301)])
+    entries(other, [edge - 86400 * 500] * 150)
+    pauses: list[float] = []
+    ticks = iter(range(10**6))
+    done = retention.run_pass(engine, TODAY, NOW, audit_days=400, pause=pauses.append,
+                              clock=lambda: next(ticks) * 0.2)
+    # acme's rows: one chunk, nothing to delete. Then 451 entries in chunks of 200, 100, 50, 50, 50
+    # and 50 (the last one short), a pause between each two.
+    assert done.audit_deleted == {acme: 301, other: 150} and done.deleted == {}
+    assert done.chunks == 1 + 6 and pauses == [retention.PAUSE_S] * 5
+    with engine.connect() as conn:
+        left = conn.execute(select(audit_log.c.at).where(audit_log.c.at < NOW - 3600)).scalars().all()
+    assert sorted(left) == [edge, edge + 86400 * 30]  # the first second of the first day kept stays
+    assert audit(engine, acme, "audit.delete") == [
+        "301 audit entries of days before 2025-10-25 (400-day audit retention)"]
+    assert audit(engine, other, "audit.delete") == [
+        "150 audit entries of days before 2025-10-25 (400-day audit retention)"]
+    assert audit(engine, acme, "retention.change") == ["7 days (was keep everything)"]  # new: kept
+    again = retention.run_pass(engine, TODAY, NOW, audit_days=400)
+    assert again.audit_deleted == {} and len(audit(engine, acme, "audit.delete")) == 1  # no audit noise
+    assert retention.run_pass(engine, TODAY + timedelta(days=10**4), NOW, audit_days=None).audit_deleted == {}
+
+
+def test_audit_days_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(retention.AUDIT_DAYS_ENV, raising=False)
+    assert retention.audit_days() == retention.DEFAULT_AUDIT_DAYS == 400
+    assert retention.parse_audit_days("0") is None and retention.parse_audit_days(" 30 ") == 30
+    for bad in ("29", "-1", "x", "36501", "1e3", ""):
+        with pytest.raises(retention.RetentionError, match="--audit-days"):
+            retention.parse_audit_days(bad)
+    monkeypatch.setenv(retention.AUDIT_DAYS_ENV, "0")
+    assert retention.audit_days() is None
+    monkeypatch.setenv(retention.AUDIT_DAYS_ENV, "junk")
+    assert retention.audit_days() == 400
+
+
+def test_a_version_5_database_gains_the_audit_time_index(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX audit_log_at")
+        conn.execute(schema_version.update().values(version=5))
+    init_schema(engine)
+    assert "audit_log_at" in {i["name"] for i in inspect(engine).get_indexes("audit_log")}
+    with engine.connect() as conn:
+        assert conn.execute(select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION >= 6
+
+
 def old_rows(days_ago: int, n: int) -> list[dict[str, Any]]:
     day = (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y-%m-%d")
     return [sample_row(ts=f"{day}T10:00:00.000Z") for _ in range(n)]
@@ -176,6 +246,9 @@ def test_an_admin_confirms_with_the_count_a_member_is_refused_and_the_job_delete
         audit_page = owner.get("/acme/settings/audit").text
         assert "retention.change" in audit_page and "retention.delete" in audit_page
         assert "12 rows of days before" in audit_page
+        assert "kept for 400 days" in audit_page  # the audit retention, shown to admins
+        assert "audit log</a> is not affected: its entries are kept for 400 days" in owner.get(
+            "/acme/settings/retention").text
         api.close()
 
 

@@ -112,6 +112,14 @@ def serve(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= MAX_WORKERS:
         raise CliError(f"--workers {args.workers}: use 1-{MAX_WORKERS} (about one per CPU core)")
     proxy = _proxy_settings(args.forwarded_allow_ips)
+    from .retention import AUDIT_DAYS_ENV, RetentionError, parse_audit_days, start_scheduler
+
+    if args.audit_days is not None:
+        try:
+            kept = parse_audit_days(args.audit_days)
+        except RetentionError as exc:
+            raise CliError(str(exc)) from None
+        os.environ[AUDIT_DAYS_ENV] = str(kept or 0)  # the scheduler, and every worker's pages
     engine = open_database(args.db)  # creates or upgrades the schema once, before any worker
     sock = _listen(args.host, args.port)
     bound_port = sock.getsockname()[1]
@@ -130,8 +138,6 @@ def serve(args: argparse.Namespace) -> int:
         f"Halton Meter Cloud listening on {base_url} (pages at {app_url}, "
         f"database {_display_url(args.db)}{workers})"
     )
-    from .retention import start_scheduler
-
     if args.workers == 1:
         app = create_app(engine, app_url)
         server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
@@ -253,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument(
         "--forwarded-allow-ips", default=None, metavar="IPS",
         help="reverse proxies trusted for X-Forwarded-For/-Proto (comma-separated; default none)",
+    )
+    p_serve.add_argument(
+        "--audit-days", default=None, metavar="DAYS",
+        help="keep audit log entries this many days (30-36500; 0 = for ever; default 400)",
     )
     p_serve.set_defaults(handler=serve)
 

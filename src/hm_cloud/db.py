@@ -314,6 +314,7 @@ audit_log = Table(
     Column("target", String(400), nullable=False),
     Column("address", String(64), nullable=True),
     Index("audit_log_workspace_id", "workspace_id", "id"),
+    Index("audit_log_at", "at"),  # version 6: the audit retention deletes the oldest (hm_cloud.retention)
 )
 
 # Read-only workspace API keys (hm_read_…): SHA-256 only, named, revocable.
@@ -352,6 +353,17 @@ def _add_columns(table: Table, names: tuple[str, ...]) -> Callable[[Connection],
     return step
 
 
+def _add_index(table: Table, name: str) -> Callable[[Connection], None]:
+    """A step that creates one of ``table``'s indexes as this module defines it, unless it exists
+    (create_all made it with a table that was missing)."""
+
+    def step(conn: Connection) -> None:
+        index = next(i for i in table.indexes if i.name == name)
+        index.create(conn, checkfirst=True)
+
+    return step
+
+
 def _fill_rollups(conn: Connection) -> None:
     from .rollups import rebuild
 
@@ -368,6 +380,8 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (4, _add_columns(workspace_settings, ("accept_bodies",))),
     # 5: usage_rollups (create_all made the table empty); filled from the rows held.
     (5, _fill_rollups),
+    # 6: the audit log's retention finds the oldest entries by time.
+    (6, _add_index(audit_log, "audit_log_at")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

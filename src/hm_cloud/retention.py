@@ -18,6 +18,13 @@ audit log, per workspace.
 The daemon learns the retention from ``GET /v1/whoami`` and the totals answer
 (``retention_days``, ``retained_from``), and reconcile leaves the older days alone
 (docs/api.md).
+
+The audit log has its own retention, the same for every workspace and longer
+than most data retentions: ``DEFAULT_AUDIT_DAYS`` unless the operator says
+otherwise (``serve --audit-days``, passed to every process in ``AUDIT_DAYS_ENV``).
+A workspace's own setting never shortens it, so an admin cannot erase the record
+of what they did by setting a 7-day retention. The same pass deletes it, in
+chunks of the oldest entries (index ``audit_log_at``, schema 6).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as day_start
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -40,7 +48,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import rollups, team
-from .db import job_leases, request_bodies, usage_rows, workspace_settings, workspaces
+from .db import audit_log, job_leases, request_bodies, usage_rows, workspace_settings, workspaces
 from .pages import (  # also registers {:slug}
     _csrf_failed,
     _form,
@@ -66,6 +74,9 @@ CHUNK_TARGET_S = 0.03  # well under the 100 ms an ingest may wait (measured: ben
 FIRST_CHUNK = 200
 MIN_CHUNK, MAX_CHUNK = 50, 5000
 PAUSE_S = 0.1  # SQLite: a waiting writer's busy handler sleeps up to 100 ms between tries
+AUDIT_DAYS_ENV = "HALTON_METER_CLOUD_AUDIT_DAYS"
+DEFAULT_AUDIT_DAYS = 400  # over a year: a yearly access review still sees the whole year
+MIN_AUDIT_DAYS = 30
 
 
 class RetentionError(ValueError):
@@ -92,6 +103,25 @@ def parse_days(value: str) -> int | None:
     if not MIN_DAYS <= days <= MAX_DAYS:
         raise RetentionError(f"Retention must be at least {MIN_DAYS} days and at most {MAX_DAYS}; leave it empty to keep everything.")
     return days
+
+
+def parse_audit_days(value: str) -> int | None:
+    """``serve --audit-days``: 0 keeps the audit log for ever (None), else MIN_AUDIT_DAYS-MAX_DAYS."""
+    text = value.strip()
+    if text == "0":
+        return None
+    if not text.isdigit() or len(text) > 6 or not MIN_AUDIT_DAYS <= int(text) <= MAX_DAYS:
+        raise RetentionError(f"--audit-days {value[:20]!r}: use a whole number of days from {MIN_AUDIT_DAYS} "
+                             f"to {MAX_DAYS}, or 0 to keep the audit log for ever")
+    return int(text)
+
+
+def audit_days() -> int | None:
+    """How long this server keeps audit entries (None: for ever); DEFAULT_AUDIT_DAYS unless set."""
+    try:
+        return parse_audit_days(os.environ.get(AUDIT_DAYS_ENV, str(DEFAULT_AUDIT_DAYS)))
+    except RetentionError:
+        return DEFAULT_AUDIT_DAYS
 
 
 def retention_days(conn: Connection | Engine, workspace_id: str) -> int | None:
@@ -182,6 +212,7 @@ class Pass:
     """What one pass did, per workspace, and how long its longest chunk held the database."""
 
     deleted: dict[str, int] = field(default_factory=dict)
+    audit_deleted: dict[str, int] = field(default_factory=dict)
     chunks: int = 0
     longest_chunk_s: float = 0.0
 
@@ -205,23 +236,35 @@ def _delete_chunk(engine: Engine, workspace_id: str, before: str, limit: int) ->
         ).rowcount)
 
 
-def run_pass(engine: Engine, today: date, now: float, *, keep_going: Callable[[], bool] = lambda: True,
-             pause: Callable[[float], object] = time.sleep, clock: Callable[[], float] = time.perf_counter) -> Pass:
-    """Delete, for every workspace with a retention, its rows of days before the cutoff."""
+def _delete_audit_chunk(engine: Engine, before_at: float, limit: int, counts: dict[str, int]) -> int:
+    """Up to ``limit`` audit entries older than ``before_at``, oldest first, in one transaction;
+    ``counts`` gets how many per workspace."""
+    with write_transaction(engine) as conn:
+        old = conn.execute(select(audit_log.c.id, audit_log.c.workspace_id).where(audit_log.c.at < before_at)
+                           .order_by(audit_log.c.at).limit(limit)).all()
+        if old:
+            conn.execute(audit_log.delete().where(audit_log.c.id.in_([r.id for r in old])))
+    for r in old:
+        counts[str(r.workspace_id)] = counts.get(str(r.workspace_id), 0) + 1
+    return len(old)
+
+
+def run_pass(engine: Engine, today: date, now: float, *, audit_days: int | None = None,
+             keep_going: Callable[[], bool] = lambda: True, pause: Callable[[float], object] = time.sleep,
+             clock: Callable[[], float] = time.perf_counter) -> Pass:
+    """Delete, for every workspace with a retention, its rows of days before the cutoff; then,
+    with ``audit_days``, the audit entries of days before that cutoff (every workspace)."""
     done = Pass()
-    with engine.connect() as conn:
-        settings = conn.execute(
-            select(workspace_settings.c.workspace_id, workspace_settings.c.retention_days)
-            .join(workspaces, workspaces.c.id == workspace_settings.c.workspace_id)
-            .where(workspace_settings.c.retention_days.is_not(None))
-        ).all()
     chunk = FIRST_CHUNK
-    for workspace_id, days in settings:
-        before = cutoff(today, int(days))
+
+    def chunked(delete: Callable[[int], int]) -> int:
+        """``delete(limit)`` until it deletes fewer than ``limit``, each chunk sized to take about
+        CHUNK_TARGET_S, with a pause between chunks; returns how many went."""
+        nonlocal chunk
         deleted = 0
         while keep_going():
             started = clock()
-            n = _delete_chunk(engine, workspace_id, before, chunk)
+            n = delete(chunk)
             took = clock() - started
             done.chunks += 1
             done.longest_chunk_s = max(done.longest_chunk_s, took)
@@ -234,18 +277,42 @@ def run_pass(engine: Engine, today: date, now: float, *, keep_going: Callable[[]
             elif took < CHUNK_TARGET_S / 3:
                 chunk = min(MAX_CHUNK, chunk * 2)
             pause(PAUSE_S)
+        return deleted
+
+    def audited(workspace_id: str, action: str, target: str) -> None:
+        with engine.begin() as conn:
+            team.audit(conn, workspace_id, None, action, target, None, now)
+
+    with engine.connect() as conn:
+        settings = conn.execute(
+            select(workspace_settings.c.workspace_id, workspace_settings.c.retention_days)
+            .join(workspaces, workspaces.c.id == workspace_settings.c.workspace_id)
+            .where(workspace_settings.c.retention_days.is_not(None))
+        ).all()
+    for workspace_id, days in settings:
+        before = cutoff(today, int(days))
+        deleted = chunked(lambda limit: _delete_chunk(engine, workspace_id, before, limit))  # noqa: B023
         if deleted:
             done.deleted[workspace_id] = deleted
-            with engine.begin() as conn:
-                team.audit(conn, workspace_id, None, "retention.delete",
-                      f"{deleted} rows of days before {before} ({days}-day retention)", None, now)
+            audited(workspace_id, "retention.delete", f"{deleted} rows of days before {before} ({days}-day retention)")
             log.info("retention: deleted %d rows of workspace %s (days before %s)", deleted, workspace_id, before)
+    if audit_days is not None:
+        before = cutoff(today, audit_days)
+        before_at = datetime.combine(date.fromisoformat(before), day_start(), UTC).timestamp()
+        counts: dict[str, int] = {}
+        chunked(lambda limit: _delete_audit_chunk(engine, before_at, limit, counts))
+        for workspace_id, n in sorted(counts.items()):
+            done.audit_deleted[workspace_id] = n
+            audited(workspace_id, "audit.delete",
+                    f"{n} audit entries of days before {before} ({audit_days}-day audit retention)")
+        if counts:
+            log.info("retention: deleted %d audit entries of days before %s", sum(counts.values()), before)
     return done
 
 
 def run_if_due(engine: Engine, holder: str, interval: float, now: Callable[[], float] = time.time,
                pause: Callable[[float], object] = time.sleep, stopped: Callable[[], bool] = lambda: False,
-               ) -> Pass | None:
+               audit_days: int | None = None) -> Pass | None:
     """One scheduler check: run a pass if this process gets the lease; None when it did not."""
     if not acquire(engine, holder, now(), interval):
         return None
@@ -261,7 +328,8 @@ def run_if_due(engine: Engine, holder: str, interval: float, now: Callable[[], f
         return renew(engine, holder, renewed_at)
 
     try:
-        return run_pass(engine, utc_today(now()), now(), keep_going=keep_going, pause=pause)
+        return run_pass(engine, utc_today(now()), now(), audit_days=audit_days, keep_going=keep_going,
+                        pause=pause)
     finally:
         finish(engine, holder, now())
 
@@ -280,11 +348,12 @@ def start_scheduler(engine: Engine) -> Callable[[], None]:
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     interval = _seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S)
     check = _seconds(CHECK_ENV, min(interval, 60.0))
+    keep_audit = audit_days()
 
     def loop() -> None:
         while not stop.is_set():
             try:
-                run_if_due(engine, holder, interval, pause=stop.wait, stopped=stop.is_set)
+                run_if_due(engine, holder, interval, pause=stop.wait, stopped=stop.is_set, audit_days=keep_audit)
             except Exception:  # a database hiccup: try again at the next check
                 log.exception("retention pass failed")
             stop.wait(check)
@@ -323,7 +392,7 @@ async def retention_page(request: Request) -> Response:
     state = cloud(request)
     now = time.time()
     current = await state.db(retention_days, ws.id)
-    ctx = found.ctx(current=current, describe=describe, min_days=MIN_DAYS)
+    ctx = found.ctx(current=current, describe=describe, min_days=MIN_DAYS, audit_days=audit_days())
     status = 200
     if request.method == "POST":
         form = await _form(request)

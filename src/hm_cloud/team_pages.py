@@ -44,6 +44,7 @@ from .pages import (  # also registers {:slug}
     signed_in,
     slug_from_name,
 )
+from .retention import audit_days
 from .security import csrf_ok, hash_password
 from .state import client_address, cloud
 from .validate import small_int
@@ -258,7 +259,7 @@ async def audit_page(request: Request) -> Response:
     before = small_int(request.query_params.get("before", ""))
     entries = await cloud(request).db(team.audit_entries, found.ws.id, before)
     older = entries[-1]["id"] if len(entries) == team.AUDIT_PAGE else None
-    return render(request, "audit.html", found.ctx(entries=entries, older=older))
+    return render(request, "audit.html", found.ctx(entries=entries, older=older, audit_days=audit_days()))
 
 
 # -- API keys ----------------------------------------------------------------------------------
