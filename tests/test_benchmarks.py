@@ -20,7 +20,7 @@ HEADLINE = re.compile(r"^[^:\n]+ vs [^:\n]+: (?=.*\d)(?=.*\bx\d+(\.\d+)?\b)")
 
 # benchmark -> (arguments for a tiny run, needs processes: marked slow)
 QUICK = {
-    "bench_batch.py": (["--rows", "2000", "--repeats", "1"], False),
+    "bench_batch.py": (["--rows", "2000", "--repeats", "1", "--explore"], False),
     "bench_cloud_retention.py": (["--rows", "3000", "--baseline-s", "0.3"], False),
     "bench_capture.py": (["--events", "200", "--calls", "2"], True),
     "bench_dashboard.py": (["--rows", "5000", "--repeats", "2"], True),

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 
 import pytest
 import zstandard
@@ -252,3 +253,63 @@ def test_build_splits_exactly_where_fit_says(sizes: list[int], max_rows: int, sl
         assert len(batch.body) == batch.raw_size <= builder.max_bytes
         doc = json.loads(batch.body)
         assert doc["batch_id"] == batch.batch_id and len(doc["rows"]) == len(batch)
+
+
+# -- the backend reads every body back ---------------------------------------------
+
+_TEXT = st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"),
+                      blacklist_characters="\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_COUNT = st.one_of(st.none(), st.integers(0, 10**12))
+_NAME = st.one_of(st.none(), st.text(_TEXT, min_size=1, max_size=30))
+
+
+@st.composite
+def api_rows(draw: st.DrawFn) -> UsageRow:
+    """Any row inside the api.md bounds, attribution and tags included."""
+    when = draw(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31)))
+    cost = draw(st.one_of(st.none(), st.from_regex(r"[0-9]{1,6}(\.[0-9]{1,12})?", fullmatch=True)))
+    tag_key = st.from_regex(r"[A-Za-z0-9_.:/-]{1,64}", fullmatch=True)
+    return UsageRow(
+        id=str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1)), version=4)),
+        ts=when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+        provider=draw(st.text(_TEXT, max_size=20)), model=draw(st.text(_TEXT, max_size=40)),
+        endpoint=draw(st.text(_TEXT, max_size=40)), status=draw(st.integers(100, 599)),
+        stream=draw(st.booleans()), input_tokens=draw(_COUNT), output_tokens=draw(_COUNT),
+        cache_read_tokens=draw(_COUNT), cache_write_tokens=draw(_COUNT), reasoning_tokens=draw(_COUNT),
+        cost_usd=cost, price_version=draw(st.text(_TEXT, max_size=12)),
+        latency_ms=draw(st.integers(0, 86_400_000)), ttfb_ms=draw(st.one_of(st.none(), st.integers(0, 86_400_000))),
+        project=draw(_NAME), repo=draw(_NAME), branch=draw(_NAME), program=draw(_NAME), os_user=draw(_NAME),
+        tags=draw(st.one_of(st.none(), st.dictionaries(tag_key, st.text(_TEXT, max_size=30), min_size=1, max_size=16))),
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(api_rows(), min_size=1, max_size=25, unique_by=lambda r: r.id),
+       max_rows=st.integers(1, 10), encoding=st.sampled_from([None, "gzip", "zstd"]))
+def test_the_backend_reads_every_body_back_to_the_same_rows(
+    rows: list[UsageRow], max_rows: int, encoding: str | None
+) -> None:
+    """Builder -> hm_cloud's bounded decoder -> its JSON parser -> its one-pass row check: same rows."""
+    import orjson
+
+    from hm_cloud.bodies import decode_body
+    from hm_cloud.ingest import batch_values, row_values
+
+    builder = BatchBuilder(encoding, max_rows=max_rows)  # type: ignore[arg-type]
+    batches = builder.build([(r.id, r.to_json()) for r in rows], seeded())
+    by_id = {r.id: r for r in rows}
+    for batch in batches:
+        doc = orjson.loads(decode_body(batch.body, batch.content_encoding))
+        assert doc["batch_id"] == batch.batch_id
+        got = batch_values(doc["rows"], "ws", "machine", 0.0)
+        assert got == [row_values(by_id[i], "ws", "machine", 0.0) for i in batch.row_ids]
+
+
+def test_a_zstd_body_is_one_frame_that_declares_its_size_without_a_checksum() -> None:
+    """The backend reads content_size to refuse oversized bodies before inflating them."""
+    batch = BatchBuilder("zstd").build_one(stored(200), seeded())
+    frame = zstandard.get_frame_parameters(batch.body)
+    assert frame.content_size == batch.raw_size
+    assert not frame.has_checksum
+    assert zstandard.ZstdDecompressor().decompress(batch.body) == b"".join(
+        (b'{"batch_id":"', batch.batch_id.encode(), b'","rows":[', b",".join(j for _, j in stored(200)), b"]}"))
