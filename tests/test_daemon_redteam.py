@@ -147,3 +147,49 @@ def test_a_webhook_answering_something_not_http_is_a_failed_post() -> None:
         assert post_json(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", {"text": "x"}) == 0
     finally:
         listener.close()
+
+
+def _fifo(path: Path) -> None:
+    import os
+
+    os.mkfifo(path, 0o600)
+
+
+def _dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _two_mib(path: Path) -> None:
+    path.write_bytes(b"# " + b"x" * (2 * 1024 * 1024) + b"\n")
+    path.chmod(0o600)
+
+
+@pytest.mark.parametrize("plant", [_fifo, _dev_zero, _two_mib], ids=["fifo", "dev-zero", "2-MiB"])
+@pytest.mark.parametrize("command", [("status",), ("start",)])
+def test_a_config_toml_that_is_a_fifo_or_endless_is_one_line_not_a_hang(home: Path, plant: object,
+                                                                       command: tuple[str, ...]) -> None:
+    # read_text() on a FIFO waited for a writer for good, and on /dev/zero read until memory ran out.
+    assert callable(plant)
+    plant(home / "config.toml")
+    done = run_cli(home, *command, timeout=60)
+    assert done.returncode != 0
+    assert f"cannot read {home / 'config.toml'}" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_home_files_are_read_bounded_and_a_symlinked_config_still_works(tmp_path: Path) -> None:
+    from hm_agent.home import read_regular
+
+    real = tmp_path / "dotfiles-config.toml"
+    real.write_text("[proxy]\n")
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    assert read_regular(link) == b"[proxy]\n"
+    _fifo(tmp_path / "fifo")
+    for bad, why in ((tmp_path / "fifo", "not a regular file"), (tmp_path, "not a regular file")):
+        with pytest.raises(OSError, match=why):
+            read_regular(bad)
+    with pytest.raises(OSError, match="more than the 4 "):
+        read_regular(real, 4)
+    with pytest.raises(FileNotFoundError):
+        read_regular(tmp_path / "missing")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .home import HomePaths, paths, write_atomic
+from .home import HomePaths, paths, read_regular, write_atomic
 
 DEFAULT_BASE_URL = "https://api.haltonmeter.com"
 DEFAULT_LISTEN_HOST = "127.0.0.1"
@@ -194,11 +194,11 @@ def load_config(home: Path | HomePaths | None = None) -> Config:
     """Parse config.toml (defaults if it does not exist). Raises ConfigError."""
     hp = home if isinstance(home, HomePaths) else paths(home)
     try:
-        text = hp.config.read_text(encoding="utf-8")
+        text = read_regular(hp.config).decode("utf-8")
     except FileNotFoundError:
         text = DEFAULT_CONFIG_TEXT
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {hp.config}: {exc}. Fix its permissions or encoding.") from None
+        raise ConfigError(f"cannot read {hp.config}: {exc}. Make it a regular UTF-8 file of at most 1 MiB (or move it away for the defaults).") from None
     return parse_config(text, hp.config)
 
 
@@ -538,10 +538,12 @@ def update_cloud_config(
 
     hp = home if isinstance(home, HomePaths) else paths(home)
     try:
-        text = hp.config.read_text(encoding="utf-8")
+        text = read_regular(hp.config).decode("utf-8")
         mode = os.stat(hp.config).st_mode & 0o777
     except FileNotFoundError:
         text, mode = DEFAULT_CONFIG_TEXT, 0o600
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {hp.config}: {exc}. Make it a regular UTF-8 file of at most 1 MiB (or move it away for the defaults).") from None
     parse_config(text, hp.config)  # refuse to rewrite a file we cannot parse
     doc = tomlkit.parse(text)
     if "cloud" not in doc:

@@ -259,14 +259,43 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+MAX_HOME_FILE = 1024 * 1024  # config.toml, machine.json, prices/current: a few KiB when sane
+
+
+def read_regular(path: Path, limit: int = MAX_HOME_FILE) -> bytes:
+    """A small file of the home, read whole: it may be a symlink (dotfile managers make
+    them), but what it opens must be a regular file of at most ``limit`` bytes. A FIFO
+    (whose open and read would block for good) or ``/dev/zero`` (endless) raises OSError
+    saying so; FileNotFoundError passes through for the caller."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO does not wait for a writer
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("it is not a regular file (a FIFO, device or directory)")
+        if st.st_size > limit:
+            raise OSError(f"it is {st.st_size:,} bytes, more than the {limit:,} it may have")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(f"it is more than the {limit:,} bytes it may have")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_machine_id(hp: HomePaths) -> str | None:
     """The machine id, or None if machine.json does not exist yet."""
     try:
-        raw = hp.machine.read_bytes()
+        raw = read_regular(hp.machine)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise HomeError(f"cannot read {hp.machine}: {exc.strerror}. Fix its permissions.") from None
+        raise HomeError(f"cannot read {hp.machine}: {exc.strerror or exc}. Fix it or its permissions.") from None
     try:
         data = json.loads(raw)
         machine_id = str(uuid.UUID(str(data["machine_id"])))

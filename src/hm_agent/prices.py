@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .home import HomePaths, write_atomic
+from .home import HomePaths, read_regular, write_atomic
 
 MAX_DATA_BYTES = 64 * 1024 * 1024
 _LABEL = re.compile(r"^data-\d{4}-\d{2}-\d{2}-[0-9a-f]{12}$")
@@ -46,7 +46,7 @@ def prices_dir(hp: HomePaths) -> Path:
 
 def current_label(hp: HomePaths) -> str | None:
     try:
-        label = (prices_dir(hp) / "current").read_text(encoding="utf-8").strip()
+        label = read_regular(prices_dir(hp) / "current", 4096).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return None
     return label if _LABEL.match(label) else None
@@ -79,11 +79,8 @@ def load_current(hp: HomePaths) -> tuple[str, Any] | None:
     if label is None:
         return None
     try:
-        with open(prices_dir(hp) / f"{label}.json", "rb") as fh:
-            content = fh.read(MAX_DATA_BYTES + 1)
-    except OSError:
-        return None
-    if len(content) > MAX_DATA_BYTES:
+        content = read_regular(prices_dir(hp) / f"{label}.json", MAX_DATA_BYTES)
+    except OSError:  # missing, not a regular file, or over MAX_DATA_BYTES: the bundled data
         return None
     return label, validate(content)
 
