@@ -2,7 +2,8 @@
 
 Every row, valid or hostile, gives the same tuple or the same ApiError
 (status, code, detail) as validating it with ``hm_proto.server.parse_row``
-and building the tuple from the UsageRow.
+and building the tuple from the UsageRow. The whole-body decoder
+(``fast_batch``, msgspec) gives the same tuples, or None (the other path decides).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pytest
 
-from hm_cloud.ingest import batch_values, row_values
+from hm_cloud.ingest import batch_values, cost_nanos, fast_batch, row_values
 from hm_proto.server import ApiError, parse_row
 from tests.support.cloudserver import sample_row
 
@@ -30,6 +32,9 @@ GOOD: list[dict[str, Any]] = [
     sample_row(tags={"team": "core", "cost.center": "42"}),
     sample_row(tags={}),
     sample_row(model="m" * 512, project="p" * 200),
+    sample_row(project="café-ü", os_user="José"),  # UTF-8, none of the bytes that may start a control
+    sample_row(project="naïve — “quoted”", model="© ®"),  # 0xE2 and 0xC2 leads: the strict decoder
+    sample_row(repo='say "hi" \\ bye'),  # escapes: the strict decoder
 ]
 
 BAD: list[dict[str, Any]] = [
@@ -66,6 +71,10 @@ BAD: list[dict[str, Any]] = [
     sample_row(project=""),
     sample_row(project="p" * 201),
     sample_row(repo="a\nb"),
+    sample_row(project="nel\x85"),
+    sample_row(project="ls\u2028"),
+    sample_row(branch="del\x7f"),
+    sample_row(program="rlo\u2067"),
     sample_row(os_user=5),
     sample_row(tags={"bad key": "x"}),
     sample_row(tags=["x"]),
@@ -81,6 +90,18 @@ def _via_parse_row(obj: Any, i: int) -> Any:
         return (exc.status, exc.error, exc.detail)
 
 
+def _via_body(obj: Any, i: int, **body: Any) -> Any:
+    """fast_batch on a whole body holding the row at index ``i``: the row's tuple, or
+    the other path's answer when fast_batch leaves the body to it (None)."""
+    rows = [sample_row() for _ in range(i)] + [obj]
+    try:
+        raw = orjson.dumps({"batch_id": "6f1c2a4e-1111-4222-8333-444455556666", "rows": rows, **body})
+    except TypeError:
+        return _via_batch(obj, i)
+    out = fast_batch(raw, WS, MACHINE, NOW, 1000)
+    return _via_batch(obj, i) if out is None else out[-1]
+
+
 def _via_batch(obj: Any, i: int) -> Any:
     rows = [sample_row() for _ in range(i)] + [obj]
     try:
@@ -92,6 +113,32 @@ def _via_batch(obj: Any, i: int) -> Any:
 @pytest.mark.parametrize("row", GOOD + BAD, ids=range(len(GOOD + BAD)))
 def test_the_one_pass_check_agrees_with_parse_row(row: Any) -> None:
     assert _via_batch(row, 3) == _via_parse_row(row, 3)
+    assert _via_body(row, 3) == _via_parse_row(row, 3)
+
+
+def test_the_body_decoder_takes_plain_batches_and_leaves_the_rest() -> None:
+    plain = [r for r in GOOD if r.get("cost_usd") != "1000000"]  # 7 integer digits: the slow path
+    raw = orjson.dumps({"batch_id": "6f1c2a4e-1111-4222-8333-444455556666", "rows": plain})
+    assert fast_batch(raw, WS, MACHINE, NOW, 1000) == batch_values(plain, WS, MACHINE, NOW)
+    for row in BAD:  # each hostile row leaves its whole body to the exact path
+        body = orjson.dumps({"batch_id": "6f1c2a4e-1111-4222-8333-444455556666", "rows": [sample_row(), row]})
+        assert fast_batch(body, WS, MACHINE, NOW, 1000) is None, row
+    good = {"batch_id": "6f1c2a4e-1111-4222-8333-444455556666", "rows": [sample_row()]}
+    for body in (
+        {**good, "batch_id": "nope"}, {**good, "extra": 1}, {"rows": good["rows"]},
+        {**good, "rows": [{**sample_row(), "unknown": 1}]}, {**good, "rows": [sample_row()] * 3},
+    ):
+        assert fast_batch(orjson.dumps(body), WS, MACHINE, NOW, 2) is None, body
+    for raw in (b'{"batch_id":"6f1c2a4e-1111-4222-8333-444455556666","rows":[],"x":1e999}', b"[]", b"{", b"\xff"):
+        assert fast_batch(raw, WS, MACHINE, NOW, 2) is None
+
+
+@pytest.mark.parametrize("cost", ["0", "0.5", "12.000000001", "999999.999999999", "0.0000000005", "0.0000000015",
+                                  "0.1234567894999", "999999.999999999999", "1000000", "007.10"])
+def test_cost_nanos_is_the_decimal_rounding(cost: str) -> None:
+    from decimal import Decimal
+
+    assert cost_nanos(cost) == int((Decimal(cost) * 10**9).to_integral_value())
 
 
 def test_good_rows_pass_and_bad_rows_fail() -> None:
@@ -114,3 +161,4 @@ def test_random_mutations_agree_with_parse_row() -> None:
             else:
                 row[key] = rng.choice(values)
         assert _via_batch(row, n % 5) == _via_parse_row(row, n % 5), row
+        assert _via_body(row, n % 5) == _via_parse_row(row, n % 5), row

@@ -34,7 +34,7 @@ from .bodies import (
     read_limited,
 )
 from .db import devices
-from .ingest import batch_values
+from .ingest import batch_values, fast_batch
 from .limits import PAIRING_STARTS_PER_ADDRESS, Refusal
 from .metrics import PAIRINGS, batch_done
 from .state import (
@@ -318,7 +318,11 @@ async def requests_batch(request: Request) -> Response:
 def _ingest_body(
     engine: Engine, device: store.AuthedDevice, raw: bytes, encoding: str | None, now: float
 ) -> tuple[int, int]:
-    body = parse_object(decode_body(raw, encoding, MAX_BODY_BYTES))
+    decoded = decode_body(raw, encoding, MAX_BODY_BYTES)
+    fast = fast_batch(decoded, device.workspace.id, device.machine_id, now, MAX_BATCH_ROWS)
+    if fast is not None:  # the common case, decoded and checked in one pass
+        return store.ingest_values(engine, device, fast, now)
+    body = parse_object(decoded)
     batch_id = field(body, "batch_id", str)
     if not is_uuid(batch_id):
         raise ApiError(400, "invalid_request", "Invalid field: batch_id (expected a UUID)")
