@@ -233,13 +233,15 @@ def explore_runs(store: Store, usage_rows: list[UsageRow]) -> dict[str, Run]:
     variants: dict[str, dict[str, int]] = {
         "default, hash_log 12": {**tuned, "hash_log": 12},
         "default, hash_log 10": {**tuned, "hash_log": 10},
+        "default, window_log 16": {**tuned, "window_log": 16},
         "default, target_length 1": {**tuned, "target_length": 1},
         "default, threads=2": {**tuned, "threads": 2},
     }
     for name, params in variants.items():
         comp = zstandard.ZstdCompressor(compression_params=level1(1, **params))
         runs[name] = per_batch(store, joined, compress_with(comp))
-    runs["zstd -1"] = per_batch(store, joined, compress_with(zstandard.ZstdCompressor(level=-1)))
+    for level in (-1, 3):  # 3: the library's default level (the dfast strategy)
+        runs[f"zstd level {level}"] = per_batch(store, joined, compress_with(zstandard.ZstdCompressor(level=level)))
     comp = zstandard.ZstdCompressor(compression_params=level1(1, **tuned))
     runs["join + compress (the default's two steps)"] = per_batch(
         store, list, lambda rows_: len(comp.compress(_join(rows_, BATCH_ID))))
