@@ -463,3 +463,26 @@ def test_a_master_key_that_cannot_unwrap_the_workspace_key_is_503_and_a_message_
         page = owner.get(f"/acme/requests/{rows[0]['id']}")
         assert page.status_code == 200 and "rewrap-keys" in page.text
         _no_traceback(server)
+
+
+def test_a_device_naming_thousands_of_models_cannot_bloat_the_dashboard(cloud: CloudServer,
+                                                                         session: httpx.Client) -> None:
+    # Every table listed every name a device sent: 50,000 made a 29 MB page that took 23 s
+    # to render for everyone in the workspace. Tables now show 100 rows and sum the rest.
+    from hm_cloud.views import MAX_TABLE_ROWS
+    from tests.support.cloudserver import batch_body, sample_row
+
+    paired = cloud.pair("mallory@example.com", PASSWORD, "mallory", hostname="bomber")
+    device = cloud.client(headers={"Authorization": f"Bearer {paired['token']}"})
+    for batch in range(3):
+        rows = [sample_row(model=f"bomb-{batch}-{n}", project=f"p-{batch}-{n}", ts="2026-10-10T10:00:00.000Z")
+                for n in range(1000)]
+        assert device.post("/v1/requests/batch", json=batch_body(rows)).status_code == 200
+    page = session.get("/mallory/", params={"from_date": "2026-10-10", "to_date": "2026-10-10"})
+    assert page.status_code == 200
+    assert page.text.count("bomb-") < 4 * MAX_TABLE_ROWS  # 100 rows (link, title, text) and the chart
+    assert f"{3000 - MAX_TABLE_ROWS:,} more (download the CSV for all)" in page.text
+    assert "other (2994)" in page.text  # the chart: six models and the rest as one
+    assert len(page.content) < 400_000
+    whole = session.get("/mallory/spend.csv", params={"from_date": "2026-10-10", "to_date": "2026-10-10"})
+    assert whole.text.count("bomb-") == 2 * 3000  # the CSV keeps every name (key and label)

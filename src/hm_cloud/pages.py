@@ -653,11 +653,14 @@ async def dashboard(request: Request) -> Response:
     keep = {"from_date": from_date, "to_date": to_date}
     for name in ("split", "member", "person", "machine", "model", "provider"):
         views.sort_groups(groups[name], slicing.sort)  # biggest spend first by default, like `report`
+        groups[name] = views.top_groups(groups[name])
     for g in groups["split"]:
-        g["href"] = base + urlencode(keep | slicing.filter_link(g["key"]))
+        if "href" not in g:  # not the summed rest
+            g["href"] = base + urlencode(keep | slicing.filter_link(g["key"]))
     for name in ("member", "person", "machine", "model", "provider"):
         for g in groups[name]:  # each row filters the whole page to it
-            g["href"] = base + urlencode(keep | slicing.params(**{name: g["key"] or views.NONE_VALUE}))
+            if "href" not in g:
+                g["href"] = base + urlencode(keep | slicing.params(**{name: g["key"] or views.NONE_VALUE}))
     chips = [(text, base + urlencode(keep | params)) for text, params in slicing.chips()]
     total = {
         name: sum(g[name] for g in groups["day"])

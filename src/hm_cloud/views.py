@@ -67,21 +67,51 @@ def cost_chart(per_series: dict[str, dict[str, int]], from_date: str, to_date: s
     """The stacked cost-per-day chart (hm_charts, the same code as the local report);
     ``line``: a workspace budget per day, drawn dashed. ``width`` is the SVG's own
     width: the page draws it at about that size so its 15 px text stays 15 px."""
-    from hm_charts import stacked_bars, top_series
+    from hm_charts import Series, stacked_bars, top_series
 
     days = day_range(from_date, to_date)
-    values = {
-        label: [Decimal(per_day.get(d, 0)) / NANOS for d in days]
-        for label, per_day in per_series.items()
-        if any(per_day.values())
-    }
-    return stacked_bars(days, top_series(values), title=f"Cost per day by {by}", id_prefix=f"cost-{width}",
+    totals = {label: sum(per_day.values()) for label, per_day in per_series.items() if any(per_day.values())}
+    ranked = sorted(totals, key=lambda k: (-totals[k], k))  # top_series' order, on integers
+    values = {label: [Decimal(per_series[label].get(d, 0)) / NANOS for d in days] for label in ranked[:CHART_SERIES]}
+    if len(ranked) > CHART_SERIES + 1:  # the rest summed here: 50,000 models made 1.5M Decimals (3.7 s a chart)
+        rest: dict[str, int] = {}
+        for label in ranked[CHART_SERIES:]:
+            for d, nanos in per_series[label].items():
+                rest[d] = rest.get(d, 0) + nanos
+        series = [*top_series(values, CHART_SERIES),
+                  Series(f"other ({len(ranked) - CHART_SERIES})", [Decimal(rest.get(d, 0)) / NANOS for d in days])]
+    else:
+        values.update({label: [Decimal(per_series[label].get(d, 0)) / NANOS for d in days]
+                       for label in ranked[CHART_SERIES:]})
+        series = top_series(values, CHART_SERIES)
+    return stacked_bars(days, series, title=f"Cost per day by {by}", id_prefix=f"cost-{width}",
                         line=line, width=width, empty_text="No priced calls in this range.")
+
+
+CHART_SERIES = 6  # series drawn; the rest is one "other (N)" series
 
 
 CHART_SPLITS = (("model", "Model"), ("machine", "Machine"), ("person", "Person"), ("member", "Member"),
                 ("provider", "Provider"))
 SORTS = ("cost", "calls", "name")
+
+
+MAX_TABLE_ROWS = 100  # rows of one dashboard table; the rest is one summed row (the CSV has them all)
+
+
+def top_groups(groups: list[dict[str, Any]], limit: int = MAX_TABLE_ROWS) -> list[dict[str, Any]]:
+    """The first ``limit`` of sorted ``groups``, then one row summing the rest.
+
+    A device names its models, projects and tags: 50,000 names made the dashboard a
+    29 MB page that took 23 s to render, for everyone in the workspace."""
+    if len(groups) <= limit:
+        return groups
+    rest = groups[limit:]
+    summed: dict[str, Any] = {name: sum(int(g.get(name) or 0) for g in rest)
+                              for name in ("rows", "nanos", "unknown", "no_usage", "errors", "input_tokens",
+                                           "output_tokens")}
+    summed.update(key=None, label=f"{len(rest):,} more (download the CSV for all)", href=None)
+    return [*groups[:limit], summed]
 
 
 def sort_groups(groups: list[dict[str, Any]], sort: str) -> None:
