@@ -30,6 +30,7 @@ QUICK = {
     "bench_report.py": (["--rows", "3000", "--repeats", "1"], True),
     "bench_proxy.py": (["--requests", "40", "--warmup", "8", "--concurrency", "2", "--rounds", "1"], True),
     "bench_sync.py": (["--rows", "2000", "--rounds", "1"], True),
+    "bench_upgrade.py": (["--rows", "2000", "--repeats", "1"], True),
 }
 
 

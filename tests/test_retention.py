@@ -147,20 +147,104 @@ def version_3_store(db: Path, rows: list[StoredRow]) -> None:
     conn.close()
 
 
-def test_a_version_3_database_is_switched_to_incremental_vacuum(tmp_path: Path) -> None:
+def test_a_version_3_database_opens_at_once_and_retention_switches_it_to_incremental_vacuum(tmp_path: Path) -> None:
     db = tmp_path / "db.sqlite"
     rows = rows_on("2026-09-01", 400, seed=10, pad=1000) + rows_on("2026-11-28", 4, seed=11)
     version_3_store(db, rows)
     with Store(db) as upgraded:
         assert upgraded.version == SCHEMA_VERSION >= 4
-        assert int(upgraded._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+        # Opening does not rewrite the file (that held up the daemon's start): still NONE.
+        assert int(upgraded._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 0
+        assert upgraded.needs_vacuum_switch() and upgraded.reclaim_space() == 0
         assert ids(upgraded) == {r.id for r in rows} and upgraded.rollups_pending() == 0
-        assert upgraded.integrity_check() == "ok"
-        assert Retention(now=lambda: NOW).run_once(upgraded, Cfg(30, cloud=False)) == 400
+        retention = Retention(now=lambda: NOW)
+        assert retention.run_once(upgraded, Cfg(30, cloud=False)) == 400  # deletes, then the one VACUUM
+        assert int(upgraded._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+        assert not upgraded.needs_vacuum_switch() and not upgraded.switch_to_incremental_vacuum()
         assert int(upgraded._conn.execute("PRAGMA freelist_count").fetchone()[0]) == 0
+        assert str(retention.health()["vacuum_switch"]).startswith("done in ")
+        assert upgraded.integrity_check() == "ok"
         assert calls(tmp_path, "2026-08-01", "2026-11-29") == 4
     with Store(db) as again:  # opening an upgraded database changes nothing
         assert again.version == SCHEMA_VERSION and again.count_rows() == 4
+
+
+def test_the_switch_in_the_background_loses_no_row_the_writer_was_given(tmp_path: Path) -> None:
+    """The VACUUM holds the write lock; the writer thread keeps its rows in memory and retries."""
+    import threading
+
+    from hm_agent.capture import CapturedUsage
+    from hm_agent.writer import CapturedCall, RowWriter
+
+    db = tmp_path / "db.sqlite"
+    version_3_store(db, rows_on("2026-09-01", 3000, seed=14, pad=2000))
+    writer = RowWriter(db)
+    writer.start()
+    background = Store(db)
+    switched = threading.Thread(target=background.switch_to_incremental_vacuum)
+    switched.start()
+    usage = CapturedUsage(provider="openai", model="gpt-4o-mini", host="api.openai.com",
+                          endpoint="/v1/chat/completions", status=200, stream=False, input_tokens=10, output_tokens=5)
+    submitted = 0
+    while switched.is_alive() or submitted < 50:
+        writer.submit(CapturedCall(id=f"00000000-0000-4000-8000-{submitted:012d}", ts="2026-11-29T00:10:00.000Z",
+                                   usage=usage, latency_ms=5, ttfb_ms=None))
+        submitted += 1
+        time.sleep(0.001)
+    switched.join()
+    assert writer.stop(timeout=30)
+    assert (writer.written, writer.dropped, writer.quarantined) == (submitted, 0, 0)
+    with Store(db) as after:
+        assert not after.needs_vacuum_switch() and after.integrity_check() == "ok"
+        assert after.count_rows() == 3000 + submitted
+    background.close()
+
+
+def test_a_stop_interrupts_the_switch_and_changes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    rows = rows_on("2026-09-01", 2000, seed=15, pad=2000)
+    version_3_store(db, rows)
+    with Store(db) as stopping:
+        stopping.interrupt()  # before the VACUUM began: it never starts
+        with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+            stopping.switch_to_incremental_vacuum()
+        assert stopping.needs_vacuum_switch()
+    with Store(db) as stopping:  # while it runs: it ends there, rolled back, or it had finished
+        import threading
+
+        failed: list[BaseException] = []
+
+        def switch() -> None:
+            try:
+                stopping.switch_to_incremental_vacuum()
+            except sqlite3.OperationalError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=switch)
+        thread.start()
+        time.sleep(0.01)
+        stopping.interrupt()
+        thread.join()
+        assert stopping.needs_vacuum_switch() == bool(failed)
+    with Store(db) as after:
+        assert after.integrity_check() == "ok" and ids(after) == {r.id for r in rows}
+        if after.needs_vacuum_switch():  # the next start's pass switches it
+            assert after.switch_to_incremental_vacuum() and not after.needs_vacuum_switch()
+
+
+def test_an_upgraded_store_opens_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
+    """The writer, the CLI and every component open the store while the background VACUUM runs."""
+    db = tmp_path / "db.sqlite"
+    Store(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO write_quarantine (id, reason, row_json, at) VALUES ('x', 'r', x'00', 't')")
+    try:
+        with Store(db, busy_timeout_ms=50) as opened:
+            assert opened.version == SCHEMA_VERSION and opened.count_rows() == 0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_database_facts_size_and_oldest_row(tmp_path: Path) -> None:

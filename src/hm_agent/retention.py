@@ -12,6 +12,14 @@ freed pages back to the file system with ``PRAGMA incremental_vacuum``, a
 few at a time. It runs at start, every ``INTERVAL_SECONDS``, and at once when
 the setting changes.
 
+A file made before store schema 4 cannot give pages back that way until one
+``VACUUM`` has switched it to ``auto_vacuum = INCREMENTAL``; the first pass does
+that, here in the background rather than at the daemon's start (the daemon no
+longer waits ~15 s per million rows before it proxies). The VACUUM holds the
+write lock while it rewrites the file: the writer thread keeps captured rows in
+memory and retries (none is lost, the proxy never waits), and a stop interrupts
+it (nothing changes; the next start tries again).
+
 :func:`database_facts` is what ``status`` shows (size and oldest row); it
 imports nothing heavy, since status must stay fast.
 """
@@ -52,13 +60,15 @@ class Retention:
         self.last_run_at: str | None = None
         self.last_cutoff: str | None = None
         self.free_pages: int | None = None
+        self.vacuum_switch: str | None = None  # "running", then "done in N s" (files made before schema 4)
 
     def should_run(self, config: Any, home: Any) -> bool:
         return getattr(config, "retention_days", None) is not None
 
     def health(self) -> dict[str, Any]:
         return {"deleted_rows": self.deleted, "last_run_at": self.last_run_at,
-                "deleting_before": self.last_cutoff, "free_pages": self.free_pages}
+                "deleting_before": self.last_cutoff, "free_pages": self.free_pages,
+                "vacuum_switch": self.vacuum_switch}
 
     def run_once(self, store: Any, config: Any, pause: Callable[[], None] | None = None) -> int:
         """One full pass (blocking; tests call it with a frozen clock): delete, then reclaim."""
@@ -77,6 +87,8 @@ class Retention:
                 break
             if pause is not None:
                 pause()
+        if store.needs_vacuum_switch():
+            self._switch(store)
         free = store.reclaim_space(VACUUM_PAGES)
         while free > 0:
             if pause is not None:
@@ -92,6 +104,23 @@ class Retention:
             log.info("retention: deleted %d rows of days before %s%s", deleted, cutoff,
                      " (unsynced rows kept)" if keep else "")
         return int(deleted)
+
+    def _switch(self, store: Any) -> None:
+        """The one VACUUM of a file made before schema 4 (it also gives every free page back)."""
+        import time
+
+        log.info("retention: switching %s to auto_vacuum = INCREMENTAL (one VACUUM, about 15 s per "
+                 "million rows; captured rows wait in memory meanwhile)", store.path)
+        self.vacuum_switch = "running"
+        started = time.monotonic()
+        try:
+            store.switch_to_incremental_vacuum()
+        except BaseException:
+            self.vacuum_switch = None
+            raise
+        took = time.monotonic() - started
+        self.vacuum_switch = f"done in {took:.1f} s"
+        log.info("retention: %s switched to auto_vacuum = INCREMENTAL in %.1f s", store.path, took)
 
     async def run(self, ctx: Any) -> None:
         import time
@@ -112,7 +141,13 @@ class Retention:
                 config = ctx.config
                 settings = (config.retention_days, keeps_unsynced(config))
                 if settings != ran_with or time.monotonic() >= next_at:
-                    await anyio.to_thread.run_sync(self.run_once, store, config, pause)
+                    try:
+                        await anyio.to_thread.run_sync(self.run_once, store, config, pause, abandon_on_cancel=True)
+                    except anyio.get_cancelled_exc_class():
+                        # Stopping: end a running VACUUM (or batch) at once instead of waiting for it;
+                        # close() below then waits only for the statement to unwind.
+                        store.interrupt()
+                        raise
                     ran_with = settings
                     next_at = time.monotonic() + INTERVAL_SECONDS
                 await anyio.sleep(CHECK_SECONDS)

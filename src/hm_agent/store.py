@@ -224,7 +224,10 @@ def _rollup_statements() -> tuple[str, ...]:
 
 
 INCREMENTAL_VACUUM = "PRAGMA auto_vacuum = INCREMENTAL; VACUUM"
-"""A migration step that rebuilds the file with auto_vacuum = INCREMENTAL (no transaction)."""
+"""The schema 4 step: the file is to have auto_vacuum = INCREMENTAL. The migration only
+records the version; the one VACUUM that switches an older file (it rewrites it whole,
+about 15 s per million rows, holding the write lock) is run later, in the background, by
+:meth:`Store.switch_to_incremental_vacuum` (the retention component), not at open."""
 
 # In-place upgrades, oldest first: (user_version after the step, SQL:
 # statements separated by ';', or a tuple of statements). A database
@@ -243,7 +246,7 @@ ALTER TABLE requests ADD COLUMN tags TEXT;
     (3, _rollup_statements()),
     # Space freed by retention goes back to the file system a few pages at a time
     # (PRAGMA incremental_vacuum). New databases are created so; an older one needs
-    # one VACUUM to switch, done outside a transaction (see _migrate).
+    # one VACUUM to switch, run in the background by retention (see INCREMENTAL_VACUUM).
     (4, INCREMENTAL_VACUUM),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
@@ -335,11 +338,13 @@ def _create_private_file(path: Path) -> None:
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the database to SCHEMA_VERSION, one step per transaction (safe to race)."""
+    """Bring the database to SCHEMA_VERSION, one step per transaction (safe to race).
+
+    A database already there takes no lock: opening it while another connection holds
+    the write lock for long (the background VACUUM) does not wait for it."""
+    if MIGRATIONS and int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+        return
     for version, script in MIGRATIONS:
-        if script == INCREMENTAL_VACUUM:
-            _switch_to_incremental_vacuum(conn, version)
-            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
             found = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -349,7 +354,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                     f"{SCHEMA_VERSION}): upgrade halton-meter, or move the file away to start a new one."
                 )
             if found < version:
-                for statement in (script.split(";") if isinstance(script, str) else script):
+                statements = () if script == INCREMENTAL_VACUUM else (
+                    script.split(";") if isinstance(script, str) else script)
+                for statement in statements:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version}")
@@ -362,25 +369,6 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA user_version = 1")
 
 
-def _switch_to_incremental_vacuum(conn: sqlite3.Connection, version: int) -> None:
-    """VACUUM cannot run in a transaction: switch first (a no-op when the file was created
-    with it, or another process got there), then record the version in one."""
-    if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= version:
-        return
-    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        conn.execute("VACUUM")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if int(conn.execute("PRAGMA user_version").fetchone()[0]) < version:
-            conn.execute(f"PRAGMA user_version = {version}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
 class Store:
     """A connection to db.sqlite. Thread-safe (one lock); open one per thread for concurrency."""
 
@@ -388,6 +376,7 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._interrupted = False
         try:
             if readonly:
                 uri = f"file:{self.path}?mode=ro"
@@ -538,6 +527,31 @@ class Store:
                 return 0  # not switched yet: the space is reused by new rows instead
             self._conn.execute(f"PRAGMA incremental_vacuum({max(1, int(pages))})").fetchall()
             return int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def needs_vacuum_switch(self) -> bool:
+        """The file still has auto_vacuum NONE (made before schema 4): freed pages are only reused."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2
+
+    def switch_to_incremental_vacuum(self) -> bool:
+        """The one VACUUM that gives a file made before schema 4 auto_vacuum = INCREMENTAL (and
+        every free page back); False when there was nothing to do. It rewrites the file and holds
+        the write lock throughout (about 15 s per million rows): other writers wait (the writer
+        thread keeps its rows in memory and retries). :meth:`interrupt` ends it, changing nothing."""
+        with self._lock:
+            if int(self._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
+                return False
+            if self._interrupted:
+                raise sqlite3.OperationalError("interrupted")
+            self._conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self._conn.execute("VACUUM")
+            return True
+
+    def interrupt(self) -> None:
+        """End the statement running on this connection (from any thread; it raises there), and
+        refuse to start a VACUUM on it from now on (an interrupt arriving just before one began)."""
+        self._interrupted = True
+        self._conn.interrupt()
 
     def oldest_row_ts(self) -> str | None:
         """The ts of the oldest row (by day, through its index), or None when there is none."""
