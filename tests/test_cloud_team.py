@@ -271,6 +271,27 @@ def test_an_invitation_is_also_sent_by_email_when_smtp_is_set(tmp_path: Path, mo
         assert link in mail.get_payload()
 
 
+def test_invitation_emails_are_limited_per_account_so_the_server_is_no_spam_relay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Anyone can sign up, name a workspace with any text and invite any address: with SMTP
+    # set, invite-revoke-invite mailed that text to unlimited addresses.
+    from hm_cloud.limits import INVITATION_EMAILS_PER_ACCOUNT
+
+    with smtp_sink(monkeypatch, "cloud@example.com") as sink, running_cloud(tmp_path) as cloud:
+        cloud.create_user("owner@example.com", PASSWORD, "acme")
+        t = Team(cloud, cloud.db_url, {"owner": cloud.login_session("owner@example.com", PASSWORD)})
+        allowed = INVITATION_EMAILS_PER_ACCOUNT.count
+        pages = [t.post(t.people["owner"], "/acme/settings/members", action="invite", role="viewer",
+                        email=f"victim{n}@example.com") for n in range(allowed + 3)]
+        assert all(page.status_code == 200 and _LINK.search(page.text) for page in pages)  # links still made
+        assert sum("Not e-mailed: too many invitation e-mails" in page.text for page in pages) == 3
+        deadline = time.monotonic() + 30
+        while len(sink.messages) < allowed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(sink.messages) == allowed
+
+
 # -- devices by owner ----------------------------------------------------------------------------
 
 

@@ -79,6 +79,10 @@ SIGNUPS_PER_ADDRESS = Limit("signup-address", 20, 3600.0)
 # Invitation links opened that are not live (unknown, used, revoked, expired),
 # per address: the links carry 256 random bits, this keeps scanning loud.
 INVITATION_GUESSES_PER_ADDRESS = Limit("invite-address", 30, 600.0)
+# Invitation e-mails (with SMTP set): the server mails text an account chooses (its
+# workspace name) to any address; per inviting account and per address.
+INVITATION_EMAILS_PER_ACCOUNT = Limit("invite-mail-account", 20, 3600.0)
+INVITATION_EMAILS_PER_ADDRESS = Limit("invite-mail-address", 20, 3600.0)
 # GET /v1/usage: read keys that are not live (malformed, unknown, revoked), per
 # address; and reads per live key (each can sum ten years of a workspace's
 # rows: a dashboard polling every few seconds fits, a loop hammering it not).
@@ -95,6 +99,8 @@ ALL_LIMITS = (
     INVITATION_GUESSES_PER_ADDRESS,
     READ_KEY_GUESSES_PER_ADDRESS,
     USAGE_READS_PER_KEY,
+    INVITATION_EMAILS_PER_ACCOUNT,
+    INVITATION_EMAILS_PER_ADDRESS,
 )
 LONGEST_WINDOW = max(limit.window for limit in ALL_LIMITS)
 

@@ -26,7 +26,14 @@ from hm_proto.server import READ_KEY_PREFIX, generate_token, is_uuid
 
 from . import store, team
 from .budgets import send_message, smtp_settings
-from .limits import INVITATION_GUESSES_PER_ADDRESS, SIGNUPS_PER_ADDRESS, GateBusy, Refusal
+from .limits import (
+    INVITATION_EMAILS_PER_ACCOUNT,
+    INVITATION_EMAILS_PER_ADDRESS,
+    INVITATION_GUESSES_PER_ADDRESS,
+    SIGNUPS_PER_ADDRESS,
+    GateBusy,
+    Refusal,
+)
 from .pages import (  # also registers {:slug}
     RESERVED_SLUGS,
     _busy_message,
@@ -143,8 +150,17 @@ async def members_page(request: Request) -> Response:
                 ctx["new_role"] = role
                 smtp = smtp_settings()
                 if smtp and to:
-                    ctx["mailed_to"] = to
-                    response_background = BackgroundTask(send_invitation, smtp, to, ws.name, role, link, email)
+                    # The server sends what anyone who signs up writes (a workspace name) to any
+                    # address: bounded per account and per address, or it is a spam relay.
+                    mail = await state.reserve([(INVITATION_EMAILS_PER_ACCOUNT, str(uid)),
+                                                (INVITATION_EMAILS_PER_ADDRESS, address)])
+                    if isinstance(mail, Refusal):
+                        ctx["not_mailed"] = (f"Not e-mailed: too many invitation e-mails were sent from this "
+                                             f"account or address; send the link yourself (or wait "
+                                             f"{mail.retry_after} seconds).")
+                    else:
+                        ctx["mailed_to"] = to
+                        response_background = BackgroundTask(send_invitation, smtp, to, ws.name, role, link, email)
             elif action == "revoke_invitation":
                 if not team.can(ws.role, "revoke_invitation"):
                     raise PermissionError("Only owners and admins revoke invitations.")
