@@ -1,5 +1,6 @@
 """The team cloud in a real Chromium: an invitation opened in a second browser
-context (invite, sign up, see the workspace, switch), and the dashboard at 390
+context (invite, sign up, see the workspace, switch; on SQLite and on PostgreSQL),
+and the dashboard at 390
 and 1280 px (no page overflow, dollar ticks on the y axis, the chart toggle as
 links). Screenshots go to the test's tmp dir and to ``$HM_CLOUD_SCREENSHOTS``.
 """
@@ -16,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
+from tests.support.postgres import PostgresServer
 from tests.test_cloud_browser import screenshot
 
 pytestmark = pytest.mark.slow
@@ -26,6 +28,14 @@ WIDTHS = (390, 1280)
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
     with running_cloud(tmp_path_factory.mktemp("cloud-team-browser")) as server:
+        server.create_user("lead@example.com", PASSWORD, "acme")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pg_cloud(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) -> Iterator[CloudServer]:
+    with running_cloud(tmp_path_factory.mktemp("cloud-team-browser-pg"),
+                       db_url=postgres.create_database("hm_team_browser")) as server:
         server.create_user("lead@example.com", PASSWORD, "acme")
         yield server
 
@@ -42,9 +52,11 @@ def no_page_overflow(page: Page) -> None:
     assert scroll <= inner, f"the page is {scroll} px wide in a {inner} px window"
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_an_invited_person_signs_up_sees_the_workspace_and_switches(
-    cloud: CloudServer, browser: Browser, tmp_path: Path
+    backend: str, request: pytest.FixtureRequest, browser: Browser, tmp_path: Path
 ) -> None:
+    cloud: CloudServer = request.getfixturevalue("cloud" if backend == "sqlite" else "pg_cloud")
     lead_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     guest_ctx = browser.new_context(viewport={"width": 390, "height": 844})
     try:
