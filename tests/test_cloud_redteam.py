@@ -486,3 +486,24 @@ def test_a_device_naming_thousands_of_models_cannot_bloat_the_dashboard(cloud: C
     assert len(page.content) < 400_000
     whole = session.get("/mallory/spend.csv", params={"from_date": "2026-10-10", "to_date": "2026-10-10"})
     assert whole.text.count("bomb-") == 2 * 3000  # the CSV keeps every name (key and label)
+
+
+def test_wrong_metrics_scrape_keys_are_counted_per_address(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scrape key is the operator's word: /metrics let anyone try keys without end.
+    from pathlib import Path
+
+    from hm_cloud.limits import METRICS_KEY_GUESSES_PER_ADDRESS
+
+    monkeypatch.setenv("HALTON_METER_CLOUD_METRICS_KEY", "grafana")
+    monkeypatch.delenv("HALTON_METER_CLOUD_METRICS_ALLOW", raising=False)
+    with running_cloud(Path(str(tmp_path))) as server:
+        scraper = server.client()
+        right = {"Authorization": "Bearer grafana"}
+        for _ in range(3):  # a right key is not a guess
+            assert scraper.get("/metrics", headers=right).status_code == 200
+        codes = [scraper.get("/metrics", headers={"Authorization": f"Bearer guess-{n}"}).status_code
+                 for n in range(METRICS_KEY_GUESSES_PER_ADDRESS.count + 2)]
+        assert codes == [403] * METRICS_KEY_GUESSES_PER_ADDRESS.count + [429, 429]
+        refused = scraper.get("/metrics", headers=right)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        _no_traceback(server)

@@ -83,6 +83,9 @@ INVITATION_GUESSES_PER_ADDRESS = Limit("invite-address", 30, 600.0)
 # workspace name) to any address; per inviting account and per address.
 INVITATION_EMAILS_PER_ACCOUNT = Limit("invite-mail-account", 20, 3600.0)
 INVITATION_EMAILS_PER_ADDRESS = Limit("invite-mail-address", 20, 3600.0)
+# GET /metrics with a wrong scrape key (HALTON_METER_CLOUD_METRICS_KEY is the operator's
+# choice, perhaps a word), per address; addresses in ..._METRICS_ALLOW are not counted.
+METRICS_KEY_GUESSES_PER_ADDRESS = Limit("metrics-address", 30, 600.0)
 # GET /v1/usage: read keys that are not live (malformed, unknown, revoked), per
 # address; and reads per live key (each can sum ten years of a workspace's
 # rows: a dashboard polling every few seconds fits, a loop hammering it not).
@@ -101,6 +104,7 @@ ALL_LIMITS = (
     USAGE_READS_PER_KEY,
     INVITATION_EMAILS_PER_ACCOUNT,
     INVITATION_EMAILS_PER_ADDRESS,
+    METRICS_KEY_GUESSES_PER_ADDRESS,
 )
 LONGEST_WINDOW = max(limit.window for limit in ALL_LIMITS)
 

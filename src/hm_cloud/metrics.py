@@ -83,11 +83,13 @@ def batch_done(started: float, outcome: str, accepted: int = 0, duplicates: int 
         DUPLICATE_ROWS.inc(duplicates)
 
 
-def _allowed(request: Request) -> bool:
+def _key_matches(request: Request) -> bool:
     key = os.environ.get("HALTON_METER_CLOUD_METRICS_KEY", "")
     given = request.headers.get("authorization", "")
-    if key and hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-        return True
+    return bool(key) and hmac.compare_digest(given.encode("utf-8", "replace"), f"Bearer {key}".encode())
+
+
+def _network_allowed(request: Request) -> bool:
     allow = os.environ.get("HALTON_METER_CLOUD_METRICS_ALLOW", "")
     if allow:
         try:
@@ -107,10 +109,20 @@ async def metrics(request: Request) -> Response:
     if not (os.environ.get("HALTON_METER_CLOUD_METRICS_KEY") or os.environ.get("HALTON_METER_CLOUD_METRICS_ALLOW")):
         return Response('{"error":"not_found","detail":"No such endpoint: see docs/api.md"}', 404,
                         media_type="application/json")
-    if not _allowed(request):
-        return Response('{"error":"forbidden","detail":"Scrape /metrics with Authorization: Bearer '
-                        'HALTON_METER_CLOUD_METRICS_KEY, or from an address in HALTON_METER_CLOUD_METRICS_ALLOW"}',
-                        403, media_type="application/json")
+    if not _network_allowed(request):
+        # The key is the operator's choice (maybe a word): a wrong one is a guess, counted first.
+        from .limits import METRICS_KEY_GUESSES_PER_ADDRESS, Refusal
+
+        counted = await cloud(request).reserve([(METRICS_KEY_GUESSES_PER_ADDRESS, client_address(request))])
+        if isinstance(counted, Refusal):
+            return Response('{"error":"rate_limited","detail":"Too many wrong /metrics keys from this address: '
+                            f'wait {counted.retry_after} seconds"}}', 429, {"Retry-After": str(counted.retry_after)},
+                            media_type="application/json")
+        if not _key_matches(request):
+            return Response('{"error":"forbidden","detail":"Scrape /metrics with Authorization: Bearer '
+                            'HALTON_METER_CLOUD_METRICS_KEY, or from an address in HALTON_METER_CLOUD_METRICS_ALLOW"}',
+                            403, media_type="application/json")
+        await cloud(request).release(counted)
     _DEVICES.engine = cloud(request).engine
     import anyio.to_thread
 
