@@ -1,25 +1,37 @@
 """Cloud ingest over HTTP on PostgreSQL (2 workers) and SQLite, each against a bare bulk insert.
 
-For each engine: starts a real ``halton-meter-cloud serve`` (PostgreSQL from
-tests/support/postgres.py with ``--workers 2``; a temp SQLite file with one
-process), pairs one machine, then uploads N unique rows in 1,000-row batches
-plus 10 % replayed batches (re-sends of earlier batches, as a daemon does
-after a crash), mixed in at random, from ``--concurrency`` uploaders. Bodies
-are serialized before the clock starts, so the figures are the server's:
-HTTP, decompression, validation, insert.
+For each engine: starts a real ``halton-meter-cloud serve`` on a fresh
+database (PostgreSQL from tests/support/postgres.py with ``--workers 2``; a
+temp SQLite file with ``--sqlite-workers`` processes, default 2), pairs one
+machine, then uploads N unique rows in 1,000-row batches plus 10 % replayed
+batches (re-sends of earlier batches, as a daemon does after a crash), mixed
+in at random, from ``--concurrency`` uploaders. Bodies are serialized before
+the clock starts, so the figures are the server's: HTTP, decoding,
+validation, the insert and the rollup upsert (usage_rollups, kept in the
+same transaction), commit.
 
 The baseline, in the same run and the same database: the same rows as
 prepared tuples inserted by this process into a bare table with the same
 columns, primary key and indexes, one transaction per 1,000-row batch, with
 the engine's fastest bulk path (PostgreSQL: COPY into a staging table then
-INSERT … SELECT ON CONFLICT DO NOTHING, and executemany; the faster counts.
-SQLite: executemany INSERT … ON CONFLICT DO NOTHING). No HTTP, no validation.
+INSERT … SELECT ON CONFLICT DO NOTHING, and executemany; SQLite:
+executemany INSERT … ON CONFLICT DO NOTHING), through an engine made as the
+server makes its own (hm_cloud.db.make_engine: for SQLite, WAL and
+synchronous=NORMAL). No HTTP, no validation, and no rollups: the bare path is
+only the insert the issue names, so the ratio charges the rollups to the
+server.
+
+The machine is shared and its load swings, so each engine runs ``--rounds``
+rounds (default 3), each on a fresh database: the HTTP upload, then the bare
+insert. The figures are the best of the rounds for each (the fastest bare
+path measured in the run), and each round's own ratio is printed too.
 
 Checks: accepted = unique rows sent, duplicates = replayed rows, rows stored
-in the database = unique rows. The last line is both engines' accepted rows/s
-and their ratios to their bare bulk inserts.
+in the database = unique rows, and the rollups equal a fresh aggregate of
+the rows (hm_cloud.rollups.mismatches). The last line is both engines'
+accepted rows/s and their ratios to their bare bulk inserts.
 
-Run: ``python benchmarks/bench_ingest.py [--rows 50000] [--concurrency 4]``.
+Run: ``python benchmarks/bench_ingest.py [--rows 50000] [--concurrency 4] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -38,13 +50,14 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Engine, Index, MetaData, Table, create_engine, func, select, text
+from sqlalchemy import Engine, Index, MetaData, Table, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.cloudserver import running_cloud, sample_row  # noqa: E402
 from tests.support.postgres import running_postgres  # noqa: E402
 
-from hm_cloud.db import usage_rows  # noqa: E402
+from hm_cloud import rollups  # noqa: E402
+from hm_cloud.db import make_engine, usage_rows, workspaces  # noqa: E402
 from hm_cloud.ingest import COLUMNS, row_values  # noqa: E402
 from hm_proto.server import parse_row  # noqa: E402
 
@@ -157,10 +170,11 @@ def bare_bulk(engine: Engine, batches: list[Batch]) -> tuple[str, float]:
     return best
 
 
-def run_engine(label: str, db_url: str, workers: int, batches: list[Batch],
-               bodies: list[tuple[bool, bytes]], concurrency: int, tmp: Path) -> tuple[float, float, bool]:
+def run_round(label: str, db_url: str, workers: int, batches: list[Batch],
+              bodies: list[tuple[bool, bytes]], concurrency: int, tmp: Path) -> tuple[float, float, bool]:
+    """One round on a fresh database: (accepted rows/s over HTTP, bare rows/s, checks passed)."""
     unique_rows = len(batches) * PER_BATCH
-    with running_cloud(tmp / label, db_url=db_url, extra_args=("--workers", str(workers))) as cloud:
+    with running_cloud(tmp, db_url=db_url, extra_args=("--workers", str(workers))) as cloud:
         cloud.create_user("bench@example.com", "bench-password", "bench")
         paired = cloud.pair("bench@example.com", "bench-password", "bench", hostname="bench-host")
         headers = {"Authorization": f"Bearer {paired['token']}", "Content-Type": "application/json"}
@@ -181,9 +195,10 @@ def run_engine(label: str, db_url: str, workers: int, batches: list[Batch],
         wall = time.perf_counter() - t0
         for c in clients:
             c.close()
-    engine = create_engine(db_url)
+    engine = make_engine(db_url)  # the server's own settings (SQLite: WAL, synchronous=NORMAL)
     with engine.connect() as conn:
         stored = conn.execute(select(func.count()).select_from(usage_rows)).scalar_one()
+        drifted = sum(len(rollups.mismatches(conn, ws)) for ws in conn.execute(select(workspaces.c.id)).scalars())
     method, baseline = bare_bulk(engine, batches)
     engine.dispose()
 
@@ -192,15 +207,28 @@ def run_engine(label: str, db_url: str, workers: int, batches: list[Batch],
     replayed = sum(1 for r in results if r[0])
     latencies = [r[1] * 1000 for r in results]
     rows_per_s = accepted / wall
-    ok = stored == unique_rows == accepted and duplicates == replayed * PER_BATCH
-    print(f"{label}: {len(results)} batches ({replayed} replayed) x {PER_BATCH} rows, "
-          f"{workers} worker(s), {concurrency} uploaders")
-    print(f"  accepted {accepted:,}, duplicates {duplicates:,}, stored {stored:,}: "
-          f"{'OK' if ok else 'MISMATCH'}")
+    ok = stored == unique_rows == accepted and duplicates == replayed * PER_BATCH and drifted == 0
+    print(f"  {len(results)} batches ({replayed} replayed): accepted {accepted:,}, duplicates {duplicates:,}, "
+          f"stored {stored:,}, rollup rows differing from the rows {drifted}: {'OK' if ok else 'MISMATCH'}")
     print(f"  batch latency p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms")
     print(f"  over HTTP: {rows_per_s:,.0f} rows/s; bare {method}: {baseline:,.0f} rows/s; "
           f"x{rows_per_s / baseline:.2f}")
     return rows_per_s, baseline, ok
+
+
+def run_engine(label: str, new_db: Callable[[int], str], workers: int, batches: list[Batch],
+               bodies: list[tuple[bool, bytes]], concurrency: int, rounds: int, tmp: Path,
+               ) -> tuple[float, float, bool]:
+    """The best HTTP and the best bare figure over ``rounds`` fresh databases, and all checks."""
+    print(f"{label}: {len(bodies)} batches x {PER_BATCH} rows, {workers} worker(s), {concurrency} uploaders, "
+          f"{rounds} round(s)", flush=True)
+    best_http, best_bare, all_ok = 0.0, 0.0, True
+    for r in range(rounds):
+        http, bare, ok = run_round(label, new_db(r), workers, batches, bodies, concurrency, tmp / f"{label}-{r}")
+        best_http, best_bare, all_ok = max(best_http, http), max(best_bare, bare), all_ok and ok
+    print(f"  best of {rounds}: over HTTP {best_http:,.0f} rows/s; bare {best_bare:,.0f} rows/s; "
+          f"x{best_http / best_bare:.2f}")
+    return best_http, best_bare, all_ok
 
 
 def main() -> int:
@@ -208,7 +236,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=4, help="parallel uploaders (one token)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--sqlite-workers", type=int, default=1, help="server processes on SQLite")
+    parser.add_argument("--sqlite-workers", type=int, default=2, help="server processes on SQLite")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh databases per engine; the best counts")
     parser.add_argument("--only", choices=("PostgreSQL", "SQLite"), help="one engine (no headline line)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -219,18 +248,21 @@ def main() -> int:
         tmp = Path(tmp_name)
         if args.only != "SQLite":
             with running_postgres() as pg:
-                figures["PostgreSQL"] = run_engine("PostgreSQL", pg.create_database("bench_ingest"), 2,
-                                                   batches, bodies, args.concurrency, tmp)
+                figures["PostgreSQL"] = run_engine(
+                    "PostgreSQL", lambda r: pg.create_database(f"bench_ingest_{r}"), 2,
+                    batches, bodies, args.concurrency, args.rounds, tmp)
         if args.only != "PostgreSQL":
-            figures["SQLite"] = run_engine("SQLite", f"sqlite:///{tmp / 'cloud.sqlite'}", args.sqlite_workers,
-                                           batches, bodies, args.concurrency, tmp)
+            figures["SQLite"] = run_engine(
+                "SQLite", lambda r: f"sqlite:///{tmp / f'cloud-{r}.sqlite'}", args.sqlite_workers,
+                batches, bodies, args.concurrency, args.rounds, tmp)
     if args.only:
         return 0 if figures[args.only][2] else 1
     pg_speed, pg_base, pg_ok = figures["PostgreSQL"]
     lite_speed, lite_base, lite_ok = figures["SQLite"]
-    print(f"ingest over HTTP vs bare bulk insert into the same database: PostgreSQL (2 workers) "
+    print(f"ingest over HTTP with rollups vs bare bulk insert into the same database: PostgreSQL (2 workers) "
           f"{pg_speed:,.0f} vs {pg_base:,.0f} rows/s, x{pg_speed / pg_base:.2f}; "
-          f"SQLite {lite_speed:,.0f} vs {lite_base:,.0f} rows/s, x{lite_speed / lite_base:.2f}")
+          f"SQLite ({args.sqlite_workers} workers) {lite_speed:,.0f} vs {lite_base:,.0f} rows/s, "
+          f"x{lite_speed / lite_base:.2f}")
     return 0 if pg_ok and lite_ok else 1
 
 

@@ -25,7 +25,7 @@ QUICK = {
     "bench_capture.py": (["--events", "200", "--calls", "2"], True),
     "bench_dashboard.py": (["--rows", "5000", "--repeats", "2"], True),
     "bench_fleet.py": (["--machines", "20"], True),  # exit 1 on any lost or duplicated row
-    "bench_ingest.py": (["--rows", "2000"], True),
+    "bench_ingest.py": (["--rows", "2000", "--rounds", "1"], True),
     "bench_limits.py": (["--logins", "20", "--approvals", "30", "--account-logins", "15"], True),
     "bench_report.py": (["--rows", "3000", "--repeats", "1"], True),
     "bench_proxy.py": (["--requests", "40", "--warmup", "8", "--concurrency", "2", "--rounds", "1"], True),

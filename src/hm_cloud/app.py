@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -96,9 +97,25 @@ def create_app(engine: Engine, app_url: str) -> Starlette:
     return app
 
 
+SWITCH_INTERVAL_S = 0.001
+
+
+def tune_process() -> None:
+    """Per server process: hand the GIL over every 1 ms instead of Python's 5 ms.
+
+    The ingest's SQLite insert (``executemany``) lets go of the GIL once per row and
+    its commit once more; each time, a thread decoding another batch may hold the GIL
+    for a whole switch interval before the writer gets it back, and the writer holds
+    the database's only write lock meanwhile. At 5 ms that stretched a 15 ms insert
+    to 40 ms on the server (py-spy); at 1 ms the insert runs near its own speed.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
 def app_from_environment() -> Starlette:
     """The app of one ``serve --workers N`` process: the parent set up the schema and the env."""
     from .cli import ENV_APP_URL, ENV_DB
     from .db import make_engine
 
+    tune_process()
     return create_app(make_engine(os.environ[ENV_DB]), os.environ[ENV_APP_URL])

@@ -139,6 +139,9 @@ def serve(args: argparse.Namespace) -> int:
         f"database {_display_url(args.db)}{workers})"
     )
     if args.workers == 1:
+        from .app import tune_process
+
+        tune_process()
         app = create_app(engine, app_url)
         server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
         print(banner, flush=True)
