@@ -334,25 +334,12 @@ def test_a_budget_webhook_log_line_names_its_host_not_its_password(caplog: pytes
 def test_a_budget_webhook_answering_something_not_http_is_a_failed_post(monkeypatch: pytest.MonkeyPatch) -> None:
     # http.client's BadStatusLine is not an OSError: it escaped _post and ended the delivery
     # thread, so the e-mail of that alert and every later alert of the batch were never sent.
-    import socket
-    import threading
-
     from hm_cloud import budgets
+    from tests.support.receiver import not_http
 
     monkeypatch.setenv("HALTON_METER_CLOUD_WEBHOOK_ALLOW_PRIVATE", "1")
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def garbage() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
-
-    threading.Thread(target=garbage, daemon=True).start()
-    try:
-        assert budgets._post(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", {"text": "x"}) == 0
-    finally:
-        listener.close()
+    with not_http() as url:
+        assert budgets._post(url, {"text": "x"}) == 0
 
 
 def test_every_cloud_csv_export_never_hands_a_spreadsheet_a_formula(cloud: CloudServer, session: httpx.Client) -> None:

@@ -129,24 +129,11 @@ def test_a_webhook_url_with_a_password_is_logged_by_its_host_only() -> None:
 
 def test_a_webhook_answering_something_not_http_is_a_failed_post() -> None:
     # BadStatusLine escaped post_json: the retries and the other webhooks of the alert were skipped.
-    import socket
-    import threading
-
     from hm_agent.alerts import post_json
+    from tests.support.receiver import not_http
 
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def garbage() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
-
-    threading.Thread(target=garbage, daemon=True).start()
-    try:
-        assert post_json(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", {"text": "x"}) == 0
-    finally:
-        listener.close()
+    with not_http() as url:
+        assert post_json(url, {"text": "x"}) == 0
 
 
 def _fifo(path: Path) -> None:

@@ -337,6 +337,19 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``conn`` inside one BEGIN IMMEDIATE … COMMIT (ROLLBACK on any error)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the database to SCHEMA_VERSION, one step per transaction (safe to race).
 
@@ -345,8 +358,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     if MIGRATIONS and int(conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
         return
     for version, script in MIGRATIONS:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             found = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if found > SCHEMA_VERSION:
                 raise StoreError(
@@ -360,11 +372,6 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
     if not MIGRATIONS:
         conn.execute("PRAGMA user_version = 1")
 
@@ -427,16 +434,8 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """The connection inside one BEGIN IMMEDIATE … COMMIT (ROLLBACK on any error)."""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with self._lock, _immediate(self._conn) as conn:
+            yield conn
 
     def _write(self, sql: str, params: Iterable[Sequence[Any]]) -> int:
         with self._transaction() as conn:
@@ -481,23 +480,15 @@ class Store:
         rollups' trigger takes them out of the report sums too); ``keep_unsynced`` keeps rows
         the cloud has not acknowledged. Returns the rows deleted (0: none left to delete)."""
         unsynced = " AND synced_at IS NOT NULL" if keep_unsynced else ""
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [r[0] for r in conn.execute(
-                    f"SELECT id FROM requests WHERE day < ?{unsynced} LIMIT ?", (day, int(limit)))]
-                if ids:
-                    marks = ",".join("?" * len(ids))
-                    conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids)
-                    conn.execute(f"DELETE FROM sync_quarantine WHERE id IN ({marks})", ids)
-                    conn.execute(f"DELETE FROM request_bodies WHERE id IN ({marks})", ids)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return len(ids)
+        with self._transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM requests WHERE day < ?{unsynced} LIMIT ?", (day, int(limit)))]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                conn.execute(f"DELETE FROM requests WHERE id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM sync_quarantine WHERE id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM request_bodies WHERE id IN ({marks})", ids)
+        return len(ids)
 
     def insert_bodies(self, bodies: Sequence[tuple[str, bool, bytes]]) -> int:
         """(id, truncated, Fernet ciphertext) of captured bodies (hm_agent.bodies); duplicates ignored."""

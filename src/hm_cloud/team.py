@@ -158,19 +158,30 @@ def _email(conn: Connection, user_id: int) -> str:
     return str(conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar() or f"user {user_id}")
 
 
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise TeamError("Choose a role: owner, admin, member or viewer.")
+
+
+def _acting(conn: Connection, workspace_id: str, actor_id: int, action: str, refusal: str) -> str:
+    """Lock the workspace for the change and return the actor's role; PermissionError saying
+    ``refusal`` when they may not do ``action`` there."""
+    lock_row(conn, workspaces, workspace_id)
+    mine = _role_of(conn, workspace_id, actor_id)
+    if mine is None or not can(mine, action):
+        raise PermissionError(refusal)
+    return mine
+
+
 def change_role(
     engine: Engine, workspace_id: str, actor_id: int, actor: str, target_id: int, role: str,
     address: str | None, now: float,
 ) -> str:
     """Give ``target_id`` ``role``; returns their email. TeamError when the rules refuse."""
-    if role not in ROLES:
-        raise TeamError("Choose a role: owner, admin, member or viewer.")
+    _check_role(role)
     with write_transaction(engine) as conn:
-        lock_row(conn, workspaces, workspace_id)
-        mine = _role_of(conn, workspace_id, actor_id)
+        mine = _acting(conn, workspace_id, actor_id, "change_role", "Only owners and admins change roles.")
         theirs = _role_of(conn, workspace_id, target_id)
-        if mine is None or not can(mine, "change_role"):
-            raise PermissionError("Only owners and admins change roles.")
         if theirs is None:
             raise TeamError("That person is not a member of this workspace.")
         if (role == "owner" or theirs == "owner") and not can(mine, "make_owner"):
@@ -194,12 +205,10 @@ def remove_member(
 ) -> str:
     """Remove ``target_id`` (or leave, when it is the actor); returns their email."""
     with write_transaction(engine) as conn:
-        lock_row(conn, workspaces, workspace_id)
-        mine = _role_of(conn, workspace_id, actor_id)
-        theirs = _role_of(conn, workspace_id, target_id)
         leaving = actor_id == target_id
-        if mine is None or not (leaving or can(mine, "remove_member")):
-            raise PermissionError("Only owners and admins remove people.")
+        mine = _acting(conn, workspace_id, actor_id, "leave" if leaving else "remove_member",
+                       "Only owners and admins remove people.")
+        theirs = _role_of(conn, workspace_id, target_id)
         if theirs is None:
             raise TeamError("That person is not a member of this workspace.")
         if theirs == "owner" and not leaving and not can(mine, "make_owner"):
@@ -239,13 +248,9 @@ def create_invitation(
     token: str, address: str | None, now: float,
 ) -> str:
     """Store an invitation (the SHA-256 of ``token``); returns its id."""
-    if role not in ROLES:
-        raise TeamError("Choose a role: owner, admin, member or viewer.")
+    _check_role(role)
     with write_transaction(engine) as conn:
-        lock_row(conn, workspaces, workspace_id)
-        mine = _role_of(conn, workspace_id, actor_id)
-        if mine is None or not can(mine, "invite"):
-            raise PermissionError("Only owners and admins invite people.")
+        mine = _acting(conn, workspace_id, actor_id, "invite", "Only owners and admins invite people.")
         if role == "owner" and not can(mine, "make_owner"):
             raise PermissionError("Only an owner invites owners.")
         pending = conn.execute(

@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -95,3 +98,21 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def not_http(answer: bytes = b"SSH-2.0-OpenSSH_9.0\r\n\r\n") -> Iterator[str]:
+    """The URL of a listener that answers one request with ``answer`` (not HTTP: an SSH banner)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    threading.Thread(target=garbage, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    finally:
+        listener.close()
