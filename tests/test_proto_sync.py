@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hm_proto import (
+    MAX_IN_FLIGHT,
     RECONCILE_EVERY,
     RECONCILE_RETRY,
     BackoffPolicy,
@@ -222,6 +223,86 @@ def test_nothing_to_send_rests_and_a_full_backlog_or_sync_now_wakes_it() -> None
     assert s.next_action(2.1) == NeedRows(8)
     assert s.start_batch([], 2.2) == []  # same as nothing_to_send
     assert isinstance(s.next_action(2.2), Wait)
+
+
+# -- pipelining (max_in_flight > 1) ----------------------------------------------
+
+
+def test_a_streaming_backlog_keeps_up_to_max_in_flight_batches_out() -> None:
+    s = session(max_in_flight=2)
+    rows = make_rows(40)
+    first = send(s, rows[:8], 0.0)
+    assert s.next_action(0.0) == NeedRows(8)  # a full batch: the next may go before its answer
+    second = send(s, rows[8:16], 0.1)
+    assert isinstance(s.next_action(0.1), Idle) and s.in_flight_count == 2
+    with pytest.raises(LocalProtocolError, match="2 batch"):
+        s.start_batch(rows[16:24], 0.1)
+    assert s.in_flight is first.batch  # answers come back in the order sent
+    assert only(s.receive(ok(8), 0.2), BatchAccepted)
+    assert s.next_action(0.2) == NeedRows(8)
+    third = send(s, rows[16:19], 0.3)  # the last rows: nothing may follow it
+    assert isinstance(s.next_action(0.3), Idle)
+    assert only(s.receive(ok(8), 0.4), BatchAccepted)[0] == BatchAccepted(second.batch.batch_id,
+                                                                           second.batch.row_ids, 8, 0)
+    assert isinstance(s.next_action(0.4), Idle)
+    s.receive(ok(3), 0.5)
+    assert s.next_action(0.5) == Wait(0.5 + FLUSH_INTERVAL)
+    assert third.batch.row_ids == tuple(i for i, _ in rows[16:19])
+
+
+def test_nothing_past_the_batches_in_flight_rests_after_their_answers() -> None:
+    s = session(max_in_flight=2)
+    send(s, make_rows(8), 0.0)
+    s.nothing_to_send(0.1)  # the driver found no row past the ones in flight
+    assert isinstance(s.next_action(0.1), Idle)
+    s.receive(ok(8), 0.2)
+    assert s.next_action(0.2) == Wait(0.2 + FLUSH_INTERVAL)
+
+
+def test_a_failure_ends_the_stream_and_the_answers_still_out_only_ack() -> None:
+    s = session(max_in_flight=3)
+    rows = make_rows(24)
+    send(s, rows[:8], 0.0)
+    second = send(s, rows[8:16], 0.0)
+    third = send(s, rows[16:24], 0.0)
+    events = s.receive(error(503, "unavailable", (("Retry-After", "30"),)), 1.0)
+    assert only(events, BatchRetryScheduled)
+    assert isinstance(s.next_action(1.0), Idle)  # nothing new while answers are out
+    assert s.receive(ok(8), 1.1) == [BatchAccepted(second.batch.batch_id, second.batch.row_ids, 8, 0)]
+    assert s.receive(error(429, "rate_limited", (("Retry-After", "60"),)), 1.2) == []  # just unsynced
+    assert third.batch.row_ids[0] == rows[16][0]
+    status = s.snapshot()
+    assert status.consecutive_failures == 1 and not status.in_flight
+    assert s.next_action(1.2) == Wait(61.2)  # the later Retry-After holds too
+    s.sync_now(30.0)
+    assert s.next_action(30.0) == Wait(61.2)
+    assert s.next_action(61.2) == NeedRows(8)
+
+
+def test_an_ack_still_out_does_not_undo_a_split() -> None:
+    s = session(max_in_flight=2)
+    rows = make_rows(16)
+    send(s, rows[:8], 0.0)
+    send(s, rows[8:], 0.0)
+    assert only(s.receive(error(400), 1.0), BatchSplit)
+    assert only(s.receive(ok(8), 1.1), BatchAccepted)
+    assert s.next_action(1.1) == NeedRows(4)  # still bisecting the refused batch
+
+
+def test_a_401_with_batches_out_pauses_and_their_200s_still_count() -> None:
+    s = session(max_in_flight=2)
+    send(s, make_rows(8), 0.0)
+    second = send(s, make_rows(8, start=8), 0.0)
+    assert only(s.receive(error(401, "invalid_token"), 1.0), Paused)
+    assert s.state is SyncState.PAUSED
+    assert s.receive(ok(8), 1.1) == [BatchAccepted(second.batch.batch_id, second.batch.row_ids, 8, 0)]
+    assert isinstance(s.next_action(1.1), Idle)
+
+
+def test_max_in_flight_is_bounded() -> None:
+    for bad in (0, MAX_IN_FLIGHT + 1):
+        with pytest.raises(LocalProtocolError, match="max_in_flight"):
+            session(max_in_flight=bad)
 
 
 def test_receive_without_a_batch_in_flight_is_illegal() -> None:
@@ -653,12 +734,34 @@ ANSWERS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+def answer_for(step: tuple[object, ...], sent: SendBatch, server: SimServer) -> Response | TransportFailure:
+    """What the scripted ``step`` makes of a sent batch (crashes are the driver's)."""
+    kind = step[0]
+    if kind in ("ok", "crash_after_ack"):
+        answer = server.store(sent)
+        server.answered_200[sent.batch.batch_id] = frozenset(sent.batch.row_ids)
+        return answer
+    if kind == "transport_before":
+        return TransportFailure("connect", "refused")
+    if kind == "transport_after":
+        server.store(sent)
+        return TransportFailure("broken", "reset by peer")
+    if kind == "junk_200":
+        return Response(200, (), b"<html>captive portal</html>")
+    if kind == "429":
+        return error(429, "rate_limited", () if step[1] is None else (("Retry-After", str(step[1])),))
+    status = step[1]
+    assert isinstance(status, int)
+    return error(status)
+
+
+@settings(max_examples=400, deadline=None)
 @given(
     answers=st.lists(ANSWERS, max_size=60),
     arrivals=st.lists(st.integers(min_value=0, max_value=10), min_size=2, max_size=15),
     encoding=st.sampled_from([None, "gzip", "zstd"]),
     max_rows=st.integers(min_value=1, max_value=8),
+    max_in_flight=st.integers(min_value=1, max_value=3),
     seed=st.integers(min_value=0, max_value=2**32),
 )
 def test_random_answers_and_crashes_never_lose_or_falsely_ack_a_row(
@@ -666,8 +769,11 @@ def test_random_answers_and_crashes_never_lose_or_falsely_ack_a_row(
     arrivals: list[int],
     encoding: str | None,
     max_rows: int,
+    max_in_flight: int,
     seed: int,
 ) -> None:
+    """The driver keeps up to ``max_in_flight`` batches out, reading on past the rows in
+    flight, and feeds the answers back in the order it sent the batches."""
     entropy = entropy_from(seed)
     server = SimServer()
     store: Rows = []  # oldest first
@@ -676,6 +782,7 @@ def test_random_answers_and_crashes_never_lose_or_falsely_ack_a_row(
     reported: set[str] = set()
     pending_arrivals = list(arrivals)
     script = list(answers)
+    flights: list[SendBatch] = []  # sent, not answered yet: oldest first
 
     def fresh_session() -> SyncSession:
         # A restart: only the store (rows, synced, quarantined) and the token survive.
@@ -684,6 +791,7 @@ def test_random_answers_and_crashes_never_lose_or_falsely_ack_a_row(
             token=TOKEN,
             builder=BatchBuilder(encoding, max_rows=max_rows),  # type: ignore[arg-type]
             quarantined_rows=len(quarantined),
+            max_in_flight=max_in_flight,
         )
 
     s = fresh_session()
@@ -691,60 +799,59 @@ def test_random_answers_and_crashes_never_lose_or_falsely_ack_a_row(
     for _step in range(5_000):
         if pending_arrivals:
             store += make_rows(pending_arrivals.pop(0), start=len(store))
-        s.note_backlog(len([r for r in store if r[0] not in synced | quarantined]), now)
+        if not flights:
+            s.note_backlog(len([r for r in store if r[0] not in synced | quarantined]), now)
         action = s.next_action(now)
-        if isinstance(action, Idle):
-            assert s.state is SyncState.PAUSED and s.paused_reason == "paused_unauthorised"
-            s.configure(TOKEN)  # the user pairs again
+        if isinstance(action, NeedRows):
+            out = {row_id for sent in flights for row_id in sent.batch.row_ids}
+            rows = [r for r in store if r[0] not in synced | quarantined | out][: action.limit]
+            if not rows:
+                if not pending_arrivals and not flights:
+                    break
+                s.nothing_to_send(now)
+                continue
+            sends = only(s.start_batch(rows, now), SendBatch)
+            assert len(sends) == 1  # no row here is too large
+            sent = sends[0]
+            assert isinstance(sent, SendBatch)
+            assert len(sent.batch) <= max_rows
+            assert not set(sent.batch.row_ids) & out  # never a row that is already out
+            flights.append(sent)
+            assert len(flights) == s.in_flight_count <= max_in_flight
+            event_seen(f"{len(flights)} in flight")
             continue
-        if isinstance(action, Wait):
-            assert action.until >= now
+        if not flights:
+            if isinstance(action, Idle):
+                assert s.state is SyncState.PAUSED and s.paused_reason == "paused_unauthorised"
+                s.configure(TOKEN)  # the user pairs again
+                continue
+            assert isinstance(action, Wait) and action.until >= now
             now = action.until
             continue
-        rows = [r for r in store if r[0] not in synced | quarantined][: action.limit]
-        if not rows:
-            if not pending_arrivals:
-                break
-            s.nothing_to_send(now)
-            continue
-        events = s.start_batch(rows, now)
-        sends = only(events, SendBatch)
-        assert len(sends) == 1  # no row here is too large
-        sent = sends[0]
-        assert isinstance(sent, SendBatch)
-        assert len(sent.batch) <= max_rows
+        # The oldest batch's answer comes in.
+        sent = flights.pop(0)
+        assert s.in_flight is sent.batch
         step = script.pop(0) if script else ("ok",)
         kind = step[0]
-        answer: Response | TransportFailure
         event_seen(f"answer {kind} {step[1] if kind == 'status' else ''}".strip())
         if kind == "crash_in_flight":
             if step[1]:
                 server.store(sent)
+            flights.clear()
             s = fresh_session()
             continue
-        if kind in ("ok", "crash_after_ack"):
-            answer = server.store(sent)
-            server.answered_200[sent.batch.batch_id] = frozenset(sent.batch.row_ids)
-        elif kind == "transport_before":
-            answer = TransportFailure("connect", "refused")
-        elif kind == "transport_after":
-            server.store(sent)
-            answer = TransportFailure("broken", "reset by peer")
-        elif kind == "junk_200":
-            answer = Response(200, (), b"<html>captive portal</html>")
-        elif kind == "429":
-            headers = () if step[1] is None else (("Retry-After", str(step[1])),)
-            answer = error(429, "rate_limited", headers)
-        else:
-            status = step[1]
-            assert isinstance(status, int)
-            answer = error(status)
+        answer = answer_for(step, sent, server)
         before = now
-        for event in s.receive(answer, now):
+        events = s.receive(answer, now)
+        if flights and not only(events, BatchAccepted):
+            event_seen("an answer that is not an ack, with batches still in flight")
+        for event in events:
             if isinstance(event, BatchAccepted):
                 # never an ack without a 200 for exactly this batch
                 assert server.answered_200.get(event.batch_id) == frozenset(event.row_ids)
+                assert event.batch_id == sent.batch.batch_id
                 if kind == "crash_after_ack":
+                    flights.clear()
                     s = fresh_session()  # died before the store commit
                     break
                 synced |= set(event.row_ids)
@@ -762,6 +869,7 @@ def test_random_answers_and_crashes_never_lose_or_falsely_ack_a_row(
 
     event_seen(f"rows {min(len(store) // 10 * 10, 40)}+")
     everything = {row_id for row_id, _ in store}
+    assert not flights
     assert synced | quarantined == everything  # nothing lost
     assert not synced & quarantined
     assert quarantined == reported  # every quarantined row was reported

@@ -94,6 +94,7 @@ from ._rows import (
     tag_problem,
 )
 from ._sync import (
+    MAX_IN_FLIGHT,
     PAUSED_BY_USER,
     PAUSED_REASONS,
     PAUSED_UNAUTHORISED,
@@ -183,6 +184,7 @@ __all__ = [
     "tag_problem",
     "new_batch_id",
     # the sync session (docs/sync.md)
+    "MAX_IN_FLIGHT",
     "PAUSED_BY_USER",
     "PAUSED_REASONS",
     "PAUSED_UNAUTHORISED",

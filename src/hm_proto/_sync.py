@@ -26,6 +26,14 @@ Ack-then-commit: rows become synced in the store only when the driver sees
 crash between send and ack re-sends the rows; the server de-duplicates by
 row id, so nothing is lost and nothing is stored twice. The session keeps no
 rows of its own: a retry, split or bisection re-reads the oldest unsynced rows.
+
+Pipelining (``max_in_flight`` > 1): while a backlog streams (every batch so
+far full and acknowledged), ``next_action`` asks for the next rows before the
+batch in flight is answered; the driver reads on past the rows in flight and
+feeds the answers back in the order it sent the batches. The first answer that
+is not an ack ends the stream: it decides (backoff, split, pause) as with one
+batch in flight, and the answers still out only ack or not — a 200 marks its
+rows, anything else leaves them unsynced to be read again.
 """
 
 from __future__ import annotations
@@ -304,6 +312,10 @@ class _InFlight:
     more_waiting: bool  # the store held rows beyond this batch when it was built
 
 
+#: The most batches a session lets be in flight at once (``max_in_flight``).
+MAX_IN_FLIGHT = 4
+
+
 def _batch_counts(answer: Response) -> tuple[int, int] | None:
     """``(accepted, duplicates)`` from a 200 body, or None if it is not one."""
     try:
@@ -323,7 +335,10 @@ def _is_count(value: object) -> TypeGuard[int]:
 
 
 class SyncSession:
-    """Decides when to upload and interprets every answer. One request at a time."""
+    """Decides when to upload and interprets every answer.
+
+    One request at a time unless ``max_in_flight`` > 1 (see Pipelining above).
+    """
 
     def __init__(
         self,
@@ -340,15 +355,20 @@ class SyncSession:
         quarantined_rows: int = 0,
         reconcile_every: float = RECONCILE_EVERY,
         reconcile_days: int = DEFAULT_DAYS,
+        max_in_flight: int = 1,
     ) -> None:
         """Restore from what the driver stored: a token, a pause, the counters.
 
         Times are on the caller's monotonic clock (convert stored wall times
         by their age). Without ``last_reconcile_at`` the first reconcile is
-        due at once.
+        due at once. ``max_in_flight`` (1 to ``MAX_IN_FLIGHT``): how many
+        batches may be on the wire at once while a backlog streams.
         """
         if paused_reason is not None and paused_reason not in PAUSED_REASONS:
             raise LocalProtocolError(f"paused_reason must be one of {PAUSED_REASONS}")
+        if not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+            raise LocalProtocolError(f"max_in_flight must be 1 to {MAX_IN_FLIGHT}")
+        self._max_in_flight = max_in_flight
         self._entropy = entropy
         self._builder = builder if builder is not None else BatchBuilder()
         self._backoff = backoff if backoff is not None else BackoffPolicy()
@@ -359,7 +379,10 @@ class SyncSession:
         self._phase = _Phase.READY
         self._wake_at: float | None = None
         self._retry_floor: float | None = None  # Retry-After: no attempt before this
-        self._in_flight: _InFlight | None = None
+        # Oldest first; answers are received in this order.
+        self._flights: deque[_InFlight] = deque()
+        # An answer of this stream was not an ack: the ones still out only ack or not.
+        self._draining = False
         self._row_ceiling = self._builder.max_rows  # lowered for good by a 413
         self._row_limit = self._row_ceiling  # lowered while bisecting
         self._consecutive_failures = 0
@@ -424,7 +447,21 @@ class SyncSession:
 
     @property
     def in_flight(self) -> Batch | None:
-        return self._in_flight.batch if self._in_flight is not None else None
+        """The oldest batch in flight: the one the next receive() is about."""
+        return self._flights[0].batch if self._flights else None
+
+    @property
+    def in_flight_count(self) -> int:
+        return len(self._flights)
+
+    def _can_stream(self) -> bool:
+        """Another batch may go out before the ones in flight are answered."""
+        return (
+            self._phase is _F
+            and not self._draining
+            and len(self._flights) < self._max_in_flight
+            and self._flights[-1].more_waiting
+        )
 
     # -- user commands -----------------------------------------------------------
 
@@ -560,8 +597,10 @@ class SyncSession:
     # -- the upload loop ---------------------------------------------------------
 
     def next_action(self, now: float) -> Action:
-        if self._in_flight is not None or self._state not in _RUNNING:
+        if self._state not in _RUNNING:
             return Idle()
+        if self._flights:
+            return NeedRows(self._row_limit) if self._can_stream() else Idle()
         self._tick(now)
         if self._phase is _R:
             return NeedRows(self._row_limit)
@@ -570,21 +609,32 @@ class SyncSession:
 
     def next_deadline(self) -> float | None:
         """When next_action() may change on its own; None: only on an input."""
-        if self._in_flight is not None or self._state not in _RUNNING:
+        if self._flights or self._state not in _RUNNING:
             return None
         return self._wake_at if self._phase in (_B, _S) else None
 
     def _require_sendable(self, now: float) -> None:
         if self._state not in _RUNNING:
             raise LocalProtocolError(f"cannot send while {self._state.value}")
+        if self._flights:
+            if not self._can_stream():
+                raise LocalProtocolError(
+                    f"not ready to send: {len(self._flights)} batch(es) in flight"
+                    + (" (one request at a time)" if self._max_in_flight == 1 else "")
+                )
+            return
         self._tick(now)
         if self._phase is not _R:
             reason = "one request at a time" if self._phase is _F else f"wait until {self._wake_at}"
             raise LocalProtocolError(f"not ready to send ({self._phase.value}): {reason}")
 
     def nothing_to_send(self, now: float) -> None:
-        """The store has no unsynced row: rest for the flush interval."""
+        """The store has no unsynced row (beyond those in flight): rest for the flush interval
+        (after the answers, when batches are in flight)."""
         self._require_sendable(now)
+        if self._flights:
+            self._flights[-1].more_waiting = False  # its answer rests the loop
+            return
         self._step(_Step.NOTHING)
         self._wake_at = now + self._flush_interval
 
@@ -615,16 +665,19 @@ class SyncSession:
         assert self._token is not None
         batch = self._builder.build_one(rows[start:end], self._entropy)
         more = len(rows) >= self._row_limit or end < len(rows)
-        self._in_flight = _InFlight(batch, more)
-        self._step(_Step.SEND)
+        if not self._flights:
+            self._step(_Step.SEND)
+        self._flights.append(_InFlight(batch, more))
         events.append(SendBatch(batch, batch.to_request(self._token)))
         return events
 
     def receive(self, answer: Response | TransportFailure, now: float) -> list[SyncEvent]:
-        """The answer to the batch in flight (or the failure to get one)."""
-        if self._in_flight is None:
+        """The answer to the oldest batch in flight (or the failure to get one)."""
+        if not self._flights:
             raise LocalProtocolError("receive() without a batch in flight")
-        flight, self._in_flight = self._in_flight, None
+        flight = self._flights.popleft()
+        if self._draining:
+            return self._drained(flight, answer, now)
         batch = flight.batch
         events: list[SyncEvent] = []
         if isinstance(answer, TransportFailure):
@@ -668,6 +721,31 @@ class SyncSession:
             # 3xx, 403, 404, 409, 415, ...: not the rows' fault but ours or the
             # deployment's (wrong base URL, proxy). Keep the rows, back off, report.
             self._retry(batch, describe(answer), None, now, events)
+        if self._flights and not any(isinstance(e, BatchAccepted) for e in events):
+            self._draining = True  # the stream ends here; the answers still out only ack
+        self._evaluate_health(now, events)
+        return events
+
+    def _drained(
+        self, flight: _InFlight, answer: Response | TransportFailure, now: float
+    ) -> list[SyncEvent]:
+        """An answer still out when an earlier one ended the stream: a 200 acks its rows;
+        anything else leaves them unsynced, read again when the loop goes on (a
+        ``Retry-After`` still holds the next attempt back)."""
+        if not self._flights:
+            self._draining = False
+        events: list[SyncEvent] = []
+        counts = _batch_counts(answer) if isinstance(answer, Response) and answer.status == 200 else None
+        if counts is not None:
+            self._last_sync_at = now
+            self._count_acked(len(flight.batch.row_ids), now)
+            events.append(BatchAccepted(flight.batch.batch_id, flight.batch.row_ids, *counts))
+        else:
+            delay = retry_after(answer)
+            if delay is not None and self._phase is _B:
+                floor = now + delay
+                self._retry_floor = max(floor, self._retry_floor or floor)
+                self._wake_at = max(floor, self._wake_at or floor)
         self._evaluate_health(now, events)
         return events
 
@@ -683,15 +761,20 @@ class SyncSession:
         self._last_error = None
         self._last_sync_at = now
         self._row_limit = min(self._row_ceiling, self._row_limit * 2)
-        if self._unsynced_rows is not None:
-            self._unsynced_rows = max(0, self._unsynced_rows - len(batch.row_ids))
-            self._sample(now, self._unsynced_rows)
-        if flight.more_waiting:
+        self._count_acked(len(batch.row_ids), now)
+        if self._flights:
+            pass  # still in flight: the last answer moves the loop on
+        elif flight.more_waiting:
             self._step(_Step.MORE)
         else:
             self._step(_Step.DRAINED)
             self._wake_at = now + self._flush_interval
         events.append(BatchAccepted(batch.batch_id, batch.row_ids, counts[0], counts[1]))
+
+    def _count_acked(self, rows: int, now: float) -> None:
+        if self._unsynced_rows is not None:
+            self._unsynced_rows = max(0, self._unsynced_rows - rows)
+            self._sample(now, self._unsynced_rows)
 
     def _retry(
         self,
@@ -774,5 +857,5 @@ class SyncSession:
             consecutive_failures=self._consecutive_failures,
             next_attempt_at=self.next_deadline(),
             quarantined_rows=self._quarantined_rows,
-            in_flight=self._in_flight is not None,
+            in_flight=bool(self._flights),
         )
