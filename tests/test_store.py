@@ -188,6 +188,24 @@ def test_a_database_from_a_newer_release_is_refused_with_the_fix(tmp_path: Path)
         Store(db)
 
 
+def test_mark_synced_by_rowid_checks_each_rows_id(store: Store) -> None:
+    store.insert_rows([row(i) for i in range(1, 1101)])
+    rows, rowids, _ = store.fetch_unsynced_rows(1000, None)
+    ids = [r[0] for r in rows]
+    assert store.mark_synced(ids, "2026-11-24T11:00:00.000Z", rowids) == 1000  # 3 statements of 400 ids
+    left = {r[0] for r in store.fetch_unsynced(1000)}
+    assert left == {row(i).id for i in range(1, 1101)} - set(ids)
+    rows, rowids, _ = store.fetch_unsynced_rows(2, None)
+    other = sorted(left - {r[0] for r in rows})[0]
+    store._write("DELETE FROM requests WHERE id = ?", [(rows[0][0],)])  # retention deleted it meanwhile
+    with store._transaction() as conn:  # another row now holds the first rowid
+        conn.execute("UPDATE requests SET rowid = ? WHERE id = ?", (rowids[0], other))
+    assert store.mark_synced([r[0] for r in rows], "2026-11-24T11:00:00.000Z", rowids) == 1
+    assert other in {r[0] for r in store.fetch_unsynced(1000)}  # not marked by a stale rowid
+    with pytest.raises(ValueError, match="one rowid per id"):
+        store.mark_synced([row(1).id], "2026-11-24T11:00:00.000Z", [])
+
+
 def test_fetch_unsynced_after_reads_on_past_the_rows_in_flight(store: Store) -> None:
     store.insert_rows([row(i) for i in range(1, 8)])
     first, cursor = store.fetch_unsynced_after(3, None)

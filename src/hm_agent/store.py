@@ -441,17 +441,34 @@ class Store:
         with self._transaction() as conn:
             return int(conn.executemany(sql, params).rowcount)
 
-    def mark_synced(self, ids: Sequence[str], at: str) -> int:
-        """Record that the cloud acknowledged these rows (call only after the 200)."""
-        # One statement per 500 ids (an IN list), not one per id: about half the time
+    def mark_synced(self, ids: Sequence[str], at: str, rowids: Sequence[int] | None = None) -> int:
+        """Record that the cloud acknowledged these rows (call only after the 200).
+
+        ``rowids`` (the rows' rowids as ``fetch_unsynced_rows`` read them, in the order of
+        ``ids``) finds the rows by rowid, each still checked against its id: about half
+        the time of the id index for a 1,000-row batch. A rowid whose row is gone or now
+        holds another id (deleted meanwhile) changes nothing."""
+        # One statement per 400-500 ids (an IN list), not one per id: about half the time
         # for a 1,000-row batch, which the cloud worker marks between uploads.
-        chunks = [list(ids[i:i + _IN_CHUNK]) for i in range(0, len(ids), _IN_CHUNK)]
+        step = _IN_CHUNK if rowids is None else _IN_CHUNK * 4 // 5  # two lists per statement
+        chunks = [list(ids[i:i + step]) for i in range(0, len(ids), step)]
         with self._transaction() as conn:
-            return sum(
-                conn.execute(f"UPDATE requests SET synced_at = ? WHERE id IN ({','.join('?' * len(chunk))})",
-                             (at, *chunk)).rowcount
-                for chunk in chunks
-            )
+            if rowids is None:
+                return sum(
+                    conn.execute(f"UPDATE requests SET synced_at = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                                 (at, *chunk)).rowcount
+                    for chunk in chunks
+                )
+            if len(rowids) != len(ids):
+                raise ValueError("mark_synced: one rowid per id")
+            changed = 0
+            for n, chunk in enumerate(chunks):
+                marks = ",".join("?" * len(chunk))
+                # +id: check the id on the row found by rowid, not through the id index.
+                changed += conn.execute(
+                    f"UPDATE requests SET synced_at = ? WHERE rowid IN ({marks}) AND +id IN ({marks})",
+                    (at, *rowids[n * step:n * step + len(chunk)], *chunk)).rowcount
+            return changed
 
     def quarantine_rows(self, ids: Sequence[str], status: int | None, detail: str) -> int:
         """Rows the backend refused for good (400/422): never sent again, always reported."""
@@ -605,18 +622,24 @@ class Store:
         already handed out (in flight, so not marked yet), read on from there by the
         unsynced index; also returns the new ``(ts, id)`` to go on from. A row written
         later with an older ts is found once the caller starts over (``after`` None)."""
+        rows, _, cursor = self.fetch_unsynced_rows(limit, after)
+        return rows, cursor
+
+    def fetch_unsynced_rows(self, limit: int, after: tuple[str, str] | None
+                            ) -> tuple[list[tuple[str, bytes]], list[int], tuple[str, str] | None]:
+        """fetch_unsynced_after, plus the rows' rowids (for ``mark_synced(..., rowids=)``)."""
         keyset, params = "", list[str | int]([int(limit)])
         if after is not None:
             keyset = " AND ts >= ? AND (ts > ? OR id > ?)"
             params = [after[0], after[0], after[1], int(limit)]
         rows = self._query(
-            "SELECT id, row_json, ts FROM requests WHERE synced_at IS NULL" + keyset +
+            "SELECT id, row_json, ts, rowid FROM requests WHERE synced_at IS NULL" + keyset +
             " AND NOT EXISTS (SELECT 1 FROM sync_quarantine q WHERE q.id = requests.id)"
             " ORDER BY ts, id LIMIT ?",
             params,
         )
         cursor = (str(rows[-1][2]), str(rows[-1][0])) if rows else after
-        return [(r[0], bytes(r[1])) for r in rows], cursor
+        return [(r[0], bytes(r[1])) for r in rows], [int(r[3]) for r in rows], cursor
 
     def count_unsynced(self) -> int:
         """Rows waiting for upload (quarantined rows are not waiting: they are reported)."""
