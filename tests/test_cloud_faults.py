@@ -8,6 +8,8 @@ then seeds rows straight into the daemon's store and breaks the link:
 - the backend down for a while: rows queue, DEGRADED with last_error, then all arrive;
 - 429 with Retry-After: no retry before Retry-After, not even for `cloud sync`;
 - 502/503s: retried with backoff (Retry-After as a floor), then accepted;
+- a backlog streams two batches at a time; a 503 and a 400 mid-stream lose,
+  duplicate and quarantine nothing;
 - a slow backend beyond the client timeout: timeout, retry, no duplicate stored;
 - kill -9 of the daemon 20 times over a 10,000-row backlog: the backend holds
   exactly the 10,000 rows (0 lost, 0 stored twice) and every local row is synced.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import sqlite3
 import time
@@ -214,6 +217,41 @@ def test_503s_are_retried_with_backoff_then_succeed(tmp_path: Path) -> None:
         assert r.proxy.batch_totals() == (300, 0)
         after = cloud_status(r.daemon)
         assert (after["state"], after["consecutive_failures"], after["last_error"]) == ("ACTIVE", 0, None)
+
+
+# -- (c2) a backlog streams two batches at a time; failures mid-stream ------------------------
+
+
+def most_at_once(seen: list[Any]) -> int:
+    """The most requests the proxy had open at one moment."""
+    marks = sorted([(s.started, 1) for s in seen] + [(s.ended or math.inf, -1) for s in seen],
+                   key=lambda m: (m[0], m[1]))
+    at_once = best = 0
+    for _, step in marks:
+        at_once += step
+        best = max(best, at_once)
+    return best
+
+
+def test_a_streamed_backlog_keeps_two_batches_out_and_failures_mid_stream_lose_nothing(tmp_path: Path) -> None:
+    with rig(tmp_path) as r:
+        assert r.daemon.cli("cloud", "pause").returncode == 0
+        ids = seed_rows(r.daemon.db_path, 8_000)
+        r.proxy.hold(0.3)  # each answer 0.3 s late: the next batch goes out before it comes
+        assert r.daemon.cli("cloud", "resume").returncode == 0
+        r.proxy.wait_for(lambda: r.proxy.count(status=200) >= 2, 60, "two accepted batches")
+        r.proxy.fail_next(1, 503)  # a batch refused while the one after it is on the wire
+        r.proxy.wait_for(lambda: r.proxy.count(status=200) >= 5, 60, "the stream going on after the 503")
+        r.proxy.fail_next(1, 400)  # refused whole: bisected, never undone by the ack still out
+        wait_until(lambda: drained(r), 120, "the backlog to drain")
+        seen = r.proxy.seen()
+        statuses = [s.status for s in seen]
+        assert statuses.count(503) == statuses.count(400) == 1, statuses
+        assert most_at_once(seen) == 2, [(s.started, s.ended) for s in seen]  # never more than 2
+        assert_all_arrived(r, ids)
+        assert r.proxy.batch_totals() == (8_000, 0)  # each row stored once, none sent twice
+        after = cloud_status(r.daemon)
+        assert (after["quarantined_rows"], after["consecutive_failures"]) == (0, 0)
 
 
 # -- (d) a slow backend: client timeouts ----------------------------------------------------

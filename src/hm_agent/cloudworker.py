@@ -13,8 +13,12 @@ stored times are wall-clock ISO strings, converted by their age.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +27,7 @@ from typing import Any
 import anyio
 
 from hm_proto import (
+    MAX_IN_FLIGHT,
     PAUSED_BY_USER,
     PAUSED_REASONS,
     BatchAccepted,
@@ -35,10 +40,13 @@ from hm_proto import (
     Paused,
     ProtocolError,
     ReconcileResult,
+    Response,
     SendBatch,
+    StateChanged,
     SyncEvent,
     SyncSession,
     SyncState,
+    TransportFailure,
     Wait,
 )
 from hm_proto_client import AsyncCloudClient
@@ -55,10 +63,35 @@ from .cloudlink import (
 )
 from .cloudservice import SERVICE, CloudContext, cloud_client
 from .config import Config
+from .store import Store
 
 log = logging.getLogger("hm_agent.cloud")
 
-BACKLOG_REFRESH = 5.0  # how often an idle worker re-counts unsynced rows
+BACKLOG_REFRESH = 5.0  # how often an idle worker (or a long stream) re-counts unsynced rows
+
+
+def _pipeline_depth(value: str | None, default: int = 2) -> int:
+    """Batches on the wire at once while a backlog streams, one connection each:
+    HALTON_METER_SYNC_PIPELINE (1 to MAX_IN_FLIGHT; anything else: the default)."""
+    try:
+        depth = int(value or default)
+    except ValueError:
+        return default
+    return depth if 1 <= depth <= MAX_IN_FLIGHT else default
+
+
+PIPELINE = _pipeline_depth(os.environ.get("HALTON_METER_SYNC_PIPELINE"))
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A batch on the wire: its lane (connection), then its answer and what the session made of it."""
+
+    send: SendBatch
+    lane: AsyncCloudClient
+    answer: Response | TransportFailure | None = None
+    events: list[SyncEvent] | None = None
+    received: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass
@@ -93,6 +126,7 @@ class CloudWorker:
         self._reload = False
         self._waiters: list[SyncWaiter] = []
         self._last_reconcile: dict[str, Any] | None = None
+        self._rowids: dict[str, int] = {}  # rows read for the batches in flight: id -> rowid
 
     # -- supervisor protocol --------------------------------------------------------
 
@@ -179,6 +213,7 @@ class CloudWorker:
             last_error=state.get("last_error"),
             last_reconcile_at=monotonic_from_iso(state.get("last_reconcile_at"), now_mono, now_wall),
             quarantined_rows=quarantined,
+            max_in_flight=PIPELINE,
         )
 
     async def _run(self, ctx: CloudContext) -> None:
@@ -189,30 +224,35 @@ class CloudWorker:
                 await self._sleep(BACKLOG_REFRESH * 6)
                 continue
             assert self.base_url is not None
-            async with cloud_client(ctx.config, self.base_url) as client:
+            async with AsyncExitStack() as stack:
+                lanes = [await stack.enter_async_context(cloud_client(ctx.config, self.base_url))
+                         for _ in range(PIPELINE)]  # each connects on its first request
                 while not self._reload:
-                    await self._turn(ctx, client, self.session)
+                    await self._turn(ctx, lanes, self.session)
 
     async def _sleep(self, seconds: float) -> None:
         with anyio.move_on_after(max(0.0, seconds)):
             await self._poke.wait()
         self._poke = anyio.Event()
 
-    async def _turn(self, ctx: CloudContext, client: AsyncCloudClient, session: SyncSession) -> None:
+    async def _turn(self, ctx: CloudContext, lanes: Sequence[AsyncCloudClient], session: SyncSession) -> None:
         store = ctx.store
         now = time.monotonic()
         if session.reconcile_due(now):
-            await self._reconcile(ctx, client, session, now)
+            await self._reconcile(ctx, lanes[0], session, now)
         backlog = await anyio.to_thread.run_sync(store.count_unsynced)
         session.note_backlog(backlog, now)
         action = session.next_action(now)
         if isinstance(action, NeedRows):
-            rows, cursor = await anyio.to_thread.run_sync(store.fetch_unsynced_after, action.limit, None)
+            rows, cursor = await self._read(store, action.limit, None)
             if not rows:
                 session.nothing_to_send(now)
                 self._finish_waiters()
                 return
-            await self._upload(ctx, client, session, rows, cursor)
+            try:
+                await self._upload(ctx, lanes, session, rows, cursor)
+            finally:
+                self._rowids.clear()
             return
         if self._waiters and session.state not in (SyncState.ACTIVE, SyncState.DEGRADED):
             self._finish_waiters(session.snapshot().last_error or f"sync is {session.state.value}")
@@ -221,71 +261,105 @@ class CloudWorker:
         else:
             await self._sleep(BACKLOG_REFRESH)
 
-    async def _upload(self, ctx: Any, client: AsyncCloudClient, session: SyncSession,
+    async def _upload(self, ctx: Any, lanes: Sequence[AsyncCloudClient], session: SyncSession,
                       rows: list[tuple[str, bytes]], cursor: tuple[str, str] | None) -> None:
-        """Batches back to back on the one kept-alive connection, pipelined: while batch N
-        is on the wire, the rows of N+1 are read on from the unsynced index (past N's, not
-        marked yet) and batch N-1 is marked synced. Still ack-then-commit: a batch is marked
-        only after its 200, and a crash before that re-sends it (row ids make that
-        idempotent). Anything but an accepted batch ends the run: the next turn starts over
-        from the store, as does the end of the backlog (rows written since with an older ts)."""
+        """A backlog streamed with up to ``PIPELINE`` batches on the wire, each on its own
+        kept-alive connection (``lanes``): as soon as batch N is answered, the rows of the
+        next one are read on from the unsynced index past the rows still in flight (never
+        a rescan) and sent, and only then is N marked synced — so the backend always has
+        a batch to work on while the daemon reads, compresses and marks. Still
+        ack-then-commit: a batch is marked only after its own 200, and a crash before
+        that re-sends it (row ids make that idempotent). Anything but an accepted batch
+        ends the stream (the answers still out only ack: hm_proto's SyncSession), and the
+        next turn starts over from the store, as does the end of the backlog (rows
+        written since with an older ts)."""
         store = ctx.store
-        accepted: list[SyncEvent] = []  # the previous batch's: marked while the next one is sent
+        free = list(lanes)
+        flights: deque[_Flight] = deque()  # sent, in order; the session reads answers in this order
+        stop = False
 
-        async def mark(done: list[SyncEvent]) -> None:
-            for event in done:
-                await self._handle(ctx, event)
+        def answered(flight: _Flight, answer: Response | TransportFailure) -> None:
+            # The session reads each answer as soon as it and those before it are in,
+            # so status never shows a finished batch in flight.
+            flight.answer = answer
+            for done in flights:
+                if done.events is None:
+                    if done.answer is None:
+                        break
+                    done.events = session.receive(done.answer, time.monotonic())
+                    done.received.set()
 
-        async def read_ahead(limit: int, after: tuple[str, str] | None, into: dict[str, Any]) -> None:
-            into["rows"], into["cursor"] = await anyio.to_thread.run_sync(store.fetch_unsynced_after, limit, after)
-            into["backlog"] = await anyio.to_thread.run_sync(store.count_unsynced)
+        async def fly(flight: _Flight) -> None:
+            answered(flight, await flight.lane.send(flight.send.request))
 
-        first = True
-        while rows:
-            send: SendBatch | None = None
-            for event in session.start_batch(rows, time.monotonic()):
-                if isinstance(event, SendBatch):
-                    send = event
-                else:
-                    await self._handle(ctx, event)  # a row too large to ever send: quarantined
-            ahead: dict[str, Any] = {"rows": [], "cursor": None, "backlog": 0}
-            answered: list[SyncEvent] | None = None
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(mark, accepted)
-                if send is not None:
-                    if not first:
-                        # The rows of the batch after this one; never more than this one had, so
-                        # none is dropped (the row limit only grows while batches are accepted).
-                        # Not during a turn's first batch: a single batch goes out as it did
-                        # unpipelined (and a backend on the same cores keeps them to itself).
-                        tg.start_soon(read_ahead, len(rows), cursor, ahead)
-                    answer = await client.send(send.request)
-                    answered = session.receive(answer, time.monotonic())  # not in flight from here
-            read, first = not first, False
-            accepted = []
-            if send is None or answered is None:
-                return  # every row was refused locally: the next turn reads more
-            now = time.monotonic()
-            accepted = [e for e in answered if isinstance(e, BatchAccepted)]
-            for event in answered:
-                if not isinstance(event, BatchAccepted):
+        counted = time.monotonic()
+        handle: list[SyncEvent] = []
+        async with anyio.create_task_group() as tg:
+            while True:
+                # Fill the pipeline while the session lets more batches go out.
+                while not stop and free and not self._reload:
+                    now = time.monotonic()
+                    action = session.next_action(now)
+                    if not isinstance(action, NeedRows):
+                        break
+                    if len(rows) < action.limit:  # read on past the rows in flight (and left over)
+                        more, cursor = await self._read(store, action.limit - len(rows), cursor)
+                        rows += more
+                        if not rows:
+                            if not flights:
+                                stop = True  # end of the backlog: the next turn starts over
+                                break
+                            if isinstance(session.next_action(now), NeedRows):
+                                session.nothing_to_send(now)  # nothing past the rows in flight
+                            continue
+                        now = time.monotonic()
+                        if not isinstance(session.next_action(now), NeedRows):
+                            continue  # an answer came in meanwhile and ended the stream, or a pause
+                    send: SendBatch | None = None
+                    used = 0
+                    for event in session.start_batch(rows, now):
+                        if isinstance(event, SendBatch):
+                            send = event
+                            used += len(event.batch)
+                        elif isinstance(event, BatchQuarantined):
+                            await self._handle(ctx, event)  # a row too large to ever send
+                            used += len(event.row_ids)
+                    rows = rows[used:]  # what did not fit (4 MiB) goes in the next batch
+                    if send is not None:
+                        flight = _Flight(send, free.pop())
+                        flights.append(flight)
+                        tg.start_soon(fly, flight)
+                # The last answer's events, after the next batch went out: BatchAccepted
+                # marks its rows synced here, and only here, while the wire stays busy.
+                for event in handle:
                     await self._handle(ctx, event)
-            if not accepted or len(accepted) != len(answered):
-                break  # split, retry, pause, quarantine: the next turn starts over from the store
-            if self._waiters and session.state in (SyncState.ACTIVE, SyncState.DEGRADED):
-                # A `cloud sync` is waiting: look for more rows now, not after
-                # the flush rest (a `cloud sync` that uploaded rows took 5 s longer).
-                session.sync_now(now)
-            if not read:  # a turn's first batch: its rows marked while the next ones are read
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(mark, accepted)
-                    tg.start_soon(read_ahead, len(rows), cursor, ahead)
-                accepted = []
-            session.note_backlog(max(0, int(ahead["backlog"]) - len(send.batch)), now)
-            if not isinstance(session.next_action(now), NeedRows):
-                break
-            rows, cursor = ahead["rows"], ahead["cursor"]
-        await mark(accepted)  # the last batch's, before the turn ends (waiters, status)
+                if not flights:
+                    break
+                flight = flights[0]
+                await flight.received.wait()
+                flights.popleft()
+                free.append(flight.lane)
+                assert flight.events is not None
+                handle = flight.events
+                if not all(isinstance(e, BatchAccepted | StateChanged) for e in handle):
+                    stop = True  # split, retry, pause, quarantine: the answers still out only ack
+                now = time.monotonic()
+                if self._waiters and session.state in (SyncState.ACTIVE, SyncState.DEGRADED):
+                    # A `cloud sync` is waiting: look for more rows now, not after
+                    # the flush rest (a `cloud sync` that uploaded rows took 5 s longer).
+                    session.sync_now(now)
+                if now - counted >= BACKLOG_REFRESH and not stop:
+                    # A long stream still counts rows captured meanwhile (the DEGRADED measure).
+                    counted = now
+                    backlog = await anyio.to_thread.run_sync(store.count_unsynced)
+                    session.note_backlog(max(0, backlog - sum(len(f.send.batch) for f in flights)), now)
+
+    async def _read(self, store: Store, limit: int, after: tuple[str, str] | None
+                    ) -> tuple[list[tuple[str, bytes]], tuple[str, str] | None]:
+        """The oldest unsynced rows (after ``after``), their rowids kept for marking them."""
+        rows, rowids, cursor = await anyio.to_thread.run_sync(store.fetch_unsynced_rows, limit, after)
+        self._rowids.update(zip((r[0] for r in rows), rowids, strict=True))
+        return rows, cursor
 
     def _finish_waiters(self, error: str | None = None) -> None:
         waiters, self._waiters = self._waiters, []
@@ -298,7 +372,9 @@ class CloudWorker:
         store = ctx.store
         if isinstance(event, BatchAccepted):
             at = utc_now_iso()
-            await anyio.to_thread.run_sync(store.mark_synced, list(event.row_ids), at)
+            known = [self._rowids.pop(i, None) for i in event.row_ids]
+            rowids = None if None in known else [r for r in known if r is not None]
+            await anyio.to_thread.run_sync(store.mark_synced, list(event.row_ids), at, rowids)
             await anyio.to_thread.run_sync(lambda: store.set_cloud_state(last_sync_at=at, last_error=None))
             for waiter in self._waiters:
                 waiter.batches.append(
