@@ -450,6 +450,8 @@ class Store:
         holds another id (deleted meanwhile) changes nothing."""
         # One statement per 400-500 ids (an IN list), not one per id: about half the time
         # for a 1,000-row batch, which the cloud worker marks between uploads.
+        if rowids is not None and len(rowids) != len(ids):
+            raise ValueError("mark_synced: one rowid per id")
         step = _IN_CHUNK if rowids is None else _IN_CHUNK * 4 // 5  # two lists per statement
         chunks = [list(ids[i:i + step]) for i in range(0, len(ids), step)]
         with self._transaction() as conn:
@@ -459,8 +461,6 @@ class Store:
                                  (at, *chunk)).rowcount
                     for chunk in chunks
                 )
-            if len(rowids) != len(ids):
-                raise ValueError("mark_synced: one rowid per id")
             changed = 0
             for n, chunk in enumerate(chunks):
                 marks = ",".join("?" * len(chunk))
