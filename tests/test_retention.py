@@ -232,6 +232,32 @@ def test_a_stop_interrupts_the_switch_and_changes_nothing(tmp_path: Path) -> Non
             assert after.switch_to_incremental_vacuum() and not after.needs_vacuum_switch()
 
 
+def test_stopping_the_component_during_the_switch_ends_it_and_loses_nothing(tmp_path: Path) -> None:
+    """The daemon's stop cancels the component: the VACUUM is interrupted, not waited for."""
+    from types import SimpleNamespace
+
+    import anyio
+
+    db = tmp_path / "db.sqlite"
+    rows = rows_on("2026-09-01", 12_000, seed=16, pad=3000)
+    version_3_store(db, rows)
+    retention = Retention(now=lambda: NOW)
+    ctx = SimpleNamespace(home=SimpleNamespace(db=db), config=Cfg(36500, cloud=False))
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(retention.run, ctx)
+            while retention.vacuum_switch is None and retention.last_run_at is None:
+                await anyio.sleep(0.001)
+            tg.cancel_scope.cancel()  # mid-VACUUM ("running"), unless the pass was already done
+
+    anyio.run(main)
+    with Store(db) as after:
+        assert after.integrity_check() == "ok" and after.count_rows() == len(rows)
+        # Interrupted: nothing changed, the next start's pass switches it. Or it had finished.
+        assert after.needs_vacuum_switch() == (retention.vacuum_switch is None)
+
+
 def test_an_upgraded_store_opens_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
     """The writer, the CLI and every component open the store while the background VACUUM runs."""
     db = tmp_path / "db.sqlite"
