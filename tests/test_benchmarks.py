@@ -27,6 +27,7 @@ QUICK = {
     "bench_fleet.py": (["--machines", "20"], True),  # exit 1 on any lost or duplicated row
     "bench_ingest.py": (["--rows", "2000", "--rounds", "1"], True),
     "bench_limits.py": (["--logins", "20", "--approvals", "30", "--account-logins", "15"], True),
+    "bench_rollups.py": (["--rows", "5000"], True),
     "bench_report.py": (["--rows", "3000", "--repeats", "1"], True),
     "bench_proxy.py": (["--requests", "40", "--warmup", "8", "--concurrency", "2", "--rounds", "1"], True),
     "bench_sync.py": (["--rows", "2000", "--rounds", "1"], True),

@@ -102,3 +102,38 @@ def test_the_python_aggregate_of_row_tuples_equals_the_sql_aggregate(v4_engine: 
         sql = {tuple(r[:8]): rollups._normal(tuple(r[8:])) for r in conn.execute(rollups.aggregate(db.usage_rows))}
     mine = {tuple(r[:8]): rollups._normal(tuple(r[8:])) for r in rollups.aggregate_values(tuples)}
     assert mine == sql and len(mine) == len(rollups.aggregate_values(tuples))
+
+
+def test_the_rollups_command_checks_and_rebuilds(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from hm_cloud import store
+    from tests.support.cloudserver import cloud_command
+
+    url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
+    engine = db.make_engine(url)
+    db.init_schema(engine)
+    _uid, ws = store.create_user(engine, "ops@example.com", "x", "acme", "Acme", 1.0)
+    with engine.begin() as conn:
+        conn.execute(db.usage_rows.insert(), [{**r, "workspace_id": ws.id} for r in held_rows()])
+        rollups.rebuild(conn, ws.id)
+        conn.execute(db.usage_rollups.update().where(db.usage_rollups.c.machine_id == "m1").values(
+            calls=db.usage_rollups.c.calls + 1))  # drifted
+    engine.dispose()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cloud_command("rollups", *args, "--db", url), capture_output=True, text=True, timeout=60)
+
+    drifted = cli("--check")
+    assert drifted.returncode == 1 and "rows differ" in drifted.stdout and "rollups --rebuild" in drifted.stderr
+    assert "checking acme (1/1)" in drifted.stderr
+    rebuilt = cli("--rebuild", "--workspace", "acme")
+    assert rebuilt.returncode == 0 and "acme:" in rebuilt.stdout and "rebuilt" in rebuilt.stdout
+    answer = json.loads(cli("--check", "--json").stdout)
+    assert answer["exact"] is True and answer["workspaces"][0]["workspace"] == "acme"
+    assert answer["workspaces"][0]["rollup_rows"] > 0 and answer["workspaces"][0]["differ"] == 0
+    unknown = cli("--check", "--workspace", "nope")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "check the slug" in unknown.stderr
+    neither = subprocess.run(cloud_command("rollups", "--db", url), capture_output=True, text=True, timeout=60)
+    assert neither.returncode == 2 and "--check" in neither.stderr

@@ -1,4 +1,4 @@
-"""The ``halton-meter-cloud`` command: ``serve`` and ``create-user``.
+"""The ``halton-meter-cloud`` command: ``serve``, ``create-user``, ``rewrap-keys`` and ``rollups``.
 
 Every failure the operator can fix ends in one line on stderr that says
 what to do, and exit status 2; never a traceback.
@@ -232,6 +232,58 @@ def rewrap_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def rollups_command(args: argparse.Namespace) -> int:
+    """``rollups --check`` compares each workspace's rollups with a fresh aggregate of its
+    rows (exit 1 if any differ); ``--rebuild`` recomputes them from the rows."""
+    import json
+
+    from sqlalchemy import func, select
+
+    from . import rollups
+    from .db import usage_rollups, workspaces
+    from .store import write_transaction
+
+    engine = open_database(args.db)
+    try:
+        with engine.connect() as conn:
+            query = select(workspaces.c.id, workspaces.c.slug).order_by(workspaces.c.slug)
+            if args.workspace:
+                query = query.where(workspaces.c.slug == args.workspace)
+            found = conn.execute(query).all()
+        if args.workspace and not found:
+            raise CliError(f"no workspace {args.workspace!r} in {_display_url(args.db)}: check the slug")
+        report = []
+        for n, (ws_id, slug) in enumerate(found, 1):
+            if not args.json:
+                what = "rebuilding" if args.rebuild else "checking"
+                print(f"{what} {slug} ({n}/{len(found)}) …", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            if args.rebuild:
+                with write_transaction(engine) as conn:
+                    kept = rollups.rebuild(conn, ws_id)
+                differ = 0
+            else:
+                with engine.connect() as conn:
+                    differ = len(rollups.mismatches(conn, ws_id))
+                    kept = int(conn.execute(select(func.count()).select_from(usage_rollups)
+                                            .where(usage_rollups.c.workspace_id == ws_id)).scalar_one())
+            report.append({"workspace": slug, "rollup_rows": kept, "differ": differ,
+                           "rebuilt": bool(args.rebuild), "seconds": round(time.perf_counter() - started, 3)})
+    finally:
+        engine.dispose()
+    exact = all(r["differ"] == 0 for r in report)
+    if args.json:
+        print(json.dumps({"workspaces": report, "exact": exact}))
+    else:
+        for r in report:
+            state = "rebuilt" if r["rebuilt"] else ("exact" if r["differ"] == 0 else f"{r['differ']} rows differ")
+            print(f"{r['workspace']}: {r['rollup_rows']:,} rollup rows, {state} ({r['seconds']:.2f} s)")
+        if not exact:
+            print("rollups differ from the rows: run 'halton-meter-cloud rollups --rebuild' with the same --db",
+                  file=sys.stderr)
+    return 0 if exact else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="halton-meter-cloud", description="The self-hostable Halton Meter Cloud backend."
@@ -286,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_rewrap.add_argument("--db", default=None, help="same as for serve")
     p_rewrap.set_defaults(handler=rewrap_keys)
+
+    p_rollups = sub.add_parser(
+        "rollups", help="check the per-day rollups against the rows, or rebuild them from the rows"
+    )
+    action = p_rollups.add_mutually_exclusive_group(required=True)
+    action.add_argument("--check", action="store_true", help="compare with a fresh aggregate (exit 1 if any differ)")
+    action.add_argument("--rebuild", action="store_true", help="recompute them from the rows")
+    p_rollups.add_argument("--workspace", default=None, metavar="SLUG", help="one workspace (default: all)")
+    p_rollups.add_argument("--json", action="store_true", help="print the result as JSON")
+    p_rollups.add_argument("--db", default=None, help="same as for serve")
+    p_rollups.set_defaults(handler=rollups_command)
     return parser
 
 

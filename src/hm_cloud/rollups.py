@@ -64,7 +64,14 @@ def aggregate(source: Any) -> Any:
 
 
 def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
-    """Recompute the rollups of one workspace (None: all) from its rows; the rollup row count."""
+    """Recompute the rollups of one workspace (None: all) from its rows; the rollup row count.
+
+    PostgreSQL: first takes ``usage_rollups`` in SHARE ROW EXCLUSIVE mode, so ingests
+    and retention chunks (which upsert rollup rows) wait until this transaction ends
+    and then add to what it wrote; SQLite: the caller's write transaction already
+    keeps every other writer out."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE usage_rollups IN SHARE ROW EXCLUSIVE MODE")
     rows = usage_rows
     where = [] if workspace_id is None else [usage_rows.c.workspace_id == workspace_id]
     drop = delete(usage_rollups)
