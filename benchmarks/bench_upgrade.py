@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.daemon import start_daemon, stop_or_kill  # noqa: E402
+from tests.support.seed import store_of_schema  # noqa: E402
 
-import hm_agent.store as store_module  # noqa: E402
 from hm_agent.store import _INSERT, Store, StoredRow  # noqa: E402
 
 CHUNK = 50_000
@@ -54,19 +54,9 @@ def stored(i: int) -> StoredRow:
 
 def schema_3_store(db: Path, n: int) -> None:
     """A store exactly as schema 3 left it (auto_vacuum NONE), holding ``n`` rows."""
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE placeholder (x)")  # a file with a table: the open's PRAGMA cannot apply
-    conn.close()
-    saved = store_module.MIGRATIONS
-    try:
-        store_module.MIGRATIONS = tuple(m for m in saved if m[0] <= 3)
-        store_module.SCHEMA_VERSION = 3
-        Store(db).close()
-    finally:
-        store_module.MIGRATIONS = saved
-        store_module.SCHEMA_VERSION = saved[-1][0]
+    with store_of_schema(db, 3):
+        pass
     conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("DROP TABLE placeholder")
     conn.execute("PRAGMA synchronous = OFF")  # a throwaway benchmark file
     for first in range(0, n, CHUNK):
         conn.execute("BEGIN")

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from hm_agent import store as store_module
 from hm_agent.config import ConfigError, parse_config
 from hm_agent.retention import Retention, cutoff_day, database_facts
 from hm_agent.store import SCHEMA_VERSION, Store, StoredRow
 from hm_cli.report import build_report
 from tests.support.daemon import daemon_env, run_cli, running_daemon
-from tests.support.seed import make_row
+from tests.support.seed import make_row, store_of_schema
 
 NOW = datetime(2026, 11, 29, 0, 30, tzinfo=UTC)  # the frozen clock: just after midnight UTC
 
@@ -127,24 +126,8 @@ def test_deleted_space_goes_back_to_the_file_system(tmp_path: Path) -> None:
 
 def version_3_store(db: Path, rows: list[StoredRow]) -> None:
     """A database exactly as schema 3 left it: auto_vacuum NONE (SQLite's default)."""
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE placeholder (x)")  # a file with a table: the open's PRAGMA cannot apply
-    conn.close()
-    saved = store_module.MIGRATIONS
-    try:
-        store_module.MIGRATIONS = tuple(m for m in saved if m[0] <= 3)
-        store_module.SCHEMA_VERSION = 3
-        with Store(db) as old:
-            old.insert_rows(rows)
-    finally:
-        store_module.MIGRATIONS = saved
-        store_module.SCHEMA_VERSION = saved[-1][0]
-    conn = sqlite3.connect(db)
-    conn.execute("DROP TABLE placeholder")
-    conn.commit()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
-    conn.close()
+    with store_of_schema(db, 3) as old:
+        old.insert_rows(rows)
 
 
 def test_a_version_3_database_opens_at_once_and_retention_switches_it_to_incremental_vacuum(tmp_path: Path) -> None:

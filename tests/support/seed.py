@@ -3,6 +3,7 @@
     ids = seed_rows(home / "db.sqlite", 10_000)          # daemon stopped or running
     pair_daemon(d, cloud, "a@example.com", "password123", "acme")
     pair_daemon(d, cloud, ..., base_url=proxy.base_url)  # through a fault proxy
+    with store_of_schema(db, 3) as old: ...               # a file as an older release left it
 
 Rows go in through ``hm_agent.store.Store.insert_rows`` (the daemon's own
 writer path), one transaction per 1,000 rows, each with a fresh uuid4 id and
@@ -13,15 +14,19 @@ from __future__ import annotations
 
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from hm_agent import store as store_module
 from hm_agent.store import Store, StoredRow
 from hm_proto import UsageRow
 
@@ -37,6 +42,31 @@ _MODELS = (
 )
 _MILLION = Decimal(1_000_000)
 CHUNK = 1_000
+
+
+@contextmanager
+def store_of_schema(db: Path, version: int) -> Iterator[Store]:
+    """A new store whose file is as the release of schema ``version`` made it: no migration
+    after it, and auto_vacuum NONE (SQLite's default before schema 4). Rows written through
+    the Store yielded go in as that release wrote them (its triggers)."""
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE placeholder (x)")  # a file with a table: the open's PRAGMA cannot apply
+    conn.close()
+    saved = store_module.MIGRATIONS
+    try:
+        store_module.MIGRATIONS = tuple(m for m in saved if m[0] <= version)
+        store_module.SCHEMA_VERSION = version
+        with Store(db) as old:
+            yield old
+    finally:
+        store_module.MIGRATIONS = saved
+        store_module.SCHEMA_VERSION = saved[-1][0]
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE placeholder")
+    conn.commit()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == version
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
 
 
 def make_row(rng: random.Random, ts: datetime) -> StoredRow:
