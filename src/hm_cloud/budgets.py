@@ -41,9 +41,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from . import store
 from .db import (
     memberships,
-    usage_rows,
     users,
     workspace_budget_alerts,
     workspace_budgets,
@@ -64,6 +64,8 @@ from .store import lock_row, write_transaction
 log = logging.getLogger("hm_cloud.budgets")
 
 SCOPES = ("workspace", "machine", "member", "project")
+SCOPE_DIMENSIONS = {"machine": "machine", "member": "os_user", "project": "project"}
+"""The store dimension a scope filters by (a member budget is the OS user attribution names)."""
 PERIODS = ("day", "week", "month")
 MAX_BUDGETS = 50
 NANOS = Decimal(1_000_000_000)
@@ -219,16 +221,12 @@ def owner_emails(engine: Engine, workspace_id: str) -> list[str]:
     return sorted(str(r[0]) for r in rows)
 
 
-def spend_nanos(conn: Any, workspace_id: str, budget: Budget, first: date, last: date) -> int:
-    u = usage_rows.c
-    where = [u.workspace_id == workspace_id, u.day >= first.isoformat(), u.day <= last.isoformat()]
-    if budget.scope_kind == "machine":
-        where.append(u.machine_id == budget.scope_value)
-    elif budget.scope_kind == "member":
-        where.append(u.os_user == budget.scope_value)
-    elif budget.scope_kind == "project":
-        where.append(u.project == budget.scope_value)
-    return int(conn.execute(select(func.coalesce(func.sum(u.cost_nanos), 0)).where(and_(*where))).scalar_one())
+def spend_nanos(conn: Any, workspace_id: str, budget: Budget, first: date, last: date, *, raw: bool = False) -> int:
+    """The known cost in the budget's scope from ``first`` to ``last`` (from the rollups: store.scope_spend)."""
+    where: dict[str, str | None] = {}
+    if budget.scope_kind in SCOPE_DIMENSIONS:
+        where[SCOPE_DIMENSIONS[budget.scope_kind]] = budget.scope_value
+    return store.scope_spend(conn, workspace_id, first.isoformat(), last.isoformat(), where, raw=raw)
 
 
 def budget_views(engine: Engine, workspace_id: str, today: date) -> list[dict[str, Any]]:

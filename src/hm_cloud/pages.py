@@ -644,11 +644,12 @@ async def dashboard(request: Request) -> Response:
     from_date, to_date, range_error = _date_range(request)
     state = cloud(request)
     slicing = views.read_slicing(request.query_params)
-    groups = {
-        name: await state.db(store.spend_breakdown, ws.id, from_date, to_date, dim, slicing.filters)
-        for name, dim in (("day", "day"), ("split", slicing.group), ("member", "member"), ("person", "person"),
-                          ("machine", "machine"), ("model", "model"), ("provider", "provider"))
-    }
+    days = (date.fromisoformat(to_date) - date.fromisoformat(from_date)).days + 1
+    prev_to = date.fromisoformat(from_date) - timedelta(days=1)
+    prev_from = prev_to - timedelta(days=days - 1)
+    sums = await state.db(store.dashboard_sums, ws.id, from_date, to_date, prev_from.isoformat(),
+                          prev_to.isoformat(), slicing.group, slicing.chart, slicing.filters)
+    groups = sums["groups"]
     base = f"/{ws.slug}/?"
     keep = {"from_date": from_date, "to_date": to_date}
     for name in ("split", "member", "person", "machine", "model", "provider"):
@@ -666,16 +667,9 @@ async def dashboard(request: Request) -> Response:
         name: sum(g[name] for g in groups["day"])
         for name in ("rows", "nanos", "unknown", "no_usage", "errors", "input_tokens", "output_tokens")
     }
-    days = (date.fromisoformat(to_date) - date.fromisoformat(from_date)).days + 1
-    prev_to = date.fromisoformat(from_date) - timedelta(days=1)
-    prev_from = prev_to - timedelta(days=days - 1)
-    before = await state.db(store.spend_breakdown, ws.id, prev_from.isoformat(), prev_to.isoformat(), "provider",
-                            slicing.filters)
-    prev_nanos = sum(g["nanos"] for g in before)
-    saved, cached_tokens, unpriced_cache = views.cache_savings(
-        await state.db(store.cache_reads, ws.id, from_date, to_date, slicing.filters)
-    )
-    per_series = await state.db(store.spend_per_day, ws.id, from_date, to_date, slicing.chart, slicing.filters)
+    prev_nanos = sums["prev_nanos"]
+    saved, cached_tokens, unpriced_cache = views.cache_savings(sums["cache_reads"])
+    per_series = sums["per_series"]
     from .budgets import chart_line
 
     line = None if slicing.filters else await state.db(chart_line, ws.id)

@@ -12,13 +12,28 @@ import secrets
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, cast, delete, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    case,
+    cast,
+    delete,
+    false,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -35,6 +50,7 @@ from .db import (
     pairings,
     settings,
     tokens,
+    usage_rollups,
     usage_rows,
     users,
     workspaces,
@@ -837,25 +853,118 @@ def joined_sum(row: Any, label: str) -> int:
     return int(hi or 0) * _SPLIT + int(lo or 0)
 
 
-def focus_groups(engine: Engine, workspace_id: str, from_date: str, to_date: str) -> list[dict[str, Any]]:
+# -- readers: rollups, or the rows themselves -------------------------------------
+#
+# Every figure the pages and read APIs show is a sum over usage rows. When what
+# a reader groups and filters by is among the rollup keys (ROLLUP_DIMENSIONS),
+# it sums usage_rollups instead (hm_cloud.rollups): the same exact numbers from
+# one row per day, machine, provider, model, project, OS user and priced flag,
+# however many calls those were. repo, branch, program and tag:KEY are not kept
+# in rollups: a reader grouping or filtering by one of them sums the rows.
+# ``raw=True``, and HALTON_METER_CLOUD_ROLLUPS=off for the whole server (a
+# diagnostic), sum the rows always: the differential test and bench_dashboard's
+# baseline compare the two (docs/cloud.md, "Rollups").
+
+ROLLUPS_ENV = "HALTON_METER_CLOUD_ROLLUPS"
+ROLLUP_DIMENSIONS = frozenset(("day", "provider", "model", "machine", "project", "os_user", "member", "person"))
+"""Dimensions usage_rollups can group and filter by (member = os_user@machine, person = the machine's owner)."""
+_BLANK_IS_NONE = ("project", "os_user")  # '' in usage_rollups, null in usage_rows
+
+
+def rollups_on() -> bool:
+    """False when the server runs with HALTON_METER_CLOUD_ROLLUPS=off (every reader sums the rows)."""
+    return os.environ.get(ROLLUPS_ENV, "").strip().lower() not in ("off", "0", "false", "no")
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What a reader sums: every row (usage_rows) or the per-day rollups, as the same expressions."""
+
+    table: Any
+    rollup: bool
+    dialect: str
+
+    @property
+    def c(self) -> Any:
+        return self.table.c
+
+    def calls(self) -> Any:
+        return func.sum(self.c.calls) if self.rollup else func.count()
+
+    def total(self, name: str, label: str) -> list[Any]:
+        """The exact sum of ``name`` as the pair joined_sum(row, label) reads."""
+        if not self.rollup:
+            return exact_sum(self.c[name], label)
+        return [func.sum(self.c[f"{name}_{part}"]).label(f"{label}_{part}") for part in ("hi", "lo")]
+
+    def outcomes(self) -> tuple[Any, Any, Any]:
+        """Counts of errors, rows without usage and rows at an unknown price (_outcome_columns)."""
+        if self.rollup:
+            return func.sum(self.c.errors), func.sum(self.c.no_usage), func.sum(self.c.unknown)
+        return _outcome_columns()
+
+    def unpriced(self) -> Any:
+        return self.c.priced.is_(False) if self.rollup else self.c.cost_nanos.is_(None)
+
+    def within(self, workspace_id: str, from_date: str, to_date: str) -> list[Any]:
+        return [self.c.workspace_id == workspace_id, self.c.day >= from_date, self.c.day <= to_date]
+
+    def dimension(self, dim: str) -> Any:
+        """The SQL expression a dimension groups by (``valid_dimension`` first); null where it is not set."""
+        if not self.rollup:
+            return _dimension(self.dialect, dim)
+        c = self.c
+        if dim == "member":  # os_user is already '' where the rows' is null
+            return c.os_user + "@" + c.machine_id
+        if dim in ("machine", "person"):
+            return c.machine_id
+        if dim in _BLANK_IS_NONE:
+            return func.nullif(c[dim], "")
+        return c[dim]
+
+    def match(self, dim: str, value: str | None) -> Any:
+        """Rows whose dimension equals ``value`` (None: the dimension is not set)."""
+        c = self.c
+        if dim == "person":
+            owned = _owned_machines(c.workspace_id, value)
+            return c.machine_id.not_in(owned) if value is None else c.machine_id.in_(owned)
+        if self.rollup and dim in _BLANK_IS_NONE:  # equality on the column itself: its index stays usable
+            return c[dim] == "" if value is None else (c[dim] == value if value else false())
+        expr = self.dimension(dim)
+        return expr.is_(None) if value is None else expr == value
+
+
+def _source(conn: Connection, dims: Iterable[str], raw: bool = False) -> _Source:
+    """usage_rollups when every dimension in ``dims`` is one of its keys (and rollups are on), else usage_rows."""
+    rollup = not raw and rollups_on() and all(dim in ROLLUP_DIMENSIONS for dim in dims)
+    return _Source(usage_rollups if rollup else usage_rows, rollup, conn.dialect.name)
+
+
+def _filtered(query: Any, src: _Source, filters: dict[str, str | None] | None) -> Any:
+    return query.where(*(src.match(dim, value) for dim, value in (filters or {}).items()))
+
+
+def focus_groups(
+    engine: Engine, workspace_id: str, from_date: str, to_date: str, *, raw: bool = False
+) -> list[dict[str, Any]]:
     """The workspace's rows summed per UTC day, provider, model, project, machine
     and whether the price is known: the lines of a FOCUS export (hm_charts.focus)."""
-    c = usage_rows.c
-    unknown = c.cost_nanos.is_(None)
-    keys = (c.day, c.provider, c.model, c.project, c.machine_id, unknown)
     tokens = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
     with engine.connect() as conn:
+        src = _source(conn, ("day", "provider", "model", "project", "machine"), raw)
+        c = src.c
+        keys = (c.day, c.provider, c.model, src.dimension("project"), c.machine_id, src.unpriced())
         rows = conn.execute(
             select(
-                c.day.label("day"), c.provider.label("provider"), c.model.label("model"),
-                c.project.label("project"), c.machine_id.label("machine"), unknown.label("unknown"),
-                func.count().label("calls"),
-                *exact_sum(c.cost_nanos, "nanos"),
-                *(part for name in tokens for part in exact_sum(c[name], name)),
+                *(key.label(name) for key, name in zip(
+                    keys, ("day", "provider", "model", "project", "machine", "unknown"), strict=True)),
+                src.calls().label("calls"),
+                *src.total("cost_nanos", "nanos"),
+                *(part for name in tokens for part in src.total(name, name)),
             )
-            .where(c.workspace_id == workspace_id, c.day >= from_date, c.day <= to_date)
+            .where(*src.within(workspace_id, from_date, to_date))
             .group_by(*keys)
-            .order_by(c.day, c.provider, c.model, c.project, c.machine_id, unknown)
+            .order_by(*keys)
         ).all()
     return [
         {
@@ -868,22 +977,16 @@ def focus_groups(engine: Engine, workspace_id: str, from_date: str, to_date: str
 
 
 def machine_totals(
-    engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str
+    engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str, *, raw: bool = False
 ) -> list[dict[str, Any]]:
+    """One machine's rows and known cost per day (the totals API; what reconcile compares, exactly)."""
     with engine.connect() as conn:
+        src = _source(conn, ("machine", "day"), raw)
         rows = conn.execute(
-            select(
-                usage_rows.c.day.label("day"),
-                func.count().label("rows"),
-                *exact_sum(usage_rows.c.cost_nanos, "nanos"),
-            )
-            .where(
-                usage_rows.c.workspace_id == workspace_id,
-                usage_rows.c.machine_id == machine_id,
-                and_(usage_rows.c.day >= from_date, usage_rows.c.day <= to_date),
-            )
-            .group_by(usage_rows.c.day)
-            .order_by(usage_rows.c.day)
+            select(src.c.day.label("day"), src.calls().label("rows"), *src.total("cost_nanos", "nanos"))
+            .where(*src.within(workspace_id, from_date, to_date), src.c.machine_id == machine_id)
+            .group_by(src.c.day)
+            .order_by(src.c.day)
         ).all()
     return [
         {"date": r.day, "rows": int(r.rows), "cost_usd": format_nanos(joined_sum(r, "nanos"))}
@@ -899,7 +1002,8 @@ GROUPS = ("day", "provider", "model", "machine", *ATTRIBUTION_GROUPS)
 def _outcome_columns() -> tuple[Any, Any, Any]:
     """Counts of the three kinds of unpriced row, apart (docs/cloud.md):
     errors (HTTP 4xx/5xx or no answer: not spend), rows without usage
-    (usage_missing: no token counts) and rows whose model has no price."""
+    (usage_missing: no token counts) and rows whose model has no price.
+    The same definitions as the rollups' errors, no_usage and unknown."""
     c = usage_rows.c
     error = or_(c.status >= 400, c.status == 0)
     no_tokens = and_(c.input_tokens.is_(None), c.output_tokens.is_(None))
@@ -909,7 +1013,6 @@ def _outcome_columns() -> tuple[Any, Any, Any]:
     return errors, no_usage, unknown
 
 
-
 def valid_dimension(dim: str) -> bool:
     from hm_proto.server import tag_problem
 
@@ -917,7 +1020,7 @@ def valid_dimension(dim: str) -> bool:
 
 
 def _dimension(dialect: str, dim: str) -> Any:
-    """The SQL expression a dimension groups and filters by (``valid_dimension`` first)."""
+    """The SQL expression a dimension groups and filters by in usage_rows (``valid_dimension`` first)."""
     c = usage_rows.c
     if dim.startswith("tag:"):
         key = dim[4:]
@@ -934,9 +1037,9 @@ def _dimension(dialect: str, dim: str) -> Any:
 NO_OWNER = "(no owner recorded)"
 
 
-def _owned_machines(email: str | None) -> Any:
+def _owned_machines(workspace_column: Any, email: str | None) -> Any:
     """The machine ids of this row's workspace whose device ``email`` approved (None: nobody recorded)."""
-    owned = select(devices.c.machine_id).where(devices.c.workspace_id == usage_rows.c.workspace_id)
+    owned = select(devices.c.machine_id).where(devices.c.workspace_id == workspace_column)
     if email is None:
         return owned.where(devices.c.approved_by.is_not(None))
     return owned.join(users, users.c.id == devices.c.approved_by).where(users.c.email == email)
@@ -971,21 +1074,9 @@ def _by_person(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(merged.values(), key=lambda e: (e.get("date") or "", e["label"]))
 
 
-def _filtered(query: Any, dialect: str, filters: dict[str, str | None] | None) -> Any:
-    for dim, value in (filters or {}).items():
-        if dim == "person":
-            owned = _owned_machines(value)
-            query = query.where(usage_rows.c.machine_id.not_in(owned) if value is None
-                                else usage_rows.c.machine_id.in_(owned))
-            continue
-        expr = _dimension(dialect, dim)
-        query = query.where(expr.is_(None) if value is None else expr == value)
-    return query
-
-
 def spend_breakdown(
     engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str,
-    filters: dict[str, str | None] | None = None,
+    filters: dict[str, str | None] | None = None, *, raw: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows, tokens, known cost and the unpriced rows by kind (unknown price, no
     usage, errors: see _outcome_columns), grouped by one dimension.
@@ -995,30 +1086,26 @@ def spend_breakdown(
     shown as ``os_user@hostname``. ``filters`` keeps only rows whose
     dimension equals the value (None: the dimension is not set).
     """
-    errors, no_usage, unknown = _outcome_columns()
     with engine.connect() as conn:
-        dialect = conn.dialect.name
-        key = _dimension(dialect, group)
+        src = _source(conn, (group, *(filters or {})), raw)
+        errors, no_usage, unknown = src.outcomes()
+        key = src.dimension(group)
         query = (
             select(
                 key.label("key"),
-                func.count().label("rows"),
-                *exact_sum(usage_rows.c.cost_nanos, "nanos"),
+                src.calls().label("rows"),
+                *src.total("cost_nanos", "nanos"),
                 unknown.label("unknown"),
                 no_usage.label("no_usage"),
                 errors.label("errors"),
-                *exact_sum(usage_rows.c.input_tokens, "input_tokens"),
-                *exact_sum(usage_rows.c.output_tokens, "output_tokens"),
+                *src.total("input_tokens", "input_tokens"),
+                *src.total("output_tokens", "output_tokens"),
             )
-            .where(
-                usage_rows.c.workspace_id == workspace_id,
-                usage_rows.c.day >= from_date,
-                usage_rows.c.day <= to_date,
-            )
+            .where(*src.within(workspace_id, from_date, to_date))
             .group_by(key)
             .order_by(key)
         )
-        rows = conn.execute(_filtered(query, dialect, filters)).all()
+        rows = conn.execute(_filtered(query, src, filters)).all()
         hostnames = _names(conn, workspace_id, group)
     out = [
         {
@@ -1052,22 +1139,16 @@ def _label(group: str, key: Any, hostnames: dict[str, str]) -> str:
 
 
 def machine_group_totals(
-    engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str, group: str
+    engine: Engine, workspace_id: str, machine_id: str, from_date: str, to_date: str, group: str,
+    *, raw: bool = False,
 ) -> list[dict[str, Any]]:
     """This machine's rows and known cost per value of one dimension (the totals API's group_by)."""
     with engine.connect() as conn:
-        key = _dimension(conn.dialect.name, group)
+        src = _source(conn, ("machine", group), raw)
+        key = src.dimension(group)
         rows = conn.execute(
-            select(
-                key.label("key"),
-                func.count().label("rows"),
-                *exact_sum(usage_rows.c.cost_nanos, "nanos"),
-            )
-            .where(
-                usage_rows.c.workspace_id == workspace_id,
-                usage_rows.c.machine_id == machine_id,
-                and_(usage_rows.c.day >= from_date, usage_rows.c.day <= to_date),
-            )
+            select(key.label("key"), src.calls().label("rows"), *src.total("cost_nanos", "nanos"))
+            .where(*src.within(workspace_id, from_date, to_date), src.c.machine_id == machine_id)
             .group_by(key)
             .order_by(key)
         ).all()
@@ -1097,23 +1178,22 @@ def _hostnames(conn: Connection, workspace_id: str) -> dict[str, str]:
 
 def spend_per_day(
     engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str,
-    filters: dict[str, str | None] | None = None,
+    filters: dict[str, str | None] | None = None, *, raw: bool = False,
 ) -> dict[str, dict[str, int]]:
-    """Known cost in nanos per series (a dimension's labels) and day: {label: {day: nanos}}."""
+    """Known cost in nanos per series (a dimension's labels) and day: {label: {day: nanos}}.
+
+    Only rows with a price count (a day of a series appears when it has one),
+    series and days in key and day order."""
     with engine.connect() as conn:
-        dialect = conn.dialect.name
-        key = _dimension(dialect, group)
+        src = _source(conn, (group, *(filters or {})), raw)
+        key = src.dimension(group)
         query = (
-            select(key.label("key"), usage_rows.c.day, *exact_sum(usage_rows.c.cost_nanos, "nanos"))
-            .where(
-                usage_rows.c.workspace_id == workspace_id,
-                usage_rows.c.day >= from_date,
-                usage_rows.c.day <= to_date,
-                usage_rows.c.cost_nanos.is_not(None),
-            )
-            .group_by(key, usage_rows.c.day)
+            select(key.label("key"), src.c.day, *src.total("cost_nanos", "nanos"))
+            .where(*src.within(workspace_id, from_date, to_date), ~src.unpriced())
+            .group_by(key, src.c.day)
+            .order_by(key, src.c.day)
         )
-        rows = conn.execute(_filtered(query, dialect, filters)).all()
+        rows = conn.execute(_filtered(query, src, filters)).all()
         hostnames = _names(conn, workspace_id, group)
     out: dict[str, dict[str, int]] = {}
     for r in rows:
@@ -1125,39 +1205,47 @@ def spend_per_day(
 
 def cache_reads(
     engine: Engine, workspace_id: str, from_date: str, to_date: str,
-    filters: dict[str, str | None] | None = None,
+    filters: dict[str, str | None] | None = None, *, raw: bool = False,
 ) -> list[tuple[str, str, int]]:
-    """(provider, model, cache-read tokens) over a range, for the dashboard's cache savings."""
-    c = usage_rows.c
+    """(provider, model, cache-read tokens) over a range, for the dashboard's cache savings,
+    by provider and model; only those whose reads add up to more than 0.
+
+    Every row's count is summed as stored, like every other token total (rows with a
+    negative count can only be from before the api.md bounds; the rollups sum them too)."""
     with engine.connect() as conn:
+        src = _source(conn, ("provider", "model", *(filters or {})), raw)
+        c = src.c
+        nonzero = c.cache_read_tokens != 0 if not src.rollup else or_(
+            c.cache_read_tokens_hi != 0, c.cache_read_tokens_lo != 0)
         query = (
-            select(c.provider, c.model, *exact_sum(c.cache_read_tokens, "reads"))
-            .where(c.workspace_id == workspace_id, c.day >= from_date, c.day <= to_date, c.cache_read_tokens > 0)
+            select(c.provider, c.model, *src.total("cache_read_tokens", "reads"))
+            .where(*src.within(workspace_id, from_date, to_date), nonzero)
             .group_by(c.provider, c.model)
+            .order_by(c.provider, c.model)
         )
-        rows = conn.execute(_filtered(query, conn.dialect.name, filters)).all()
-    return [(str(r.provider), str(r.model), joined_sum(r, "reads")) for r in rows]
+        rows = conn.execute(_filtered(query, src, filters)).all()
+    totals = [(str(r.provider), str(r.model), joined_sum(r, "reads")) for r in rows]
+    return [t for t in totals if t[2] > 0]
 
 
 def spend_by_day_and(
     engine: Engine, workspace_id: str, from_date: str, to_date: str, group: str,
-    filters: dict[str, str | None] | None = None,
+    filters: dict[str, str | None] | None = None, *, raw: bool = False,
 ) -> list[dict[str, Any]]:
     """Calls, known cost and unpriced calls per day and value of a dimension (the dashboard's CSV)."""
-    errors, no_usage, unknown = _outcome_columns()
     with engine.connect() as conn:
-        dialect = conn.dialect.name
-        key = _dimension(dialect, group)
+        src = _source(conn, (group, *(filters or {})), raw)
+        errors, no_usage, unknown = src.outcomes()
+        key = src.dimension(group)
         query = (
-            select(usage_rows.c.day, key.label("key"), func.count().label("rows"),
-                   *exact_sum(usage_rows.c.cost_nanos, "nanos"), unknown.label("unknown"),
+            select(src.c.day, key.label("key"), src.calls().label("rows"),
+                   *src.total("cost_nanos", "nanos"), unknown.label("unknown"),
                    no_usage.label("no_usage"), errors.label("errors"))
-            .where(usage_rows.c.workspace_id == workspace_id, usage_rows.c.day >= from_date,
-                   usage_rows.c.day <= to_date)
-            .group_by(usage_rows.c.day, key)
-            .order_by(usage_rows.c.day, key)
+            .where(*src.within(workspace_id, from_date, to_date))
+            .group_by(src.c.day, key)
+            .order_by(src.c.day, key)
         )
-        rows = conn.execute(_filtered(query, dialect, filters)).all()
+        rows = conn.execute(_filtered(query, src, filters)).all()
         hostnames = _names(conn, workspace_id, group)
     out = [
         {"date": str(r.day), "key": None if r.key is None else str(r.key), "label": _label(group, r.key, hostnames),
@@ -1166,6 +1254,141 @@ def spend_by_day_and(
         for r in rows
     ]
     return _by_person(out) if group == "person" else out
+
+
+def scope_spend(
+    conn: Connection, workspace_id: str, from_date: str, to_date: str,
+    where: dict[str, str | None] | None = None, *, raw: bool = False,
+) -> int:
+    """Known cost in nanos over a range, of the rows matching ``where`` (a budget's scope)."""
+    src = _source(conn, tuple(where or {}), raw)
+    query = select(*src.total("cost_nanos", "nanos")).where(*src.within(workspace_id, from_date, to_date))
+    return joined_sum(conn.execute(_filtered(query, src, where)).one(), "nanos")
+
+
+# -- the dashboard: every figure of the page in a few scans -----------------------
+
+_MEASURES = ("rows", "nanos", "unknown", "no_usage", "errors", "input_tokens", "output_tokens")
+_BY_DAY_AND_MODEL = ("day", "provider", "model")  # the dimensions of the dashboard's first scan
+_BY_MEMBER_AND_PROJECT = ("machine", "person", "member", "os_user", "project")  # ... and of its second
+
+
+def dashboard_sums(
+    engine: Engine, workspace_id: str, from_date: str, to_date: str, prev_from: str, prev_to: str,
+    group: str, chart: str, filters: dict[str, str | None] | None = None, *, raw: bool = False,
+) -> dict[str, Any]:
+    """Everything the dashboard shows: ``groups`` (spend_breakdown's list by day and by
+    ``group`` as "split", member, person, machine, model and provider), ``prev_nanos``
+    (the known cost from ``prev_from`` to ``prev_to``), ``cache_reads`` and ``per_series``
+    (spend_per_day by ``chart``), all with ``filters``.
+
+    Each equals its reader's answer; the lists other than by day may come in another
+    order (the page sorts them: views.sort_groups). From the rollups this is two scans
+    of the range (by day, provider and model; by machine, OS user and project) summed
+    further here, instead of a query per table; otherwise one reader at a time.
+    """
+    dims = (group, chart, *_BY_DAY_AND_MODEL, *_BY_MEMBER_AND_PROJECT, *(filters or {}))
+    with engine.connect() as conn:
+        src = _source(conn, dims, raw)
+        if src.rollup:
+            return _dashboard_from_rollups(engine, conn, src, workspace_id, (from_date, to_date),
+                                           (prev_from, prev_to), group, chart, filters)
+    groups = {
+        name: spend_breakdown(engine, workspace_id, from_date, to_date, dim, filters, raw=raw)
+        for name, dim in (("day", "day"), ("split", group), ("member", "member"), ("person", "person"),
+                          ("machine", "machine"), ("model", "model"), ("provider", "provider"))
+    }
+    before = spend_breakdown(engine, workspace_id, prev_from, prev_to, "provider", filters, raw=raw)
+    return {
+        "groups": groups, "prev_nanos": sum(g["nanos"] for g in before),
+        "cache_reads": cache_reads(engine, workspace_id, from_date, to_date, filters, raw=raw),
+        "per_series": spend_per_day(engine, workspace_id, from_date, to_date, chart, filters, raw=raw),
+    }
+
+
+def _dashboard_from_rollups(
+    engine: Engine, conn: Connection, src: _Source, workspace_id: str, span: tuple[str, str],
+    prev: tuple[str, str], group: str, chart: str, filters: dict[str, str | None] | None,
+) -> dict[str, Any]:
+    c = src.c
+    errors, no_usage, unknown = src.outcomes()
+    sums = (src.calls(), *src.total("cost_nanos", "nanos"), unknown, no_usage, errors,
+            *src.total("input_tokens", "input_tokens"), *src.total("output_tokens", "output_tokens"),
+            *src.total("cache_read_tokens", "reads"), func.sum(case((c.priced.is_(True), 1), else_=0)))
+    by_model, by_member = (c.day, c.provider, c.model), (c.machine_id, c.os_user, c.project)
+    where = src.within(workspace_id, *span)
+    # Columns: the 6 keys (null where the grouping does not use them), 1 for the by_member grouping, then sums.
+    if conn.dialect.name == "postgresql":  # one scan, both groupings hashed at once, in memory
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")  # this read's transaction only
+        query: Any = select(*by_model, *by_member, func.grouping(c.day), *sums).where(*where).group_by(
+            func.grouping_sets(tuple_(*by_model), tuple_(*by_member)))
+        rows = [tuple(r) for r in conn.execute(_filtered(query, src, filters))]
+    else:
+        blank = (null(), null(), null())
+        rows = [tuple(r) for part in (
+            select(*by_model, *blank, literal(0), *sums).where(*where).group_by(*by_model),
+            select(*blank, *by_member, literal(1), *sums).where(*where).group_by(*by_member),
+        ) for r in conn.execute(_filtered(part, src, filters))]
+    before = conn.execute(_filtered(
+        select(*src.total("cost_nanos", "nanos")).where(*src.within(workspace_id, *prev)), src, filters)).one()
+    names = {"machine": _hostnames(conn, workspace_id), "person": _owners(conn, workspace_id)}
+    names["member"] = names["machine"]
+
+    # Each row once as (keys, _MEASURES as plain ints, cache reads, priced rollup rows).
+    split = ((r[:6], (int(r[7]), _join(r[8], r[9]), int(r[10] or 0), int(r[11] or 0), int(r[12] or 0),
+                      _join(r[13], r[14]), _join(r[15], r[16])), _join(r[17], r[18]), int(r[19] or 0), r[6])
+             for r in rows)
+    model_rows: list[tuple[Any, ...]] = []
+    member_rows: list[tuple[Any, ...]] = []
+    for keys, measures, reads, priced, member_grouping in split:
+        (member_rows if member_grouping else model_rows).append((keys, measures, reads, priced))
+    position = {"day": 0, "provider": 1, "model": 2, "machine": 3, "person": 3, "os_user": 4, "project": 5}
+
+    def key_of(dim: str, keys: tuple[Any, ...]) -> Any:
+        if dim == "member":
+            return f"{keys[4]}@{keys[3]}"
+        value = keys[position[dim]]
+        return value or None if dim in _BLANK_IS_NONE else value
+
+    def breakdown(dim: str) -> list[dict[str, Any]]:
+        totals: dict[Any, list[int]] = {}
+        for keys, measures, _reads, _priced in model_rows if dim in _BY_DAY_AND_MODEL else member_rows:
+            key = key_of(dim, keys)
+            into = totals.get(key)
+            if into is None:
+                totals[key] = list(measures)
+            else:
+                for i, value in enumerate(measures):
+                    into[i] += value
+        out = [{"key": None if key is None else str(key), "label": _label(dim, key, names.get(dim, {})),
+                **dict(zip(_MEASURES, totals[key], strict=True))}
+               for key in sorted(totals, key=lambda k: (k is None, k or ""))]
+        return _by_person(out) if dim == "person" else out
+
+    groups = {name: breakdown(dim) for name, dim in (
+        ("day", "day"), ("split", group), ("member", "member"), ("person", "person"), ("machine", "machine"),
+        ("model", "model"), ("provider", "provider"))}
+    cache: dict[tuple[str, str], int] = {}
+    for keys, _measures, reads, _priced in model_rows:
+        cache[(keys[1], keys[2])] = cache.get((keys[1], keys[2]), 0) + reads
+    per_series: dict[str, dict[str, int]] = {}
+    if chart in _BY_DAY_AND_MODEL:
+        for keys, measures, _reads, priced in sorted(model_rows, key=lambda m: (key_of(chart, m[0]), m[0][0])):
+            if priced:  # spend_per_day sums priced rows only: a day appears when it has one
+                days = per_series.setdefault(_label(chart, key_of(chart, keys), {}), {})
+                days[keys[0]] = days.get(keys[0], 0) + measures[1]
+    else:
+        per_series = spend_per_day(engine, workspace_id, *span, chart, filters)
+    return {
+        "groups": groups, "prev_nanos": joined_sum(before, "nanos"),
+        "cache_reads": [(str(p), str(m), n) for (p, m), n in sorted(cache.items()) if n > 0],
+        "per_series": per_series,
+    }
+
+
+def _join(hi: Any, lo: Any) -> int:
+    """An exact_sum pair as its total (joined_sum of two values)."""
+    return int(hi or 0) * _SPLIT + int(lo or 0)
 
 
 def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:

@@ -115,13 +115,14 @@ def top_groups(groups: list[dict[str, Any]], limit: int = MAX_TABLE_ROWS) -> lis
 
 
 def sort_groups(groups: list[dict[str, Any]], sort: str) -> None:
-    """Biggest spend first (the default), most calls first, or by name."""
+    """Biggest spend first (the default), most calls first, or by name; equal ones
+    (two machines of one hostname) by key, so the order never depends on the query's."""
     if sort == "calls":
-        groups.sort(key=lambda g: (-g["rows"], -g["nanos"], g["label"]))
+        groups.sort(key=lambda g: (-g["rows"], -g["nanos"], g["label"], g["key"] or ""))
     elif sort == "name":
-        groups.sort(key=lambda g: (g["label"].lower(), g["label"]))
+        groups.sort(key=lambda g: (g["label"].lower(), g["label"], g["key"] or ""))
     else:
-        groups.sort(key=lambda g: (-g["nanos"], -g["rows"], g["label"]))
+        groups.sort(key=lambda g: (-g["nanos"], -g["rows"], g["label"], g["key"] or ""))
 
 
 def change_text(now: int, before: int, days: int) -> str:
@@ -133,18 +134,31 @@ def change_text(now: int, before: int, days: int) -> str:
     return f"{sign}{abs(pct)}% vs the previous {days} days ({money(before)})"
 
 
+_UNPRICED: list[Any] = [None, set()]
+"""[genai-prices snapshot, (provider, model) it has no price for]: each is looked up once per snapshot."""
+
+
 def cache_savings(reads: list[tuple[str, str, int]]) -> tuple[Decimal, int, int]:
     """(dollars that cache reads saved against the full input price, tokens priced, tokens of
     models genai-prices does not know). Prices are genai-prices' bundled snapshot."""
-    from genai_prices import Usage, calc_price
+    from genai_prices import Usage, calc_price, data_snapshot
 
+    snapshot = data_snapshot.get_snapshot()
+    if _UNPRICED[0] is not snapshot:  # prices changed: forget which models had none
+        _UNPRICED[:] = [snapshot, set()]
+    no_price: set[tuple[str, str]] = _UNPRICED[1]
     saved, priced, unknown = Decimal(0), 0, 0
     for provider, model, tokens in reads:
+        if (provider, model) in no_price:  # genai-prices caches what it finds, not what it does not
+            unknown += tokens
+            continue
         try:
             full = calc_price(Usage(input_tokens=tokens), model, provider_id=provider).total_price
             cached = calc_price(Usage(input_tokens=tokens, cache_read_tokens=tokens), model,
                                 provider_id=provider).total_price
-        except (LookupError, ValueError):
+        except (LookupError, ValueError) as exc:
+            if isinstance(exc, LookupError) and len(no_price) < 10_000:
+                no_price.add((provider, model))
             unknown += tokens
             continue
         saved += Decimal(str(full)) - Decimal(str(cached))
