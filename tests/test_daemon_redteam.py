@@ -5,6 +5,8 @@ Each test failed before its fix.
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,117 @@ def test_home_files_are_read_bounded_and_a_symlinked_config_still_works(tmp_path
         read_regular(real, 4)
     with pytest.raises(FileNotFoundError):
         read_regular(tmp_path / "missing")
+
+
+@functools.cache
+def _bombs(mib: int = 256) -> dict[str, bytes]:
+    """``mib`` MiB of zeros, compressed (256: gzip ~255 KiB, zstd ~8 KiB, brotli 421 bytes)."""
+    import zlib
+
+    import brotli
+    import zstandard
+
+    zeros = b"\0" * (mib * 1024 * 1024)
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return {"gzip": gz.compress(zeros) + gz.flush(), "zstd": zstandard.ZstdCompressor(level=19).compress(zeros),
+            "br": brotli.compress(zeros, quality=11)}
+
+
+@pytest.mark.slow
+def test_a_compressed_bomb_is_refused_by_the_decoders_within_bounded_memory() -> None:
+    # Each decoder inflated a whole network chunk at once: 421 bytes of brotli or 8 KiB of
+    # zstd became 256 MiB in one call, on the proxy thread (and bodies decoded 8 MiB at once).
+    import json
+    import tracemalloc
+    import zlib
+
+    import brotli
+    import zstandard
+
+    from hm_agent.capture import decoding
+    from hm_agent.capture.decoding import DecodeError, decoder_for
+
+    for encoding, bomb in _bombs().items():
+        decoder = decoder_for(encoding)
+        tracemalloc.start()
+        with pytest.raises(DecodeError, match="inflates past"):
+            for at in range(0, len(bomb), 65536):
+                decoder.decode(bomb[at:at + 65536])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 2 * decoding.FLOOR + 64 * 1024 * 1024, (encoding, peak)  # the output was 256 MiB
+    doc = json.dumps({"choices": [{"text": "x" * 200_000}], "usage": {"prompt_tokens": 3}}).encode()
+    for encoding, packed in (("gzip", zlib.compress(doc, wbits=31)), ("zstd", zstandard.ZstdCompressor().compress(doc)),
+                             ("br", brotli.compress(doc))):
+        decoder = decoder_for(encoding)
+        assert b"".join(decoder.decode(packed[at:at + 1000]) for at in range(0, len(packed), 1000)) == doc
+
+
+@pytest.mark.slow
+def test_an_upstream_answering_compressed_bombs_gets_its_calls_proxied_and_flagged(tmp_path: Path) -> None:
+    # The daemon inflated the answer to read its usage: one brotli answer of under 1 KiB
+    # inflated to 1 GiB on the proxy thread (several at once, and the daemon is killed).
+    import contextlib
+    import ssl
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler
+
+    import httpx
+
+    from tests.support.daemon import daemon_metering
+    from tests.support.tls import serve_tls
+
+    bombs = _bombs()
+
+    class Bomber(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            encoding = self.path.rsplit("=", 1)[-1]
+            body = bombs[encoding]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", encoding)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    @contextlib.contextmanager
+    def bomber(ca: object) -> object:
+        serving = serve_tls(ca, Bomber, name="bomber")  # type: ignore[arg-type]
+        try:
+            yield serving
+        finally:
+            serving.stop()
+
+    with daemon_metering(tmp_path, bomber) as (daemon, upstream):
+        ctx = ssl.create_default_context(cafile=str(daemon.ca_cert_path))
+        answers: dict[str, int] = {}
+
+        def call(encoding: str) -> None:
+            with httpx.Client(proxy=daemon.proxy_url, verify=ctx, timeout=60,
+                              headers={"Accept-Encoding": "identity"}) as client:
+                with client.stream("POST", f"https://localhost:{upstream.port}/v1/chat/completions?encoding={encoding}",
+                                   json={"model": "gpt-4o-mini", "messages": []}) as answer:
+                    answers[encoding] = sum(len(chunk) for chunk in answer.iter_raw())
+
+        threads = [threading.Thread(target=call, args=(e,)) for e in bombs for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert answers == {e: len(b) for e, b in bombs.items()}  # passed through untouched
+        deadline = time.monotonic() + 20
+        while len(daemon.rows()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rows = daemon.rows()
+        assert len(rows) == 6 and all("unparsed" in (r["flags"] or "") for r in rows), rows
+        assert daemon.status()["daemon"]["running"] is True
+        peak_mib = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{daemon.pid}/status").read_text())[1]) // 1024
+        print(f"daemon peak RSS {peak_mib} MiB")
+        assert peak_mib < 450  # the bombs inflate to 256 MiB each; before, one call held it all (and a copy)

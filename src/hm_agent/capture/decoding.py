@@ -16,7 +16,33 @@ class ChunkDecoder(Protocol):
 
 
 class DecodeError(Exception):
-    """The body is not valid for its declared Content-Encoding."""
+    """The body is not valid for its declared Content-Encoding (or inflates like a bomb)."""
+
+
+# Decompression bombs: a few hundred bytes of brotli or a few KiB of zstd inflate to
+# 256 MiB in one call, and an upstream may send megabytes of them, on the proxy thread.
+# Each decoder works through its input in pieces small enough that one piece yields a
+# bounded amount, and gives up (DecodeError: the call is proxied untouched, its usage
+# flagged "unparsed") once the output passes both FLOOR bytes and RATIO times the input.
+FLOOR = 64 * 1024 * 1024
+RATIO = 200  # JSON and SSE inflate by 3-20x; a bomb by 1,000x (gzip) to 600,000x (brotli)
+ZLIB_PIECE_OUT = 1024 * 1024  # zlib's max_length per call
+ZSTD_PIECE_IN = 256  # zstd: at most ~32,000x per block, so a 256-byte piece gives <= ~8 MiB
+BROTLI_PIECE_IN = 32  # brotli: one input byte can end a 16 MiB meta-block; 32 give <= ~48 MiB
+
+
+class _Budget:
+    """Counts a decoder's input and output, and refuses a bomb (see FLOOR and RATIO)."""
+
+    def __init__(self) -> None:
+        self._in = 0
+        self._out = 0
+
+    def _spend(self, encoded: int, decoded: int) -> None:
+        self._in += encoded
+        self._out += decoded
+        if self._out > FLOOR and self._out > RATIO * self._in:
+            raise DecodeError(f"inflates past {self._out:,} bytes from {self._in:,}: not decoded further")
 
 
 class _Identity:
@@ -24,10 +50,11 @@ class _Identity:
         return chunk
 
 
-class _Zlib:
+class _Zlib(_Budget):
     """gzip (wbits 16+15), zlib-wrapped or raw deflate ("deflate" is both in the wild)."""
 
     def __init__(self, encoding: str) -> None:
+        super().__init__()
         self._encoding = encoding
         self._obj: zlib._Decompress | None = None
         self._pending = b""
@@ -44,37 +71,63 @@ class _Zlib:
                 wbits = 15 if (head[0] & 0x0F) == 8 and (head[0] << 8 | head[1]) % 31 == 0 else -15
             self._obj = zlib.decompressobj(wbits)
             chunk, self._pending = self._pending, b""
+        out: list[bytes] = []
+        data = chunk
         try:
-            return self._obj.decompress(chunk)
+            while data:
+                piece = self._obj.decompress(data, ZLIB_PIECE_OUT)
+                rest = self._obj.unconsumed_tail
+                self._spend(len(data) - len(rest), len(piece))
+                out.append(piece)
+                if len(rest) == len(data) and not piece:
+                    break  # nothing more can come out of it now
+                data = rest
         except zlib.error as exc:
             raise DecodeError(str(exc)) from None
+        return b"".join(out)
 
 
-class _Brotli:
+class _Brotli(_Budget):
     def __init__(self) -> None:
         import brotli
 
+        super().__init__()
         self._obj = brotli.Decompressor()
 
     def decode(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
         try:
-            return bytes(self._obj.process(chunk))
+            for at in range(0, len(chunk), BROTLI_PIECE_IN):
+                piece = self._obj.process(chunk[at:at + BROTLI_PIECE_IN])
+                self._spend(min(BROTLI_PIECE_IN, len(chunk) - at), len(piece))
+                out.append(piece)
+        except DecodeError:
+            raise
         except Exception as exc:  # brotli.error
             raise DecodeError(str(exc)) from None
+        return b"".join(out)
 
 
-class _Zstd:
+class _Zstd(_Budget):
     def __init__(self) -> None:
         import zstandard
 
+        super().__init__()
         # read_across_frames: a server may flush several frames into one body
         self._obj = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
 
     def decode(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
         try:
-            return bytes(self._obj.decompress(chunk))
+            for at in range(0, len(chunk), ZSTD_PIECE_IN):
+                piece = self._obj.decompress(chunk[at:at + ZSTD_PIECE_IN])
+                self._spend(min(ZSTD_PIECE_IN, len(chunk) - at), len(piece))
+                out.append(piece)
+        except DecodeError:
+            raise
         except Exception as exc:  # zstandard.ZstdError
             raise DecodeError(str(exc)) from None
+        return b"".join(out)
 
 
 class _Chain:
