@@ -111,3 +111,33 @@ def test_the_workspace_retention_deletes_bodies_with_their_rows(engine: Engine) 
     retention.set_retention(engine, acme, 30, "acme@example.com", None, NOW)
     assert retention.run_pass(engine, date(2026, 11, 29), NOW).deleted == {acme: 1}
     assert rb.count_bodies(engine, acme) == 1 and rb.read_body(engine, acme, old, "a", None, NOW) is None
+
+
+def test_one_row_id_twice_in_an_upload_or_in_two_at_once_is_a_duplicate_not_a_500(engine: Engine) -> None:
+    # Both copies passed the "already stored?" check and the second INSERT hit the primary key:
+    # IntegrityError, a 500 (and the same for two uploads of one row at the same moment).
+    import threading
+
+    acme = workspace(engine, "acme")
+    rb.set_accept(engine, acme, True, "acme@example.com", None, NOW)
+    [rid, other] = seed(engine, acme, "2026-11-29", 2)
+    assert rb.store_bodies(engine, acme, "m1", [body(rid, "first"), body(rid, "second")], NOW) == {
+        "stored": 1, "duplicates": 1, "unknown": []}
+    got = rb.read_body(engine, acme, rid, "a", None, NOW)
+    assert got is not None and got["body"]["request"] == "first"
+    results: list[object] = []
+    start = threading.Barrier(8)
+
+    def upload() -> None:
+        start.wait()
+        try:
+            results.append(rb.store_bodies(engine, acme, "m1", [body(other)], NOW)["stored"])
+        except Exception as exc:  # the test reports it below
+            results.append(exc)
+
+    threads = [threading.Thread(target=upload) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(map(str, results)) == ["0"] * 7 + ["1"], results

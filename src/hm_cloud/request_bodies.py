@@ -157,6 +157,18 @@ def delete_bodies(engine: Engine, workspace_id: str, actor: str, address: str | 
 
 def store_bodies(engine: Engine, workspace_id: str, machine_id: str, items: list[dict[str, Any]],
                  now: float) -> dict[str, Any]:
+    """Store the bodies not stored yet; an id given twice in one upload counts once (then as a
+    duplicate), and one that another upload stored meanwhile is a duplicate too (never a 500)."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return _store_bodies(engine, workspace_id, machine_id, items, now)
+    except IntegrityError:  # a concurrent upload of the same row won: this pass sees it as stored
+        return _store_bodies(engine, workspace_id, machine_id, items, now)
+
+
+def _store_bodies(engine: Engine, workspace_id: str, machine_id: str, items: list[dict[str, Any]],
+                  now: float) -> dict[str, Any]:
     with engine.begin() as conn:
         if not accepts(conn, workspace_id):
             raise ApiError(403, "bodies_not_accepted",
@@ -167,7 +179,7 @@ def store_bodies(engine: Engine, workspace_id: str, machine_id: str, items: list
             usage_rows.c.id.in_(ids)))}
         have = {r[0] for r in conn.execute(select(request_bodies.c.id).where(
             request_bodies.c.workspace_id == workspace_id, request_bodies.c.id.in_(ids)))}
-        fresh = [i for i in items if i["id"] in known and i["id"] not in have]
+        fresh = list({i["id"]: i for i in reversed(items) if i["id"] in known and i["id"] not in have}.values())
         if fresh:
             import json
 
@@ -178,7 +190,7 @@ def store_bodies(engine: Engine, workspace_id: str, machine_id: str, items: list
                  "ciphertext": fernet.encrypt(json.dumps(
                      {"request": i["request"], "response": i["response"]}).encode()).decode()}
                 for i in fresh])
-    return {"stored": len(fresh), "duplicates": len([i for i in ids if i in have]),
+    return {"stored": len(fresh), "duplicates": len([i for i in ids if i in known]) - len(fresh),
             "unknown": [i for i in ids if i not in known]}
 
 
