@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine, delete, insert, inspect, select
 
 from hm_cloud import budgets, db, rollups, store, views
 
@@ -218,3 +218,13 @@ def test_the_rollups_switch_off_reads_rows(engine: Engine, monkeypatch: pytest.M
     assert store.spend_breakdown(engine, WS, DAYS[0], DAYS[-1], "model") == before
     monkeypatch.setenv(store.ROLLUPS_ENV, "off")
     assert store.spend_breakdown(engine, WS, DAYS[0], DAYS[-1], "model") == []
+
+
+def test_a_version_6_database_gains_the_rollups_range_index(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX usage_rollups_workspace_day")
+        conn.execute(db.schema_version.update().values(version=6))
+    db.init_schema(engine)
+    assert "usage_rollups_workspace_day" in {i["name"] for i in inspect(engine).get_indexes("usage_rollups")}
+    with engine.connect() as conn:
+        assert conn.execute(select(db.schema_version.c.version)).scalar_one() == db.SCHEMA_VERSION >= 7

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     and_,
@@ -1312,9 +1313,12 @@ def _dashboard_from_rollups(
 ) -> dict[str, Any]:
     c = src.c
     errors, no_usage, unknown = src.outcomes()
-    sums = (src.calls(), *src.total("cost_nanos", "nanos"), unknown, no_usage, errors,
-            *src.total("input_tokens", "input_tokens"), *src.total("output_tokens", "output_tokens"),
-            *src.total("cache_read_tokens", "reads"), func.sum(case((c.priced.is_(True), 1), else_=0)))
+    # Each sum as a BIGINT, never null: plain ints to Python (a part of a split sum overflows only past
+    # 9 * 10^9 rows in the range, see exact_sum; PostgreSQL would then refuse the query, not round).
+    sums = [func.coalesce(cast(s, BigInteger), 0) for s in (
+        src.calls(), *src.total("cost_nanos", "nanos"), unknown, no_usage, errors,
+        *src.total("input_tokens", "input_tokens"), *src.total("output_tokens", "output_tokens"),
+        *src.total("cache_read_tokens", "reads"), func.sum(case((c.priced.is_(True), 1), else_=0)))]
     by_model, by_member = (c.day, c.provider, c.model), (c.machine_id, c.os_user, c.project)
     where = src.within(workspace_id, *span)
     # Columns: the 6 keys (null where the grouping does not use them), 1 for the by_member grouping, then sums.
@@ -1335,13 +1339,12 @@ def _dashboard_from_rollups(
     names["member"] = names["machine"]
 
     # Each row once as (keys, _MEASURES as plain ints, cache reads, priced rollup rows).
-    split = ((r[:6], (int(r[7]), _join(r[8], r[9]), int(r[10] or 0), int(r[11] or 0), int(r[12] or 0),
-                      _join(r[13], r[14]), _join(r[15], r[16])), _join(r[17], r[18]), int(r[19] or 0), r[6])
-             for r in rows)
     model_rows: list[tuple[Any, ...]] = []
     member_rows: list[tuple[Any, ...]] = []
-    for keys, measures, reads, priced, member_grouping in split:
-        (member_rows if member_grouping else model_rows).append((keys, measures, reads, priced))
+    for r in rows:
+        (member_rows if r[6] else model_rows).append((
+            r[:6], (r[7], r[8] * _SPLIT + r[9], r[10], r[11], r[12], r[13] * _SPLIT + r[14], r[15] * _SPLIT + r[16]),
+            r[17] * _SPLIT + r[18], r[19]))
     position = {"day": 0, "provider": 1, "model": 2, "machine": 3, "person": 3, "os_user": 4, "project": 5}
 
     def key_of(dim: str, keys: tuple[Any, ...]) -> Any:
@@ -1355,11 +1358,7 @@ def _dashboard_from_rollups(
         for keys, measures, _reads, _priced in model_rows if dim in _BY_DAY_AND_MODEL else member_rows:
             key = key_of(dim, keys)
             into = totals.get(key)
-            if into is None:
-                totals[key] = list(measures)
-            else:
-                for i, value in enumerate(measures):
-                    into[i] += value
+            totals[key] = list(measures) if into is None else [a + b for a, b in zip(into, measures, strict=True)]
         out = [{"key": None if key is None else str(key), "label": _label(dim, key, names.get(dim, {})),
                 **dict(zip(_MEASURES, totals[key], strict=True))}
                for key in sorted(totals, key=lambda k: (k is None, k or ""))]
