@@ -197,6 +197,15 @@ def test_a_version_5_database_gains_the_audit_time_index(engine: Engine) -> None
         assert conn.execute(select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION >= 6
 
 
+@pytest.mark.slow
+def test_serve_audit_days_reaches_the_pages(tmp_path: Path) -> None:
+    with running_cloud(tmp_path, extra_args=("--audit-days", "90")) as cloud:
+        cloud.create_user("owner@example.com", PASSWORD, "acme")
+        owner = cloud.login_session("owner@example.com", PASSWORD)
+        assert "Entries are kept for 90 days" in owner.get("/acme/settings/audit").text
+        assert "its entries are kept for 90 days" in owner.get("/acme/settings/retention").text
+
+
 def old_rows(days_ago: int, n: int) -> list[dict[str, Any]]:
     day = (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y-%m-%d")
     return [sample_row(ts=f"{day}T10:00:00.000Z") for _ in range(n)]
