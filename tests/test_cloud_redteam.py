@@ -494,3 +494,24 @@ def test_wrong_metrics_scrape_keys_are_counted_per_address(tmp_path: object, mon
         refused = scraper.get("/metrics", headers=right)
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         _no_traceback(server)
+
+
+@pytest.mark.slow
+def test_concurrent_first_saves_of_workspace_settings_are_not_500_on_postgresql(pg_cloud: CloudServer) -> None:
+    # set_retention and set_accept updated, found no row, and inserted: two first saves at once
+    # both inserted and one hit the primary key (UniqueViolation, a 500; SQLite serialised them).
+    import concurrent.futures
+
+    pg_cloud.create_user("settler@example.com", PASSWORD, "settler")
+    owner = pg_cloud.login_session("settler@example.com", PASSWORD)
+    csrf = pg_cloud.csrf(owner, "/settler/settings/retention")
+
+    def save(n: int) -> int:
+        data = {"action": "accept_bodies"} if n % 2 else {"days": "30", "confirm": "yes"}
+        return owner.post("/settler/settings/retention", data={"csrf_token": csrf, **data}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(save, range(8))) == [303] * 8
+    page = owner.get("/settler/settings/retention").text
+    assert "30 days" in page
+    _no_traceback(pg_cloud)

@@ -36,9 +36,10 @@ from hm_proto.server import ApiError, is_uuid
 
 from . import team
 from .bodies import BODIES_PATH, MAX_BODY_BYTES
-from .db import request_bodies, usage_rows, workspace_keys, workspace_settings
+from .db import request_bodies, usage_rows, workspace_keys, workspace_settings, workspaces
 from .pages import Member, member_page, render
 from .state import client_address, cloud
+from .store import lock_row, write_transaction
 
 log = logging.getLogger("hm_cloud.request_bodies")
 
@@ -132,7 +133,8 @@ def accepts(conn: Connection | Engine, workspace_id: str) -> bool:
 
 def set_accept(engine: Engine, workspace_id: str, accept: bool, actor: str, address: str | None,
                now: float) -> None:
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
+        lock_row(conn, workspaces, workspace_id)  # two first saves at once both INSERTed (PostgreSQL: a 500)
         updated = conn.execute(workspace_settings.update().where(workspace_settings.c.workspace_id == workspace_id)
                                .values(accept_bodies=accept, updated_at=now)).rowcount
         if not updated:

@@ -59,7 +59,7 @@ from .pages import (  # also registers {:slug}
 )
 from .security import csrf_ok
 from .state import client_address, cloud
-from .store import write_transaction
+from .store import lock_row, write_transaction
 
 log = logging.getLogger("hm_cloud.retention")
 
@@ -146,7 +146,8 @@ def rows_before(engine: Engine, workspace_id: str, day: str) -> int:
 def set_retention(engine: Engine, workspace_id: str, days: int | None, actor: str | None,
                   address: str | None, now: float) -> int | None:
     """Save the setting and its audit entry in one transaction; returns the previous value."""
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
+        lock_row(conn, workspaces, workspace_id)  # two first saves at once both INSERTed (PostgreSQL: a 500)
         before = retention_days(conn, workspace_id)
         updated = conn.execute(
             workspace_settings.update().where(workspace_settings.c.workspace_id == workspace_id)
