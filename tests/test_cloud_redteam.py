@@ -515,3 +515,41 @@ def test_concurrent_first_saves_of_workspace_settings_are_not_500_on_postgresql(
     page = owner.get("/settler/settings/retention").text
     assert "30 days" in page
     _no_traceback(pg_cloud)
+
+
+@pytest.mark.slow
+def test_concurrent_claims_of_one_slug_or_one_machine_are_not_500_on_postgresql(pg_cloud: CloudServer) -> None:
+    # Check-then-insert under no shared lock: two sign-ups or two new workspaces with one
+    # name, or two approvals of one machine id, both inserted and the loser hit a unique
+    # constraint (UniqueViolation, a 500). SQLite serialised them; PostgreSQL did not.
+    import concurrent.futures
+    import uuid
+
+    def sign_up(n: int) -> int:
+        visitor = pg_cloud.client()
+        return visitor.post("/signup", data={"csrf_token": pg_cloud.csrf(visitor, "/signup"),
+                                             "email": f"claim{n}@example.com", "password": PASSWORD,
+                                             "workspace": "claimed"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        assert sorted(pool.map(sign_up, range(4))) == [303] + [400] * 3  # 4: the per-address argon2 gate
+    people = []
+    for n in range(4):
+        pg_cloud.create_user(f"maker{n}@example.com", PASSWORD, f"maker{n}")
+        people.append(pg_cloud.login_session(f"maker{n}@example.com", PASSWORD))
+    tokens = [pg_cloud.csrf(p, "/workspaces/new") for p in people]
+
+    def new_workspace(n: int) -> int:
+        return people[n % 4].post("/workspaces/new", data={"csrf_token": tokens[n % 4], "name": "contested"}
+                                  ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(new_workspace, range(8))) == [303] + [400] * 7
+    machine = str(uuid.uuid4())
+    starts = [pg_cloud.start_pairing(machine_id=machine, workspace="maker0") for _ in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda s: pg_cloud.approve(s["user_code"], "maker0", people[0]).status_code, starts))
+    assert codes == [200] * 4
+    devices = people[0].get("/maker0/settings/devices").text
+    assert devices.count(machine) == 1
+    _no_traceback(pg_cloud)

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import orjson
 from markupsafe import Markup
+from sqlalchemy.exc import IntegrityError
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -551,10 +552,16 @@ async def approve(request: Request) -> Response:
     else:
         decision = "approve"
         try:
-            done = await state.db(
-                store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now, user_id,
-                team.can(ws.role, "revoke_any_device"),
-            )
+            try:
+                done = await state.db(
+                    store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now, user_id,
+                    team.can(ws.role, "revoke_any_device"),
+                )
+            except IntegrityError:  # the same machine approved twice at once: the second refreshes the first
+                done = await state.db(
+                    store.approve_pairing, code_hash, ws, generate_token(secrets.token_bytes), now, user_id,
+                    team.can(ws.role, "revoke_any_device"),
+                )
         except store.PairingRefused as exc:
             if as_json:
                 raise ApiError(403, "forbidden", str(exc)) from None

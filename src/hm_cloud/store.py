@@ -250,35 +250,39 @@ def create_user(
 ) -> tuple[int, Workspace]:
     """A new user and their workspace (or membership of an existing one)."""
     email = email.strip().lower()
-    with write_transaction(engine) as conn:
-        if conn.execute(select(users.c.id).where(users.c.email == email)).first():
-            raise SignupError(f"an account for {email} already exists: sign in instead")
-        ws = conn.execute(
-            select(workspaces.c.id, workspaces.c.slug, workspaces.c.name).where(
-                workspaces.c.slug == workspace_slug
-            )
-        ).first()
-        if ws is not None and not join_existing_workspace:
-            raise SignupError(f"the workspace name '{workspace_slug}' is taken: choose another")
-        inserted = conn.execute(
-            users.insert().values(email=email, password_hash=password_hash, created_at=now)
-        ).inserted_primary_key
-        assert inserted is not None
-        user_id = inserted[0]
-        if ws is None:
-            workspace = Workspace(str(uuid.uuid4()), workspace_slug, workspace_name)
-            conn.execute(
-                workspaces.insert().values(
-                    id=workspace.id, slug=workspace.slug, name=workspace.name, created_at=now
+    try:
+        with write_transaction(engine) as conn:
+            if conn.execute(select(users.c.id).where(users.c.email == email)).first():
+                raise SignupError(f"an account for {email} already exists: sign in instead")
+            ws = conn.execute(
+                select(workspaces.c.id, workspaces.c.slug, workspaces.c.name).where(
+                    workspaces.c.slug == workspace_slug
                 )
+            ).first()
+            if ws is not None and not join_existing_workspace:
+                raise SignupError(f"the workspace name '{workspace_slug}' is taken: choose another")
+            inserted = conn.execute(
+                users.insert().values(email=email, password_hash=password_hash, created_at=now)
+            ).inserted_primary_key
+            assert inserted is not None
+            user_id = inserted[0]
+            if ws is None:
+                workspace = Workspace(str(uuid.uuid4()), workspace_slug, workspace_name)
+                conn.execute(
+                    workspaces.insert().values(
+                        id=workspace.id, slug=workspace.slug, name=workspace.name, created_at=now
+                    )
+                )
+                role = "owner"
+            else:
+                workspace = Workspace(str(ws[0]), str(ws[1]), str(ws[2]))
+                role = "member"
+            conn.execute(
+                memberships.insert().values(user_id=user_id, workspace_id=workspace.id, role=role)
             )
-            role = "owner"
-        else:
-            workspace = Workspace(str(ws[0]), str(ws[1]), str(ws[2]))
-            role = "member"
-        conn.execute(
-            memberships.insert().values(user_id=user_id, workspace_id=workspace.id, role=role)
-        )
+    except IntegrityError:  # PostgreSQL: a concurrent sign-up took the email or slug after the checks
+        raise SignupError(f"the email {email} or the workspace name '{workspace_slug}' was just taken: "
+                          "sign in, or choose another") from None
     return int(user_id), workspace
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from hm_proto.server import hash_token
 
@@ -116,7 +117,10 @@ def create_workspace(
             raise SignupError(f"You belong to {MAX_WORKSPACES_PER_PERSON} workspaces, the most one person may: "
                               "leave one before you create another.")
         ws = Workspace(str(uuid.uuid4()), slug, name, "owner")
-        conn.execute(workspaces.insert().values(id=ws.id, slug=slug, name=name, created_at=now))
+        try:
+            conn.execute(workspaces.insert().values(id=ws.id, slug=slug, name=name, created_at=now))
+        except IntegrityError:  # PostgreSQL: someone else took the slug after the check (was a 500)
+            raise SignupError(f"The workspace name '{slug}' is taken: choose another.") from None
         conn.execute(memberships.insert().values(user_id=user_id, workspace_id=ws.id, role="owner"))
         audit(conn, ws.id, actor, "workspace.create", f"workspace {slug}", address, now)
     return ws
@@ -365,9 +369,12 @@ def accept_invitation(
             email, pw_hash = new_account
             if conn.execute(select(users.c.id).where(users.c.email == email)).first():
                 raise SignupError(f"An account for {email} already exists: sign in, then open the link again.")
-            inserted = conn.execute(
-                users.insert().values(email=email, password_hash=pw_hash, created_at=now)
-            ).inserted_primary_key
+            try:
+                inserted = conn.execute(
+                    users.insert().values(email=email, password_hash=pw_hash, created_at=now)
+                ).inserted_primary_key
+            except IntegrityError:  # a sign-up with this email won the race (the link stays unused)
+                raise SignupError(f"An account for {email} already exists: sign in, then open the link again.") from None
             assert inserted is not None
             user_id = int(inserted[0])
         assert user_id is not None
