@@ -318,6 +318,13 @@ async def requests_batch(request: Request) -> Response:
 def _ingest_body(
     engine: Engine, device: store.AuthedDevice, raw: bytes, encoding: str | None, now: float
 ) -> tuple[int, int]:
+    with store.sqlite_batch_slot(engine):
+        return _ingest_decoded(engine, device, raw, encoding, now)
+
+
+def _ingest_decoded(
+    engine: Engine, device: store.AuthedDevice, raw: bytes, encoding: str | None, now: float
+) -> tuple[int, int]:
     decoded = decode_body(raw, encoding, MAX_BODY_BYTES)
     fast = fast_batch(decoded, device.workspace.id, device.machine_id, now, MAX_BATCH_ROWS)
     if fast is not None:  # the common case, decoded and checked in one pass
