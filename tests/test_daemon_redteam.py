@@ -296,3 +296,44 @@ def test_an_upstream_answering_compressed_bombs_gets_its_calls_proxied_and_flagg
         peak_mib = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{daemon.pid}/status").read_text())[1]) // 1024
         print(f"daemon peak RSS {peak_mib} MiB")
         assert peak_mib < 450  # the bombs inflate to 256 MiB each; before, one call held it all (and a copy)
+
+
+@pytest.mark.slow
+def test_big_bodies_are_packed_into_uploads_the_backend_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 16 bodies a time with no byte bound: 16 x 256 KiB a side (the default body_max_kib), a
+    # CJK prompt escaped to \\uXXXX, or one 4 MiB body were 413 on every try, and being the
+    # oldest pending they held up every later body for good.
+    import json
+
+    from cryptography.fernet import Fernet
+
+    from hm_agent.bodysync import pack
+    from tests.support.cloudserver import batch_body, running_cloud, sample_row
+
+    monkeypatch.setenv("HALTON_METER_CLOUD_MASTER_KEY", Fernet.generate_key().decode())
+    with running_cloud(tmp_path) as cloud:
+        cloud.create_user("owner@example.com", "correct-horse-1", "acme")
+        owner = cloud.login_session("owner@example.com", "correct-horse-1")
+        csrf = cloud.csrf(owner, "/acme/settings/retention")
+        assert owner.post("/acme/settings/retention", data={"csrf_token": csrf, "action": "accept_bodies"}
+                          ).status_code == 303
+        token = cloud.pair("owner@example.com", "correct-horse-1", "acme")["token"]
+        device = cloud.client(headers={"Authorization": f"Bearer {token}"})
+        rows = [sample_row() for _ in range(18)]
+        assert device.post("/v1/requests/batch", json=batch_body(rows)).status_code == 200
+        wide = "漢字" * (128 * 1024)  # 256 Ki characters, 768 KiB of UTF-8
+        docs = [(r["id"], {"request": wide, "response": wide, "truncated": False}) for r in rows[:17]]
+        docs.append((rows[17]["id"], {"request": "x" * (4 * 1024 * 1024), "response": "y" * (4 * 1024 * 1024),
+                                      "truncated": False}))
+        stored, uploads, cut = 0, 0, []
+        while docs and uploads < 40:
+            items = pack(docs)
+            cut += [i["id"] for i in items if i["truncated"]]
+            answer = device.post("/v1/requests/bodies", content=json.dumps({"bodies": items}, ensure_ascii=False),
+                                 headers={"Content-Type": "application/json"})
+            assert answer.status_code == 200, answer.text
+            stored += answer.json()["stored"]
+            docs = docs[len(items):]
+            uploads += 1
+        assert stored == 18 and not docs
+        assert cut == [rows[17]["id"]]  # the 4 MiB one went too, cut and flagged truncated

@@ -20,6 +20,7 @@ from typing import Any
 log = logging.getLogger("hm_agent.bodysync")
 
 PER_UPLOAD = 16
+UPLOAD_BYTES = 3 * 1024 * 1024  # JSON of one upload; the backend refuses more than 4 MiB
 WHOAMI_SECONDS = 300.0
 INTERVAL_ENV = "HALTON_METER_BODY_SYNC_SECONDS"
 
@@ -78,16 +79,12 @@ class BodySync:
                             if not pending:
                                 break
                             key = bodies.load_or_create_key(ctx.home.home)
-                            items = []
-                            for row_id, token in pending:
-                                doc = bodies.decrypt(key, token)
-                                items.append({"id": row_id, "request": doc["request"], "response": doc["response"],
-                                              "truncated": bool(doc["truncated"])})
+                            items = pack([(row_id, bodies.decrypt(key, token)) for row_id, token in pending])
                             answer = await client.send(Request(
                                 "POST", "/v1/requests/bodies",
                                 (("Content-Type", "application/json"), ("Accept", "application/json"),
                                  ("Authorization", f"Bearer {creds.token}")),
-                                json.dumps({"bodies": items}).encode()))
+                                json.dumps({"bodies": items}, ensure_ascii=False).encode()))
                             status = getattr(answer, "status", None)
                             if status == 403:
                                 self.accepted = STATE["accepted"] = False  # the workspace stopped accepting
@@ -105,6 +102,34 @@ class BodySync:
                 await anyio.sleep(_interval())
         finally:
             store.close()
+
+
+def _size(item: dict[str, Any]) -> int:
+    return len(json.dumps(item, ensure_ascii=False).encode())
+
+
+def pack(docs: list[tuple[str, dict[str, Any]]], budget: int = UPLOAD_BYTES) -> list[dict[str, Any]]:
+    """The first bodies of ``docs`` that fit in one upload of at most ``budget`` bytes of JSON
+    (the backend takes 4 MiB): at least one, cut (``truncated``) when it alone is too big.
+
+    16 bodies of 256 KiB a side, or one body of 4 MiB a side (``body_max_kib`` allows it),
+    passed the backend's limit: every upload of them was 413, and being the oldest pending
+    they held up every later body for good."""
+    items: list[dict[str, Any]] = []
+    used = len('{"bodies":[]}')
+    for row_id, doc in docs:
+        request, response, cut = str(doc["request"]), str(doc["response"]), bool(doc["truncated"])
+        item = {"id": row_id, "request": request, "response": response, "truncated": cut}
+        size = _size(item)
+        while size > budget - used and not items:  # alone and too big: cut both sides until it fits
+            request, response = request[: len(request) // 2], response[: len(response) // 2]
+            item = {"id": row_id, "request": request, "response": response, "truncated": True}
+            size = _size(item)
+        if size > budget - used:
+            break
+        items.append(item)
+        used += size + 1
+    return items
 
 
 def make_component() -> BodySync:
