@@ -137,3 +137,45 @@ def test_the_rollups_command_checks_and_rebuilds(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "check the slug" in unknown.stderr
     neither = subprocess.run(cloud_command("rollups", "--db", url), capture_output=True, text=True, timeout=60)
     assert neither.returncode == 2 and "--check" in neither.stderr
+
+
+def _batch(ws_id: str, first: int, n: int) -> list[tuple[Any, ...]]:
+    return [tuple({**row(i), "workspace_id": ws_id}[c.name] for c in db.usage_rows.columns)
+            for i in range(first, first + n)]
+
+
+def test_sqlite_ingest_near_the_largest_rowid_rebuilds_exactly(tmp_path: Path) -> None:
+    """Past the rowid room SQLite may pick new rowids at random: the ingest then rebuilds
+    the workspace's rollups from its rows instead of summing the rows above a rowid."""
+    from hm_cloud import store
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
+    db.init_schema(engine)
+    _uid, ws = store.create_user(engine, "ops@example.com", "x", "acme", "Acme", 1.0)
+    device = store.AuthedDevice("dev-1", "hash", ws, "m0", "host")
+    try:
+        assert store.ingest_values(engine, device, _batch(ws.id, 0, 10), 1.0) == (10, 0)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE usage_rows SET rowid = ? WHERE id = ?",
+                                 (2**63 - 1 - 3, str(uuid.UUID(int=0))))
+        # a replayed row and new ones: not every row is new, so not the Python sum
+        assert store.ingest_values(engine, device, _batch(ws.id, 5, 10), 2.0) == (5, 5)
+        with engine.connect() as conn:
+            assert rollups.mismatches(conn, ws.id) == []
+            assert conn.execute(select(func.sum(db.usage_rollups.c.calls))).scalar_one() == 15
+    finally:
+        engine.dispose()
+
+
+def test_deadlocks_and_serialization_failures_are_retried_and_nothing_else() -> None:
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    from hm_cloud.store import _retryable
+
+    assert _retryable(psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert _retryable(psycopg.errors.SerializationFailure("could not serialize"))
+    wrapped = DBAPIError("INSERT …", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert _retryable(wrapped)
+    assert not _retryable(psycopg.errors.UniqueViolation("duplicate key"))
+    assert not _retryable(ValueError("no"))
