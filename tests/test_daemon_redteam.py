@@ -337,3 +337,28 @@ def test_big_bodies_are_packed_into_uploads_the_backend_takes(tmp_path: Path, mo
             uploads += 1
         assert stored == 18 and not docs
         assert cut == [rows[17]["id"]]  # the 4 MiB one went too, cut and flagged truncated
+
+
+def _fish_single_quoted(text: str) -> tuple[str, str]:
+    """fish's reading of a single-quoted word at the start of ``text``: (value, rest).
+    Inside '…' only \\\\ and \\' are escapes (fish documentation, "Quotes")."""
+    assert text[0] == "'"
+    out, i = [], 1
+    while text[i] != "'":
+        if text[i] == "\\" and text[i + 1] in "\\'":
+            i += 1
+        out.append(text[i])
+        i += 1
+    return "".join(out), text[i + 1:]
+
+
+@pytest.mark.parametrize("value", ["C:\\certs\\", "it's", "a\\'; echo pwned; echo '", "plain"])
+def test_env_for_fish_quotes_backslashes_and_quotes(value: str) -> None:
+    # POSIX quoting in fish: 'C:\certs\' left the quote open (\' is an escape there), so the
+    # rest of the output ran as fish commands.
+    from hm_cli.envcmd import format_env
+
+    line = format_env({"SSL_CERT_FILE": value}, "fish")
+    assert line.startswith("set -gx SSL_CERT_FILE ")
+    parsed, rest = _fish_single_quoted(line[len("set -gx SSL_CERT_FILE "):])
+    assert parsed == value and rest == ";"

@@ -179,11 +179,17 @@ def _quote_posix(value: str) -> str:
     return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
+def _quote_fish(value: str) -> str:
+    """fish's single quotes read \\ and \' as escapes (POSIX quoting of a value ending in a
+    backslash left the quote open, and what followed ran as commands)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def format_env(variables: Mapping[str, str], shell: str, unset: Sequence[str] = ()) -> str:
     lines = []
     for key, value in variables.items():
         if shell == "fish":
-            lines.append(f"set -gx {key} {_quote_posix(value)};")
+            lines.append(f"set -gx {key} {_quote_fish(value)};")
         elif shell == "powershell":
             lines.append(f"$env:{key} = '{value.replace(chr(39), chr(39) * 2)}'")
         else:
