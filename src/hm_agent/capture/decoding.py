@@ -8,6 +8,7 @@ takes encoded chunks and returns decoded bytes without holding the body.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -43,6 +44,20 @@ class _Budget:
         self._out += decoded
         if self._out > FLOOR and self._out > RATIO * self._in:
             raise DecodeError(f"inflates past {self._out:,} bytes from {self._in:,}: not decoded further")
+
+    def _in_pieces(self, chunk: bytes, size: int, step: Callable[[bytes], bytes]) -> bytes:
+        """``step`` (a decompressor's feed) over ``chunk`` ``size`` input bytes at a time, counted."""
+        out: list[bytes] = []
+        try:
+            for at in range(0, len(chunk), size):
+                piece = step(chunk[at:at + size])
+                self._spend(min(size, len(chunk) - at), len(piece))
+                out.append(piece)
+        except DecodeError:
+            raise
+        except Exception as exc:  # the library's own error for a body that is not what it says
+            raise DecodeError(str(exc)) from None
+        return b"".join(out)
 
 
 class _Identity:
@@ -95,17 +110,7 @@ class _Brotli(_Budget):
         self._obj = brotli.Decompressor()
 
     def decode(self, chunk: bytes) -> bytes:
-        out: list[bytes] = []
-        try:
-            for at in range(0, len(chunk), BROTLI_PIECE_IN):
-                piece = self._obj.process(chunk[at:at + BROTLI_PIECE_IN])
-                self._spend(min(BROTLI_PIECE_IN, len(chunk) - at), len(piece))
-                out.append(piece)
-        except DecodeError:
-            raise
-        except Exception as exc:  # brotli.error
-            raise DecodeError(str(exc)) from None
-        return b"".join(out)
+        return self._in_pieces(chunk, BROTLI_PIECE_IN, self._obj.process)  # brotli.error: DecodeError
 
 
 class _Zstd(_Budget):
@@ -117,17 +122,7 @@ class _Zstd(_Budget):
         self._obj = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
 
     def decode(self, chunk: bytes) -> bytes:
-        out: list[bytes] = []
-        try:
-            for at in range(0, len(chunk), ZSTD_PIECE_IN):
-                piece = self._obj.decompress(chunk[at:at + ZSTD_PIECE_IN])
-                self._spend(min(ZSTD_PIECE_IN, len(chunk) - at), len(piece))
-                out.append(piece)
-        except DecodeError:
-            raise
-        except Exception as exc:  # zstandard.ZstdError
-            raise DecodeError(str(exc)) from None
-        return b"".join(out)
+        return self._in_pieces(chunk, ZSTD_PIECE_IN, self._obj.decompress)  # ZstdError: DecodeError
 
 
 class _Chain:
