@@ -26,7 +26,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.support.cloudserver import CloudServer, running_cloud
+from tests.support.cloudserver import CloudServer, cloud_command, running_cloud
 from tests.support.daemon import HALTON_METER, Daemon, capture_host_config, running_daemon
 from tests.support.tls import CertAuthority, LocalTLSServer
 
@@ -205,9 +205,13 @@ def test_the_pairing_page_story(backend: str, cloud: CloudServer, ca: CertAuthor
         assert "already paired with workspace acme-co" in again.stderr and "cloud disconnect" in again.stderr
 
         # Reconcile (R1): the cloud loses a row; `cloud sync --reconcile` finds the day and re-sends it.
+        # (A row deleted by hand in SQL: the operator then rebuilds the rollups, as docs/cloud.md says.)
         lost = db_rows(d)[0]["id"]
         with sqlite3.connect(cloud.db_url.removeprefix("sqlite:///"), timeout=10) as conn:
             assert conn.execute("DELETE FROM usage_rows WHERE id = ?", (lost,)).rowcount == 1
+        rebuilt = subprocess.run(cloud_command("rollups", "--rebuild", "--db", cloud.db_url),
+                                 capture_output=True, text=True, timeout=120)
+        assert rebuilt.returncode == 0, rebuilt.stderr
         assert cloud_totals(cloud, token) == 2
         rec = d.cli("cloud", "sync", "--reconcile")
         assert rec.returncode == 0, rec.stderr
