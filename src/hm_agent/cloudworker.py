@@ -70,7 +70,7 @@ log = logging.getLogger("hm_agent.cloud")
 BACKLOG_REFRESH = 5.0  # how often an idle worker (or a long stream) re-counts unsynced rows
 
 
-def _pipeline_depth(value: str | None, default: int = 2) -> int:
+def _pipeline_depth(value: str | None, default: int = 3) -> int:
     """Batches on the wire at once while a backlog streams, one connection each:
     HALTON_METER_SYNC_PIPELINE (1 to MAX_IN_FLIGHT; anything else: the default)."""
     try:
