@@ -546,3 +546,17 @@ def test_concurrent_claims_of_one_slug_or_one_machine_are_not_500_on_postgresql(
     devices = people[0].get("/maker0/settings/devices").text
     assert devices.count(machine) == 1
     _no_traceback(pg_cloud)
+
+
+def test_no_page_can_be_framed_and_no_secret_url_leaves_in_a_referer(cloud: CloudServer, session: httpx.Client) -> None:
+    # No frame-ancestors / X-Frame-Options: a same-site page (SameSite=Lax still sends the
+    # cookie there) could frame /connect?code=… and have the victim click Approve.
+    visitor = cloud.client()
+    answers = [session.get("/mallory/"), session.get("/mallory/settings/members"), session.get("/connect"),
+               session.get("/mallory/spend.csv"), visitor.get("/login"), visitor.get("/invite/not-a-link"),
+               visitor.get("/v1/usage"), visitor.get("/healthz")]
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "DENY", answer.url
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], answer.url
+        assert answer.headers["referrer-policy"] == "same-origin"
+        assert answer.headers["x-content-type-options"] == "nosniff"

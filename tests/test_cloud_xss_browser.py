@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Page
 
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
 
@@ -72,6 +72,14 @@ def _fill(cloud: CloudServer) -> tuple[str, dict[str, str]]:
     return slug, {"row": str(rows[0]["id"]), "code": str(pending["user_code"])}
 
 
+def _sign_in(page: Page, cloud: CloudServer) -> None:
+    page.goto(f"{cloud.app_url}/login")
+    page.get_by_label("Email").fill("owner@example.com")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name=re.compile("Sign in", re.I)).click()
+    page.wait_for_load_state("load")
+
+
 def _pages(slug: str, ids: dict[str, str]) -> list[str]:
     days = "from_date=2026-11-01&to_date=2026-11-29"
     base = f"/{slug}/?{days}"
@@ -93,10 +101,7 @@ def test_no_hostile_string_runs_a_script_on_any_page(browser: Browser,
         page = context.new_page()
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(f"{cloud.app_url}/login")
-        page.get_by_label("Email").fill("owner@example.com")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name=re.compile("Sign in", re.I)).click()
+        _sign_in(page, cloud)
         page.wait_for_url(re.compile(rf"/{re.escape(slug)}/"))
         shown = 0
         for path in _pages(slug, ids):
@@ -120,3 +125,42 @@ def test_the_hostile_workspace_has_what_the_pages_show(hostile: tuple[CloudServe
     page = owner.get(f"/{slug}/requests/{ids['row']}")
     assert page.status_code == 200 and "&lt;img src=x onerror=" in page.text
     assert "&lt;script&gt;window.__xss" in page.text
+
+
+def test_chromium_refuses_to_frame_the_approve_page(browser: Browser,
+                                                    hostile: tuple[CloudServer, str, dict[str, str]]) -> None:
+    # Clickjacking: a page on another port of the same host is same-site, so SameSite=Lax
+    # sends the session cookie into its iframe of /connect?code=…: the signed-in victim's
+    # Approve button under a decoy. With frame-ancestors 'none' Chromium shows no page there.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cloud, _slug, ids = hostile
+    framing = f'<iframe src="{cloud.app_url}/connect?code={ids["code"]}" width="600" height="400"></iframe>'.encode()
+
+    class Decoy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(framing)))
+            self.end_headers()
+            self.wfile.write(framing)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    decoy = ThreadingHTTPServer(("127.0.0.1", 0), Decoy)
+    threading.Thread(target=decoy.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        _sign_in(page, cloud)
+        page.goto(f"http://127.0.0.1:{decoy.server_address[1]}/")
+        page.wait_for_timeout(1500)
+        [framed] = [f for f in page.frames if f is not page.main_frame]
+        shown = "" if framed.url.startswith("chrome-error://") else framed.content()
+        assert "Approve" not in shown, framed.url
+    finally:
+        context.close()
+        decoy.shutdown()
+        decoy.server_close()

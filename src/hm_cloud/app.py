@@ -10,10 +10,12 @@ from pathlib import Path
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hm_proto.server import ApiError
 
@@ -72,6 +74,40 @@ async def on_crash(request: Request, exc: Exception) -> Response:
     )
 
 
+# On every answer: no page of ours may be framed (clickjacking the Approve button of
+# /connect from a same-site page, where SameSite=Lax still sends the cookie), no <base> or
+# plugin may be injected, forms post only here, types are not sniffed, and URLs carrying
+# secrets (invitation links, result notes) never leave in a Referer.
+SECURITY_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP answer (a plain ASGI middleware: streams untouched)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in SECURITY_HEADERS if name not in have]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(engine: Engine, app_url: str) -> Starlette:
     """The app for a ready (schema-initialised) engine; ``app_url`` is where pages live."""
     state = CloudState(
@@ -83,6 +119,7 @@ def create_app(engine: Engine, app_url: str) -> Starlette:
         "/static", app=StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"
     )
     app = Starlette(
+        middleware=[Middleware(SecurityHeaders)],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
