@@ -168,6 +168,7 @@ def measure(cloud: object, token: str, dates: dict[str, str], repeats: int) -> d
         assert answer.status_code == 200 and answer.json()["days"], answer.text[:200]
 
     out = {}
+    print(f"  (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", flush=True)
     for name, fn in (("page, last 30 days", page({})), ("page, 90 days", page(dates)), ("totals, 90 days", totals)):
         out[name] = timed(repeats, fn)
         print(f"  {name}: p50 {statistics.median(out[name]):,.0f} ms, p95 {p95(out[name]):,.0f} ms "

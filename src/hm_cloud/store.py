@@ -1378,21 +1378,23 @@ def _dashboard_from_rollups(
             r[17] * _SPLIT + r[18], r[19]))
     position = {"day": 0, "provider": 1, "model": 2, "machine": 3, "person": 3, "os_user": 4, "project": 5}
 
-    def key_of(dim: str, keys: tuple[Any, ...]) -> Any:
+    def keys_of(dim: str, rows: list[tuple[Any, ...]]) -> list[Any]:
+        """Each row's value of ``dim`` (member: os_user@machine; '' project or OS user: None)."""
         if dim == "member":
-            return f"{keys[4]}@{keys[3]}"
-        value = keys[position[dim]]
-        return value or None if dim in _BLANK_IS_NONE else value
+            return [f"{keys[4]}@{keys[3]}" for keys, *_ in rows]
+        at = position[dim]
+        if dim in _BLANK_IS_NONE:
+            return [keys[at] or None for keys, *_ in rows]
+        return [keys[at] for keys, *_ in rows]
 
     def breakdown(dim: str) -> list[dict[str, Any]]:
-        totals: dict[Any, list[int]] = {}
-        for keys, measures, _reads, _priced in model_rows if dim in _BY_DAY_AND_MODEL else member_rows:
-            key = key_of(dim, keys)
-            into = totals.get(key)
-            totals[key] = list(measures) if into is None else [a + b for a, b in zip(into, measures, strict=True)]
+        rows = model_rows if dim in _BY_DAY_AND_MODEL else member_rows
+        grouped: dict[Any, list[tuple[int, ...]]] = {}
+        for key, row in zip(keys_of(dim, rows), rows, strict=True):
+            grouped.setdefault(key, []).append(row[1])
         out = [{"key": None if key is None else str(key), "label": _label(dim, key, names.get(dim, {})),
-                **dict(zip(_MEASURES, totals[key], strict=True))}
-               for key in sorted(totals, key=lambda k: (k is None, k or ""))]
+                **dict(zip(_MEASURES, map(sum, zip(*grouped[key], strict=True)), strict=True))}
+               for key in sorted(grouped, key=lambda k: (k is None, k or ""))]
         return _by_person(out) if dim == "person" else out
 
     groups = {name: breakdown(dim) for name, dim in (
@@ -1403,9 +1405,10 @@ def _dashboard_from_rollups(
         cache[(keys[1], keys[2])] = cache.get((keys[1], keys[2]), 0) + reads
     per_series: dict[str, dict[str, int]] = {}
     if chart in _BY_DAY_AND_MODEL:
-        for keys, measures, _reads, priced in sorted(model_rows, key=lambda m: (key_of(chart, m[0]), m[0][0])):
+        for key, (keys, measures, _reads, priced) in sorted(zip(keys_of(chart, model_rows), model_rows, strict=True),
+                                                            key=lambda kr: (kr[0], kr[1][0][0])):
             if priced:  # spend_per_day sums priced rows only: a day appears when it has one
-                days = per_series.setdefault(_label(chart, key_of(chart, keys), {}), {})
+                days = per_series.setdefault(_label(chart, key, {}), {})
                 days[keys[0]] = days.get(keys[0], 0) + measures[1]
     else:
         per_series = spend_per_day(engine, workspace_id, *span, chart, filters)
@@ -1414,11 +1417,6 @@ def _dashboard_from_rollups(
         "cache_reads": [(str(p), str(m), n) for (p, m), n in sorted(cache.items()) if n > 0],
         "per_series": per_series,
     }
-
-
-def _join(hi: Any, lo: Any) -> int:
-    """An exact_sum pair as its total (joined_sum of two values)."""
-    return int(hi or 0) * _SPLIT + int(lo or 0)
 
 
 def stored_row_count(engine: Engine, workspace_id: str | None = None) -> int:
