@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -362,3 +363,52 @@ def test_env_for_fish_quotes_backslashes_and_quotes(value: str) -> None:
     assert line.startswith("set -gx SSL_CERT_FILE ")
     parsed, rest = _fish_single_quoted(line[len("set -gx SSL_CERT_FILE "):])
     assert parsed == value and rest == ";"
+
+
+@pytest.mark.parametrize("url", ["--gpu-launcher=sh -c 'touch /tmp/pwned'", "file:///etc/passwd",
+                                 "javascript:alert(1)", "smb://evil/share", "http://", " http://x/",
+                                 "http://x/\nsecond", "ms-msdt:/id PCWDiagnostic"])
+def test_a_pairing_url_from_the_backend_is_opened_only_when_it_is_plain_http(url: str) -> None:
+    # cloud connect opened the backend's verification_uri_complete with webbrowser: a hostile
+    # backend's "--gpu-launcher=…" became an option of the browser's command line.
+    from hm_cli.cloud import browsable
+
+    assert not browsable(url)
+    assert browsable("https://meter.example.com/connect?code=ABCD-EFGH")
+    assert browsable("http://127.0.0.1:8787/connect?code=ABCD-EFGH")
+
+
+@pytest.mark.slow
+def test_cloud_connect_never_hands_a_hostile_backends_url_to_the_browser(tmp_path: Path) -> None:
+    # The same, end to end: a backend answering a pairing with an option for a URL, on a
+    # desktop ($DISPLAY set). The browser ($BROWSER, a recorder here) must not be started.
+    import stat as stat_mod
+    import time
+
+    from tests.support.apiserver import Reply, error, running_server
+    from tests.support.daemon import daemon_env, running_daemon
+
+    started_browser = tmp_path / "browser-argv"
+    recorder = tmp_path / "browser.sh"
+    recorder.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {started_browser}\n')
+    recorder.chmod(recorder.stat().st_mode | stat_mod.S_IXUSR)
+    hostile = "--renderer-cmd-prefix=touch /tmp/pwned"
+
+    def answer(seen: object) -> Reply:
+        path = getattr(seen, "path", "")
+        if path.startswith("/v1/pairing/start"):
+            return Reply(200, {"device_code": "d" * 43, "user_code": "ABCD-EFGH", "verification_uri": hostile,
+                               "verification_uri_complete": hostile, "expires_in": 600, "interval": 1})
+        if path.startswith("/v1/pairing/poll"):  # after a while: the browser thread has had its chance
+            return Reply(400, {"error": "access_denied", "detail": "denied"}, delay=3.0)
+        return error(404, "not_found")
+
+    with running_server() as backend:
+        backend.handler = answer
+        with running_daemon(tmp_path / "home") as daemon:
+            env = {**daemon_env(daemon.home), "DISPLAY": ":99", "BROWSER": f"{recorder} %s"}
+            done = subprocess.run(["halton-meter", "cloud", "connect", "--base-url", backend.url], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            time.sleep(1.0)  # the browser is started from a thread
+    assert not started_browser.exists(), started_browser.read_text()
+    assert "not opening it" in done.stdout, done.stdout + done.stderr

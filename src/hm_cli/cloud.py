@@ -202,9 +202,29 @@ def _configured_base_url() -> str:
         return DEFAULT_BASE_URL
 
 
+def browsable(url: object) -> bool:
+    """True for an http(s) URL with a host and nothing a browser's command line could read as
+    an option. The URL comes from the backend: a hostile one answered ``--gpu-launcher=…``
+    (webbrowser passes it to the browser as an argument) or ``file:``/other schemes, which
+    ``xdg-open`` hands to whatever handler is registered."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or url != url.strip() or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not url.startswith("-")
+
+
 def _open_browser(url: str) -> None:
     from hm_cli._ui import open_browser
 
+    if not browsable(url):
+        console.print("  (not opening it: the backend's URL is not a plain http(s) address; check it, "
+                      "then open it yourself)")
+        return
     if not open_browser(url):
         console.print("  (no display found: open the URL above in any browser)")
 
