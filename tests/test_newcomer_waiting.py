@@ -98,11 +98,12 @@ def test_cloud_sync_shows_a_bar_on_a_terminal_and_lines_on_a_pipe(tmp_path: Path
         assert "\r" in raw  # redrawn in place
         assert "POST /v1/requests/batch → 200 OK" in out
 
-        seed_rows(d.db_path, 6000, day="2026-11-25")
+        proxy.hold(1.0)  # up to three batches are in flight: three rounds of 1 s, past the 2 s line
+        seed_rows(d.db_path, 9000, day="2026-11-25")
         piped = d.cli("cloud", "sync")
         assert piped.returncode == 0, piped.stderr
         lines = piped.stdout.splitlines()
-        assert lines[0] == "… Uploading 6,000 unsynced rows" or lines[0].startswith("… Uploading ")
+        assert lines[0] == "… Uploading 9,000 unsynced rows" or lines[0].startswith("… Uploading ")
         progress = [ln for ln in lines if " rows uploaded (" in ln]
         assert progress, piped.stdout
         assert all(re.fullmatch(r"… [\d,]+/[\d,]+ rows uploaded \([\d,]+ rows/s, (about \d+ s left|about "

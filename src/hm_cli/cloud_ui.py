@@ -78,16 +78,34 @@ class SyncProgress:
                 TransferSpeedColumn,
             )
 
+            def average(task: Any) -> float | None:
+                """Rows/s over the whole upload: rich's own estimate needs several updates in
+                its window, and batches in flight together answer in a burst."""
+                speed = task.finished_speed or task.speed
+                if speed is None and task.completed and task.elapsed:
+                    speed = task.completed / task.elapsed
+                return float(speed) if speed else None
+
             class RowsPerSecond(TransferSpeedColumn):
                 def render(self, task: Any) -> Any:
                     from rich.text import Text
 
-                    speed = task.finished_speed or task.speed
+                    speed = average(task)
                     return Text("? rows/s" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
+
+            class RowsRemaining(TimeRemainingColumn):
+                def render(self, task: Any) -> Any:
+                    from rich.text import Text
+
+                    speed = average(task)
+                    if task.total is None or not speed:
+                        return super().render(task)
+                    left = max(0, int((task.total - task.completed) / speed + 0.5))
+                    return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
 
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-                RowsPerSecond(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+                RowsPerSecond(), TextColumn("ETA"), RowsRemaining(), console=console, transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task("Uploading", total=self.total or None)
