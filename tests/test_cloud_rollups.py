@@ -179,3 +179,32 @@ def test_deadlocks_and_serialization_failures_are_retried_and_nothing_else() -> 
     assert _retryable(wrapped)
     assert not _retryable(psycopg.errors.UniqueViolation("duplicate key"))
     assert not _retryable(ValueError("no"))
+
+
+def test_the_checkpointer_copies_the_wal_into_the_database_and_stops(tmp_path: Path) -> None:
+    """serve's SQLite checkpointer: commits leave frames in the WAL (writers checkpoint
+    inline only past db.WAL_AUTOCHECKPOINT_PAGES); the thread copies them all."""
+    import threading
+    import time
+
+    from hm_cloud import store
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
+    db.init_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(db.usage_rows.insert(), held_rows())
+    path = tmp_path / "cloud.sqlite"
+    before = path.stat().st_size  # the rows' pages are still only in the WAL
+    stop = store.start_checkpointer(engine, every=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and path.stat().st_size == before:
+            time.sleep(0.05)
+        assert path.stat().st_size > before
+        with engine.connect() as conn:  # nothing left to copy
+            _busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        assert copied == frames
+    finally:
+        stop()
+    assert not any(t.name == "hm-cloud-checkpoint" for t in threading.enumerate())
+    engine.dispose()

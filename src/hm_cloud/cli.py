@@ -113,6 +113,7 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError(f"--workers {args.workers}: use 1-{MAX_WORKERS} (about one per CPU core)")
     proxy = _proxy_settings(args.forwarded_allow_ips)
     from .retention import AUDIT_DAYS_ENV, RetentionError, parse_audit_days, start_scheduler
+    from .store import start_checkpointer
 
     if args.audit_days is not None:
         try:
@@ -147,10 +148,12 @@ def serve(args: argparse.Namespace) -> int:
         print(banner, flush=True)
         # The retention job: one pass at a time across every server sharing the database.
         stop_retention = start_scheduler(engine)
+        stop_checkpoints = start_checkpointer(engine)
         try:
             server.run(sockets=[sock])
         finally:
             stop_retention()
+            stop_checkpoints()
             sock.close()
             engine.dispose()
         return 0
@@ -166,10 +169,12 @@ def serve(args: argparse.Namespace) -> int:
     )
     print(banner, flush=True)
     stop_retention = start_scheduler(engine)  # the supervisor's: one job for all its workers
+    stop_checkpoints = start_checkpointer(engine)  # likewise: one for the SQLite file
     try:
         Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
     finally:
         stop_retention()
+        stop_checkpoints()
         sock.close()
     return 0
 

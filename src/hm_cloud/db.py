@@ -404,6 +404,9 @@ def default_db_url() -> str:
 _URL_HINT = "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DBNAME"
 
 
+WAL_AUTOCHECKPOINT_PAGES = 8000
+
+
 def make_engine(db_url: str) -> Engine:
     """An engine for ``db_url``; SQLite gets WAL, a busy timeout and its folder made."""
     try:
@@ -423,6 +426,9 @@ def make_engine(db_url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints run in the background while a server runs (store.start_checkpointer);
+            # a writer checkpoints inline only past 8,000 WAL pages (32 MB).
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

@@ -12,7 +12,7 @@ import secrets
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -186,6 +186,43 @@ def sqlite_batch_slot(engine: Engine) -> Iterator[None]:
         return
     with _turn_of(engine).slot:
         yield
+
+
+CHECKPOINT_EVERY_S = 0.25
+
+
+def start_checkpointer(engine: Engine, every: float = CHECKPOINT_EVERY_S) -> Callable[[], None]:
+    """SQLite: copy the WAL into the database file from a thread of its own, every
+    ``every`` seconds (``PRAGMA wal_checkpoint(PASSIVE)``: it waits for no writer and
+    no writer waits for it); returns what stops it. Nothing for PostgreSQL.
+
+    Left to SQLite, the commit that takes the WAL past its threshold does the
+    checkpoint (page copies and fsyncs) inside that writer's transaction, holding
+    the only write lock: a bare insert loop ran at 21,000-23,000 rows/s with it and
+    32,000-50,000 without. ``serve`` starts one per server (the supervisor's, with
+    ``--workers N``); a writer still checkpoints inline past db.WAL_AUTOCHECKPOINT_PAGES,
+    so the WAL stays bounded if this thread falls behind or is not running.
+    """
+    if not _is_sqlite_file(engine):
+        return lambda: None
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+            except Exception:  # noqa: BLE001 - a busy or vanished database: try again next time
+                continue
+
+    thread = threading.Thread(target=loop, name="hm-cloud-checkpoint", daemon=True)
+    thread.start()
+
+    def stopper() -> None:
+        stop.set()
+        thread.join(timeout=5)
+
+    return stopper
 
 
 def lock_row(conn: Connection, table: Any, row_id: object) -> None:
