@@ -560,3 +560,30 @@ def test_no_page_can_be_framed_and_no_secret_url_leaves_in_a_referer(cloud: Clou
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], answer.url
         assert answer.headers["referrer-policy"] == "same-origin"
         assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_row_dated_at_the_end_of_the_calendar_does_not_break_the_focus_export(cloud: CloudServer,
+                                                                               session: httpx.Client) -> None:
+    # A device's row of 9999-12-31 (a valid timestamp) made focus_line add a month past
+    # date.max: OverflowError, a 500 for every FOCUS export of that range.
+    import csv
+    import io
+    import re
+
+    from tests.support.cloudserver import batch_body, sample_row
+
+    paired = cloud.pair("mallory@example.com", PASSWORD, "mallory", hostname="time-traveller")
+    device = cloud.client(headers={"Authorization": f"Bearer {paired['token']}"})
+    rows = [sample_row(ts="9999-12-31T23:59:59.000Z"), sample_row(ts="0001-01-01T00:00:00.000Z")]
+    assert device.post("/v1/requests/batch", json=batch_body(rows)).status_code == 200
+    csrf = cloud.csrf(session, "/mallory/settings/api-keys")
+    key = re.search(r'value="(hm_read_[0-9A-Za-z]+)"',
+                    session.post("/mallory/settings/api-keys", data={"csrf_token": csrf, "name": "ends"}).text)
+    assert key
+    reader = cloud.client(headers={"Authorization": f"Bearer {key.group(1)}"})
+    for first, last in (("9999-12-01", "9999-12-31"), ("0001-01-01", "0001-01-31")):
+        answer = reader.get("/v1/usage", params={"from_date": first, "to_date": last, "format": "focus"})
+        assert answer.status_code == 200, answer.text
+        [line] = list(csv.DictReader(io.StringIO(answer.text)))
+        assert line["ChargePeriodStart"] == f"{last if first.startswith('9999') else first}T00:00:00Z"
+    _no_traceback(cloud)

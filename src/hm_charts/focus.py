@@ -66,6 +66,15 @@ def _utc(day: date) -> str:
     return f"{day.isoformat()}T00:00:00Z"
 
 
+def _after(day: date, month: bool = False) -> str:
+    """The start of the next day (or month) of ``day``: for 9999-12 that is year 10000, past
+    what ``date`` holds (a row dated 9999-12-31 made the cloud's FOCUS export a 500)."""
+    if month:
+        year, number = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+        return f"{year:04d}-{number:02d}-01T00:00:00Z"
+    return _utc(day + timedelta(days=1)) if day < date.max else "10000-01-01T00:00:00Z"
+
+
 def focus_line(day_text: str, provider: str, model: str, project: str | None, machine: str | None,
                cost: str | None, calls: int, tokens: Mapping[str, int]) -> dict[str, object]:
     """One FOCUS line. ``cost`` is the exact decimal string of the line's known
@@ -78,8 +87,8 @@ def focus_line(day_text: str, provider: str, model: str, project: str | None, ma
     return {
         "BilledCost": billed, "EffectiveCost": billed, "ListCost": billed, "ContractedCost": billed,
         "BillingCurrency": "USD",
-        "BillingPeriodStart": _utc(month), "BillingPeriodEnd": _utc((month + timedelta(days=32)).replace(day=1)),
-        "ChargePeriodStart": _utc(day), "ChargePeriodEnd": _utc(day + timedelta(days=1)),
+        "BillingPeriodStart": _utc(month), "BillingPeriodEnd": _after(month, month=True),
+        "ChargePeriodStart": _utc(day), "ChargePeriodEnd": _after(day),
         "ChargeCategory": "Usage", "ChargeClass": "", "ChargeFrequency": "Usage-Based",
         "ChargeDescription": f"{model} on {service}",
         "ServiceCategory": "AI and Machine Learning", "ServiceName": service,
