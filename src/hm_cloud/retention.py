@@ -59,7 +59,7 @@ from .pages import (  # also registers {:slug}
 )
 from .security import csrf_ok
 from .state import client_address, cloud
-from .store import lock_row, write_transaction
+from .store import background, lock_row, write_transaction
 
 log = logging.getLogger("hm_cloud.retention")
 
@@ -345,13 +345,12 @@ def _seconds(env: str, default: float) -> float:
 
 def start_scheduler(engine: Engine) -> Callable[[], None]:
     """Start the job's thread in this server process; returns what stops it."""
-    stop = threading.Event()
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     interval = _seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S)
     check = _seconds(CHECK_ENV, min(interval, 60.0))
     keep_audit = audit_days()
 
-    def loop() -> None:
+    def loop(stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 run_if_due(engine, holder, interval, pause=stop.wait, stopped=stop.is_set, audit_days=keep_audit)
@@ -359,14 +358,7 @@ def start_scheduler(engine: Engine) -> Callable[[], None]:
                 log.exception("retention pass failed")
             stop.wait(check)
 
-    thread = threading.Thread(target=loop, name="hm-cloud-retention", daemon=True)
-    thread.start()
-
-    def stopper() -> None:
-        stop.set()
-        thread.join(timeout=5)
-
-    return stopper
+    return background("hm-cloud-retention", loop)
 
 
 def whoami_fields(engine: Engine, workspace_id: str, now: float) -> dict[str, Any]:

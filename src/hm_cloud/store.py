@@ -205,9 +205,8 @@ def start_checkpointer(engine: Engine, every: float = CHECKPOINT_EVERY_S) -> Cal
     """
     if not _is_sqlite_file(engine):
         return lambda: None
-    stop = threading.Event()
 
-    def loop() -> None:
+    def loop(stop: threading.Event) -> None:
         while not stop.wait(every):
             try:
                 with engine.connect() as conn:
@@ -215,7 +214,14 @@ def start_checkpointer(engine: Engine, every: float = CHECKPOINT_EVERY_S) -> Cal
             except Exception:  # noqa: BLE001 - a busy or vanished database: try again next time
                 continue
 
-    thread = threading.Thread(target=loop, name="hm-cloud-checkpoint", daemon=True)
+    return background("hm-cloud-checkpoint", loop)
+
+
+def background(name: str, loop: Callable[[threading.Event], None]) -> Callable[[], None]:
+    """Run ``loop(stop)`` in a daemon thread named ``name``; returns what stops it (sets
+    ``stop`` and waits up to 5 s for the thread)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=loop, args=(stop,), name=name, daemon=True)
     thread.start()
 
     def stopper() -> None:
