@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +37,21 @@ def _isolate_environment() -> Path:
     return root
 
 
+
+def _let_children_take_ctrl_c() -> None:
+    """Children start with SIGINT at its default, as they would from a terminal.
+
+    A suite started in the background by a non-interactive shell (``bash .ci/run &``,
+    ``nohup``, a CI runner's job) has SIGINT *ignored*, and every child inherits that:
+    Python then installs no KeyboardInterrupt handler, so a test's ``send_signal(SIGINT)``
+    standing in for the user's Ctrl-C does nothing and the CLI waits until it is killed.
+    A handler here (rather than the ignore) is reset to the default at ``exec``, so the
+    daemons and CLIs the tests start take Ctrl-C the way a user's terminal delivers it.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _homes_under(root: Path) -> dict[str, str]:
     """HOME, XDG dirs and HALTON_METER_HOME under root (HOME and XDG_RUNTIME_DIR exist, 0700)."""
     (root / "home").mkdir(mode=0o700)
@@ -52,6 +68,7 @@ def _homes_under(root: Path) -> dict[str, str]:
 
 
 _SESSION_ROOT = _isolate_environment()
+_let_children_take_ctrl_c()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

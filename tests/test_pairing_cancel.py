@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,3 +185,11 @@ def test_a_workspace_name_with_markup_is_printed_as_text_after_pairing(cloud: Cl
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, (out, err)
         assert f"Paired with workspace {MARKUP_NAME} (markup-co)." in out and "Traceback" not in err
+
+
+def test_the_suite_starts_its_cli_with_ctrl_c_at_the_default() -> None:
+    """Even when the suite itself runs in the background with SIGINT ignored (conftest), so the
+    SIGINT the tests above send reaches `cloud connect` as a user's Ctrl-C would."""
+    probe = subprocess.run([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT).__name__)"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "default_int_handler"
