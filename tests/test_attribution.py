@@ -222,6 +222,18 @@ def test_a_storm_of_connections_is_bounded_not_queued_forever() -> None:
     assert resolver.stats["unresolved"] == {"busy": 1}
 
 
+
+def test_a_row_stored_before_its_caller_is_found_is_counted_as_timeout() -> None:
+    """`status --json` tells a late resolver ("timeout") from a caller that was gone or busy."""
+    resolver = CallerResolver()
+    resolver._thread = object()  # type: ignore[assignment]  # a resolver that never answers
+    pending = resolver.open(("127.0.0.1", 1000), ("127.0.0.1", 1))
+    assert pending.wait(0.01).unresolved == "timeout"
+    assert pending.wait(0.01).unresolved == "timeout"  # a second row of the same connection
+    assert resolver.stats["unresolved"] == {"timeout": 1}
+    pending.set(Caller(pid=1, program="curl"))
+    assert pending.wait(0.01).program == "curl"
+
 def test_another_users_client_is_never_looked_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The socket's owner uid (from the kernel's table) differs: null fields at once, no process scan."""
     proc = tmp_path / "proc"

@@ -132,6 +132,25 @@ def one_new_row(daemon: Daemon, before: int) -> dict[str, Any]:
     return got[0]
 
 
+LOAD_REASONS = {"timeout", "gone", "busy"}  # the resolver was late, the client already exited, a storm
+
+
+def assert_no_flags_but_a_loaded_machines_attribution(daemon: Daemon, row: dict[str, Any]) -> None:
+    """No flag on the row, except `unattributed` when the machine was too loaded to find the caller.
+
+    These tests check that each client is metered exactly. Who called is best-effort, with a
+    bounded wait (docs/capture.md; it has its own tests in test_attribution*.py), and on a box at
+    load 8-10 the resolver can lose the race with a client that exits at once. Then the daemon
+    must say it was load (`status --json` "unresolved"), never a fault such as "error".
+    """
+    flags = row["flags"].split()  # space-separated
+    if flags == ["unattributed"]:
+        why = daemon.status()["attribution"]["unresolved"]
+        assert why and set(why) <= LOAD_REASONS, why
+        return
+    assert flags == [], row["flags"]
+
+
 @pytest.mark.parametrize("name", list(CLIENTS))
 def test_client_is_metered_exactly(rig: tuple[Daemon, FakeProviders], name: str) -> None:
     daemon, upstream = rig
@@ -143,7 +162,8 @@ def test_client_is_metered_exactly(rig: tuple[Daemon, FakeProviders], name: str)
     row = one_new_row(daemon, before)
     spec = EXPECTED[fixture]
     assert {t: row[t] for t in TOKENS} == {t: spec[t] for t in TOKENS}
-    assert row["model"] == spec["model"] and row["status"] == 200 and row["flags"] == ""
+    assert row["model"] == spec["model"] and row["status"] == 200
+    assert_no_flags_but_a_loaded_machines_attribution(daemon, row)
     if name == "google-genai-v1":  # google-genai 3 calls /v1/models/…; 2.x does with api_version="v1"
         assert row["endpoint"] == "/v1/models/gemini-2.5-flash:generateContent"
 

@@ -72,22 +72,32 @@ UNSUPPORTED = Caller(unresolved="unsupported")
 class PendingCaller:
     """The resolution of one connection, filled in by the resolver thread."""
 
-    __slots__ = ("peer", "local", "caller", "_done")
+    __slots__ = ("peer", "local", "caller", "_done", "_stats", "_late")
 
-    def __init__(self, peer: tuple[str, int], local: tuple[str, int]) -> None:
+    def __init__(self, peer: tuple[str, int], local: tuple[str, int],
+                 stats: dict[str, Any] | None = None) -> None:
         self.peer = peer
         self.local = local
         self.caller: Caller | None = None
         self._done = threading.Event()
+        self._stats = stats  # the resolver's: a row stored before the answer counts as "timeout"
+        self._late = False
 
     def set(self, caller: Caller) -> None:
         self.caller = caller
         self._done.set()
 
     def wait(self, timeout: float) -> Caller:
-        """The caller, or an unresolved one if it took longer than ``timeout``."""
+        """The caller, or an unresolved one if it took longer than ``timeout``.
+
+        Counted once per connection in ``status --json`` as ``"timeout"``, so an
+        ``unattributed`` row says whether the resolver was late or found nobody."""
         if self._done.wait(timeout) and self.caller is not None:
             return self.caller
+        if self._stats is not None and not self._late:
+            self._late = True
+            why = self._stats["unresolved"]
+            why["timeout"] = why.get("timeout", 0) + 1
         return Caller(unresolved="timeout")
 
 
@@ -492,7 +502,7 @@ class CallerResolver:
 
     def open(self, peer: tuple[str, int], local: tuple[str, int]) -> PendingCaller:
         """Called on the proxy thread at connection open: never blocks."""
-        pending = PendingCaller(peer, local)
+        pending = PendingCaller(peer, local, self.stats)
         if self._thread is None:
             pending.set(UNSUPPORTED)
         elif self._queue.qsize() >= MAX_BACKLOG:  # a storm of new connections: stay bounded
