@@ -161,13 +161,16 @@ def _connect(d: Daemon, cloud: CloudServer) -> tuple[subprocess.Popen[str], str]
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_cloud_connect_cancels_the_code_at_the_backend(cloud: CloudServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_in_cloud_connect_cancels_the_code_at_the_backend(cloud: CloudServer, tmp_path: Path,
+                                                                 stop: signal.Signals) -> None:
+    """Ctrl-C, and a SIGTERM alike (`kill`, `timeout`): else the code stayed approvable, unwatched."""
     with running_daemon(tmp_path / "home") as d:
         proc, code = _connect(d, cloud)
         time.sleep(0.5)  # the daemon is polling
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=40)
-        assert proc.returncode == 130, (out, err)
+        assert proc.returncode == 128 + stop, (out, err)
         assert "can no longer be approved" in out and "Traceback" not in err
         session = cloud.login_session("vk@example.com", PASSWORD)
         refused = cloud.approve(code, "acme-co", session)

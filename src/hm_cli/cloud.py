@@ -10,6 +10,7 @@ half of `disconnect`), they read the local files directly.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,6 +104,7 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
       halton-meter cloud connect --base-url http://127.0.0.1:8787 --no-browser
     """
     _require_daemon()
+    _stop_signals_cancel_too()
     try:
         with spinner(f"Requesting pairing code from {safe(_host(base_url or _configured_base_url()))}…"):
             started = _call("cloud.connect.start", timeout=40.0, base_url=base_url, workspace=workspace,
@@ -126,7 +128,8 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
                     break
     except KeyboardInterrupt:
         _cancel_pairing()
-        sys.exit(130)
+        sys.exit(128 + _stopped_by[0])
+    _stop_signals_stop_again()
     state = reply["state"]
     if state == "approved":
         name, slug = reply.get("workspace_name") or reply.get("workspace_slug"), reply.get("workspace_slug")
@@ -139,6 +142,40 @@ def connect(base_url: str | None, workspace: str | None, no_browser: bool) -> No
     if state == "denied":
         fail("the pairing was denied in the browser. Run `halton-meter cloud connect` again if that was a mistake.")
     fail(str(reply.get("error") or f"pairing failed ({state}). Run `halton-meter cloud connect` again."))
+
+
+_stopped_by = [int(signal.SIGINT)]
+
+
+def _stop_signals_cancel_too() -> None:
+    """SIGTERM (`kill`, `timeout`) and SIGHUP (the terminal closed) cancel the pairing as Ctrl-C does.
+
+    Otherwise the daemon would go on polling and the printed code stay approvable for its
+    10 minutes with nobody watching. A signal the caller set to be ignored (`nohup`) stays
+    ignored. After a hangup there is no terminal to print to: output goes to /dev/null.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        _stopped_by[0] = signum
+        if signum == signal.SIGHUP:
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, stop)
+
+
+def _stop_signals_stop_again() -> None:
+    """Once the answer is in, SIGTERM and SIGHUP end the command as before (nothing to cancel)."""
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def _valid_for(expires_in: object, now: float | None = None) -> str:
