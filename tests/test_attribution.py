@@ -234,6 +234,31 @@ def test_a_row_stored_before_its_caller_is_found_is_counted_as_timeout() -> None
     pending.set(Caller(pid=1, program="curl"))
     assert pending.wait(0.01).program == "curl"
 
+
+def test_the_newest_started_process_is_looked_at_first_though_pids_wrapped(tmp_path: Path) -> None:
+    """PIDs wrap (32768 by default, within minutes on a busy box): a client that just connected
+    can have a low PID; it is found first, not after every older process's descriptors."""
+    proc = tmp_path / "proc"
+
+    def process(pid: int, started: int, sockets: list[int]) -> None:
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        (proc / str(pid) / "stat").write_text(f"{pid} (x) S " + " ".join(["0"] * 18) + f" {started} 0 0\n")
+        for fd, inode in enumerate(sockets):
+            (proc / str(pid) / "fd" / str(fd)).symlink_to(f"socket:[{inode}]")
+
+    process(30000, started=100, sockets=[7, 8, 9])  # older, higher PID (a browser, a database)
+    process(300, started=900, sockets=[4242])  # the client, after the wrap
+    resolver = CallerResolver(proc=str(proc), backend="proc")
+    looked: list[int] = []
+    holds = resolver._holds
+
+    def spy(pid: int, target: str) -> bool:
+        looked.append(pid)
+        return holds(pid, target)
+
+    resolver._holds = spy  # type: ignore[method-assign]
+    assert resolver._pid_of(4242) == 300 and looked == [300]
+
 def test_another_users_client_is_never_looked_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The socket's owner uid (from the kernel's table) differs: null fields at once, no process scan."""
     proc = tmp_path / "proc"

@@ -658,7 +658,7 @@ class CallerResolver:
         return info
 
     def _pid_of(self, inode: int) -> int | None:
-        """The process holding socket ``inode``: recent callers first, then newest PIDs first."""
+        """The process holding socket ``inode``: recent callers first, then the newest started first."""
         target = f"socket:[{inode}]"
         me = os.getpid()
         tried: set[int] = set()
@@ -667,9 +667,12 @@ class CallerResolver:
             if self._holds(pid, target):
                 return self._remember(pid)
         try:
-            pids = sorted((int(n) for n in os.listdir(self.proc) if n.isdigit()), reverse=True)
+            pids = [int(n) for n in os.listdir(self.proc) if n.isdigit()]
         except OSError:
             return None
+        # Newest *started* first, not highest PID: PIDs wrap (32768 by default, within minutes on
+        # a busy box), and a client that just connected was then scanned after every older process.
+        started: list[tuple[int, int]] = []
         for pid in pids:
             if pid == me or pid in tried:
                 continue
@@ -678,6 +681,10 @@ class CallerResolver:
                     continue
             except OSError:
                 continue
+            start = _process_start(pid, self.proc)
+            if start is not None:
+                started.append((start, pid))
+        for _start, pid in sorted(started, reverse=True):
             if self._holds(pid, target):
                 return self._remember(pid)
         return None
