@@ -282,7 +282,7 @@ def test_slow_backend_times_out_retries_and_stores_once(tmp_path: Path) -> None:
 
 
 KILLS = 20
-BACKLOG = 10_000
+BACKLOG = 25_000  # three batches in flight go through ~800 rows a restart: 20 kills must not drain it
 
 
 def test_kill9_mid_batch_20_times_loses_and_duplicates_nothing(tmp_path: Path) -> None:
