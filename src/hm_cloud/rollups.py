@@ -33,6 +33,21 @@ MEASURES = (*ROLLUP_COUNTS, *(f"{name}_{part}" for name in ROLLUP_SUMMED for par
 assert tuple(c.name for c in usage_rollups.columns) == (*ROLLUP_KEYS, *MEASURES)
 
 
+def outcome_sums(c: Any) -> tuple[Any, Any, Any]:
+    """SQL sums counting, over columns ``c`` of usage_rows' shape, the three kinds of
+    unpriced row apart: errors (HTTP 4xx/5xx or no answer: not spend), rows without
+    usage (no input or output token count) and rows whose model has no price. The
+    rollups keep them as errors, no_usage and unknown; store sums rows with them too."""
+    error = or_(c.status >= 400, c.status == 0)
+    unpriced = c.cost_nanos.is_(None)
+    no_tokens = and_(c.input_tokens.is_(None), c.output_tokens.is_(None))
+    return (
+        func.sum(case((error, 1), else_=0)),
+        func.sum(case((and_(~error, unpriced, no_tokens), 1), else_=0)),
+        func.sum(case((and_(~error, unpriced, ~no_tokens), 1), else_=0)),
+    )
+
+
 def aggregate(source: Any) -> Any:
     """SELECT of ``source``'s rows grouped by the rollup keys, with every measure,
     its columns in ``usage_rollups`` order (ready for INSERT … FROM SELECT).
@@ -40,9 +55,7 @@ def aggregate(source: Any) -> Any:
     ``source`` is a table or subquery with usage_rows' column names.
     """
     c = source.c
-    error = or_(c.status >= 400, c.status == 0)
     unpriced = c.cost_nanos.is_(None)
-    no_tokens = and_(c.input_tokens.is_(None), c.output_tokens.is_(None))
     keys = (
         c.workspace_id, c.day, c.machine_id, c.provider, c.model,
         func.coalesce(c.project, literal_column("''")), func.coalesce(c.os_user, literal_column("''")), ~unpriced,
@@ -53,9 +66,7 @@ def aggregate(source: Any) -> Any:
         sums.append(func.coalesce(func.sum(c[name] % SPLIT), 0))
     measures = (
         func.count(),
-        func.sum(case((error, 1), else_=0)),
-        func.sum(case((and_(~error, unpriced, no_tokens), 1), else_=0)),
-        func.sum(case((and_(~error, unpriced, ~no_tokens), 1), else_=0)),
+        *outcome_sums(c),
         *sums,
     )
     labelled = [k.label(n) for k, n in zip(keys, ROLLUP_KEYS, strict=True)]

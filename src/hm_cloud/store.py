@@ -22,7 +22,6 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
-    and_,
     case,
     cast,
     delete,
@@ -911,7 +910,7 @@ def _ingest_once(engine: Engine, device: AuthedDevice, values: Sequence[tuple[An
 # have to match one query before a part could overflow. The identity
 # hi * SPLIT + lo == value also holds for negative values (truncating division
 # on both engines), so rows stored before the bounds sum exactly too.
-_SPLIT = 10**9
+_SPLIT = rollups.SPLIT  # the rollups keep their sums split the same way
 
 
 def exact_sum(column: Any, label: str) -> list[Any]:
@@ -1075,17 +1074,10 @@ GROUPS = ("day", "provider", "model", "machine", *ATTRIBUTION_GROUPS)
 
 
 def _outcome_columns() -> tuple[Any, Any, Any]:
-    """Counts of the three kinds of unpriced row, apart (docs/cloud.md):
-    errors (HTTP 4xx/5xx or no answer: not spend), rows without usage
-    (usage_missing: no token counts) and rows whose model has no price.
-    The same definitions as the rollups' errors, no_usage and unknown."""
-    c = usage_rows.c
-    error = or_(c.status >= 400, c.status == 0)
-    no_tokens = and_(c.input_tokens.is_(None), c.output_tokens.is_(None))
-    errors = func.sum(case((error, 1), else_=0))
-    no_usage = func.sum(case((and_(~error, c.cost_nanos.is_(None), no_tokens), 1), else_=0))
-    unknown = func.sum(case((and_(~error, c.cost_nanos.is_(None), ~no_tokens), 1), else_=0))
-    return errors, no_usage, unknown
+    """Counts of the three kinds of unpriced row over the rows, apart (docs/cloud.md):
+    errors, rows without usage and rows whose model has no price; the definitions
+    the rollups keep (rollups.outcome_sums)."""
+    return rollups.outcome_sums(usage_rows.c)
 
 
 def valid_dimension(dim: str) -> bool:
