@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
+from tests.support.receiver import serving_page
 
 PHONE = {"width": 390, "height": 844}
 PASSWORD = "browser-pass-1"
@@ -230,7 +231,6 @@ def test_a_cross_site_form_post_to_login_does_not_sign_the_victim_out(
     cloud: CloudServer, page: Page
 ) -> None:
     """Issue 10, item 10, as a browser does it: another site's auto-submitting form."""
-    import http.server
 
     sign_up(page, cloud, f"victim-{uuid.uuid4().hex[:6]}@example.com", "Victim Co")
     expect(page).to_have_url(re.compile(r"/victim-co(-\w+)?/$"))
@@ -241,27 +241,11 @@ def test_a_cross_site_form_post_to_login_does_not_sign_the_victim_out(
         "</form><script>document.getElementById('f').submit()</script>"
     ).encode()
 
-    class Evil(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(attack)))
-            self.end_headers()
-            self.wfile.write(attack)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
-    threading.Thread(target=evil.serve_forever, daemon=True).start()
-    try:
+    with serving_page(attack) as port:
         # "localhost" is another site than the app's 127.0.0.1: the post is cross-site,
         # so the browser leaves the victim's SameSite=Lax cookie out of it.
-        page.goto(f"http://localhost:{evil.server_address[1]}/")
+        page.goto(f"http://localhost:{port}/")
         page.wait_for_url(f"{cloud.app_url}/login")
         expect(page.get_by_role("heading", name="Form expired")).to_be_visible()
-    finally:
-        evil.shutdown()
-        evil.server_close()
     page.goto(dashboard)
     expect(page).to_have_url(dashboard)  # still signed in: no redirect to /login

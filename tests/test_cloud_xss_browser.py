@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet
 from playwright.sync_api import Browser, Page
 
 from tests.support.cloudserver import CloudServer, batch_body, running_cloud, sample_row
+from tests.support.receiver import serving_page
 
 pytestmark = pytest.mark.slow
 PASSWORD = "xss-pass-12345"
@@ -132,35 +133,17 @@ def test_chromium_refuses_to_frame_the_approve_page(browser: Browser,
     # Clickjacking: a page on another port of the same host is same-site, so SameSite=Lax
     # sends the session cookie into its iframe of /connect?code=…: the signed-in victim's
     # Approve button under a decoy. With frame-ancestors 'none' Chromium shows no page there.
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     cloud, _slug, ids = hostile
     framing = f'<iframe src="{cloud.app_url}/connect?code={ids["code"]}" width="600" height="400"></iframe>'.encode()
-
-    class Decoy(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(framing)))
-            self.end_headers()
-            self.wfile.write(framing)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    decoy = ThreadingHTTPServer(("127.0.0.1", 0), Decoy)
-    threading.Thread(target=decoy.serve_forever, daemon=True).start()
     context = browser.new_context()
     try:
         page = context.new_page()
         _sign_in(page, cloud)
-        page.goto(f"http://127.0.0.1:{decoy.server_address[1]}/")
-        page.wait_for_timeout(1500)
-        [framed] = [f for f in page.frames if f is not page.main_frame]
-        shown = "" if framed.url.startswith("chrome-error://") else framed.content()
+        with serving_page(framing) as port:
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_timeout(1500)
+            [framed] = [f for f in page.frames if f is not page.main_frame]
+            shown = "" if framed.url.startswith("chrome-error://") else framed.content()
         assert "Approve" not in shown, framed.url
     finally:
         context.close()
-        decoy.shutdown()
-        decoy.server_close()

@@ -116,3 +116,28 @@ def not_http(answer: bytes = b"SSH-2.0-OpenSSH_9.0\r\n\r\n") -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
     finally:
         listener.close()
+
+
+@contextmanager
+def serving_page(page: bytes) -> Iterator[int]:
+    """The port of a local server that answers every GET with the HTML ``page`` (an
+    attacker's page in the browser tests)."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
